@@ -1,0 +1,210 @@
+//! Client for an agent's envd API over its unix socket: unary calls, server streams and raw
+//! requests (for proxies). One HTTP/1.1 connection per request: a unix connect costs
+//! microseconds, and it keeps long-lived streams from blocking other calls.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use crate::connect::{
+    self, Code, ConnectError, EndStream, EnvelopeDecoder, STREAM_CONTENT_TYPE, UNARY_CONTENT_TYPE,
+};
+
+/// A body type that any proxied request can be turned into.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request on a fresh connection and returns the streaming response.
+    pub async fn send(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, ConnectError> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            ConnectError::new(Code::Unavailable, format!("sandbox agent unreachable: {e}"))
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::new(Code::Unavailable, format!("agent handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("agent connection ended: {e}");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ConnectError::new(Code::Unavailable, format!("agent request failed: {e}")))
+    }
+
+    /// `GET /health` answered with 2xx.
+    pub async fn healthy(&self) -> bool {
+        let req = Request::get("/health")
+            .header(http::header::HOST, "agent")
+            .body(full_body(Bytes::new()))
+            .expect("static request");
+        matches!(self.send(req).await, Ok(r) if r.status().is_success())
+    }
+
+    /// A unary Connect call, e.g. `unary("filesystem.Filesystem/Stat", &req)`.
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, ConnectError> {
+        let body = serde_json::to_vec(req).map_err(|e| ConnectError::internal(e.to_string()))?;
+        let req = Request::post(format!("/{method}"))
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, UNARY_CONTENT_TYPE)
+            .header("connect-protocol-version", "1")
+            .body(full_body(body))
+            .map_err(|e| ConnectError::internal(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ConnectError::new(Code::Unavailable, e.to_string()))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(error_from_body(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ConnectError::internal(format!("bad response from agent: {e}")))
+    }
+
+    /// A server-streaming Connect call. `timeout_ms` becomes `connect-timeout-ms`.
+    pub async fn server_stream<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout_ms: Option<u64>,
+    ) -> Result<MessageStream<Resp>, ConnectError> {
+        let json = serde_json::to_vec(req).map_err(|e| ConnectError::internal(e.to_string()))?;
+        let mut builder = Request::post(format!("/{method}"))
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, STREAM_CONTENT_TYPE)
+            .header("connect-protocol-version", "1");
+        if let Some(ms) = timeout_ms {
+            builder = builder.header("connect-timeout-ms", ms.to_string());
+        }
+        let req = builder
+            .body(full_body(connect::encode_envelope(0, &json)))
+            .map_err(|e| ConnectError::internal(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(error_from_body(status, &bytes));
+        }
+        Ok(MessageStream {
+            body: resp.into_body(),
+            decoder: EnvelopeDecoder::default(),
+            done: false,
+            _marker: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Decodes a non-200 Connect (or plain) error body.
+pub fn error_from_body(status: StatusCode, bytes: &[u8]) -> ConnectError {
+    serde_json::from_slice::<ConnectError>(bytes).unwrap_or_else(|_| {
+        ConnectError::new(
+            Code::from_http_status(status.as_u16()),
+            String::from_utf8_lossy(bytes).into_owned(),
+        )
+    })
+}
+
+/// Messages of a server stream; ends after the end-of-stream envelope, yielding its error.
+pub struct MessageStream<T> {
+    body: Incoming,
+    decoder: EnvelopeDecoder,
+    done: bool,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Stream for MessageStream<T> {
+    type Item = Result<T, ConnectError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.decoder.next_envelope() {
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Some(env)) if env.is_end_stream() => {
+                    this.done = true;
+                    let end: EndStream = serde_json::from_slice(&env.data).unwrap_or_default();
+                    return Poll::Ready(end.error.map(Err));
+                }
+                Ok(Some(env)) => {
+                    return Poll::Ready(Some(serde_json::from_slice(&env.data).map_err(|e| {
+                        ConnectError::internal(format!("bad stream message from agent: {e}"))
+                    })));
+                }
+                Ok(None) => {}
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(ConnectError::new(
+                        Code::Unavailable,
+                        "agent stream ended without an end-of-stream message",
+                    ))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(ConnectError::new(
+                        Code::Unavailable,
+                        e.to_string(),
+                    ))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+}

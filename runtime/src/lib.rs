@@ -1,0 +1,1 @@
+//! Coppice runtime: sandboxes and their lifecycle.
