@@ -1,1 +1,14 @@
-//! Coppice runtime: sandboxes and their lifecycle.
+//! Coppice runtime: the sandbox model and lifecycle behind every surface.
+//!
+//! Backends are plan + executor (ARCHITECTURE decision 2): pure functions turn a sandbox spec
+//! into data (mount steps, cgroup writes, nft text) that is unit-tested everywhere, and a thin
+//! executor runs it on the host.
+
+pub mod error;
+pub mod model;
+pub mod templates;
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+
+pub use error::{Error, Result};

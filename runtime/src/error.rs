@@ -1,0 +1,51 @@
+//! Runtime errors: typed, mapped once per surface (MCP isError, E2B {code,message}, CLI exit).
+
+use coppice_envd::ConnectError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sandbox '{0}' not found (it may have been killed or timed out; list sandboxes to see live ones)")]
+    SandboxNotFound(String),
+    #[error("template '{0}' not found (list templates with `coppice template list`)")]
+    TemplateNotFound(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("host is missing a required feature: {0}")]
+    HostUnsupported(String),
+    #[error("sandbox agent: {0}")]
+    Agent(#[from] ConnectError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("state store: {0}")]
+    State(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub fn internal(msg: impl std::fmt::Display) -> Error {
+        Error::Internal(msg.to_string())
+    }
+}
+
+/// Adds context to I/O results: `fs::read(p).ctx(|| format!("reading {p:?}"))`.
+pub trait IoContext<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|source| Error::Io { context: what().into(), source })
+    }
+}

@@ -1,0 +1,155 @@
+//! The sandbox model shared by every backend and surface.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Resource limits of one sandbox. `None` means the configured default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes (RAM; swap is not granted on top).
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in cores, e.g. 0.5 or 2.
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: Option<u64>,
+}
+
+/// What a caller asks for when creating a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub template: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Lifetime before the reaper kills it; default from config (5 minutes).
+    #[serde(default, with = "opt_secs")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    /// Being set up (in a pool or for a request).
+    Starting,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Starting => "starting",
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "starting" => SandboxState::Starting,
+            "running" => SandboxState::Running,
+            "paused" => SandboxState::Paused,
+            "stopped" => SandboxState::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+/// What every surface reports about a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub template: String,
+    pub state: SandboxState,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; when the reaper will kill it.
+    pub expires_at: String,
+    pub limits: Limits,
+    pub metadata: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    /// Address of the sandbox on the host bridge.
+    pub ip: Option<String>,
+    /// Host pid of the sandbox's init (the agent).
+    pub pid: Option<i32>,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    /// How it was made: "host" (from the host's system directories) or "debootstrap".
+    pub source: String,
+    /// Read-only layers, top first (directories on the host).
+    pub layers: Vec<std::path::PathBuf>,
+    pub size_bytes: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Debian packages asked for at build time.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
+    }
+}
+
+/// Parses sizes like `512M`, `1G`, `2048K`, `1048576` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let mult: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("unknown size unit in '{s}' (use K, M, G)")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("not a size: '{s}'"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("size must be positive: '{s}'"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1M").is_err());
+    }
+}
