@@ -4,8 +4,10 @@
 //! into data (mount steps, cgroup writes, nft text) that is unit-tested everywhere, and a thin
 //! executor runs it on the host.
 
+pub mod clock;
 pub mod error;
 pub mod model;
+pub mod state;
 pub mod templates;
 
 #[cfg(target_os = "linux")]

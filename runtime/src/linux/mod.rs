@@ -4,3 +4,4 @@
 pub mod cgroup;
 pub mod net;
 pub mod seccomp;
+pub mod spawn;
