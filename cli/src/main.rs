@@ -1,1 +1,44 @@
-fn main() {}
+//! `coppice`: the daemon (`coppice serve`) and a CLI that talks to it over its unix socket.
+
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "coppice", version, about = "Coppice: agent-native sandboxes")]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "COPPICE_SOCKET", default_value = "/run/coppice/coppice.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (embedded defaults; a TOML file and flags override them).
+    Serve(serve::ServeArgs),
+    /// Create, list, inspect and kill sandboxes.
+    #[command(subcommand)]
+    Sandbox(client::SandboxCmd),
+    /// Run a command in a sandbox; streams its output and exits with its exit code.
+    Exec(client::ExecArgs),
+    /// Copy files in and out of a sandbox, list directories.
+    #[command(subcommand)]
+    Files(client::FilesCmd),
+    /// List and build templates.
+    #[command(subcommand)]
+    Template(client::TemplateCmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve(args) => serve::run(args, cli.socket),
+        other => client::run(other, cli.socket),
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,140 @@
-//! coppice-http
+//! The daemon's HTTP app. Handlers only translate HTTP to tool calls and results back; the
+//! same app is served on loopback TCP and on the unix control socket used by the CLI.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use coppice_envd::Code;
+use coppice_runtime::Error;
+use coppice_tools::Tools;
+use coppice_tools::commands::Exec;
+use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+
+pub fn app(tools: Tools) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/api/v1/sandboxes", post(create).get(list))
+        .route("/api/v1/sandboxes/{id}", get(info).delete(kill))
+        .route("/api/v1/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/api/v1/sandboxes/{id}/exec", post(exec))
+        .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
+        .route("/api/v1/templates", get(templates).post(build_template))
+        .with_state(Arc::new(tools))
+}
+
+type AppState = State<Arc<Tools>>;
+
+/// Errors as `{"code": "...", "message": "..."}` with a matching status.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The Connect-style code every surface maps an error to.
+pub fn error_code(e: &Error) -> Code {
+    match e {
+        Error::SandboxNotFound(_) | Error::TemplateNotFound(_) => Code::NotFound,
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::HostUnsupported(_) => Code::FailedPrecondition,
+        Error::Agent(c) => c.code,
+        Error::Io { .. } | Error::State(_) | Error::Internal(_) => Code::Internal,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = error_code(&self.0);
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "code": code, "message": self.0.to_string() });
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn create(State(t): AppState, Json(req): Json<CreateSandbox>) -> Result<Response, ApiError> {
+    let info = t.create_sandbox(req).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(State(t): AppState) -> Result<Response, ApiError> {
+    Ok(Json(t.list_sandboxes()?).into_response())
+}
+
+async fn info(State(t): AppState, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(t.sandbox_info(&id)?).into_response())
+}
+
+async fn kill(State(t): AppState, Path(id): Path<String>) -> Result<Response, ApiError> {
+    t.kill_sandbox(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_timeout(
+    State(t): AppState,
+    Path(id): Path<String>,
+    Json(req): Json<SetTimeout>,
+) -> Result<Response, ApiError> {
+    Ok(Json(t.set_timeout(&id, req)?).into_response())
+}
+
+async fn templates(State(t): AppState) -> Result<Response, ApiError> {
+    Ok(Json(t.list_templates()?).into_response())
+}
+
+/// Streams build progress as NDJSON lines ending with a `done` or `error` line.
+async fn build_template(State(t): AppState, Json(req): Json<BuildTemplate>) -> Response {
+    let rx = t.build_template(req);
+    let lines = tokio_stream_from(rx).map(|ev| Ok::<_, std::convert::Infallible>(ndjson(&ev)));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response()
+}
+
+fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn ndjson<T: serde::Serialize>(v: &T) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
+}
+
+/// Streams the command's events as NDJSON, one line per event, as they happen.
+async fn exec(State(t): AppState, Path(id): Path<String>, Json(req): Json<Exec>) -> Result<Response, ApiError> {
+    let events = t.exec(&id, req).await?;
+    let lines = events.map(|ev| {
+        let value = match ev {
+            Ok(ev) => serde_json::to_value(ev).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "type": "error", "code": error_code(&e), "message": e.to_string() }),
+        };
+        Ok::<_, std::convert::Infallible>(ndjson(&value))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+/// Forwards a request to the sandbox's agent unchanged, streaming both ways.
+async fn envd_proxy(
+    State(t): AppState,
+    Path((id, rest)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let agent = t.runtime().agent(&id)?;
+    let (mut parts, body) = req.into_parts();
+    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    parts.uri = format!("/{rest}{query}").parse().map_err(|e| Error::InvalidArgument(format!("bad path: {e}")))?;
+    parts.headers.insert(header::HOST, http::HeaderValue::from_static("agent"));
+    let body = body.map_err(std::io::Error::other).boxed_unsync();
+    let resp = agent.send(http::Request::from_parts(parts, body)).await.map_err(Error::from)?;
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Body::new(body)))
+}

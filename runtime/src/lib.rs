@@ -5,7 +5,9 @@
 //! executor runs it on the host.
 
 pub mod clock;
+pub mod config;
 pub mod error;
+pub mod manager;
 pub mod model;
 pub mod state;
 pub mod templates;
@@ -13,4 +15,6 @@ pub mod templates;
 #[cfg(target_os = "linux")]
 pub mod linux;
 
+pub use config::Config;
 pub use error::{Error, Result};
+pub use manager::Runtime;

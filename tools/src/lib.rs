@@ -1,1 +1,27 @@
-//! coppice-tools
+//! The tool layer: each capability as a typed request and response with exactly one
+//! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
+
+pub mod commands;
+pub mod sandboxes;
+
+use std::sync::Arc;
+
+use coppice_runtime::Runtime;
+
+/// Entry point to every tool; cheap to clone.
+#[derive(Clone)]
+pub struct Tools {
+    rt: Arc<Runtime>,
+}
+
+impl Tools {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self { rt }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+}
+
+pub use coppice_runtime::{Error, Result};

@@ -108,6 +108,17 @@ impl AgentClient {
         req: &Req,
         timeout_ms: Option<u64>,
     ) -> Result<MessageStream<Resp>, ConnectError> {
+        self.server_stream_as(method, req, timeout_ms, "").await
+    }
+
+    /// As `server_stream`, run as `user` (envd's `Authorization: Basic user:`); "" = default.
+    pub async fn server_stream_as<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout_ms: Option<u64>,
+        user: &str,
+    ) -> Result<MessageStream<Resp>, ConnectError> {
         let json = serde_json::to_vec(req).map_err(|e| ConnectError::internal(e.to_string()))?;
         let mut builder = Request::post(format!("/{method}"))
             .header(http::header::HOST, "agent")
@@ -115,6 +126,11 @@ impl AgentClient {
             .header("connect-protocol-version", "1");
         if let Some(ms) = timeout_ms {
             builder = builder.header("connect-timeout-ms", ms.to_string());
+        }
+        if !user.is_empty() {
+            use base64::Engine;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+            builder = builder.header(http::header::AUTHORIZATION, format!("Basic {token}"));
         }
         let req = builder
             .body(full_body(connect::encode_envelope(0, &json)))

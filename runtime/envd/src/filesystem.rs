@@ -125,6 +125,8 @@ pub struct WatchDirRequest {
 }
 
 /// Server-streamed `WatchDir` messages (a oneof).
+// Short-lived and moved once per event; boxing would only complicate construction.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum WatchDirResponse {

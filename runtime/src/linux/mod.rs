@@ -1,6 +1,7 @@
 //! The Linux backend: user, pid, mount, net, uts, ipc and cgroup namespaces; an idmapped
 //! overlay root; cgroup limits; a netns on the host bridge; seccomp and no_new_privs.
 
+pub mod backend;
 pub mod cgroup;
 pub mod net;
 pub mod seccomp;

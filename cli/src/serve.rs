@@ -1,0 +1,125 @@
+//! `coppice serve`: the daemon.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use coppice_runtime::{Config, Runtime};
+use coppice_tools::Tools;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (every key is optional).
+    #[arg(long, env = "COPPICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// State directory (templates, sandboxes, state.db).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Warm sandboxes kept per template (0 = off).
+    #[arg(long)]
+    pool_size: Option<usize>,
+    /// Default sandbox lifetime, e.g. 300s or 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    default_timeout: Option<std::time::Duration>,
+    /// Sandboxes get no network at all.
+    #[arg(long)]
+    no_network: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+pub fn run(args: ServeArgs, socket: PathBuf) -> i32 {
+    init_logging(args.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coppice: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(args, socket)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("coppice serve: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COPPICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    cfg.socket = socket;
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(l) = &args.listen {
+        cfg.listen = l.clone();
+    }
+    if let Some(n) = args.pool_size {
+        cfg.pool_size = n;
+    }
+    if let Some(t) = args.default_timeout {
+        cfg.default_timeout_secs = t.as_secs().max(1);
+    }
+    if args.no_network {
+        cfg.network = false;
+    }
+    Ok(cfg)
+}
+
+async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
+    let cfg = config(&args, socket)?;
+    let runtime = Runtime::start(cfg.clone()).await?;
+    runtime.spawn_background_tasks();
+    let app = coppice_http::app(Tools::new(runtime));
+
+    let tcp = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.listen))?;
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let unix = tokio::net::UnixListener::bind(&cfg.socket)
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.socket.display()))?;
+    std::fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    tracing::info!(
+        "coppice ready: http://{} and unix:{} (state in {})",
+        cfg.listen,
+        cfg.socket.display(),
+        cfg.state_dir.display()
+    );
+
+    let tcp_server = axum::serve(tcp, app.clone()).with_graceful_shutdown(shutdown());
+    let unix_server = axum::serve(unix, app).with_graceful_shutdown(shutdown());
+    tokio::try_join!(async { tcp_server.await }, async { unix_server.await })?;
+    // Sandboxes keep running; the next daemon recovers them.
+    tracing::info!("coppice stopped (sandboxes keep running and are recovered on restart)");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

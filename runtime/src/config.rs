@@ -1,0 +1,122 @@
+//! Daemon configuration: an embedded default that works with no file, overridable by a TOML
+//! file and by flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Limits;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where templates, sandboxes and the state database live.
+    pub state_dir: PathBuf,
+    /// HTTP listen address (loopback by default).
+    pub listen: String,
+    /// Unix control socket used by the CLI.
+    pub socket: PathBuf,
+    /// Template used when a request names none.
+    pub default_template: String,
+    /// Warm sandboxes kept ready per template (0 turns pooling off).
+    pub pool_size: usize,
+    /// Templates that get a pool; empty = just the default template.
+    pub pool_templates: Vec<String>,
+    /// Sandbox lifetime when a request gives none, in seconds.
+    pub default_timeout_secs: u64,
+    /// Upper bound on any sandbox's lifetime, in seconds.
+    pub max_timeout_secs: u64,
+    /// Limits applied when a request gives none.
+    pub default_limits: Limits,
+    /// Size of each sandbox's /tmp and /dev/shm tmpfs (counted against its memory limit).
+    pub tmpfs_size: String,
+    /// Give sandboxes a network (veth on a host bridge with NAT egress).
+    pub network: bool,
+    /// Set no_new_privs in sandboxes (setuid binaries such as sudo then cannot elevate).
+    pub no_new_privs: bool,
+    /// Install the default seccomp profile in sandboxes.
+    pub seccomp: bool,
+    /// First host uid/gid of the ranges given to sandboxes (65536 ids each).
+    pub id_base: u32,
+    /// Paths of the helper binaries; default: next to the running executable.
+    pub agent_binary: Option<PathBuf>,
+    pub spawn_binary: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/coppice"),
+            listen: "127.0.0.1:7070".into(),
+            socket: PathBuf::from("/run/coppice/coppice.sock"),
+            default_template: "default".into(),
+            pool_size: 2,
+            pool_templates: Vec::new(),
+            default_timeout_secs: 300,
+            max_timeout_secs: 24 * 3600,
+            default_limits: Limits {
+                memory_bytes: Some(512 << 20),
+                cpus: Some(1.0),
+                pids: Some(256),
+            },
+            tmpfs_size: "256m".into(),
+            network: true,
+            no_new_privs: true,
+            seccomp: true,
+            id_base: 0x1000_0000,
+            agent_binary: None,
+            spawn_binary: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("reading config {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
+    }
+
+    pub fn helper_binary(&self, name: &str) -> PathBuf {
+        let explicit = match name {
+            "coppice-agent" => self.agent_binary.clone(),
+            "coppice-spawn" => self.spawn_binary.clone(),
+            _ => None,
+        };
+        explicit.unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join(name)))
+                .unwrap_or_else(|| PathBuf::from(name))
+        })
+    }
+
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state_dir.join("sandboxes")
+    }
+
+    pub fn pooled_templates(&self) -> Vec<String> {
+        if self.pool_templates.is_empty() {
+            vec![self.default_template.clone()]
+        } else {
+            self.pool_templates.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_keep_defaults() {
+        let cfg: Config = toml::from_str("pool_size = 0\nlisten = \"0.0.0.0:9\"\n").unwrap();
+        assert_eq!(cfg.pool_size, 0);
+        assert_eq!(cfg.listen, "0.0.0.0:9");
+        assert_eq!(cfg.default_template, "default");
+        assert!(toml::from_str::<Config>("pool_sise = 1").is_err(), "typos are errors");
+    }
+}

@@ -1,0 +1,265 @@
+//! The Linux backend's executor: turns a sandbox record into a running sandbox (cgroup, netns,
+//! coppice-spawn) and tears it down again. The manager above it is backend-neutral.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::cgroup::{self, CgroupLayout};
+use super::net::{self, NetConfig};
+use super::spawn::{SpawnPlan, SpawnResult};
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::model::{Limits, TemplateInfo};
+use crate::state::SandboxRecord;
+
+/// Ids per sandbox user namespace.
+pub const ID_COUNT: u32 = 65536;
+
+pub struct LinuxBackend {
+    cfg: Config,
+    cgroups: CgroupLayout,
+    net: Option<NetConfig>,
+    agent_binary: PathBuf,
+    spawn_binary: PathBuf,
+}
+
+/// What the manager learns from a start.
+pub struct Started {
+    pub pid: i32,
+    pub pid_start: Option<u64>,
+    pub ip: Option<String>,
+}
+
+impl LinuxBackend {
+    /// Checks the host (root, cgroups, network) and sets up what every sandbox shares.
+    pub async fn new(cfg: &Config) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::HostUnsupported(
+                "the Linux backend needs root (user, mount and network namespaces, cgroups)".into(),
+            ));
+        }
+        let cgroups = cgroup::detect()?;
+        let net = if cfg.network {
+            let net = NetConfig::default();
+            net::ensure_host(&net).await?;
+            Some(net)
+        } else {
+            None
+        };
+        let agent_binary = cfg.helper_binary("coppice-agent");
+        let spawn_binary = cfg.helper_binary("coppice-spawn");
+        for bin in [&agent_binary, &spawn_binary] {
+            if !bin.is_file() {
+                return Err(Error::HostUnsupported(format!(
+                    "helper binary {} is missing (build the workspace: cargo build --release)",
+                    bin.display()
+                )));
+            }
+        }
+        Ok(Self { cfg: cfg.clone(), cgroups, net, agent_binary, spawn_binary })
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.sandboxes_dir().join(id)
+    }
+
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("agent.sock")
+    }
+
+    pub fn ip_of(&self, slot: u32) -> Option<String> {
+        self.net.as_ref().map(|n| n.sandbox_ip(slot).to_string())
+    }
+
+    /// Starts the sandbox described by `rec` on `template`'s layers.
+    pub async fn start(&self, rec: &SandboxRecord, template: &TemplateInfo) -> Result<Started> {
+        let dir = self.sandbox_dir(&rec.id);
+        for sub in ["fs/upper", "fs/work", "root", "stage"] {
+            std::fs::create_dir_all(dir.join(sub)).ctx(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let cg = self.cgroups.create(&rec.id)?;
+        let result = self.start_in(rec, template, &dir, &cg).await;
+        if result.is_err() {
+            self.destroy(rec).await;
+        }
+        result
+    }
+
+    async fn start_in(
+        &self,
+        rec: &SandboxRecord,
+        template: &TemplateInfo,
+        dir: &Path,
+        cg: &cgroup::SandboxCgroup,
+    ) -> Result<Started> {
+        cg.apply_limits(&rec.limits)?;
+        let sandbox_net = match &self.net {
+            Some(cfg) => Some(net::create(cfg, rec.slot).await?),
+            None => None,
+        };
+        let netns = sandbox_net
+            .as_ref()
+            .map(|n| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), n.netns.as_raw_fd())));
+        let plan = SpawnPlan {
+            id: rec.id.clone(),
+            hostname: rec.hostname.clone(),
+            id_base: self.id_base(rec.slot),
+            id_count: ID_COUNT,
+            layers: template.layers.clone(),
+            fs_dir: dir.join("fs"),
+            root_dir: dir.join("root"),
+            stage_dir: dir.join("stage"),
+            netns,
+            cgroup_procs: cg.paths().into_iter().map(|p| p.join("cgroup.procs")).collect(),
+            agent_binary: self.agent_binary.clone(),
+            agent_args: vec![],
+            agent_socket: dir.join("agent.sock"),
+            log_file: dir.join("agent.log"),
+            env: base_env(&rec.hostname),
+            tmpfs_size: self.cfg.tmpfs_size.clone(),
+            no_new_privs: self.cfg.no_new_privs,
+            seccomp: self.cfg.seccomp,
+        };
+        let started = run_spawn(&self.spawn_binary, &plan).await?;
+        drop(sandbox_net); // the sandbox's init now holds the netns
+        Ok(Started {
+            pid: started.pid,
+            pid_start: pid_start_time(started.pid),
+            ip: self.ip_of(rec.slot),
+        })
+    }
+
+    pub fn id_base(&self, slot: u32) -> u32 {
+        self.cfg.id_base + slot * ID_COUNT
+    }
+
+    /// Applies new limits to a running sandbox (used when a pooled one is handed out).
+    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<()> {
+        self.cgroups.open(id).apply_limits(limits)
+    }
+
+    /// True when the recorded init process is still the sandbox's (not a recycled pid).
+    pub fn alive(&self, rec: &SandboxRecord) -> bool {
+        match (rec.pid, rec.pid_start) {
+            (Some(pid), Some(start)) => pid_start_time(pid) == Some(start),
+            (Some(pid), None) => Path::new(&format!("/proc/{pid}")).exists(),
+            _ => false,
+        }
+    }
+
+    /// Kills everything in the sandbox and removes its cgroups, network and files. Never
+    /// fails: each step is attempted and problems are logged (a later sweep retries).
+    pub async fn destroy(&self, rec: &SandboxRecord) {
+        let cg = self.cgroups.open(&rec.id);
+        if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy()).await.map_err(Error::internal).and_then(|r| r) {
+            tracing::warn!(sandbox = %rec.id, "removing cgroups: {e}");
+        }
+        if self.net.is_some() {
+            if let Err(e) = net::destroy(&net::host_ifname(rec.slot)).await {
+                tracing::warn!(sandbox = %rec.id, "removing network: {e}");
+            }
+        }
+        remove_dir_in_background(self.sandbox_dir(&rec.id));
+    }
+
+    /// Removes cgroups, host interfaces and directories that no live sandbox owns (after a
+    /// crash). `live` are the sandboxes that survived reconciliation.
+    pub async fn sweep(&self, live: &[SandboxRecord]) {
+        let ids: std::collections::HashSet<&str> = live.iter().map(|r| r.id.as_str()).collect();
+        for name in self.cgroups.list() {
+            if !ids.contains(name.as_str()) {
+                tracing::info!("removing leaked cgroup {name}");
+                let _ = self.cgroups.open(&name).destroy();
+            }
+        }
+        if self.net.is_some() {
+            let ifs: std::collections::HashSet<String> = live.iter().map(|r| net::host_ifname(r.slot)).collect();
+            if let Ok(existing) = net::list_host_ifs().await {
+                for name in existing.into_iter().filter(|n| !ifs.contains(n)) {
+                    tracing::info!("removing leaked interface {name}");
+                    let _ = net::destroy(&name).await;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.cfg.sandboxes_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !ids.contains(name.as_str()) {
+                    tracing::info!("removing leaked sandbox directory {name}");
+                    remove_dir_in_background(entry.path());
+                }
+            }
+        }
+    }
+
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        self.cgroups.open(id).memory_usage()
+    }
+}
+
+/// Environment of the agent and so of every process in the sandbox.
+fn base_env(hostname: &str) -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("HOSTNAME".into(), hostname.into()),
+        ("COPPICE_SANDBOX".into(), "1".into()),
+    ]
+}
+
+async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
+    use tokio::io::AsyncWriteExt;
+
+    let mut child = tokio::process::Command::new(binary)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .ctx(|| format!("starting {}", binary.display()))?;
+    let input = serde_json::to_vec(plan).map_err(Error::internal)?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(&input).await.ctx(|| "sending the spawn plan")?;
+    drop(stdin);
+    let out = child.wait_with_output().await.ctx(|| "waiting for coppice-spawn")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Ok(result) = serde_json::from_str::<SpawnResult>(text.trim()) {
+        return Ok(result);
+    }
+    let reason = serde_json::from_str::<serde_json::Value>(text.trim())
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("coppice-spawn failed ({}): {text}", out.status));
+    Err(Error::Internal(format!("starting the sandbox: {reason}")))
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat).
+pub fn pid_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Deletes a directory tree off the request path (a big upper can take a while).
+fn remove_dir_in_background(dir: PathBuf) {
+    std::thread::spawn(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let me = std::process::id() as i32;
+        assert!(pid_start_time(me).is_some());
+        assert_eq!(pid_start_time(me), pid_start_time(me));
+        assert!(pid_start_time(i32::MAX).is_none());
+    }
+}

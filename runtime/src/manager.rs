@@ -1,0 +1,421 @@
+//! The runtime every surface talks to: creates, hands out (from warm pools), lists, times out,
+//! kills and recovers sandboxes. Backend-neutral; the backend does the kernel work.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coppice_envd::AgentClient;
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
+use crate::state::{SandboxRecord, StateStore};
+use crate::templates::TemplateStore;
+
+#[cfg(target_os = "linux")]
+pub type Backend = crate::linux::backend::LinuxBackend;
+
+pub struct Runtime {
+    cfg: Config,
+    store: StateStore,
+    templates: TemplateStore,
+    backend: Backend,
+    /// Ready sandboxes per template, oldest first.
+    pools: Mutex<HashMap<String, VecDeque<String>>>,
+    refill: Notify,
+    /// Serialises slot allocation (slot = uid range, IP, interface name).
+    slots: tokio::sync::Mutex<()>,
+}
+
+/// Sandbox ids: 20 characters of [a-z0-9], like E2B's (and never a '-', which host-based
+/// routing splits on).
+pub fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+impl Runtime {
+    /// Opens the state, checks the host, ensures the default template and recovers what a
+    /// previous daemon left running.
+    pub async fn start(cfg: Config) -> Result<Arc<Runtime>> {
+        std::fs::create_dir_all(cfg.sandboxes_dir())
+            .map_err(Error::io(format!("creating {}", cfg.sandboxes_dir().display())))?;
+        let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
+        let templates = TemplateStore::new(&cfg.state_dir)?;
+        let t0 = std::time::Instant::now();
+        let default = tokio::task::block_in_place(|| templates.ensure_default())?;
+        tracing::info!(template = %default.name, elapsed = ?t0.elapsed(), "default template ready");
+        let backend = Backend::new(&cfg).await?;
+        let rt = Arc::new(Runtime {
+            cfg,
+            store,
+            templates,
+            backend,
+            pools: Mutex::new(HashMap::new()),
+            refill: Notify::new(),
+            slots: tokio::sync::Mutex::new(()),
+        });
+        rt.recover().await?;
+        Ok(rt)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn templates(&self) -> &TemplateStore {
+        &self.templates
+    }
+
+    /// Runs the reaper and the pool filler until the process ends.
+    pub fn spawn_background_tasks(self: &Arc<Self>) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                rt.reap().await;
+            }
+        });
+        let rt = self.clone();
+        tokio::spawn(async move {
+            loop {
+                rt.fill_pools().await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), rt.refill.notified()).await;
+            }
+        });
+    }
+
+    /// Reconciles the store with the kernel: live sandboxes are kept (pooled ones go back to
+    /// their pool), dead ones are cleaned up, and anything nobody owns is swept.
+    async fn recover(&self) -> Result<()> {
+        let mut live = Vec::new();
+        for rec in self.store.all()? {
+            if rec.state != SandboxState::Starting && self.backend.alive(&rec) {
+                if rec.pooled {
+                    self.pool_push(&rec.template, rec.id.clone());
+                }
+                tracing::info!(sandbox = %rec.id, "recovered");
+                live.push(rec);
+            } else {
+                tracing::info!(sandbox = %rec.id, "cleaning up a sandbox that did not survive");
+                self.backend.destroy(&rec).await;
+                self.store.delete(&rec.id)?;
+                self.store.event(Some(&rec.id), "lost", "its processes were gone after a restart");
+            }
+        }
+        self.backend.sweep(&live).await;
+        Ok(())
+    }
+
+    /// Creates a sandbox, from the warm pool when one is ready.
+    pub async fn create(&self, req: CreateRequest) -> Result<SandboxInfo> {
+        let template = self.templates.get(req.template.as_deref().unwrap_or(&self.cfg.default_template))?;
+        let limits = self.effective_limits(&req.limits)?;
+        let timeout = self.effective_timeout(req.timeout)?;
+        let rec = match self.pool_pop(&template.name) {
+            Some(id) => {
+                self.refill.notify_one();
+                match self.claim(&id, &limits, &req, timeout).await {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, "pooled sandbox unusable, starting a new one: {e}");
+                        if let Ok(Some(rec)) = self.store.get(&id) {
+                            self.destroy(rec).await.ok();
+                        }
+                        self.start_new(&template, limits, &req, timeout, false).await?
+                    }
+                }
+            }
+            None => self.start_new(&template, limits, &req, timeout, false).await?,
+        };
+        Ok(self.info_of(&rec))
+    }
+
+    /// Hands a pooled sandbox to a caller: its limits, env, metadata and timeout.
+    async fn claim(
+        &self,
+        id: &str,
+        limits: &Limits,
+        req: &CreateRequest,
+        timeout: Duration,
+    ) -> Result<SandboxRecord> {
+        let mut rec = self.store.get(id)?.ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        self.backend.set_limits(id, limits)?;
+        if !req.env.is_empty() {
+            self.init_agent(id, &req.env).await?;
+        }
+        let now = now_ms();
+        rec.limits = limits.clone();
+        rec.env = req.env.clone();
+        rec.metadata = req.metadata.clone();
+        rec.created_at_ms = now;
+        rec.expires_at_ms = now + timeout.as_millis() as i64;
+        rec.pooled = false;
+        self.store.update(&rec)?;
+        self.store.event(Some(id), "created", "from the warm pool");
+        Ok(rec)
+    }
+
+    async fn start_new(
+        &self,
+        template: &TemplateInfo,
+        limits: Limits,
+        req: &CreateRequest,
+        timeout: Duration,
+        pooled: bool,
+    ) -> Result<SandboxRecord> {
+        let id = new_id();
+        let now = now_ms();
+        let mut rec = {
+            let _guard = self.slots.lock().await;
+            let rec = SandboxRecord {
+                id: id.clone(),
+                template: template.name.clone(),
+                state: SandboxState::Starting,
+                slot: self.store.free_slot()?,
+                pid: None,
+                pid_start: None,
+                created_at_ms: now,
+                expires_at_ms: if pooled { i64::MAX } else { now + timeout.as_millis() as i64 },
+                limits,
+                env: req.env.clone(),
+                metadata: req.metadata.clone(),
+                hostname: format!("sbx-{}", &id[..8]),
+                pooled,
+            };
+            self.store.insert(&rec)?;
+            rec
+        };
+        let started = match self.backend.start(&rec, template).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.store.delete(&id)?;
+                return Err(e);
+            }
+        };
+        rec.pid = Some(started.pid);
+        rec.pid_start = started.pid_start;
+        rec.state = SandboxState::Running;
+        self.store.update(&rec)?;
+        if !rec.env.is_empty() {
+            if let Err(e) = self.init_agent(&id, &rec.env).await {
+                self.destroy(rec).await.ok();
+                return Err(e);
+            }
+        }
+        if !pooled {
+            self.store.event(Some(&id), "created", "");
+        }
+        Ok(rec)
+    }
+
+    /// Sends sandbox-wide env vars to the agent (envd's `POST /init`).
+    async fn init_agent(&self, id: &str, env: &BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::json!({ "envVars": env }).to_string();
+        let req = http::Request::post("/init")
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(coppice_envd::client::full_body(body))
+            .map_err(Error::internal)?;
+        let resp = self.agent_of(id).send(req).await?;
+        if !resp.status().is_success() {
+            return Err(Error::Internal(format!("agent refused env vars: {}", resp.status())));
+        }
+        Ok(())
+    }
+
+    fn effective_limits(&self, asked: &Limits) -> Result<Limits> {
+        let d = &self.cfg.default_limits;
+        let limits = Limits {
+            memory_bytes: asked.memory_bytes.or(d.memory_bytes),
+            cpus: asked.cpus.or(d.cpus),
+            pids: asked.pids.or(d.pids),
+        };
+        if limits.memory_bytes.is_some_and(|m| m < 16 << 20) {
+            return Err(Error::InvalidArgument("memory limit must be at least 16M".into()));
+        }
+        if limits.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+            return Err(Error::InvalidArgument("cpus must be between 0 and 1024".into()));
+        }
+        if limits.pids.is_some_and(|p| p < 8) {
+            return Err(Error::InvalidArgument("pids limit must be at least 8".into()));
+        }
+        Ok(limits)
+    }
+
+    fn effective_timeout(&self, asked: Option<Duration>) -> Result<Duration> {
+        let t = asked.unwrap_or(Duration::from_secs(self.cfg.default_timeout_secs));
+        if t.is_zero() {
+            return Err(Error::InvalidArgument("timeout must be positive".into()));
+        }
+        if t > Duration::from_secs(self.cfg.max_timeout_secs) {
+            return Err(Error::InvalidArgument(format!(
+                "timeout exceeds the maximum of {}s",
+                self.cfg.max_timeout_secs
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A sandbox visible to callers (pooled and half-started ones are not).
+    fn record(&self, id: &str) -> Result<SandboxRecord> {
+        match self.store.get(id)? {
+            Some(rec) if !rec.pooled && rec.state != SandboxState::Starting => Ok(rec),
+            _ => Err(Error::SandboxNotFound(id.to_string())),
+        }
+    }
+
+    /// A client for the agent of a sandbox visible to callers.
+    pub fn agent(&self, id: &str) -> Result<AgentClient> {
+        self.record(id)?;
+        Ok(self.agent_of(id))
+    }
+
+    fn agent_of(&self, id: &str) -> AgentClient {
+        AgentClient::new(self.backend.agent_socket(id))
+    }
+
+    pub fn info(&self, id: &str) -> Result<SandboxInfo> {
+        Ok(self.info_of(&self.record(id)?))
+    }
+
+    pub fn list(&self) -> Result<Vec<SandboxInfo>> {
+        Ok(self
+            .store
+            .all()?
+            .iter()
+            .filter(|r| !r.pooled && r.state != SandboxState::Starting)
+            .map(|r| self.info_of(r))
+            .collect())
+    }
+
+    fn info_of(&self, rec: &SandboxRecord) -> SandboxInfo {
+        SandboxInfo {
+            id: rec.id.clone(),
+            template: rec.template.clone(),
+            state: rec.state,
+            created_at: rfc3339_ms(rec.created_at_ms),
+            expires_at: rfc3339_ms(rec.expires_at_ms.min(253_402_300_799_000)),
+            limits: rec.limits.clone(),
+            metadata: rec.metadata.clone(),
+            env: rec.env.clone(),
+            ip: self.backend.ip_of(rec.slot),
+            pid: rec.pid,
+            hostname: rec.hostname.clone(),
+        }
+    }
+
+    /// Extends (or shortens) a sandbox's lifetime, counted from now.
+    pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo> {
+        let timeout = self.effective_timeout(Some(timeout))?;
+        let mut rec = self.record(id)?;
+        rec.expires_at_ms = now_ms() + timeout.as_millis() as i64;
+        self.store.update(&rec)?;
+        Ok(self.info_of(&rec))
+    }
+
+    pub async fn kill(&self, id: &str) -> Result<()> {
+        let rec = self.record(id)?;
+        self.destroy(rec).await
+    }
+
+    async fn destroy(&self, rec: SandboxRecord) -> Result<()> {
+        let id = rec.id.as_str();
+        self.pool_remove(&rec.template, id);
+        self.backend.destroy(&rec).await;
+        self.store.delete(id)?;
+        self.store.event(Some(id), "killed", "");
+        Ok(())
+    }
+
+    /// Kills expired sandboxes and forgets ones whose processes died.
+    async fn reap(&self) {
+        let Ok(all) = self.store.all() else { return };
+        let now = now_ms();
+        for rec in all.into_iter().filter(|r| r.state != SandboxState::Starting) {
+            let reason = if rec.expires_at_ms <= now {
+                "timeout"
+            } else if !self.backend.alive(&rec) {
+                "died"
+            } else {
+                continue;
+            };
+            tracing::info!(sandbox = %rec.id, reason, "reaping");
+            self.pool_remove(&rec.template, &rec.id);
+            self.backend.destroy(&rec).await;
+            let _ = self.store.delete(&rec.id);
+            self.store.event(Some(&rec.id), "reaped", reason);
+            if rec.pooled {
+                self.refill.notify_one();
+            }
+        }
+    }
+
+    async fn fill_pools(&self) {
+        if self.cfg.pool_size == 0 {
+            return;
+        }
+        for name in self.cfg.pooled_templates() {
+            let Ok(template) = self.templates.get(&name) else { continue };
+            while self.pool_len(&name) < self.cfg.pool_size {
+                let req = CreateRequest::default();
+                let limits = self.cfg.default_limits.clone();
+                match self.start_new(&template, limits, &req, Duration::from_secs(1), true).await {
+                    Ok(rec) => self.pool_push(&name, rec.id),
+                    Err(e) => {
+                        tracing::warn!(template = %name, "filling the warm pool: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn pool_push(&self, template: &str, id: String) {
+        self.pools.lock().expect("pools").entry(template.to_string()).or_default().push_back(id);
+    }
+
+    fn pool_pop(&self, template: &str) -> Option<String> {
+        self.pools.lock().expect("pools").get_mut(template)?.pop_front()
+    }
+
+    fn pool_len(&self, template: &str) -> usize {
+        self.pools.lock().expect("pools").get(template).map_or(0, VecDeque::len)
+    }
+
+    fn pool_remove(&self, template: &str, id: &str) {
+        if let Some(q) = self.pools.lock().expect("pools").get_mut(template) {
+            q.retain(|x| x != id);
+        }
+    }
+
+    /// Number of ready sandboxes waiting in the pool of `template`.
+    pub fn pool_ready(&self, template: &str) -> usize {
+        self.pool_len(template)
+    }
+
+    pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
+        self.templates.list()
+    }
+
+    /// Host memory charged to a sandbox's cgroup.
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        self.backend.memory_usage(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_e2b_shaped() {
+        let id = super::new_id();
+        assert_eq!(id.len(), 20);
+        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert_ne!(id, super::new_id());
+    }
+}

@@ -1,0 +1,123 @@
+//! Sandbox lifecycle tools: create, list, info, kill, set_timeout; templates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coppice_runtime::model::{CreateRequest, Limits, SandboxInfo, TemplateInfo, parse_size};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, Tools};
+
+/// Create a sandbox. Sizes are strings like "512M"; timeouts are seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pids: Option<u64>,
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetTimeout {
+    pub timeout_secs: f64,
+}
+
+impl Tools {
+    pub async fn create_sandbox(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        let memory_bytes = req.memory.as_deref().map(parse_size).transpose().map_err(Error::InvalidArgument)?;
+        let timeout = req.timeout_secs.map(secs).transpose()?;
+        self.rt
+            .create(CreateRequest {
+                template: req.template,
+                limits: Limits { memory_bytes, cpus: req.cpus, pids: req.pids },
+                timeout,
+                env: req.env,
+                metadata: req.metadata,
+            })
+            .await
+    }
+
+    pub fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>> {
+        self.rt.list()
+    }
+
+    pub fn sandbox_info(&self, id: &str) -> Result<SandboxInfo> {
+        self.rt.info(id)
+    }
+
+    pub async fn kill_sandbox(&self, id: &str) -> Result<()> {
+        self.rt.kill(id).await
+    }
+
+    pub fn set_timeout(&self, id: &str, req: SetTimeout) -> Result<SandboxInfo> {
+        self.rt.set_timeout(id, secs(req.timeout_secs)?)
+    }
+
+    pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
+        self.rt.list_templates()
+    }
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    if !(s.is_finite() && s > 0.0) {
+        return Err(Error::InvalidArgument(format!("timeout must be a positive number of seconds, got {s}")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Build a Debian template with debootstrap.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildTemplate {
+    pub name: String,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub suite: Option<String>,
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+/// Progress of a template build: output lines, then the result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    Progress { line: String },
+    Done { template: TemplateInfo },
+    Error { message: String },
+}
+
+impl Tools {
+    /// Builds in a blocking thread; events arrive on the returned channel as they happen.
+    pub fn build_template(&self, req: BuildTemplate) -> tokio::sync::mpsc::UnboundedReceiver<BuildEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let rt = self.rt.clone();
+        tokio::task::spawn_blocking(move || {
+            let opts = coppice_runtime::templates::BuildOptions {
+                suite: req.suite,
+                mirror: req.mirror,
+                ..Default::default()
+            };
+            let mut progress = |line: &str| {
+                let _ = tx.send(BuildEvent::Progress { line: line.to_string() });
+            };
+            let result = rt.templates().build_debootstrap(&req.name, &req.packages, &opts, &mut progress);
+            let _ = tx.send(match result {
+                Ok(template) => BuildEvent::Done { template },
+                Err(e) => BuildEvent::Error { message: e.to_string() },
+            });
+        });
+        rx
+    }
+}
