@@ -211,6 +211,8 @@ async fn exec(args: ExecArgs, d: &Daemon) -> Result<i32, Failure> {
         "timeout_secs": args.timeout.map(|t| t.as_secs_f64()),
     });
     let resp = d.request("POST", &format!("/api/v1/sandboxes/{}/exec", args.id), json_body(&body)).await?;
+    // A command that cannot start (missing binary, bad cwd) exits 127 like a shell's.
+    let resp = check(resp).await.map_err(|Failure(msg, code)| Failure(msg, if code == 2 { 2 } else { 127 }))?;
     let mut lines = ndjson_lines(resp.into_body());
     let mut code = 1;
     while let Some(line) = lines.next().await {

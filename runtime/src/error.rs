@@ -4,7 +4,9 @@ use coppice_envd::ConnectError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("sandbox '{0}' not found (it may have been killed or timed out; list sandboxes to see live ones)")]
+    #[error(
+        "sandbox '{0}' not found (it may have been killed or timed out; list sandboxes to see live ones)"
+    )]
     SandboxNotFound(String),
     #[error("template '{0}' not found (list templates with `coppice template list`)")]
     TemplateNotFound(String),
@@ -19,7 +21,10 @@ pub enum Error {
     #[error("sandbox agent: {0}")]
     Agent(#[from] ConnectError),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("state store: {0}")]
     State(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -46,6 +51,9 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
-        self.map_err(|source| Error::Io { context: what().into(), source })
+        self.map_err(|source| Error::Io {
+            context: what().into(),
+            source,
+        })
     }
 }

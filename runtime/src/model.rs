@@ -132,7 +132,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (s, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("not a size: '{s}'"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: '{s}'"))?;
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("size must be positive: '{s}'"));
     }
