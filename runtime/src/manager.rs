@@ -202,11 +202,11 @@ impl Runtime {
         rec.pid_start = started.pid_start;
         rec.state = SandboxState::Running;
         self.store.update(&rec)?;
-        if !rec.env.is_empty() {
-            if let Err(e) = self.init_agent(&id, &rec.env).await {
-                self.destroy(rec).await.ok();
-                return Err(e);
-            }
+        if !rec.env.is_empty()
+            && let Err(e) = self.init_agent(&id, &rec.env).await
+        {
+            self.destroy(rec).await.ok();
+            return Err(e);
         }
         if !pooled {
             self.store.event(Some(&id), "created", "");

@@ -154,10 +154,10 @@ impl LinuxBackend {
         if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy()).await.map_err(Error::internal).and_then(|r| r) {
             tracing::warn!(sandbox = %rec.id, "removing cgroups: {e}");
         }
-        if self.net.is_some() {
-            if let Err(e) = net::destroy(&net::host_ifname(rec.slot)).await {
-                tracing::warn!(sandbox = %rec.id, "removing network: {e}");
-            }
+        if self.net.is_some()
+            && let Err(e) = net::destroy(&net::host_ifname(rec.slot)).await
+        {
+            tracing::warn!(sandbox = %rec.id, "removing network: {e}");
         }
         remove_dir_in_background(self.sandbox_dir(&rec.id));
     }
@@ -243,10 +243,10 @@ pub fn pid_start_time(pid: i32) -> Option<u64> {
 /// Deletes a directory tree off the request path (a big upper can take a while).
 fn remove_dir_in_background(dir: PathBuf) {
     std::thread::spawn(move || {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("removing {}: {e}", dir.display());
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", dir.display());
         }
     });
 }

@@ -200,8 +200,8 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
 /// Host-side steps between clone and the child's go: ids, cgroups, oom score, the root.
 fn prepare_child(plan: &SpawnPlan, pid: i32) -> Result<(), String> {
     let map = format!("0 {} {}\n", plan.id_base, plan.id_count);
-    write_file(&format!("/proc/{pid}/uid_map"), &map)?;
-    write_file(&format!("/proc/{pid}/gid_map"), &map)?;
+    write_file(format!("/proc/{pid}/uid_map"), &map)?;
+    write_file(format!("/proc/{pid}/gid_map"), &map)?;
     for procs in &plan.cgroup_procs {
         write_file(procs, &pid.to_string())?;
     }
