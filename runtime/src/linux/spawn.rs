@@ -364,26 +364,7 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
     // /sys: the host's, read-only and without submounts (no cgroup trees, no debugfs).
     let sys = root.join("sys");
     std::fs::create_dir_all(&sys).map_err(|e| format!("creating {sys:?}: {e}"))?;
-    mount(
-        Some("/sys"),
-        &sys,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("binding /sys: {e}"))?;
-    mount(
-        None::<&str>,
-        &sys,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | nosuid_nodev
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making /sys read-only: {e}"))?;
+    bind_readonly(Path::new("/sys"), &sys, MsFlags::empty())?;
     for dir in MASKED_DIRS.iter().filter(|d| d.starts_with("sys/")) {
         let target = root.join(dir);
         if target.is_dir() {
@@ -487,25 +468,7 @@ impl ChildSetup<'_> {
         for path in READONLY_PATHS {
             let target = root.join(path);
             if target.exists() {
-                mount(
-                    Some(&target),
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|e| format!("binding {path}: {e}"))?;
-                mount(
-                    None::<&str>,
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND
-                        | MsFlags::MS_REMOUNT
-                        | MsFlags::MS_RDONLY
-                        | nosuid_nodev_noexec,
-                    None::<&str>,
-                )
-                .map_err(|e| format!("making {path} read-only: {e}"))?;
+                bind_readonly(&target, &target, MsFlags::MS_REC)?;
             }
         }
 
@@ -581,6 +544,21 @@ impl ChildSetup<'_> {
             std::io::Error::last_os_error()
         ))
     }
+}
+
+/// Binds `src` on `target` read-only, nosuid, nodev and noexec (`extra`: e.g. MS_REC).
+fn bind_readonly(src: &Path, target: &Path, extra: nix::mount::MsFlags) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | extra, None::<&str>)
+        .map_err(|e| format!("binding {src:?} on {target:?}: {e}"))?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
+        .map_err(|e| format!("making {target:?} read-only: {e}"))
 }
 
 fn bind_agent_socket(path: &Path) -> Result<OwnedFd, String> {
