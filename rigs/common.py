@@ -246,6 +246,22 @@ def refuse_if_other_daemon(wait_s: float = 0.0) -> None:
         time.sleep(5)
 
 
+def contention() -> dict[str, Any]:
+    """What else is loading the host right now (recorded per phase: a compile or another
+    daemon next to a benchmark skews it)."""
+    out = subprocess.run(["ps", "-eo", "pid=,pcpu=,comm="], capture_output=True, text=True).stdout
+    busy = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[2] in ("rustc", "cargo", "cc", "ld", "cc1", "lld", "mold") :
+            busy.append(parts[2])
+    return {
+        "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
+        "compilers": len(busy),
+        "other_daemons": len(other_daemons()),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -447,10 +463,13 @@ def any_procs(sid: str) -> bool:
     return False
 
 
-def kill_sandboxes(ids: list[str], timeout: float = 10.0) -> None:
+def kill_sandboxes(ids: list[str], timeout: float = 20.0) -> None:
     """SIGKILLs every process in the cgroups of the given sandboxes (only those ids: other
-    people's sandboxes are never touched) and waits until they are gone."""
+    people's sandboxes are never touched) and waits until they are gone from /proc, not just
+    from the cgroup: a killed agent is reparented to the host's init and stays a zombie until
+    init reaps it, and the daemon's recovery counts a zombie as a live sandbox."""
     deadline = time.monotonic() + timeout
+    seen: set[int] = set()
     while True:
         left = 0
         for sid in ids:
@@ -461,11 +480,20 @@ def kill_sandboxes(ids: list[str], timeout: float = 10.0) -> None:
                     continue
                 for pid in pids:
                     left += 1
+                    seen.add(pid)
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-        if not left or time.monotonic() > deadline:
+        if not left:
+            break
+        if time.monotonic() > deadline:
+            print(f"warning: sandbox processes survive SIGKILL: {left}", file=sys.stderr)
+            return
+        time.sleep(0.05)
+    while any(os.path.exists(f"/proc/{pid}") for pid in seen):
+        if time.monotonic() > deadline:
+            print("warning: killed sandbox processes not reaped yet (zombies)", file=sys.stderr)
             return
         time.sleep(0.05)
 

@@ -88,9 +88,17 @@ pub struct ExecArgs {
 #[derive(Subcommand)]
 pub enum FilesCmd {
     /// Upload a local file.
-    Put { id: String, local: PathBuf, remote: String },
+    Put {
+        id: String,
+        local: PathBuf,
+        remote: String,
+    },
     /// Download a file.
-    Get { id: String, remote: String, local: PathBuf },
+    Get {
+        id: String,
+        remote: String,
+        local: PathBuf,
+    },
     /// List a directory.
     Ls {
         id: String,
@@ -138,8 +146,13 @@ impl From<String> for Failure {
 }
 
 pub fn run(cmd: Command, socket: PathBuf) -> i32 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let client = Daemon { http: AgentClient::new(socket) };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = Daemon {
+        http: AgentClient::new(socket),
+    };
     match rt.block_on(dispatch(cmd, &client)) {
         Ok(code) => code,
         Err(Failure(msg, code)) => {
@@ -161,7 +174,16 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
 
 async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
     match cmd {
-        SandboxCmd::Create { template, memory, cpus, pids, timeout, env, meta, json } => {
+        SandboxCmd::Create {
+            template,
+            memory,
+            cpus,
+            pids,
+            timeout,
+            env,
+            meta,
+            json,
+        } => {
             let body = json!({
                 "template": template, "memory": memory, "cpus": cpus, "pids": pids,
                 "timeout_secs": timeout.map(|t| t.as_secs_f64()),
@@ -169,12 +191,17 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
                 "metadata": meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),
             });
             let info = d.json("POST", "/api/v1/sandboxes", Some(body)).await?;
-            print_value(&info, json, |v| println!("{}", v["id"].as_str().unwrap_or_default()));
+            print_value(&info, json, |v| {
+                println!("{}", v["id"].as_str().unwrap_or_default())
+            });
         }
         SandboxCmd::List { json } => {
             let list = d.json("GET", "/api/v1/sandboxes", None).await?;
             print_value(&list, json, |v| {
-                println!("{:<22} {:<12} {:<9} {:<14} EXPIRES", "ID", "TEMPLATE", "STATE", "IP");
+                println!(
+                    "{:<22} {:<12} {:<9} {:<14} EXPIRES",
+                    "ID", "TEMPLATE", "STATE", "IP"
+                );
                 for s in v.as_array().into_iter().flatten() {
                     println!(
                         "{:<22} {:<12} {:<9} {:<14} {}",
@@ -188,17 +215,32 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             });
         }
         SandboxCmd::Info { id, json } => {
-            let info = d.json("GET", &format!("/api/v1/sandboxes/{id}"), None).await?;
-            print_value(&info, json, |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()));
+            let info = d
+                .json("GET", &format!("/api/v1/sandboxes/{id}"), None)
+                .await?;
+            print_value(&info, json, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            });
         }
         SandboxCmd::Kill { id, json } => {
-            d.json("DELETE", &format!("/api/v1/sandboxes/{id}"), None).await?;
-            print_value(&json!({"id": id, "killed": true}), json, |_| println!("killed {id}"));
+            d.json("DELETE", &format!("/api/v1/sandboxes/{id}"), None)
+                .await?;
+            print_value(&json!({"id": id, "killed": true}), json, |_| {
+                println!("killed {id}")
+            });
         }
         SandboxCmd::SetTimeout { id, timeout, json } => {
             let body = json!({ "timeout_secs": timeout.as_secs_f64() });
-            let info = d.json("POST", &format!("/api/v1/sandboxes/{id}/timeout"), Some(body)).await?;
-            print_value(&info, json, |v| println!("expires at {}", v["expires_at"].as_str().unwrap_or("")));
+            let info = d
+                .json(
+                    "POST",
+                    &format!("/api/v1/sandboxes/{id}/timeout"),
+                    Some(body),
+                )
+                .await?;
+            print_value(&info, json, |v| {
+                println!("expires at {}", v["expires_at"].as_str().unwrap_or(""))
+            });
         }
     }
     Ok(0)
@@ -210,16 +252,27 @@ async fn exec(args: ExecArgs, d: &Daemon) -> Result<i32, Failure> {
         "env": args.env.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),
         "timeout_secs": args.timeout.map(|t| t.as_secs_f64()),
     });
-    let resp = d.request("POST", &format!("/api/v1/sandboxes/{}/exec", args.id), json_body(&body)).await?;
+    let resp = d
+        .request(
+            "POST",
+            &format!("/api/v1/sandboxes/{}/exec", args.id),
+            json_body(&body),
+        )
+        .await?;
     // A command that cannot start (missing binary, bad cwd) exits 127 like a shell's.
-    let resp = check(resp).await.map_err(|Failure(msg, code)| Failure(msg, if code == 2 { 2 } else { 127 }))?;
+    let resp = check(resp)
+        .await
+        .map_err(|Failure(msg, code)| Failure(msg, if code == 2 { 2 } else { 127 }))?;
     let mut lines = ndjson_lines(resp.into_body());
     let mut code = 1;
     while let Some(line) = lines.next().await {
-        let ev: Value = serde_json::from_slice(&line?).map_err(|e| format!("bad event from daemon: {e}"))?;
+        let ev: Value =
+            serde_json::from_slice(&line?).map_err(|e| format!("bad event from daemon: {e}"))?;
         let data = || {
             use base64::Engine;
-            base64::engine::general_purpose::STANDARD.decode(ev["data"].as_str().unwrap_or_default()).unwrap_or_default()
+            base64::engine::general_purpose::STANDARD
+                .decode(ev["data"].as_str().unwrap_or_default())
+                .unwrap_or_default()
         };
         match ev["type"].as_str() {
             Some("stdout") => {
@@ -240,7 +293,13 @@ async fn exec(args: ExecArgs, d: &Daemon) -> Result<i32, Failure> {
                 }
             }
             Some("error") => {
-                return Err(Failure(ev["message"].as_str().unwrap_or("command failed").to_string(), 127));
+                return Err(Failure(
+                    ev["message"]
+                        .as_str()
+                        .unwrap_or("command failed")
+                        .to_string(),
+                    127,
+                ));
             }
             _ => {}
         }
@@ -260,9 +319,12 @@ fn signal_number(status: &str) -> i32 {
 async fn files(cmd: FilesCmd, d: &Daemon) -> Result<i32, Failure> {
     match cmd {
         FilesCmd::Put { id, local, remote } => {
-            let file = tokio::fs::File::open(&local).await.map_err(|e| format!("{}: {e}", local.display()))?;
+            let file = tokio::fs::File::open(&local)
+                .await
+                .map_err(|e| format!("{}: {e}", local.display()))?;
             let stream = tokio_util_stream(file);
-            let body = http_body_util::StreamBody::new(stream.map(|r| r.map(http_body::Frame::data)));
+            let body =
+                http_body_util::StreamBody::new(stream.map(|r| r.map(http_body::Frame::data)));
             let path = format!("/api/v1/sandboxes/{id}/envd/files?path={}", encode(&remote));
             let req = http::Request::post(path)
                 .header(http::header::HOST, "coppice")
@@ -277,17 +339,29 @@ async fn files(cmd: FilesCmd, d: &Daemon) -> Result<i32, Failure> {
             let resp = check(d.request("GET", &path, full_body(Bytes::new())).await?).await?;
             write_body_to(resp.into_body(), &local).await?;
         }
-        FilesCmd::Ls { id, path, depth, json } => {
+        FilesCmd::Ls {
+            id,
+            path,
+            depth,
+            json,
+        } => {
             let body = json!({ "path": path, "depth": depth });
             let list = d
-                .json("POST", &format!("/api/v1/sandboxes/{id}/envd/filesystem.Filesystem/ListDir"), Some(body))
+                .json(
+                    "POST",
+                    &format!("/api/v1/sandboxes/{id}/envd/filesystem.Filesystem/ListDir"),
+                    Some(body),
+                )
                 .await?;
             print_value(&list["entries"], json, |v| {
                 for e in v.as_array().into_iter().flatten() {
                     println!(
                         "{} {:>8} {:<8} {}",
                         e["permissions"].as_str().unwrap_or(""),
-                        e["size"].as_str().map(str::to_string).unwrap_or_else(|| e["size"].to_string().replace("null", "0")),
+                        e["size"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| e["size"].to_string().replace("null", "0")),
                         e["owner"].as_str().unwrap_or(""),
                         e["path"].as_str().unwrap_or("")
                     );
@@ -315,19 +389,35 @@ async fn template(cmd: TemplateCmd, d: &Daemon) -> Result<i32, Failure> {
                 }
             });
         }
-        TemplateCmd::Build { name, packages, suite, mirror } => {
-            let body = json!({ "name": name, "packages": packages, "suite": suite, "mirror": mirror });
-            let resp = check(d.request("POST", "/api/v1/templates", json_body(&body)).await?).await?;
+        TemplateCmd::Build {
+            name,
+            packages,
+            suite,
+            mirror,
+        } => {
+            let body =
+                json!({ "name": name, "packages": packages, "suite": suite, "mirror": mirror });
+            let resp = check(
+                d.request("POST", "/api/v1/templates", json_body(&body))
+                    .await?,
+            )
+            .await?;
             let mut lines = ndjson_lines(resp.into_body());
             while let Some(line) = lines.next().await {
-                let ev: Value = serde_json::from_slice(&line?).map_err(|e| format!("bad event: {e}"))?;
+                let ev: Value =
+                    serde_json::from_slice(&line?).map_err(|e| format!("bad event: {e}"))?;
                 match ev["type"].as_str() {
                     Some("progress") => eprintln!("{}", ev["line"].as_str().unwrap_or("")),
                     Some("done") => {
-                        println!("built template {}", ev["template"]["name"].as_str().unwrap_or(""));
+                        println!(
+                            "built template {}",
+                            ev["template"]["name"].as_str().unwrap_or("")
+                        );
                         return Ok(0);
                     }
-                    Some("error") => return Err(Failure(ev["message"].as_str().unwrap_or("").to_string(), 1)),
+                    Some("error") => {
+                        return Err(Failure(ev["message"].as_str().unwrap_or("").to_string(), 1));
+                    }
                     _ => {}
                 }
             }
@@ -359,7 +449,9 @@ fn print_value(v: &Value, json: bool, human: impl FnOnce(&Value)) {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -374,7 +466,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn send(&self, req: http::Request<BoxBody>) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+    async fn send(
+        &self,
+        req: http::Request<BoxBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
         self.http.send(req).await.map_err(|e| {
             Failure(
                 format!(
@@ -405,9 +500,16 @@ impl Daemon {
 
     /// A JSON request whose JSON answer (or error) is returned.
     async fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-        let body = body.map(|b| json_body(&b)).unwrap_or_else(|| full_body(Bytes::new()));
+        let body = body
+            .map(|b| json_body(&b))
+            .unwrap_or_else(|| full_body(Bytes::new()));
         let resp = check(self.request(method, path, body).await?).await?;
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
@@ -416,21 +518,33 @@ impl Daemon {
 }
 
 /// Turns a non-2xx answer into its error message.
-async fn check(resp: http::Response<hyper::body::Incoming>) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+async fn check(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<http::Response<hyper::body::Incoming>, Failure> {
     if resp.status().is_success() {
         return Ok(resp);
     }
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let msg = serde_json::from_slice::<Value>(&bytes)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    Err(Failure(format!("{msg} ({status})"), if status == 404 { 2 } else { 1 }))
+    Err(Failure(
+        format!("{msg} ({status})"),
+        if status == 404 { 2 } else { 1 },
+    ))
 }
 
 /// Splits a streamed body into lines.
-fn ndjson_lines(body: hyper::body::Incoming) -> impl futures::Stream<Item = Result<Vec<u8>, Failure>> {
+fn ndjson_lines(
+    body: hyper::body::Incoming,
+) -> impl futures::Stream<Item = Result<Vec<u8>, Failure>> {
     let mut buf = Vec::new();
     let mut frames = body.into_data_stream();
     async_stream(move |mut yield_line| async move {
@@ -470,7 +584,9 @@ where
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn tokio_util_stream(file: tokio::fs::File) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::unfold(file, |mut file| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 256 * 1024];
@@ -488,13 +604,19 @@ fn tokio_util_stream(file: tokio::fs::File) -> impl futures::Stream<Item = Resul
 async fn write_body_to(body: hyper::body::Incoming, local: &Path) -> Result<(), Failure> {
     use tokio::io::AsyncWriteExt;
     let tmp = local.with_extension("coppice-partial");
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     let mut frames = body.into_data_stream();
     while let Some(chunk) = frames.next().await {
         let chunk = chunk.map_err(|e| format!("download broke: {e}"))?;
-        file.write_all(&chunk).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
     }
     file.flush().await.map_err(|e| e.to_string())?;
-    tokio::fs::rename(&tmp, local).await.map_err(|e| format!("{}: {e}", local.display()))?;
+    tokio::fs::rename(&tmp, local)
+        .await
+        .map_err(|e| format!("{}: {e}", local.display()))?;
     Ok(())
 }

@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "coppice", version, about = "Coppice: agent-native sandboxes")]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(long, global = true, env = "COPPICE_SOCKET", default_value = "/run/coppice/coppice.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "COPPICE_SOCKET",
+        default_value = "/run/coppice/coppice.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -51,8 +51,11 @@ pub fn run(args: ServeArgs, socket: PathBuf) -> i32 {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COPPICE_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COPPICE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
     if json {
         builder.json().init();
     } else {
@@ -99,7 +102,10 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.socket);
     let unix = tokio::net::UnixListener::bind(&cfg.socket)
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.socket.display()))?;
-    std::fs::set_permissions(&cfg.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(
+        &cfg.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     tracing::info!(
         "coppice ready: http://{} and unix:{} (state in {})",
         cfg.listen,
@@ -107,6 +113,13 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
         cfg.state_dir.display()
     );
 
+    // TCP_NODELAY: exec streams NDJSON lines as separate writes; with Nagle on, every line
+    // after the first waits for the client's delayed ACK (~40 ms per exec of `true`).
+    let tcp = axum::serve::ListenerExt::tap_io(tcp, |s| {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::debug!("setting TCP_NODELAY: {e}");
+        }
+    });
     let tcp_server = axum::serve(tcp, app.clone()).with_graceful_shutdown(shutdown());
     let unix_server = axum::serve(unix, app).with_graceful_shutdown(shutdown());
     tokio::try_join!(async { tcp_server.await }, async { unix_server.await })?;

@@ -56,7 +56,8 @@ pub fn error_code(e: &Error) -> Code {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = error_code(&self.0);
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "code": code, "message": self.0.to_string() });
         (status, Json(body)).into_response()
     }
@@ -96,10 +97,16 @@ async fn templates(State(t): AppState) -> Result<Response, ApiError> {
 async fn build_template(State(t): AppState, Json(req): Json<BuildTemplate>) -> Response {
     let rx = t.build_template(req);
     let lines = tokio_stream_from(rx).map(|ev| Ok::<_, std::convert::Infallible>(ndjson(&ev)));
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
 }
 
-fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> {
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -110,7 +117,11 @@ fn ndjson<T: serde::Serialize>(v: &T) -> bytes::Bytes {
 }
 
 /// Streams the command's events as NDJSON, one line per event, as they happen.
-async fn exec(State(t): AppState, Path(id): Path<String>, Json(req): Json<Exec>) -> Result<Response, ApiError> {
+async fn exec(
+    State(t): AppState,
+    Path(id): Path<String>,
+    Json(req): Json<Exec>,
+) -> Result<Response, ApiError> {
     let events = t.exec(&id, req).await?;
     let lines = events.map(|ev| {
         let value = match ev {
@@ -119,7 +130,11 @@ async fn exec(State(t): AppState, Path(id): Path<String>, Json(req): Json<Exec>)
         };
         Ok::<_, std::convert::Infallible>(ndjson(&value))
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 /// Forwards a request to the sandbox's agent unchanged, streaming both ways.
@@ -130,11 +145,22 @@ async fn envd_proxy(
 ) -> Result<Response, ApiError> {
     let agent = t.runtime().agent(&id)?;
     let (mut parts, body) = req.into_parts();
-    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    parts.uri = format!("/{rest}{query}").parse().map_err(|e| Error::InvalidArgument(format!("bad path: {e}")))?;
-    parts.headers.insert(header::HOST, http::HeaderValue::from_static("agent"));
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = format!("/{rest}{query}")
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("bad path: {e}")))?;
+    parts
+        .headers
+        .insert(header::HOST, http::HeaderValue::from_static("agent"));
     let body = body.map_err(std::io::Error::other).boxed_unsync();
-    let resp = agent.send(http::Request::from_parts(parts, body)).await.map_err(Error::from)?;
+    let resp = agent
+        .send(http::Request::from_parts(parts, body))
+        .await
+        .map_err(Error::from)?;
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }

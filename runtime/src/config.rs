@@ -74,8 +74,9 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML file; missing keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidArgument(format!("reading config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidArgument(format!("reading config {}: {e}", path.display()))
+        })?;
         toml::from_str(&text)
             .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
     }
@@ -117,6 +118,9 @@ mod tests {
         assert_eq!(cfg.pool_size, 0);
         assert_eq!(cfg.listen, "0.0.0.0:9");
         assert_eq!(cfg.default_template, "default");
-        assert!(toml::from_str::<Config>("pool_sise = 1").is_err(), "typos are errors");
+        assert!(
+            toml::from_str::<Config>("pool_sise = 1").is_err(),
+            "typos are errors"
+        );
     }
 }

@@ -36,15 +36,19 @@ pub struct Runtime {
 pub fn new_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 impl Runtime {
     /// Opens the state, checks the host, ensures the default template and recovers what a
     /// previous daemon left running.
     pub async fn start(cfg: Config) -> Result<Arc<Runtime>> {
-        std::fs::create_dir_all(cfg.sandboxes_dir())
-            .map_err(Error::io(format!("creating {}", cfg.sandboxes_dir().display())))?;
+        std::fs::create_dir_all(cfg.sandboxes_dir()).map_err(Error::io(format!(
+            "creating {}",
+            cfg.sandboxes_dir().display()
+        )))?;
         let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
         let templates = TemplateStore::new(&cfg.state_dir)?;
         let t0 = std::time::Instant::now();
@@ -105,7 +109,11 @@ impl Runtime {
                 tracing::info!(sandbox = %rec.id, "cleaning up a sandbox that did not survive");
                 self.backend.destroy(&rec).await;
                 self.store.delete(&rec.id)?;
-                self.store.event(Some(&rec.id), "lost", "its processes were gone after a restart");
+                self.store.event(
+                    Some(&rec.id),
+                    "lost",
+                    "its processes were gone after a restart",
+                );
             }
         }
         self.backend.sweep(&live).await;
@@ -114,7 +122,11 @@ impl Runtime {
 
     /// Creates a sandbox, from the warm pool when one is ready.
     pub async fn create(&self, req: CreateRequest) -> Result<SandboxInfo> {
-        let template = self.templates.get(req.template.as_deref().unwrap_or(&self.cfg.default_template))?;
+        let template = self.templates.get(
+            req.template
+                .as_deref()
+                .unwrap_or(&self.cfg.default_template),
+        )?;
         let limits = self.effective_limits(&req.limits)?;
         let timeout = self.effective_timeout(req.timeout)?;
         let rec = match self.pool_pop(&template.name) {
@@ -127,11 +139,15 @@ impl Runtime {
                         if let Ok(Some(rec)) = self.store.get(&id) {
                             self.destroy(rec).await.ok();
                         }
-                        self.start_new(&template, limits, &req, timeout, false).await?
+                        self.start_new(&template, limits, &req, timeout, false)
+                            .await?
                     }
                 }
             }
-            None => self.start_new(&template, limits, &req, timeout, false).await?,
+            None => {
+                self.start_new(&template, limits, &req, timeout, false)
+                    .await?
+            }
         };
         Ok(self.info_of(&rec))
     }
@@ -144,7 +160,13 @@ impl Runtime {
         req: &CreateRequest,
         timeout: Duration,
     ) -> Result<SandboxRecord> {
-        let mut rec = self.store.get(id)?.ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        let mut rec = self
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        if !self.backend.alive(&rec) {
+            return Err(Error::Unavailable("its init process is gone".into()));
+        }
         self.backend.set_limits(id, limits)?;
         if !req.env.is_empty() {
             self.init_agent(id, &req.env).await?;
@@ -181,7 +203,11 @@ impl Runtime {
                 pid: None,
                 pid_start: None,
                 created_at_ms: now,
-                expires_at_ms: if pooled { i64::MAX } else { now + timeout.as_millis() as i64 },
+                expires_at_ms: if pooled {
+                    i64::MAX
+                } else {
+                    now + timeout.as_millis() as i64
+                },
                 limits,
                 env: req.env.clone(),
                 metadata: req.metadata.clone(),
@@ -224,7 +250,10 @@ impl Runtime {
             .map_err(Error::internal)?;
         let resp = self.agent_of(id).send(req).await?;
         if !resp.status().is_success() {
-            return Err(Error::Internal(format!("agent refused env vars: {}", resp.status())));
+            return Err(Error::Internal(format!(
+                "agent refused env vars: {}",
+                resp.status()
+            )));
         }
         Ok(())
     }
@@ -237,13 +266,19 @@ impl Runtime {
             pids: asked.pids.or(d.pids),
         };
         if limits.memory_bytes.is_some_and(|m| m < 16 << 20) {
-            return Err(Error::InvalidArgument("memory limit must be at least 16M".into()));
+            return Err(Error::InvalidArgument(
+                "memory limit must be at least 16M".into(),
+            ));
         }
         if limits.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-            return Err(Error::InvalidArgument("cpus must be between 0 and 1024".into()));
+            return Err(Error::InvalidArgument(
+                "cpus must be between 0 and 1024".into(),
+            ));
         }
         if limits.pids.is_some_and(|p| p < 8) {
-            return Err(Error::InvalidArgument("pids limit must be at least 8".into()));
+            return Err(Error::InvalidArgument(
+                "pids limit must be at least 8".into(),
+            ));
         }
         Ok(limits)
     }
@@ -337,7 +372,10 @@ impl Runtime {
     async fn reap(&self) {
         let Ok(all) = self.store.all() else { return };
         let now = now_ms();
-        for rec in all.into_iter().filter(|r| r.state != SandboxState::Starting) {
+        for rec in all
+            .into_iter()
+            .filter(|r| r.state != SandboxState::Starting)
+        {
             let reason = if rec.expires_at_ms <= now {
                 "timeout"
             } else if !self.backend.alive(&rec) {
@@ -361,11 +399,16 @@ impl Runtime {
             return;
         }
         for name in self.cfg.pooled_templates() {
-            let Ok(template) = self.templates.get(&name) else { continue };
+            let Ok(template) = self.templates.get(&name) else {
+                continue;
+            };
             while self.pool_len(&name) < self.cfg.pool_size {
                 let req = CreateRequest::default();
                 let limits = self.cfg.default_limits.clone();
-                match self.start_new(&template, limits, &req, Duration::from_secs(1), true).await {
+                match self
+                    .start_new(&template, limits, &req, Duration::from_secs(1), true)
+                    .await
+                {
                     Ok(rec) => self.pool_push(&name, rec.id),
                     Err(e) => {
                         tracing::warn!(template = %name, "filling the warm pool: {e}");
@@ -377,15 +420,28 @@ impl Runtime {
     }
 
     fn pool_push(&self, template: &str, id: String) {
-        self.pools.lock().expect("pools").entry(template.to_string()).or_default().push_back(id);
+        self.pools
+            .lock()
+            .expect("pools")
+            .entry(template.to_string())
+            .or_default()
+            .push_back(id);
     }
 
     fn pool_pop(&self, template: &str) -> Option<String> {
-        self.pools.lock().expect("pools").get_mut(template)?.pop_front()
+        self.pools
+            .lock()
+            .expect("pools")
+            .get_mut(template)?
+            .pop_front()
     }
 
     fn pool_len(&self, template: &str) -> usize {
-        self.pools.lock().expect("pools").get(template).map_or(0, VecDeque::len)
+        self.pools
+            .lock()
+            .expect("pools")
+            .get(template)
+            .map_or(0, VecDeque::len)
     }
 
     fn pool_remove(&self, template: &str, id: &str) {
@@ -415,7 +471,10 @@ mod tests {
     fn ids_are_e2b_shaped() {
         let id = super::new_id();
         assert_eq!(id.len(), 20);
-        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
         assert_ne!(id, super::new_id());
     }
 }

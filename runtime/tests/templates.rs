@@ -18,7 +18,11 @@ fn is_root() -> bool {
 /// Resolves `path` inside `root` as a chroot would (absolute symlink targets are relative to
 /// `root`), returning the host path of the final non-symlink.
 fn resolve_in(root: &Path, path: &str) -> PathBuf {
-    let mut parts: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let mut parts: Vec<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
     parts.reverse();
     let mut cur: Vec<String> = Vec::new();
     let mut hops = 0;
@@ -53,12 +57,27 @@ fn resolve_in(root: &Path, path: &str) -> PathBuf {
 
 fn du_sb(path: &Path) -> u64 {
     let out = Command::new("du").arg("-sb").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn chroot(rootfs: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("chroot").arg(rootfs).args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("chroot")
+        .arg(rootfs)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -78,47 +97,92 @@ fn default_template_from_host() {
         eprintln!("skipped: needs root");
         return;
     }
-    let state = tempfile::Builder::new().prefix("coppice-tpl-").tempdir_in("/var/tmp").unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("coppice-tpl-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let store = TemplateStore::new(state.path()).unwrap();
     assert!(store.list().unwrap().is_empty());
 
     let t0 = Instant::now();
     let info = store.ensure_default().unwrap();
     let took = t0.elapsed();
-    eprintln!("default template built in {:.2} s, {} bytes apparent", took.as_secs_f64(), info.size_bytes);
+    eprintln!(
+        "default template built in {:.2} s, {} bytes apparent",
+        took.as_secs_f64(),
+        info.size_bytes
+    );
     assert!(took.as_secs() < 30, "default template took {took:?}");
     assert_eq!(info.name, "default");
     assert_eq!(info.source, "host");
-    assert_eq!(info.layers, vec![state.path().join("templates/default/rootfs")]);
+    assert_eq!(
+        info.layers,
+        vec![state.path().join("templates/default/rootfs")]
+    );
     let rootfs = &info.layers[0];
 
     // Binaries resolve inside the tree (merged /usr links recreated).
-    for bin in ["/usr/bin/python3", "/bin/bash", "/bin/sh", "/usr/bin/apt-get", "/usr/bin/dpkg"] {
+    for bin in [
+        "/usr/bin/python3",
+        "/bin/bash",
+        "/bin/sh",
+        "/usr/bin/apt-get",
+        "/usr/bin/dpkg",
+    ] {
         let p = resolve_in(rootfs, bin);
         assert!(p.starts_with(rootfs), "{bin} escapes: {}", p.display());
-        assert!(fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false), "{bin} → {} missing", p.display());
+        assert!(
+            fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false),
+            "{bin} → {} missing",
+            p.display()
+        );
     }
-    assert_eq!(fs::read_link(rootfs.join("bin")).unwrap(), fs::read_link("/bin").unwrap());
+    assert_eq!(
+        fs::read_link(rootfs.join("bin")).unwrap(),
+        fs::read_link("/bin").unwrap()
+    );
     // A hard-link farm: same inode as the host's file.
     let host_bash = fs::metadata("/usr/bin/bash").unwrap();
     let tpl_bash = fs::metadata(rootfs.join("usr/bin/bash")).unwrap();
-    assert_eq!((tpl_bash.dev(), tpl_bash.ino()), (host_bash.dev(), host_bash.ino()));
+    assert_eq!(
+        (tpl_bash.dev(), tpl_bash.ino()),
+        (host_bash.dev(), host_bash.ino())
+    );
     // /etc is a copy, not links.
     let host_ld = fs::metadata("/etc/ld.so.conf").unwrap();
-    assert_ne!(fs::metadata(rootfs.join("etc/ld.so.conf")).unwrap().ino(), host_ld.ino());
+    assert_ne!(
+        fs::metadata(rootfs.join("etc/ld.so.conf")).unwrap().ino(),
+        host_ld.ino()
+    );
 
     // Accounts.
     let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
-    assert!(passwd.lines().any(|l| l.starts_with("root:x:0:0:")), "{passwd}");
-    assert!(passwd.lines().any(|l| l == "user:x:1000:1000:Sandbox user,,,:/home/user:/bin/bash"), "{passwd}");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("root:x:0:0:")),
+        "{passwd}"
+    );
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l == "user:x:1000:1000:Sandbox user,,,:/home/user:/bin/bash"),
+        "{passwd}"
+    );
     for l in passwd.lines() {
         let uid: u32 = l.split(':').nth(2).unwrap().parse().unwrap();
-        assert!(uid < 1000 || uid == 65534 || l.starts_with("user:"), "host user leaked: {l}");
+        assert!(
+            uid < 1000 || uid == 65534 || l.starts_with("user:"),
+            "host user leaked: {l}"
+        );
     }
     let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
     assert!(group.lines().any(|l| l == "user:x:1000:"), "{group}");
     if group.lines().any(|l| l.starts_with("sudo:")) {
-        assert!(group.lines().any(|l| l.starts_with("sudo:") && l.ends_with("user")), "{group}");
+        assert!(
+            group
+                .lines()
+                .any(|l| l.starts_with("sudo:") && l.ends_with("user")),
+            "{group}"
+        );
     }
     let shadow = fs::read_to_string(rootfs.join("etc/shadow")).unwrap();
     let shadow_md = fs::metadata(rootfs.join("etc/shadow")).unwrap();
@@ -127,25 +191,53 @@ fn default_template_from_host() {
     for l in shadow.lines() {
         assert_eq!(l.split(':').nth(1), Some("*"), "shadow secret: {l}");
     }
-    for l in fs::read_to_string(rootfs.join("etc/gshadow")).unwrap().lines() {
+    for l in fs::read_to_string(rootfs.join("etc/gshadow"))
+        .unwrap()
+        .lines()
+    {
         assert_eq!(l.split(':').nth(1), Some("*"), "gshadow secret: {l}");
     }
     for gone in ["etc/shadow-", "etc/gshadow-", "etc/passwd-", "etc/coppice"] {
-        assert!(fs::symlink_metadata(rootfs.join(gone)).is_err(), "{gone} present");
+        assert!(
+            fs::symlink_metadata(rootfs.join(gone)).is_err(),
+            "{gone} present"
+        );
     }
     let ssh_keys: Vec<_> = fs::read_dir(rootfs.join("etc/ssh"))
-        .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ssh_host_")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("ssh_host_"))
+                .collect()
+        })
         .unwrap_or_default();
     assert!(ssh_keys.is_empty());
     if Path::new("/etc/ssl/private").is_dir() {
-        assert_eq!(fs::read_dir(rootfs.join("etc/ssl/private")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(rootfs.join("etc/ssl/private"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
     assert_eq!(fs::read(rootfs.join("etc/machine-id")).unwrap(), b"");
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "sandbox\n");
-    assert!(fs::read_to_string(rootfs.join("etc/hosts")).unwrap().contains("127.0.0.1\tlocalhost"));
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "sandbox\n"
+    );
+    assert!(
+        fs::read_to_string(rootfs.join("etc/hosts"))
+            .unwrap()
+            .contains("127.0.0.1\tlocalhost")
+    );
     let resolv = fs::read_to_string(rootfs.join("etc/resolv.conf")).unwrap();
-    assert!(!resolv.lines().any(|l| l.starts_with("nameserver 127.")), "{resolv}");
-    assert_eq!(Path::new("/usr/bin/sudo").exists(), rootfs.join("etc/sudoers.d/user").exists());
+    assert!(
+        !resolv.lines().any(|l| l.starts_with("nameserver 127.")),
+        "{resolv}"
+    );
+    assert_eq!(
+        Path::new("/usr/bin/sudo").exists(),
+        rootfs.join("etc/sudoers.d/user").exists()
+    );
 
     // Home, /root and the other directories.
     let home = fs::metadata(rootfs.join("home/user")).unwrap();
@@ -155,7 +247,11 @@ fn default_template_from_host() {
         let rc = fs::metadata(rootfs.join("home/user/.bashrc")).unwrap();
         assert_eq!((rc.uid(), rc.gid()), (1000, 1000));
     }
-    let homes: Vec<_> = fs::read_dir(rootfs.join("home")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let homes: Vec<_> = fs::read_dir(rootfs.join("home"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(homes, vec!["user"]);
     let root_md = fs::metadata(rootfs.join("root")).unwrap();
     assert_eq!(root_md.permissions().mode() & 0o7777, 0o700);
@@ -163,14 +259,42 @@ fn default_template_from_host() {
         let n = e.file_name().to_string_lossy().into_owned();
         assert!(n == ".bashrc" || n == ".profile", "/root/{n} leaked");
     }
-    assert_eq!(fs::metadata(rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
-    assert_eq!(fs::metadata(rootfs.join("var/tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
-    for d in ["proc", "sys", "dev", "run", "var/log", "var/cache/apt/archives/partial"] {
+    assert_eq!(
+        fs::metadata(rootfs.join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    assert_eq!(
+        fs::metadata(rootfs.join("var/tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "var/log",
+        "var/cache/apt/archives/partial",
+    ] {
         assert!(rootfs.join(d).is_dir(), "{d}");
-        assert_eq!(fs::read_dir(rootfs.join(d)).unwrap().count(), 0, "{d} not empty");
+        assert_eq!(
+            fs::read_dir(rootfs.join(d)).unwrap().count(),
+            0,
+            "{d} not empty"
+        );
     }
     for absent in ["work", "var/lib/coppice", "opt/.keep-none"] {
-        assert!(fs::symlink_metadata(rootfs.join(absent)).is_err(), "{absent} present");
+        assert!(
+            fs::symlink_metadata(rootfs.join(absent)).is_err(),
+            "{absent} present"
+        );
     }
     assert_eq!(fs::read_dir(rootfs.join("opt")).unwrap().count(), 0);
     assert!(rootfs.join("var/lib/dpkg/status").is_file());
@@ -186,13 +310,28 @@ fn default_template_from_host() {
     }
 
     // Tools work inside (read-only use: nothing written into the hard-linked files).
-    let (ok, out) = chroot(rootfs, &["/usr/bin/python3", "-c", "import pwd; print(pwd.getpwnam('user').pw_dir)"]);
+    let (ok, out) = chroot(
+        rootfs,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import pwd; print(pwd.getpwnam('user').pw_dir)",
+        ],
+    );
     assert!(ok && out.trim() == "/home/user", "{out}");
     let (ok, out) = chroot(rootfs, &["dpkg", "-s", "coreutils"]);
     assert!(ok && out.contains("Status: install ok installed"), "{out}");
     let (ok, out) = chroot(
         rootfs,
-        &["apt-cache", "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "policy", "bash"],
+        &[
+            "apt-cache",
+            "-o",
+            "Dir::Cache::pkgcache=",
+            "-o",
+            "Dir::Cache::srcpkgcache=",
+            "policy",
+            "bash",
+        ],
     );
     assert!(ok && out.contains("Installed:"), "{out}");
 
@@ -200,7 +339,10 @@ fn default_template_from_host() {
     assert_eq!(size_bytes(rootfs.join("etc")), du_sb(&rootfs.join("etc")));
     let t = Instant::now();
     assert_eq!(size_bytes(rootfs), du_sb(rootfs));
-    eprintln!("size_bytes of the whole tree: {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "size_bytes of the whole tree: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // Idempotent, listed, immutable by name.
     let t = Instant::now();
@@ -208,13 +350,27 @@ fn default_template_from_host() {
     assert_eq!(again, info);
     assert!(t.elapsed().as_millis() < 500);
     assert_eq!(store.list().unwrap(), vec![info.clone()]);
-    assert!(matches!(store.build_host("default", &BuildOptions::default()), Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        store.build_host("default", &BuildOptions::default()),
+        Err(Error::AlreadyExists(_))
+    ));
     assert!(matches!(store.get("nope"), Err(Error::TemplateNotFound(_))));
-    assert!(matches!(store.get("../etc"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        store.get("../etc"),
+        Err(Error::InvalidArgument(_))
+    ));
 
     // Replace swaps atomically; the old tree is gone afterwards.
     let t = Instant::now();
-    let replaced = store.build_host("default", &BuildOptions { replace: true, ..Default::default() }).unwrap();
+    let replaced = store
+        .build_host(
+            "default",
+            &BuildOptions {
+                replace: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     eprintln!("rebuild with replace: {:.2} s", t.elapsed().as_secs_f64());
     assert_eq!(replaced.layers, info.layers);
     assert!(rootfs.join("usr/bin/bash").is_file());
@@ -223,8 +379,14 @@ fn default_template_from_host() {
     let t = Instant::now();
     store.remove("default").unwrap();
     eprintln!("remove: {:.2} s", t.elapsed().as_secs_f64());
-    assert!(matches!(store.get("default"), Err(Error::TemplateNotFound(_))));
-    assert!(matches!(store.remove("default"), Err(Error::TemplateNotFound(_))));
+    assert!(matches!(
+        store.get("default"),
+        Err(Error::TemplateNotFound(_))
+    ));
+    assert!(matches!(
+        store.remove("default"),
+        Err(Error::TemplateNotFound(_))
+    ));
     no_leftovers(&store);
 }
 
@@ -234,25 +396,46 @@ fn failed_debootstrap_leaves_nothing() {
         eprintln!("skipped: needs root and debootstrap");
         return;
     }
-    let state = tempfile::Builder::new().prefix("coppice-tpl-").tempdir_in("/var/tmp").unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("coppice-tpl-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let store = TemplateStore::new(state.path()).unwrap();
     let mut lines = Vec::new();
-    let bad_pkg = store.build_debootstrap("x", &["ok".into(), "rm -rf /".into()], &BuildOptions::default(), &mut |l| {
-        lines.push(l.to_owned())
-    });
-    assert!(matches!(bad_pkg, Err(Error::InvalidArgument(_))), "{bad_pkg:?}");
+    let bad_pkg = store.build_debootstrap(
+        "x",
+        &["ok".into(), "rm -rf /".into()],
+        &BuildOptions::default(),
+        &mut |l| lines.push(l.to_owned()),
+    );
+    assert!(
+        matches!(bad_pkg, Err(Error::InvalidArgument(_))),
+        "{bad_pkg:?}"
+    );
     assert!(lines.is_empty(), "ran something: {lines:?}");
     assert!(matches!(
         store.build_debootstrap("Bad/Name", &[], &BuildOptions::default(), &mut |_| {}),
         Err(Error::InvalidArgument(_))
     ));
 
-    let opts = BuildOptions { mirror: Some("file:///nonexistent/debian".into()), ..Default::default() };
-    let err = store.build_debootstrap("broken", &[], &opts, &mut |l| lines.push(l.to_owned())).unwrap_err();
+    let opts = BuildOptions {
+        mirror: Some("file:///nonexistent/debian".into()),
+        ..Default::default()
+    };
+    let err = store
+        .build_debootstrap("broken", &[], &opts, &mut |l| lines.push(l.to_owned()))
+        .unwrap_err();
     eprintln!("expected failure: {err}");
     assert!(lines.len() > 1, "no progress streamed: {lines:?}");
-    assert!(matches!(store.get("broken"), Err(Error::TemplateNotFound(_))));
-    assert_eq!(fs::read_dir(store.root()).unwrap().count(), 0, "left something behind");
+    assert!(matches!(
+        store.get("broken"),
+        Err(Error::TemplateNotFound(_))
+    ));
+    assert_eq!(
+        fs::read_dir(store.root()).unwrap().count(),
+        0,
+        "left something behind"
+    );
 }
 
 /// Downloads ~100 MB from the Debian mirror. Run by hand:
@@ -261,22 +444,38 @@ fn failed_debootstrap_leaves_nothing() {
 #[ignore]
 fn debootstrap_template() {
     assert!(is_root(), "needs root");
-    let state = tempfile::Builder::new().prefix("coppice-tpl-").tempdir_in("/var/tmp").unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("coppice-tpl-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let store = TemplateStore::new(state.path()).unwrap();
     let mut lines = 0usize;
     let t0 = Instant::now();
     let info = store
-        .build_debootstrap("deb", &["sudo".into(), "ca-certificates".into()], &BuildOptions::default(), &mut |l| {
-            lines += 1;
-            if lines % 50 == 1 || l.starts_with("I: Base system") {
-                eprintln!("[{:6.1}s] {l}", t0.elapsed().as_secs_f64());
-            }
-        })
+        .build_debootstrap(
+            "deb",
+            &["sudo".into(), "ca-certificates".into()],
+            &BuildOptions::default(),
+            &mut |l| {
+                lines += 1;
+                if lines % 50 == 1 || l.starts_with("I: Base system") {
+                    eprintln!("[{:6.1}s] {l}", t0.elapsed().as_secs_f64());
+                }
+            },
+        )
         .unwrap();
-    eprintln!("debootstrap template built in {:.1} s ({} progress lines, {} bytes)", t0.elapsed().as_secs_f64(), lines, info.size_bytes);
+    eprintln!(
+        "debootstrap template built in {:.1} s ({} progress lines, {} bytes)",
+        t0.elapsed().as_secs_f64(),
+        lines,
+        info.size_bytes
+    );
     assert!(lines > 20);
     assert_eq!(info.source, "debootstrap");
-    assert_eq!(info.packages, vec!["ca-certificates".to_owned(), "sudo".to_owned()]);
+    assert_eq!(
+        info.packages,
+        vec!["ca-certificates".to_owned(), "sudo".to_owned()]
+    );
     let rootfs = &info.layers[0];
     assert!(resolve_in(rootfs, "/bin/bash").is_file());
     assert!(resolve_in(rootfs, "/usr/bin/sudo").is_file());
@@ -284,14 +483,29 @@ fn debootstrap_template() {
     assert_eq!(sudoers.permissions().mode() & 0o777, 0o440);
     let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
     assert!(passwd.contains("user:x:1000:1000:"));
-    assert!(fs::read_to_string(rootfs.join("etc/group")).unwrap().lines().any(|l| l.starts_with("sudo:") && l.ends_with(":user")));
+    assert!(
+        fs::read_to_string(rootfs.join("etc/group"))
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("sudo:") && l.ends_with(":user"))
+    );
     let home = fs::metadata(rootfs.join("home/user")).unwrap();
     assert_eq!((home.uid(), home.gid()), (1000, 1000));
-    assert_eq!(fs::read_to_string(rootfs.join("etc/hostname")).unwrap(), "sandbox\n");
-    let debs = fs::read_dir(rootfs.join("var/cache/apt/archives")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".deb")).count();
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        "sandbox\n"
+    );
+    let debs = fs::read_dir(rootfs.join("var/cache/apt/archives"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+        .count();
     assert_eq!(debs, 0, "apt-get clean did not run");
     // An independent tree: not linked to the host.
-    assert_ne!(fs::metadata(rootfs.join("usr/bin/bash")).unwrap().ino(), fs::metadata("/usr/bin/bash").unwrap().ino());
+    assert_ne!(
+        fs::metadata(rootfs.join("usr/bin/bash")).unwrap().ino(),
+        fs::metadata("/usr/bin/bash").unwrap().ino()
+    );
     let (ok, out) = chroot(rootfs, &["su", "user", "-c", "sudo -n id -u"]);
     assert!(ok && out.trim().ends_with('0'), "{out}");
     store.remove("deb").unwrap();

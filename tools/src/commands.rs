@@ -30,7 +30,9 @@ pub struct Exec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
-    Start { pid: u32 },
+    Start {
+        pid: u32,
+    },
     Stdout {
         #[serde(with = "coppice_envd::wire::b64")]
         data: Vec<u8>,
@@ -39,7 +41,11 @@ pub enum ExecEvent {
         #[serde(with = "coppice_envd::wire::b64")]
         data: Vec<u8>,
     },
-    Exit { exit_code: i32, status: String, error: Option<String> },
+    Exit {
+        exit_code: i32,
+        status: String,
+        error: Option<String>,
+    },
 }
 
 impl Tools {
@@ -68,17 +74,25 @@ impl Tools {
         let timeout_ms = req.timeout_secs.map(|s| (s * 1000.0).max(1.0) as u64);
         let user = req.user.unwrap_or_default();
         let stream = agent
-            .server_stream_as::<_, ProcessEventMessage>("process.Process/Start", &start, timeout_ms, &user)
+            .server_stream_as::<_, ProcessEventMessage>(
+                "process.Process/Start",
+                &start,
+                timeout_ms,
+                &user,
+            )
             .await?;
         Ok(stream.filter_map(|msg| async move {
             match msg {
                 Err(e) => Some(Err(Error::from(e))),
                 Ok(ProcessEventMessage { event }) => match event {
                     ProcessEvent::Start { pid } => Some(Ok(ExecEvent::Start { pid })),
-                    ProcessEvent::Data(DataEvent::Stdout(data)) | ProcessEvent::Data(DataEvent::Pty(data)) => {
+                    ProcessEvent::Data(DataEvent::Stdout(data))
+                    | ProcessEvent::Data(DataEvent::Pty(data)) => {
                         Some(Ok(ExecEvent::Stdout { data }))
                     }
-                    ProcessEvent::Data(DataEvent::Stderr(data)) => Some(Ok(ExecEvent::Stderr { data })),
+                    ProcessEvent::Data(DataEvent::Stderr(data)) => {
+                        Some(Ok(ExecEvent::Stderr { data }))
+                    }
                     ProcessEvent::End(end) => Some(Ok(ExecEvent::Exit {
                         exit_code: end.exit_code,
                         status: end.status,

@@ -35,12 +35,21 @@ pub struct SetTimeout {
 
 impl Tools {
     pub async fn create_sandbox(&self, req: CreateSandbox) -> Result<SandboxInfo> {
-        let memory_bytes = req.memory.as_deref().map(parse_size).transpose().map_err(Error::InvalidArgument)?;
+        let memory_bytes = req
+            .memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(Error::InvalidArgument)?;
         let timeout = req.timeout_secs.map(secs).transpose()?;
         self.rt
             .create(CreateRequest {
                 template: req.template,
-                limits: Limits { memory_bytes, cpus: req.cpus, pids: req.pids },
+                limits: Limits {
+                    memory_bytes,
+                    cpus: req.cpus,
+                    pids: req.pids,
+                },
                 timeout,
                 env: req.env,
                 metadata: req.metadata,
@@ -71,7 +80,9 @@ impl Tools {
 
 fn secs(s: f64) -> Result<Duration> {
     if !(s.is_finite() && s > 0.0) {
-        return Err(Error::InvalidArgument(format!("timeout must be a positive number of seconds, got {s}")));
+        return Err(Error::InvalidArgument(format!(
+            "timeout must be a positive number of seconds, got {s}"
+        )));
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -100,7 +111,10 @@ pub enum BuildEvent {
 
 impl Tools {
     /// Builds in a blocking thread; events arrive on the returned channel as they happen.
-    pub fn build_template(&self, req: BuildTemplate) -> tokio::sync::mpsc::UnboundedReceiver<BuildEvent> {
+    pub fn build_template(
+        &self,
+        req: BuildTemplate,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<BuildEvent> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let rt = self.rt.clone();
         tokio::task::spawn_blocking(move || {
@@ -110,12 +124,18 @@ impl Tools {
                 ..Default::default()
             };
             let mut progress = |line: &str| {
-                let _ = tx.send(BuildEvent::Progress { line: line.to_string() });
+                let _ = tx.send(BuildEvent::Progress {
+                    line: line.to_string(),
+                });
             };
-            let result = rt.templates().build_debootstrap(&req.name, &req.packages, &opts, &mut progress);
+            let result =
+                rt.templates()
+                    .build_debootstrap(&req.name, &req.packages, &opts, &mut progress);
             let _ = tx.send(match result {
                 Ok(template) => BuildEvent::Done { template },
-                Err(e) => BuildEvent::Error { message: e.to_string() },
+                Err(e) => BuildEvent::Error {
+                    message: e.to_string(),
+                },
             });
         });
         rx

@@ -56,7 +56,13 @@ impl LinuxBackend {
                 )));
             }
         }
-        Ok(Self { cfg: cfg.clone(), cgroups, net, agent_binary, spawn_binary })
+        Ok(Self {
+            cfg: cfg.clone(),
+            cgroups,
+            net,
+            agent_binary,
+            spawn_binary,
+        })
     }
 
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -75,7 +81,8 @@ impl LinuxBackend {
     pub async fn start(&self, rec: &SandboxRecord, template: &TemplateInfo) -> Result<Started> {
         let dir = self.sandbox_dir(&rec.id);
         for sub in ["fs/upper", "fs/work", "root", "stage"] {
-            std::fs::create_dir_all(dir.join(sub)).ctx(|| format!("creating {}", dir.join(sub).display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .ctx(|| format!("creating {}", dir.join(sub).display()))?;
         }
         let cg = self.cgroups.create(&rec.id)?;
         let result = self.start_in(rec, template, &dir, &cg).await;
@@ -97,9 +104,13 @@ impl LinuxBackend {
             Some(cfg) => Some(net::create(cfg, rec.slot).await?),
             None => None,
         };
-        let netns = sandbox_net
-            .as_ref()
-            .map(|n| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), n.netns.as_raw_fd())));
+        let netns = sandbox_net.as_ref().map(|n| {
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                n.netns.as_raw_fd()
+            ))
+        });
         let plan = SpawnPlan {
             id: rec.id.clone(),
             hostname: rec.hostname.clone(),
@@ -110,7 +121,11 @@ impl LinuxBackend {
             root_dir: dir.join("root"),
             stage_dir: dir.join("stage"),
             netns,
-            cgroup_procs: cg.paths().into_iter().map(|p| p.join("cgroup.procs")).collect(),
+            cgroup_procs: cg
+                .paths()
+                .into_iter()
+                .map(|p| p.join("cgroup.procs"))
+                .collect(),
             agent_binary: self.agent_binary.clone(),
             agent_args: vec![],
             agent_socket: dir.join("agent.sock"),
@@ -151,7 +166,11 @@ impl LinuxBackend {
     /// fails: each step is attempted and problems are logged (a later sweep retries).
     pub async fn destroy(&self, rec: &SandboxRecord) {
         let cg = self.cgroups.open(&rec.id);
-        if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy()).await.map_err(Error::internal).and_then(|r| r) {
+        if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy())
+            .await
+            .map_err(Error::internal)
+            .and_then(|r| r)
+        {
             tracing::warn!(sandbox = %rec.id, "removing cgroups: {e}");
         }
         if self.net.is_some()
@@ -173,7 +192,8 @@ impl LinuxBackend {
             }
         }
         if self.net.is_some() {
-            let ifs: std::collections::HashSet<String> = live.iter().map(|r| net::host_ifname(r.slot)).collect();
+            let ifs: std::collections::HashSet<String> =
+                live.iter().map(|r| net::host_ifname(r.slot)).collect();
             if let Ok(existing) = net::list_host_ifs().await {
                 for name in existing.into_iter().filter(|n| !ifs.contains(n)) {
                     tracing::info!("removing leaked interface {name}");
@@ -200,7 +220,10 @@ impl LinuxBackend {
 /// Environment of the agent and so of every process in the sandbox.
 fn base_env(hostname: &str) -> Vec<(String, String)> {
     vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("LANG".into(), "C.UTF-8".into()),
         ("HOSTNAME".into(), hostname.into()),
         ("COPPICE_SANDBOX".into(), "1".into()),
@@ -218,9 +241,15 @@ async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
         .ctx(|| format!("starting {}", binary.display()))?;
     let input = serde_json::to_vec(plan).map_err(Error::internal)?;
     let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(&input).await.ctx(|| "sending the spawn plan")?;
+    stdin
+        .write_all(&input)
+        .await
+        .ctx(|| "sending the spawn plan")?;
     drop(stdin);
-    let out = child.wait_with_output().await.ctx(|| "waiting for coppice-spawn")?;
+    let out = child
+        .wait_with_output()
+        .await
+        .ctx(|| "waiting for coppice-spawn")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if let Ok(result) = serde_json::from_str::<SpawnResult>(text.trim()) {
         return Ok(result);

@@ -549,8 +549,14 @@ impl ChildSetup<'_> {
 /// Binds `src` on `target` read-only, nosuid, nodev and noexec (`extra`: e.g. MS_REC).
 fn bind_readonly(src: &Path, target: &Path, extra: nix::mount::MsFlags) -> Result<(), String> {
     use nix::mount::{MsFlags, mount};
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | extra, None::<&str>)
-        .map_err(|e| format!("binding {src:?} on {target:?}: {e}"))?;
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | extra,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding {src:?} on {target:?}: {e}"))?;
     let ro = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_RDONLY
