@@ -51,6 +51,11 @@ impl Runtime {
         )))?;
         let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
         let templates = TemplateStore::new(&cfg.state_dir)?;
+        match templates.cleanup_partial() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unfinished template builds"),
+            Err(e) => tracing::warn!("removing unfinished template builds: {e}"),
+        }
         let t0 = std::time::Instant::now();
         let default = tokio::task::block_in_place(|| templates.ensure_default())?;
         tracing::info!(template = %default.name, elapsed = ?t0.elapsed(), "default template ready");

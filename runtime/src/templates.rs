@@ -55,7 +55,10 @@ const INFO_FILE: &str = "template.json";
 /// Options of a template build.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildOptions {
-    /// Replace a template of the same name (atomically) instead of failing with AlreadyExists.
+    /// Replace a template of the same name (atomically: `renameat2(RENAME_EXCHANGE)`) instead of
+    /// failing with AlreadyExists. The old tree is deleted at once and the new one takes the
+    /// same layer path: callers must not replace (or remove) a template that running sandboxes
+    /// or snapshots still stack on.
     pub replace: bool,
     /// debootstrap mirror; default: the host's first Debian archive URI, else [`DEFAULT_MIRROR`].
     pub mirror: Option<String>,
@@ -185,10 +188,8 @@ impl TemplateStore {
             if !(name.starts_with(".building-") || name.starts_with(".removing-")) {
                 continue;
             }
-            let pid = name
-                .rsplitn(3, '-')
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok());
+            // .building-<name>-<pid>-<rand>
+            let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<i32>().ok());
             let alive = match pid {
                 Some(pid) if pid == std::process::id() as i32 => true,
                 Some(pid) if pid > 0 => {
@@ -229,9 +230,7 @@ impl TemplateStore {
         let rootfs = staging.path.join(ROOTFS);
         let mut notes = Vec::new();
         build_host_rootfs(Path::new("/"), &rootfs, &mut notes)?;
-        eprintln!("SCRATCH layout {:?}", started.elapsed());
         setup_sandbox(&rootfs, Path::new("/"), &mut notes)?;
-        eprintln!("SCRATCH setup {:?}", started.elapsed());
         let info = self.publish(
             staging,
             name,
@@ -322,9 +321,7 @@ impl TemplateStore {
             .env("LC_ALL", "C");
         private_mounts(&mut clean);
         run_streaming(clean, "apt-get clean", None, progress)?;
-        for dir in ["var/lib/apt/lists"] {
-            empty_dir_except(&rootfs.join(dir), &["lock", "partial"])?;
-        }
+        empty_dir_except(&rootfs.join("var/lib/apt/lists"), &["lock", "partial"])?;
 
         progress("setting up the sandbox user");
         let mut notes = vec![format!("debootstrap {suite} from {mirror}")];
@@ -400,9 +397,7 @@ impl TemplateStore {
         };
         let json = serde_json::to_vec_pretty(&rec).map_err(Error::internal)?;
         write_new_file(&staging.path.join(INFO_FILE), &json, 0o644, None)?;
-        eprintln!("SCRATCH size+json {:?}", started.elapsed());
         sync_filesystem(&staging.path);
-        eprintln!("SCRATCH sync {:?}", started.elapsed());
         match rename_noreplace(&staging.path, &dir) {
             Ok(()) => staging.keep = true,
             Err(e)
@@ -430,10 +425,10 @@ struct Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = remove_tree(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove a template build directory");
-            }
+        if !self.keep
+            && let Err(e) = remove_tree(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a template build directory");
         }
     }
 }
@@ -670,10 +665,11 @@ pub fn pick_mirror(sources: &[(String, String)]) -> Option<String> {
                         _ => {}
                     }
                 }
-                if types_deb && enabled {
-                    if let Some(u) = uris.into_iter().find(|u| is_archive(u)) {
-                        return Some(u.trim_end_matches('/').to_owned());
-                    }
+                if types_deb
+                    && enabled
+                    && let Some(u) = uris.into_iter().find(|u| is_archive(u))
+                {
+                    return Some(u.trim_end_matches('/').to_owned());
                 }
             }
         } else {
@@ -719,10 +715,10 @@ fn host_mirror(host_root: &Path) -> Option<String> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            if name.ends_with(".list") || name.ends_with(".sources") {
-                if let Ok(t) = fs::read_to_string(&f) {
-                    sources.push((name, t));
-                }
+            if (name.ends_with(".list") || name.ends_with(".sources"))
+                && let Ok(t) = fs::read_to_string(&f)
+            {
+                sources.push((name, t));
             }
         }
     }
@@ -823,7 +819,6 @@ fn build_host_rootfs(host: &Path, rootfs: &Path, notes: &mut Vec<String>) -> Res
         }
     }
     let t_usr = t0.elapsed();
-    eprintln!("SCRATCH usr {:?}", t_usr);
 
     // /etc: a real copy without secrets (its files are rewritten below).
     copy_tree(
@@ -867,56 +862,61 @@ fn build_host_rootfs(host: &Path, rootfs: &Path, notes: &mut Vec<String>) -> Res
     for (link, target) in [("var/run", "/run"), ("var/lock", "/run/lock")] {
         std::os::unix::fs::symlink(target, rootfs.join(link)).ctx(|| format!("linking /{link}"))?;
     }
-    let dpkg = host.join("var/lib/dpkg");
-    if dpkg.is_dir() {
-        copy_tree(&dpkg, &rootfs.join("var/lib/dpkg"), &TreeOpts::default())?;
-    }
-    let apt = host.join("var/lib/apt");
-    if apt.is_dir() {
-        let skip_lists = |rel: &Path| rel == Path::new("lists");
+    // dpkg's database is copied, except info/ (~3000 files, 30 MB of file lists and maintainer
+    // scripts that dpkg only ever replaces by rename): hard-linked like the apt lists. Copying
+    // it would double the build time; a sandbox writing there copies up through the overlay.
+    let var_mode = if dev_of(&host.join("var/lib"))? == dev_of(rootfs)? {
+        FileMode::HardLink
+    } else {
+        FileMode::Copy
+    };
+    for (dir, linked, fresh) in [
+        ("var/lib/dpkg", "info", None),
+        ("var/lib/apt", "lists", Some("partial")),
+    ] {
+        let src = host.join(dir);
+        if !src.is_dir() {
+            continue;
+        }
+        let skip_linked = |rel: &Path| rel == Path::new(linked);
         copy_tree(
-            &apt,
-            &rootfs.join("var/lib/apt"),
+            &src,
+            &rootfs.join(dir),
             &TreeOpts {
-                skip: Some(&skip_lists),
+                skip: Some(&skip_linked),
+                threads: farm_threads(),
                 ..TreeOpts::default()
             },
         )?;
-        let lists = apt.join("lists");
-        if lists.is_dir() {
-            let skip = |rel: &Path| rel == Path::new("partial") || rel == Path::new("lock");
-            let mode = if dev_of(&lists)? == dev_of(rootfs)? {
-                FileMode::HardLink
-            } else {
-                FileMode::Copy
+        let src_linked = src.join(linked);
+        if src_linked.is_dir() {
+            let skip = |rel: &Path| Some(rel) == fresh.map(Path::new) || rel == Path::new("lock");
+            let opts = TreeOpts {
+                mode: var_mode,
+                skip: Some(&skip),
+                threads: farm_threads(),
+                ..TreeOpts::default()
             };
-            copy_tree(
-                &lists,
-                &rootfs.join("var/lib/apt/lists"),
-                &TreeOpts {
-                    mode,
-                    skip: Some(&skip),
-                    ..TreeOpts::default()
-                },
-            )?;
-            mkdir_like(
-                &rootfs.join("var/lib/apt/lists/partial"),
-                &lists.join("partial"),
-                0o700,
-            )?;
+            copy_tree(&src_linked, &rootfs.join(dir).join(linked), &opts)?;
+            if let Some(fresh) = fresh {
+                mkdir_like(
+                    &rootfs.join(dir).join(linked).join(fresh),
+                    &src_linked.join(fresh),
+                    0o700,
+                )?;
+            }
         }
     }
     for f in ["config.dat", "templates.dat"] {
         // not passwords.dat
         let src = host.join("var/cache/debconf").join(f);
-        if let Ok(md) = fs::symlink_metadata(&src) {
-            if md.is_file() {
-                copy_file(&src, &rootfs.join("var/cache/debconf").join(f), &md, None)?;
-            }
+        if let Ok(md) = fs::symlink_metadata(&src)
+            && md.is_file()
+        {
+            copy_file(&src, &rootfs.join("var/cache/debconf").join(f), &md, None)?;
         }
     }
 
-    eprintln!("SCRATCH etc+var {:?}", t0.elapsed());
     // Mount points and the other top-level directories.
     for (d, mode) in [
         ("proc", 0o555),
@@ -1005,10 +1005,11 @@ fn setup_sandbox(rootfs: &Path, host: &Path, notes: &mut Vec<String>) -> Result<
     mkdir_mode(&rootfs.join("root"), 0o700, 0, 0)?;
     for (dot, base) in [(".bashrc", "dot.bashrc"), (".profile", "dot.profile")] {
         let src = rootfs.join("usr/share/base-files").join(base);
-        if let Ok(md) = fs::symlink_metadata(&src) {
-            if md.is_file() && fs::symlink_metadata(rootfs.join("root").join(dot)).is_err() {
-                copy_file(&src, &rootfs.join("root").join(dot), &md, Some((0, 0)))?;
-            }
+        if let Ok(md) = fs::symlink_metadata(&src)
+            && md.is_file()
+            && fs::symlink_metadata(rootfs.join("root").join(dot)).is_err()
+        {
+            copy_file(&src, &rootfs.join("root").join(dot), &md, Some((0, 0)))?;
         }
     }
     mkdir_mode(&rootfs.join("home"), 0o755, 0, 0)?;
@@ -1288,7 +1289,7 @@ where
     } else {
         std::thread::scope(|s| {
             for _ in 0..threads {
-                s.spawn(&work);
+                s.spawn(work);
             }
         });
     }
@@ -1389,11 +1390,11 @@ fn copy_dir_entries(sh: &Shared, rel: &Path, subdirs: &mut Vec<PathBuf>) -> Resu
                 // Keep hard links inside the tree as hard links.
                 let key = (md.dev(), md.ino());
                 let first = lock(&sh.inodes).get(&key).cloned();
-                if let Some(first) = first {
-                    if fs::hard_link(&first, &dst).is_ok() {
-                        st.files += 1;
-                        continue;
-                    }
+                if let Some(first) = first
+                    && fs::hard_link(&first, &dst).is_ok()
+                {
+                    st.files += 1;
+                    continue;
                 }
                 copy_file(&src, &dst, &md, sh.opts.owner)?;
                 lock(&sh.inodes).entry(key).or_insert(dst);
@@ -1548,11 +1549,11 @@ pub fn size_bytes(path: impl AsRef<Path>) -> u64 {
             return 0;
         }
         let mut total = md.size();
-        if md.is_dir() {
-            if let Ok(rd) = fs::read_dir(p) {
-                for e in rd.flatten() {
-                    total += walk(&e.path(), seen);
-                }
+        if md.is_dir()
+            && let Ok(rd) = fs::read_dir(p)
+        {
+            for e in rd.flatten() {
+                total += walk(&e.path(), seen);
             }
         }
         total
@@ -2018,6 +2019,69 @@ user:x:1000:
             "shadows",
         ] {
             assert!(!etc_excluded(Path::new(inc)), "{inc}");
+        }
+    }
+
+    /// Copy and hard-link modes on a small tree: modes (incl. set-id), owners, symlinks,
+    /// hard links inside the tree, skipped entries, directory times.
+    #[test]
+    fn tree_copy_modes() {
+        use std::os::unix::fs::symlink;
+        let root = unsafe { libc::geteuid() } == 0;
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/file"), b"hello").unwrap();
+        fs::set_permissions(src.join("a/file"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::hard_link(src.join("a/file"), src.join("a/b/link")).unwrap();
+        symlink("../file", src.join("a/b/sym")).unwrap();
+        fs::write(src.join("secret"), b"x").unwrap();
+        fs::set_permissions(src.join("a/b"), fs::Permissions::from_mode(0o1777)).unwrap();
+        if root {
+            std::os::unix::fs::lchown(src.join("a/b"), Some(1234), Some(4321)).unwrap();
+        }
+        let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        File::open(src.join("a"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let skip = |rel: &Path| rel == Path::new("secret");
+
+        for mode in [FileMode::Copy, FileMode::HardLink] {
+            let dst = t.path().join(format!("{mode:?}"));
+            let opts = TreeOpts {
+                mode,
+                skip: Some(&skip),
+                threads: 2,
+                ..TreeOpts::default()
+            };
+            let st = copy_tree(&src, &dst, &opts).unwrap();
+            assert_eq!(st.skipped, 1);
+            assert!(!dst.join("secret").exists());
+            assert_eq!(fs::read(dst.join("a/b/sym")).unwrap(), b"hello");
+            assert_eq!(
+                fs::read_link(dst.join("a/b/sym")).unwrap(),
+                Path::new("../file")
+            );
+            let f = fs::metadata(dst.join("a/file")).unwrap();
+            let l = fs::metadata(dst.join("a/b/link")).unwrap();
+            assert_eq!(f.mode() & 0o7777, 0o4755);
+            assert_eq!(f.ino(), l.ino(), "hard links inside the tree are kept");
+            let same_as_src = f.ino() == fs::metadata(src.join("a/file")).unwrap().ino();
+            assert_eq!(same_as_src, mode == FileMode::HardLink);
+            let b = fs::metadata(dst.join("a/b")).unwrap();
+            assert_eq!(b.mode() & 0o7777, 0o1777);
+            if root {
+                assert_eq!((b.uid(), b.gid()), (1234, 4321));
+            }
+            assert_eq!(
+                fs::metadata(dst.join("a")).unwrap().modified().unwrap(),
+                old
+            );
+            // the skipped one-byte "secret" is the only difference
+            assert_eq!(size_bytes(&dst), size_bytes(&src) - 1);
+            remove_tree(&dst).unwrap();
+            assert!(!dst.exists());
         }
     }
 

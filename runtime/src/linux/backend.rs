@@ -84,6 +84,7 @@ impl LinuxBackend {
             std::fs::create_dir_all(dir.join(sub))
                 .ctx(|| format!("creating {}", dir.join(sub).display()))?;
         }
+        write_identity(&dir.join("fs/upper"), &rec.hostname)?;
         let cg = self.cgroups.create(&rec.id)?;
         let result = self.start_in(rec, template, &dir, &cg).await;
         if result.is_err() {
@@ -215,6 +216,20 @@ impl LinuxBackend {
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).memory_usage()
     }
+}
+
+/// The sandbox's own /etc/hostname and /etc/hosts, written into its upper layer (on disk with
+/// natural ownership, root = the sandbox's root) so that tools resolving the hostname work.
+fn write_identity(upper: &Path, hostname: &str) -> Result<()> {
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc).ctx(|| format!("creating {}", etc.display()))?;
+    std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
+        .ctx(|| "writing /etc/hostname")?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    );
+    std::fs::write(etc.join("hosts"), hosts).ctx(|| "writing /etc/hosts")
 }
 
 /// Environment of the agent and so of every process in the sandbox.
