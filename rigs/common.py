@@ -212,10 +212,10 @@ def have_matplotlib() -> bool:
 # ---------------------------------------------------------------- the daemon
 
 
-def other_daemons() -> list[str]:
-    """Command lines of running `coppice ... serve` processes (other than ours)."""
+def other_daemons(ours: set[int] | None = None) -> list[str]:
+    """Command lines of running `coppice ... serve` processes, except ``ours`` (pids)."""
     out = subprocess.run(["pgrep", "-af", "coppice.* serve"], capture_output=True, text=True).stdout
-    me = {os.getpid(), os.getppid()}
+    me = {os.getpid(), os.getppid()} | (ours or set())
     lines = []
     for line in out.splitlines():
         pid, _, cmd = line.partition(" ")
@@ -246,7 +246,7 @@ def refuse_if_other_daemon(wait_s: float = 0.0) -> None:
         time.sleep(5)
 
 
-def contention() -> dict[str, Any]:
+def contention(ours: set[int] | None = None) -> dict[str, Any]:
     """What else is loading the host right now (recorded per phase: a compile or another
     daemon next to a benchmark skews it)."""
     out = subprocess.run(["ps", "-eo", "pid=,pcpu=,comm="], capture_output=True, text=True).stdout
@@ -258,7 +258,7 @@ def contention() -> dict[str, Any]:
     return {
         "loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]),
         "compilers": len(busy),
-        "other_daemons": len(other_daemons()),
+        "other_daemons": len(other_daemons(ours)),
     }
 
 

@@ -424,7 +424,7 @@ def main() -> int:
     phases: list[dict] = []
 
     def phase(name: str) -> None:
-        c = common.contention()
+        c = common.contention({daemon.proc.pid} if daemon is not None and daemon.proc is not None else set())
         c["phase"] = name
         phases.append(c)
         if c["compilers"] or c["other_daemons"]:

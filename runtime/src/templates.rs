@@ -1067,8 +1067,21 @@ fn setup_sandbox(rootfs: &Path, host: &Path, notes: &mut Vec<String>) -> Result<
     write_in_root(rootfs, "etc/resolv.conf", resolv.as_bytes(), 0o644, (0, 0))?;
     notes.extend(note);
     write_in_root(rootfs, "etc/machine-id", b"", 0o444, (0, 0))?;
+    // Accounts live in files only: a host's "systemd" NSS source would make every user lookup
+    // in the sandbox load libnss_systemd and probe userdb directories that do not exist there.
+    write_in_root(
+        rootfs,
+        "etc/nsswitch.conf",
+        NSSWITCH.as_bytes(),
+        0o644,
+        (0, 0),
+    )?;
     Ok(())
 }
+
+const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\ngshadow: files\n\
+hosts: files dns\nnetworks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n\
+netgroup: files\n";
 
 // ---------------------------------------------------------------------------------------------
 // Writing inside a root filesystem without following its symlinks to the host

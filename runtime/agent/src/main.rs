@@ -79,6 +79,9 @@ async fn health() -> http::StatusCode {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let state = AgentState::new(args.default_user.clone());
     reaper::start(state.clone());
+    // Load the NSS modules and passwd file now, not on the first request's user lookup.
+    let default_user = args.default_user.clone();
+    tokio::task::spawn_blocking(move || users::lookup(&default_user));
     let app = app(state);
 
     let mut tasks = tokio::task::JoinSet::new();

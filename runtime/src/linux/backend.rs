@@ -101,15 +101,15 @@ impl LinuxBackend {
         cg: &cgroup::SandboxCgroup,
     ) -> Result<Started> {
         cg.apply_limits(&rec.limits)?;
-        let sandbox_net = match &self.net {
-            Some(cfg) => Some(net::create(cfg, rec.slot).await?),
+        let pending = match &self.net {
+            Some(cfg) => Some(net::prepare(cfg, rec.slot).await?),
             None => None,
         };
-        let netns = sandbox_net.as_ref().map(|n| {
+        let netns = pending.as_ref().map(|n| {
             PathBuf::from(format!(
                 "/proc/{}/fd/{}",
                 std::process::id(),
-                n.netns.as_raw_fd()
+                n.netns().as_raw_fd()
             ))
         });
         let plan = SpawnPlan {
@@ -136,7 +136,15 @@ impl LinuxBackend {
             no_new_privs: self.cfg.no_new_privs,
             seccomp: self.cfg.seccomp,
         };
-        let started = run_spawn(&self.spawn_binary, &plan).await?;
+        // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
+        let wiring = async {
+            match pending {
+                Some(p) => p.wire().await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (started, sandbox_net) =
+            tokio::try_join!(run_spawn(&self.spawn_binary, &plan), wiring)?;
         drop(sandbox_net); // the sandbox's init now holds the netns
         Ok(Started {
             pid: started.pid,
@@ -158,7 +166,7 @@ impl LinuxBackend {
     pub fn alive(&self, rec: &SandboxRecord) -> bool {
         match (rec.pid, rec.pid_start) {
             (Some(pid), Some(start)) => pid_start_time(pid) == Some(start),
-            (Some(pid), None) => Path::new(&format!("/proc/{pid}")).exists(),
+            (Some(pid), None) => pid_start_time(pid).is_some(),
             _ => false,
         }
     }
@@ -276,12 +284,16 @@ async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
     Err(Error::Internal(format!("starting the sandbox: {reason}")))
 }
 
-/// Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat).
+/// Start time of a live process in clock ticks since boot (field 22 of /proc/<pid>/stat);
+/// None for a process that is gone or a zombie (dead, waiting to be reaped by the host's init).
 pub fn pid_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Deletes a directory tree off the request path (a big upper can take a while).
@@ -305,5 +317,10 @@ mod tests {
         assert!(pid_start_time(me).is_some());
         assert_eq!(pid_start_time(me), pid_start_time(me));
         assert!(pid_start_time(i32::MAX).is_none());
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let pid = zombie.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(pid_start_time(pid).is_none(), "an unreaped child is dead");
+        zombie.wait().unwrap();
     }
 }

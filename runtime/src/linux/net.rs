@@ -505,10 +505,41 @@ pub struct SandboxNet {
 /// Creates slot `slot`'s netns, veth pair, addresses and routes. The bridge must exist
 /// ([`ensure_host`]). A leftover `cps<slot>` from a crash is replaced.
 pub async fn create(cfg: &NetConfig, slot: u32) -> Result<SandboxNet> {
-    let plan = cfg.plan(slot)?;
+    prepare(cfg, slot).await?.wire().await
+}
 
-    // The netns, its sysctls and a netlink socket inside it, from a short-lived thread.
+/// A sandbox netns that exists but is not wired to the bridge yet. Splitting the two lets the
+/// sandbox start (it only needs to join the netns) while its veth is being set up.
+pub struct PendingNet {
+    plan: SandboxNetPlan,
+    netns: OwnedFd,
+    ns_sock: OwnedFd,
+}
+
+/// Creates the netns, its sysctls and a netlink socket inside it, from a short-lived thread.
+pub async fn prepare(cfg: &NetConfig, slot: u32) -> Result<PendingNet> {
+    let plan = cfg.plan(slot)?;
     let (netns, ns_sock) = new_netns(plan.sysctls).await?;
+    Ok(PendingNet {
+        plan,
+        netns,
+        ns_sock,
+    })
+}
+
+impl PendingNet {
+    pub fn netns(&self) -> BorrowedFd<'_> {
+        self.netns.as_fd()
+    }
+
+    /// Wires the veth (host end on the bridge, `eth0` inside), addresses and routes.
+    pub async fn wire(self) -> Result<SandboxNet> {
+        wire(self.plan, self.netns, self.ns_sock).await
+    }
+}
+
+async fn wire(plan: SandboxNetPlan, netns: OwnedFd, ns_sock: OwnedFd) -> Result<SandboxNet> {
+    let slot = plan.slot;
     // SAFETY: `ns_sock` is a netlink socket we own; ownership moves into the TokioSocket.
     let ns_sock = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(ns_sock.into_raw_fd()) };
     let (conn, ns, _) = rtnetlink::from_socket(ns_sock);
