@@ -172,7 +172,10 @@ impl Runtime {
         if !self.backend.alive(&rec) {
             return Err(Error::Unavailable("its init process is gone".into()));
         }
-        self.backend.set_limits(id, limits)?;
+        // Pooled sandboxes start with the default limits: most claims need no cgroup writes.
+        if *limits != rec.limits {
+            self.backend.set_limits(id, limits)?;
+        }
         if !req.env.is_empty() {
             self.init_agent(id, &req.env).await?;
         }
@@ -183,8 +186,8 @@ impl Runtime {
         rec.created_at_ms = now;
         rec.expires_at_ms = now + timeout.as_millis() as i64;
         rec.pooled = false;
-        self.store.update(&rec)?;
-        self.store.event(Some(id), "created", "from the warm pool");
+        self.store
+            .update_with_event(&rec, "created", "from the warm pool")?;
         Ok(rec)
     }
 

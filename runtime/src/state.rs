@@ -113,23 +113,40 @@ impl StateStore {
 
     /// Rewrites every mutable column of an existing record.
     pub fn update(&self, r: &SandboxRecord) -> Result<()> {
-        self.conn().execute(
+        Self::update_in(&self.conn(), r)
+    }
+
+    /// `update` and an event row in one transaction (one commit on the hot path).
+    pub fn update_with_event(&self, r: &SandboxRecord, kind: &str, detail: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        Self::update_in(&tx, r)?;
+        tx.prepare_cached(
+            "INSERT INTO events (at_ms, sandbox, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![crate::clock::now_ms(), r.id, kind, detail])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn update_in(conn: &Connection, r: &SandboxRecord) -> Result<()> {
+        conn.prepare_cached(
             "UPDATE sandboxes SET state = ?2, pid = ?3, pid_start = ?4, expires_at_ms = ?5,
                 limits = ?6, env = ?7, metadata = ?8, pooled = ?9, created_at_ms = ?10
              WHERE id = ?1",
-            params![
-                r.id,
-                r.state.as_str(),
-                r.pid,
-                r.pid_start.map(|v| v as i64),
-                r.expires_at_ms,
-                json(&r.limits),
-                json(&r.env),
-                json(&r.metadata),
-                r.pooled,
-                r.created_at_ms,
-            ],
-        )?;
+        )?
+        .execute(params![
+            r.id,
+            r.state.as_str(),
+            r.pid,
+            r.pid_start.map(|v| v as i64),
+            r.expires_at_ms,
+            json(&r.limits),
+            json(&r.env),
+            json(&r.metadata),
+            r.pooled,
+            r.created_at_ms,
+        ])?;
         Ok(())
     }
 
