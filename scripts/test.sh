@@ -20,7 +20,16 @@ step "tests"
 # Tests that start daemons run one binary at a time (cargo does so); one daemon per host.
 cargo test --release --workspace -- --test-threads=4
 
+step "docs/tools.md is generated from the tool schemas"
+if ! diff -u docs/tools.md <(target/release/coppice-mcp --print-tools-markdown); then
+  echo "docs/tools.md is stale: run target/release/coppice-mcp --print-tools-markdown > docs/tools.md" >&2
+  exit 1
+fi
+
+step "MCP end to end (Python mcp client: stdio and HTTP, both protocol eras)"
+python3 mcp/tests/test_mcp.py --coppice target/release/coppice
+
 step "rigs (quick)"
-python3 rigs/create_exec.py --quick --coppice target/release/coppice
+python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"
