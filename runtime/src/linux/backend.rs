@@ -100,6 +100,7 @@ impl LinuxBackend {
         dir: &Path,
         cg: &cgroup::SandboxCgroup,
     ) -> Result<Started> {
+        let t0 = std::time::Instant::now();
         cg.apply_limits(&rec.limits)?;
         let pending = match &self.net {
             Some(cfg) => Some(net::prepare(cfg, rec.slot).await?),
@@ -137,15 +138,32 @@ impl LinuxBackend {
             seccomp: self.cfg.seccomp,
         };
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
+        let prepared = t0.elapsed();
         let wiring = async {
-            match pending {
+            let t = std::time::Instant::now();
+            let net = match pending {
                 Some(p) => p.wire().await.map(Some),
                 None => Ok(None),
-            }
+            };
+            net.map(|n| (n, t.elapsed()))
         };
-        let (started, sandbox_net) =
-            tokio::try_join!(run_spawn(&self.spawn_binary, &plan), wiring)?;
+        let spawning = async {
+            let t = std::time::Instant::now();
+            run_spawn(&self.spawn_binary, &plan)
+                .await
+                .map(|s| (s, t.elapsed()))
+        };
+        let ((started, spawn_took), (sandbox_net, wire_took)) = tokio::try_join!(spawning, wiring)?;
         drop(sandbox_net); // the sandbox's init now holds the netns
+        tracing::debug!(
+            sandbox = %rec.id,
+            ?prepared,
+            ?spawn_took,
+            ?wire_took,
+            spawn_steps_us = ?started.steps_us,
+            total = ?t0.elapsed(),
+            "sandbox started"
+        );
         Ok(Started {
             pid: started.pid,
             pid_start: pid_start_time(started.pid),
@@ -254,12 +272,13 @@ fn base_env(hostname: &str) -> Vec<(String, String)> {
 }
 
 async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
     let mut child = tokio::process::Command::new(binary)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
         .spawn()
         .ctx(|| format!("starting {}", binary.display()))?;
     let input = serde_json::to_vec(plan).map_err(Error::internal)?;
@@ -269,18 +288,23 @@ async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
         .await
         .ctx(|| "sending the spawn plan")?;
     drop(stdin);
-    let out = child
-        .wait_with_output()
+    // The helper answers with one line; its exit is reaped in the background, off the
+    // request path.
+    let mut line = String::new();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    stdout
+        .read_line(&mut line)
         .await
-        .ctx(|| "waiting for coppice-spawn")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if let Ok(result) = serde_json::from_str::<SpawnResult>(text.trim()) {
+        .ctx(|| "reading coppice-spawn's answer")?;
+    if let Ok(result) = serde_json::from_str::<SpawnResult>(line.trim()) {
+        tokio::spawn(async move { child.wait().await });
         return Ok(result);
     }
-    let reason = serde_json::from_str::<serde_json::Value>(text.trim())
+    let status = child.wait().await.ctx(|| "waiting for coppice-spawn")?;
+    let reason = serde_json::from_str::<serde_json::Value>(line.trim())
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("coppice-spawn failed ({}): {text}", out.status));
+        .unwrap_or_else(|| format!("coppice-spawn failed ({status}): {line}"));
     Err(Error::Internal(format!("starting the sandbox: {reason}")))
 }
 

@@ -63,6 +63,31 @@ pub struct SpawnPlan {
 pub struct SpawnResult {
     /// Host pid of the sandbox's init (the agent).
     pub pid: i32,
+    /// How long each step took, in microseconds (for the daemon's debug log and the rigs).
+    #[serde(default)]
+    pub steps_us: Vec<(String, u64)>,
+}
+
+/// Step timer for `SpawnResult::steps_us`.
+struct Steps {
+    last: std::time::Instant,
+    out: Vec<(String, u64)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            out: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        self.out
+            .push((step.to_string(), (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
 }
 
 /// Files masked with an empty read-only file, as OCI runtimes do.
@@ -108,6 +133,7 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, setns, unshare};
 
+    let mut steps = Steps::new();
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
     mount(
         None::<&str>,
@@ -174,7 +200,8 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
     drop(go_r);
     drop(err_w);
 
-    let outcome = prepare_child(plan, pid).and_then(|()| {
+    steps.mark("setup+clone");
+    let outcome = prepare_child(plan, pid, &mut steps).and_then(|()| {
         // Tell the child to go on, then wait: EOF on the error pipe means exec succeeded.
         std::fs::File::from(go_w)
             .write_all(b"g")
@@ -183,6 +210,7 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
         std::fs::File::from(err_r)
             .read_to_string(&mut msg)
             .map_err(|e| format!("waiting for the sandbox init: {e}"))?;
+        steps.mark("child-to-exec");
         if msg.is_empty() { Ok(()) } else { Err(msg) }
     });
     if let Err(e) = outcome {
@@ -194,19 +222,26 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
         let _ = std::fs::remove_file(&plan.agent_socket);
         return Err(e);
     }
-    Ok(SpawnResult { pid })
+    Ok(SpawnResult {
+        pid,
+        steps_us: steps.out,
+    })
 }
 
 /// Host-side steps between clone and the child's go: ids, cgroups, oom score, the root.
-fn prepare_child(plan: &SpawnPlan, pid: i32) -> Result<(), String> {
+fn prepare_child(plan: &SpawnPlan, pid: i32, steps: &mut Steps) -> Result<(), String> {
     let map = format!("0 {} {}\n", plan.id_base, plan.id_count);
     write_file(format!("/proc/{pid}/uid_map"), &map)?;
     write_file(format!("/proc/{pid}/gid_map"), &map)?;
+    steps.mark("idmap");
     for procs in &plan.cgroup_procs {
         write_file(procs, &pid.to_string())?;
     }
+    steps.mark("cgroups");
     let userns = open_path(Path::new(&format!("/proc/{pid}/ns/user")), libc::O_RDONLY)?;
-    mount_root(plan, userns.as_fd())
+    mount_root(plan, userns.as_fd())?;
+    steps.mark("root");
+    Ok(())
 }
 
 /// Mounts the overlay root with idmapped layers, then /dev, /tmp, /dev/shm and /sys in it.
