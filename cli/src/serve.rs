@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use coppice_mcp::http::HttpOptions;
+use coppice_mcp::{McpState, Mode};
 use coppice_runtime::{Config, Runtime};
 use coppice_tools::Tools;
 
@@ -29,6 +31,10 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Bearer token required on MCP over TCP (`/mcp`); required when --listen is not
+    /// loopback. The unix socket needs none (it is root-only).
+    #[arg(long, env = "COPPICE_MCP_TOKEN", hide_env_values = true)]
+    mcp_token: Option<String>,
 }
 
 pub fn run(args: ServeArgs, socket: PathBuf) -> i32 {
@@ -84,14 +90,23 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
     if args.no_network {
         cfg.network = false;
     }
+    if let Some(t) = &args.mcp_token {
+        cfg.mcp_token = Some(t.clone());
+    }
     Ok(cfg)
 }
 
 async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let cfg = config(&args, socket)?;
+    // Checked before anything starts: a non-loopback listener without a token is refused.
+    let tcp_mcp = HttpOptions::for_tcp(&cfg.listen, cfg.mcp_token.clone())?;
     let runtime = Runtime::start(cfg.clone()).await?;
     runtime.spawn_background_tasks();
-    let app = coppice_http::app(Tools::new(runtime));
+    let tools = Tools::new(runtime);
+    let mcp = McpState::new(tools.clone(), Mode::Daemon);
+    let tcp_app = coppice_http::app_with_mcp(tools.clone(), mcp.clone(), tcp_mcp);
+    // The socket is root-only: no token; Host is not checked (clients name no real host).
+    let unix_app = coppice_http::app_with_mcp(tools, mcp, HttpOptions::default());
 
     let tcp = tokio::net::TcpListener::bind(&cfg.listen)
         .await
@@ -120,8 +135,8 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
             tracing::debug!("setting TCP_NODELAY: {e}");
         }
     });
-    let tcp_server = axum::serve(tcp, app.clone()).with_graceful_shutdown(shutdown());
-    let unix_server = axum::serve(unix, app).with_graceful_shutdown(shutdown());
+    let tcp_server = axum::serve(tcp, tcp_app).with_graceful_shutdown(shutdown());
+    let unix_server = axum::serve(unix, unix_app).with_graceful_shutdown(shutdown());
     tokio::try_join!(async { tcp_server.await }, async { unix_server.await })?;
     // Sandboxes keep running; the next daemon recovers them.
     tracing::info!("coppice stopped (sandboxes keep running and are recovered on restart)");

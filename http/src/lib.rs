@@ -17,6 +17,7 @@ use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 
+/// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
@@ -27,6 +28,16 @@ pub fn app(tools: Tools) -> Router {
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
         .with_state(Arc::new(tools))
+}
+
+/// The daemon's app with MCP mounted: streamable HTTP at `/mcp` and the stdio upgrade at
+/// `/mcp-stdio`, with the listener's auth and Host rules.
+pub fn app_with_mcp(
+    tools: Tools,
+    mcp: coppice_mcp::McpState,
+    opts: coppice_mcp::http::HttpOptions,
+) -> Router {
+    app(tools).merge(coppice_mcp::http::router(mcp, opts))
 }
 
 type AppState = State<Arc<Tools>>;

@@ -42,6 +42,8 @@ pub struct Config {
     /// Paths of the helper binaries; default: next to the running executable.
     pub agent_binary: Option<PathBuf>,
     pub spawn_binary: Option<PathBuf>,
+    /// Bearer token for MCP over TCP (`/mcp`); required when `listen` is not loopback.
+    pub mcp_token: Option<String>,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             id_base: 0x1000_0000,
             agent_binary: None,
             spawn_binary: None,
+            mcp_token: None,
         }
     }
 }

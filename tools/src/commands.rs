@@ -1,12 +1,18 @@
 //! Running commands in a sandbox, with output streamed as it comes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
+pub use coppice_envd::process::Signal;
 use coppice_envd::process::{
-    DataEvent, ProcessConfig, ProcessEvent, ProcessEventMessage, StartRequest,
+    CloseStdinRequest, DataEvent, Empty, ListResponse, ProcessConfig, ProcessEvent,
+    ProcessEventMessage, ProcessInput, ProcessSelector, SendInputRequest, SendSignalRequest,
+    StartRequest,
 };
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, Tools};
 
@@ -102,5 +108,573 @@ impl Tools {
                 },
             }
         }))
+    }
+}
+
+/// Run a shell command line (`/bin/bash -lc CMD`, as E2B does) to completion.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunCommand {
+    pub cmd: String,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub timeout_secs: Option<f64>,
+    /// Written to the command's stdin, which is then closed.
+    pub stdin: Option<String>,
+    /// Cap on each of stdout and stderr in the result (head and tail are kept).
+    pub max_output_bytes: usize,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// The outcome of a finished (or stopped) command.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunResult {
+    /// Process id inside the sandbox.
+    pub pid: u32,
+    /// Exit code; -1 when the command was killed by a signal (see `status`).
+    pub exit_code: i32,
+    /// How it ended, e.g. "exit status 0" or "signal: killed".
+    pub status: String,
+    /// Standard output as UTF-8 (invalid bytes replaced); see `stdout_truncated`.
+    pub stdout: String,
+    pub stderr: String,
+    /// True when stdout was longer than the cap: the middle was cut and a marker inserted.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Total bytes the command wrote to each stream.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// True when the command was killed because its timeout passed.
+    pub timed_out: bool,
+    /// True when the caller cancelled the call and the process group was killed.
+    pub cancelled: bool,
+}
+
+/// Keeps the first and last `cap/2` bytes of a stream, counting everything.
+#[derive(Debug, Default)]
+pub struct HeadTail {
+    cap: usize,
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl HeadTail {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        let head_cap = self.cap / 2;
+        if self.head.len() < head_cap {
+            let n = (head_cap - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        let tail_cap = self.cap - head_cap;
+        self.tail.extend(data);
+        while self.tail.len() > tail_cap {
+            self.tail.pop_front();
+        }
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.total > (self.head.len() + self.tail.len()) as u64
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The text, with `[... N bytes truncated ...]` where the middle was cut.
+    pub fn render(&self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        if self.truncated() {
+            let cut = self.total - (self.head.len() + self.tail.len()) as u64;
+            out.push_str(&format!(
+                "\n[... {cut} bytes truncated; raise max_output_bytes or redirect output to a file and read it with files_read ...]\n"
+            ));
+        }
+        let (a, b) = self.tail.as_slices();
+        let mut tail = a.to_vec();
+        tail.extend_from_slice(b);
+        out.push_str(&String::from_utf8_lossy(&tail));
+        out
+    }
+}
+
+fn shell_start(
+    cmd: &str,
+    cwd: Option<String>,
+    env: BTreeMap<String, String>,
+    stdin: bool,
+) -> StartRequest {
+    StartRequest {
+        process: ProcessConfig {
+            cmd: "/bin/bash".into(),
+            args: vec!["-l".into(), "-c".into(), cmd.to_string()],
+            envs: env,
+            cwd,
+        },
+        pty: None,
+        tag: None,
+        stdin: Some(stdin),
+    }
+}
+
+fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some((s * 1000.0).max(1.0) as u64)),
+        Some(s) => Err(Error::InvalidArgument(format!(
+            "timeout_secs must be a positive number of seconds, got {s}"
+        ))),
+    }
+}
+
+/// Exit code of an end event: the code, or -1 for a signal death.
+fn exit_code_of(end: &coppice_envd::process::EndEvent) -> i32 {
+    if end.status.starts_with("signal") && end.exit_code == 0 {
+        -1
+    } else {
+        end.exit_code
+    }
+}
+
+impl Tools {
+    /// Runs a shell command line to completion. Each output chunk is passed to `on_output` as
+    /// it arrives; cancelling `cancel` kills the process group and returns what was seen.
+    pub async fn run_command(
+        &self,
+        id: &str,
+        req: RunCommand,
+        mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
+        cancel: CancellationToken,
+    ) -> Result<RunResult> {
+        if req.cmd.trim().is_empty() {
+            return Err(Error::InvalidArgument("cmd is empty".into()));
+        }
+        let agent = self.rt.agent(id)?;
+        let start = shell_start(&req.cmd, req.cwd, req.env, req.stdin.is_some());
+        let mut stream = agent
+            .server_stream_as::<_, ProcessEventMessage>(
+                "process.Process/Start",
+                &start,
+                timeout_ms(req.timeout_secs)?,
+                req.user.as_deref().unwrap_or_default(),
+            )
+            .await?;
+        let mut out = HeadTail::new(req.max_output_bytes);
+        let mut err = HeadTail::new(req.max_output_bytes);
+        let mut pid = 0;
+        let mut end = None;
+        let mut timed_out = false;
+        let mut cancelled = false;
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => msg,
+                _ = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    if pid != 0 {
+                        tracing::info!(sandbox = id, pid, "call cancelled: killing the process group");
+                        let _ = self.signal_process(id, pid, Signal::Sigkill).await;
+                    }
+                    // Keep reading: the end event follows the kill.
+                    continue;
+                }
+            };
+            match msg {
+                None => break,
+                Some(Ok(ProcessEventMessage { event })) => match event {
+                    ProcessEvent::Start { pid: p } => {
+                        pid = p;
+                        if cancelled {
+                            let _ = self.signal_process(id, pid, Signal::Sigkill).await;
+                        } else if let Some(input) = &req.stdin {
+                            let sel = ProcessSelector::Pid(pid);
+                            agent
+                                .unary::<_, Empty>(
+                                    "process.Process/SendInput",
+                                    &SendInputRequest {
+                                        process: sel.clone(),
+                                        input: ProcessInput::Stdin(input.as_bytes().to_vec()),
+                                    },
+                                )
+                                .await?;
+                            agent
+                                .unary::<_, Empty>(
+                                    "process.Process/CloseStdin",
+                                    &CloseStdinRequest { process: sel },
+                                )
+                                .await?;
+                        }
+                    }
+                    ProcessEvent::Data(DataEvent::Stdout(d) | DataEvent::Pty(d)) => {
+                        out.push(&d);
+                        on_output(OutputStream::Stdout, &d);
+                    }
+                    ProcessEvent::Data(DataEvent::Stderr(d)) => {
+                        err.push(&d);
+                        on_output(OutputStream::Stderr, &d);
+                    }
+                    ProcessEvent::End(e) => end = Some(e),
+                    ProcessEvent::Keepalive {} => {}
+                },
+                Some(Err(e)) if e.code == coppice_envd::Code::DeadlineExceeded => {
+                    timed_out = true;
+                    break;
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        let end = end.ok_or_else(|| {
+            Error::Unavailable("the command's output stream ended before it exited".into())
+        })?;
+        Ok(RunResult {
+            pid,
+            exit_code: exit_code_of(&end),
+            status: end.status,
+            stdout: out.render(),
+            stderr: err.render(),
+            stdout_truncated: out.truncated(),
+            stderr_truncated: err.truncated(),
+            stdout_bytes: out.total(),
+            stderr_bytes: err.total(),
+            timed_out,
+            cancelled,
+        })
+    }
+
+    /// Sends SIGTERM or SIGKILL to a process's whole process group.
+    pub async fn signal_process(&self, id: &str, pid: u32, signal: Signal) -> Result<()> {
+        self.rt
+            .agent(id)?
+            .unary::<_, Empty>(
+                "process.Process/SendSignal",
+                &SendSignalRequest {
+                    process: ProcessSelector::Pid(pid),
+                    signal,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes to a running process's stdin, then closes it when asked.
+    pub async fn write_stdin(&self, id: &str, pid: u32, data: &[u8], close: bool) -> Result<()> {
+        let agent = self.rt.agent(id)?;
+        if !data.is_empty() {
+            agent
+                .unary::<_, Empty>(
+                    "process.Process/SendInput",
+                    &SendInputRequest {
+                        process: ProcessSelector::Pid(pid),
+                        input: ProcessInput::Stdin(data.to_vec()),
+                    },
+                )
+                .await?;
+        }
+        if close {
+            agent
+                .unary::<_, Empty>(
+                    "process.Process/CloseStdin",
+                    &CloseStdinRequest {
+                        process: ProcessSelector::Pid(pid),
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Start a shell command line in the background; its output is buffered by the tool layer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StartCommand {
+    pub cmd: String,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub timeout_secs: Option<f64>,
+}
+
+/// Bytes kept per stream of a background process; older output is dropped first.
+pub const BACKGROUND_BUFFER_BYTES: usize = 1 << 20;
+
+/// Output of a stream since the caller's offset.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StreamRead {
+    /// Output from the requested offset (UTF-8, invalid bytes replaced).
+    pub text: String,
+    /// Pass this as the offset next time to get only newer output.
+    pub next_offset: u64,
+    /// Bytes between the requested offset and the oldest byte still buffered, if any were
+    /// dropped (the buffer keeps the last 1 MiB) or cut by max_bytes.
+    pub skipped_bytes: u64,
+}
+
+/// The state and new output of a background process.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CommandOutput {
+    pub pid: u32,
+    pub cmd: String,
+    pub running: bool,
+    /// Exit code once it has ended (-1 for a signal death).
+    pub exit_code: Option<i32>,
+    /// How it ended, e.g. "exit status 0" or "signal: killed".
+    pub status: Option<String>,
+    pub stdout: StreamRead,
+    pub stderr: StreamRead,
+}
+
+#[derive(Default)]
+struct Buffered {
+    /// Absolute offset of `data[0]`.
+    base: u64,
+    data: std::collections::VecDeque<u8>,
+}
+
+impl Buffered {
+    fn push(&mut self, d: &[u8]) {
+        self.data.extend(d);
+        let excess = self.data.len().saturating_sub(BACKGROUND_BUFFER_BYTES);
+        if excess > 0 {
+            self.data.drain(..excess);
+            self.base += excess as u64;
+        }
+    }
+
+    fn read(&self, offset: u64, max: usize) -> StreamRead {
+        let end = self.base + self.data.len() as u64;
+        let from = offset.clamp(self.base, end);
+        // When more than `max` is new, keep the newest part.
+        let from = from.max(end.saturating_sub(max as u64));
+        let skipped = from.saturating_sub(offset.min(end));
+        let start = (from - self.base) as usize;
+        let bytes: Vec<u8> = self.data.range(start..).copied().collect();
+        StreamRead {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            next_offset: end,
+            skipped_bytes: skipped,
+        }
+    }
+}
+
+#[derive(Default)]
+struct BgState {
+    stdout: Buffered,
+    stderr: Buffered,
+    end: Option<(i32, String)>,
+    finished_at: Option<std::time::Instant>,
+}
+
+/// A background process whose Start stream the tool layer holds open.
+pub(crate) struct Background {
+    sandbox: String,
+    pid: u32,
+    cmd: String,
+    state: std::sync::Mutex<BgState>,
+    changed: tokio::sync::Notify,
+}
+
+/// Background processes by (sandbox, pid).
+#[derive(Default)]
+pub(crate) struct Registry {
+    procs: std::sync::Mutex<HashMap<(String, u32), Arc<Background>>>,
+}
+
+/// Finished background processes are forgotten this long after they end.
+const FINISHED_TTL: Duration = Duration::from_secs(3600);
+
+impl Registry {
+    fn get(&self, sandbox: &str, pid: u32) -> Option<Arc<Background>> {
+        lock(&self.procs).get(&(sandbox.to_string(), pid)).cloned()
+    }
+
+    fn prune(&self) {
+        lock(&self.procs).retain(|_, p| {
+            lock(&p.state)
+                .finished_at
+                .is_none_or(|t| t.elapsed() < FINISHED_TTL)
+        });
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One process in a sandbox, as `commands_list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CommandInfo {
+    pub pid: u32,
+    /// The command line (for shell commands, the string given to bash).
+    pub cmd: String,
+    pub running: bool,
+    /// True for processes started with commands_start (their output can be read).
+    pub background: bool,
+    pub exit_code: Option<i32>,
+}
+
+fn command_line(cfg: &ProcessConfig) -> String {
+    match cfg.args.as_slice() {
+        [l, c, line] if cfg.cmd == "/bin/bash" && l == "-l" && c == "-c" => line.clone(),
+        args => std::iter::once(cfg.cmd.as_str())
+            .chain(args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+impl Tools {
+    /// Starts a shell command line in the background and returns its pid at once. The output
+    /// is collected by a task holding the process's Start stream; read it with
+    /// `read_command`.
+    pub async fn start_command(&self, id: &str, req: StartCommand) -> Result<u32> {
+        if req.cmd.trim().is_empty() {
+            return Err(Error::InvalidArgument("cmd is empty".into()));
+        }
+        let agent = self.rt.agent(id)?;
+        let start = shell_start(&req.cmd, req.cwd, req.env, true);
+        let mut stream = agent
+            .server_stream_as::<_, ProcessEventMessage>(
+                "process.Process/Start",
+                &start,
+                timeout_ms(req.timeout_secs)?,
+                req.user.as_deref().unwrap_or_default(),
+            )
+            .await?;
+        let pid = match stream.next().await {
+            Some(Ok(ProcessEventMessage {
+                event: ProcessEvent::Start { pid },
+            })) => pid,
+            Some(Err(e)) => return Err(e.into()),
+            _ => {
+                return Err(Error::Unavailable(
+                    "the agent did not report the process start".into(),
+                ));
+            }
+        };
+        self.registry.prune();
+        let bg = Arc::new(Background {
+            sandbox: id.to_string(),
+            pid,
+            cmd: req.cmd,
+            state: Default::default(),
+            changed: tokio::sync::Notify::new(),
+        });
+        lock(&self.registry.procs).insert((id.to_string(), pid), bg.clone());
+        tokio::spawn(async move {
+            let mut end = None;
+            while let Some(msg) = stream.next().await {
+                let mut st = lock(&bg.state);
+                match msg {
+                    Ok(ProcessEventMessage { event }) => match event {
+                        ProcessEvent::Data(DataEvent::Stdout(d) | DataEvent::Pty(d)) => {
+                            st.stdout.push(&d)
+                        }
+                        ProcessEvent::Data(DataEvent::Stderr(d)) => st.stderr.push(&d),
+                        ProcessEvent::End(e) => end = Some((exit_code_of(&e), e.status)),
+                        _ => continue,
+                    },
+                    Err(e) if end.is_some() => {
+                        tracing::debug!(pid = bg.pid, "background stream ended: {e}")
+                    }
+                    Err(e) => end = Some((-1, format!("lost track of the process: {e}"))),
+                }
+                drop(st);
+                bg.changed.notify_waiters();
+            }
+            let mut st = lock(&bg.state);
+            st.end = Some(end.unwrap_or((-1, "the output stream ended".into())));
+            st.finished_at = Some(std::time::Instant::now());
+            drop(st);
+            bg.changed.notify_waiters();
+            tracing::debug!(sandbox = %bg.sandbox, pid = bg.pid, "background process ended");
+        });
+        Ok(pid)
+    }
+
+    /// Output of a background process since the given offsets; with `wait` > 0, first waits
+    /// up to that long for the process to exit.
+    pub async fn read_command(
+        &self,
+        id: &str,
+        pid: u32,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        wait: Duration,
+        max_bytes: usize,
+    ) -> Result<CommandOutput> {
+        self.rt.info(id)?;
+        let bg = self.registry.get(id, pid).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no background command with pid {pid} in sandbox '{id}' (only commands started with commands_start can be read; see commands_list)"
+            ))
+        })?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = bg.changed.notified();
+            if lock(&bg.state).end.is_some() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let st = lock(&bg.state);
+        Ok(CommandOutput {
+            pid,
+            cmd: bg.cmd.clone(),
+            running: st.end.is_none(),
+            exit_code: st.end.as_ref().map(|e| e.0),
+            status: st.end.as_ref().map(|e| e.1.clone()),
+            stdout: st.stdout.read(stdout_offset, max_bytes),
+            stderr: st.stderr.read(stderr_offset, max_bytes),
+        })
+    }
+
+    /// Running processes of a sandbox, plus background ones that have finished.
+    pub async fn list_commands(&self, id: &str) -> Result<Vec<CommandInfo>> {
+        let agent = self.rt.agent(id)?;
+        let listed: ListResponse = agent.unary("process.Process/List", &Empty {}).await?;
+        self.registry.prune();
+        let procs = lock(&self.registry.procs);
+        let mut out: Vec<CommandInfo> = listed
+            .processes
+            .iter()
+            .map(|p| CommandInfo {
+                pid: p.pid,
+                cmd: command_line(&p.config),
+                running: true,
+                background: procs.contains_key(&(id.to_string(), p.pid)),
+                exit_code: None,
+            })
+            .collect();
+        for ((sb, pid), bg) in procs.iter() {
+            let st = lock(&bg.state);
+            if sb == id && st.end.is_some() && !out.iter().any(|c| c.pid == *pid) {
+                out.push(CommandInfo {
+                    pid: *pid,
+                    cmd: bg.cmd.clone(),
+                    running: false,
+                    background: true,
+                    exit_code: st.end.as_ref().map(|e| e.0),
+                });
+            }
+        }
+        out.sort_by_key(|c| c.pid);
+        Ok(out)
     }
 }

@@ -2,6 +2,7 @@
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
 pub mod commands;
+pub mod files;
 pub mod sandboxes;
 
 use std::sync::Arc;
@@ -12,11 +13,16 @@ use coppice_runtime::Runtime;
 #[derive(Clone)]
 pub struct Tools {
     rt: Arc<Runtime>,
+    /// Background processes (commands_start) whose output this layer buffers.
+    registry: Arc<commands::Registry>,
 }
 
 impl Tools {
     pub fn new(rt: Arc<Runtime>) -> Self {
-        Self { rt }
+        Self {
+            rt,
+            registry: Default::default(),
+        }
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {

@@ -1,0 +1,15 @@
+//! Coppice's MCP surface: every tool of `coppice_tools::Tools` as an MCP tool (rmcp), served
+//! over stdio (the `coppice-mcp` binary), over streamable HTTP at the daemon's `/mcp`, and
+//! over a raw upgraded connection on the daemon's socket (`/mcp-stdio`, which is how
+//! `coppice-mcp` joins a running daemon).
+//!
+//! This crate only adapts: argument structs with described fields, result structs with
+//! output schemas, annotations, error text that says what to do next, the per-session
+//! default sandbox, progress and cancellation. The capabilities live in the tools crate.
+
+pub mod bridge;
+pub mod http;
+pub mod markdown;
+pub mod server;
+
+pub use server::{CoppiceMcp, McpState, Mode};

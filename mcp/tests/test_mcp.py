@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""End-to-end tests of Coppice's MCP surface with the official Python client (PyPI `mcp`).
+
+Starts a private daemon (temp state dir, own socket, free port, an MCP bearer token), then
+drives the same tool suite over four transports: stdio (`coppice-mcp` joining the daemon
+through its socket) in the 2026-07-28 and 2025-11-25 eras, and streamable HTTP at `/mcp` in
+both eras. Then the transport checks: stdio exits promptly at EOF with nothing but MCP on
+stdout, sandboxes are shared between stdio and HTTP, and HTTP rejects a missing token (401 +
+WWW-Authenticate), a foreign Origin and a foreign Host (403).
+
+Usage: python3 mcp/tests/test_mcp.py [--coppice target/release/coppice]
+Needs root (real sandboxes) and no other `coppice serve` on the host (it waits for one to end).
+Ends with the line "N passed, M failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import anyio
+import httpx2
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "rigs"))
+from common import Daemon  # noqa: E402  (the rigs' private-daemon harness)
+
+TOOLS = {
+    "sandbox_create", "sandbox_list", "sandbox_info", "sandbox_kill", "sandbox_set_timeout",
+    "commands_run", "commands_start", "commands_read", "commands_write_stdin", "commands_signal",
+    "commands_list", "files_read", "files_write", "files_edit", "files_list", "files_stat",
+    "files_mkdir", "files_move", "files_remove", "files_search",
+}
+TOKEN = "test-" + uuid.uuid4().hex
+# A 1x1 PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+passed = 0
+failed: list[str] = []
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise AssertionError(what)
+
+
+async def case(name: str, fn, *args) -> None:
+    global passed
+    t0 = time.monotonic()
+    try:
+        await fn(*args)
+        passed += 1
+        print(f"ok   {name} ({time.monotonic() - t0:.1f}s)", flush=True)
+    except Exception as e:  # noqa: BLE001 - report every failure and go on
+        failed.append(name)
+        print(f"FAIL {name}: {e!r}", flush=True)
+        traceback.print_exc()
+
+
+async def call(client: Client, tool: str, args: dict, **kw):
+    """A successful call's structured content."""
+    r = await client.call_tool(tool, args, **kw)
+    text = " ".join(getattr(c, "text", "") for c in r.content)
+    check(not r.is_error, f"{tool}({args}) failed: {text}")
+    check(isinstance(r.structured_content, dict), f"{tool}: no structuredContent")
+    return r.structured_content
+
+
+async def call_error(client: Client, tool: str, args: dict) -> str:
+    """A failed call's error text (isError result or protocol error)."""
+    try:
+        r = await client.call_tool(tool, args)
+    except Exception as e:  # protocol-level error (e.g. unknown tool)
+        return str(e)
+    check(bool(r.is_error), f"{tool}({args}) should have failed, got {r.structured_content}")
+    return " ".join(getattr(c, "text", "") for c in r.content)
+
+
+# ------------------------------------------------------------------ the tool suite
+
+
+async def t_list_tools(c: Client) -> None:
+    tools = (await c.list_tools()).tools
+    names = {t.name for t in tools}
+    check(names == TOOLS, f"tool names differ: {sorted(names ^ TOOLS)}")
+    for t in tools:
+        a = t.annotations
+        check(a is not None, f"{t.name}: no annotations")
+        for hint in ("read_only_hint", "destructive_hint", "idempotent_hint", "open_world_hint"):
+            check(getattr(a, hint) is not None, f"{t.name}: {hint} unset")
+        check(t.input_schema.get("type") == "object", f"{t.name}: input schema not an object")
+        check(t.output_schema and t.output_schema.get("type") == "object", f"{t.name}: output schema")
+        check(t.description, f"{t.name}: no description")
+        for field, spec in t.input_schema.get("properties", {}).items():
+            check(spec.get("description"), f"{t.name}.{field}: no description")
+    by = {t.name: t for t in tools}
+    check(by["files_read"].annotations.read_only_hint is True, "files_read read-only")
+    check(by["sandbox_kill"].annotations.destructive_hint is True, "sandbox_kill destructive")
+    check(by["commands_run"].annotations.open_world_hint is True, "commands_run open world")
+    check("sandbox_id" in by["commands_run"].input_schema["properties"], "sandbox_id optional arg")
+    check("sandbox_id" not in by["commands_run"].input_schema.get("required", []), "sandbox_id optional")
+
+
+async def t_sandbox_lifecycle(c: Client) -> None:
+    made = await call(c, "sandbox_create", {"timeout_secs": 120, "metadata": {"t": "mcp"}, "env": {"X": "1"}})
+    sid = made["sandbox_id"]
+    listed = await call(c, "sandbox_list", {})
+    check(sid in [s["sandbox_id"] for s in listed["sandboxes"]], "created sandbox listed")
+    info = await call(c, "sandbox_info", {"sandbox_id": sid})
+    check(info["sandbox"]["metadata"].get("t") == "mcp", "metadata kept")
+    r = await call(c, "commands_run", {"sandbox_id": sid, "cmd": "echo $X"})
+    check(r["stdout"] == "1\n" and r["sandbox_id"] == sid, f"env in sandbox: {r}")
+    t = await call(c, "sandbox_set_timeout", {"sandbox_id": sid, "timeout_secs": 600})
+    check(t["sandbox"]["expires_at"] > info["sandbox"]["expires_at"], "timeout extended")
+    k = await call(c, "sandbox_kill", {"sandbox_id": sid})
+    check(k["killed"], "killed")
+    err = await call_error(c, "sandbox_info", {"sandbox_id": sid})
+    check("not found" in err and "sandbox_list" in err, f"actionable not-found: {err}")
+
+
+async def t_run_default_sandbox(c: Client) -> None:
+    a = await call(c, "commands_run", {"cmd": "echo hi; echo oops >&2; exit 3"})
+    check(a["exit_code"] == 3 and a["stdout"] == "hi\n" and a["stderr"] == "oops\n", f"run: {a}")
+    b = await call(c, "commands_run", {"cmd": "whoami; pwd", "cwd": "/tmp"})
+    check(b["sandbox_id"] == a["sandbox_id"], "default sandbox reused")
+    check(b["stdout"] == "user\n/tmp\n", f"user and cwd: {b}")
+    r = await call(c, "commands_run", {"cmd": "whoami", "user": "root"})
+    check(r["stdout"] == "root\n", f"root: {r}")
+    s = await call(c, "commands_run", {"cmd": "tr a-z A-Z", "stdin": "shout\n"})
+    check(s["stdout"] == "SHOUT\n", f"stdin: {s}")
+    big = await call(c, "commands_run", {"cmd": "head -c 300000 /dev/zero | tr '\\0' x", "max_output_bytes": 1000})
+    check(big["stdout_truncated"] and big["stdout_bytes"] == 300000, f"truncation: {big['stdout_bytes']}")
+    check("bytes truncated" in big["stdout"] and len(big["stdout"]) < 1300, "truncation marker")
+    to = await call(c, "commands_run", {"cmd": "sleep 20", "timeout_secs": 1})
+    check(to["timed_out"], f"timeout: {to}")
+    lst = await call(c, "sandbox_list", {})
+    check(lst["default_sandbox_id"] == a["sandbox_id"], "default sandbox shown in sandbox_list")
+
+
+async def t_progress(c: Client) -> None:
+    events: list[tuple[float, str]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        events.append((progress, message or ""))
+
+    r = await call(c, "commands_run", {"cmd": "for i in 1 2 3; do echo line$i; sleep 0.3; done"},
+                   progress_callback=on_progress)
+    check(r["stdout"] == "line1\nline2\nline3\n", f"output: {r}")
+    check(len(events) >= 3, f"progress events: {events}")
+    check(all(b[0] > a[0] for a, b in zip(events, events[1:])), f"progress increases: {events}")
+    check("line1" in events[0][1], f"progress carries output: {events}")
+
+
+async def t_cancel(c: Client) -> None:
+    # A unique duration marks the process: `sleep 30.<n>`.
+    marker = f"30.{uuid.uuid4().int % 10**8}"
+    sid = (await call(c, "commands_run", {"cmd": "true"}))["sandbox_id"]
+    t0 = time.monotonic()
+    with anyio.move_on_after(2):
+        await c.call_tool("commands_run", {"cmd": f"sleep {marker}; true"})
+        raise AssertionError("sleep 30 returned before the cancel")
+    check(time.monotonic() - t0 < 5, "cancel returned promptly")
+    gone = False
+    for _ in range(50):
+        procs = (await call(c, "commands_list", {"sandbox_id": sid}))["processes"]
+        if not any(marker in p["cmd"] for p in procs):
+            ps = await call(c, "commands_run", {"cmd": f"pgrep -f '^sleep {marker}' || echo none"})
+            gone = ps["stdout"].strip() == "none"
+            if gone:
+                break
+        await asyncio.sleep(0.2)
+    check(gone, "cancelled command still running")
+
+
+async def t_background(c: Client) -> None:
+    st = await call(c, "commands_start", {"cmd": "echo started; read x; echo got $x; echo warn >&2; exit 7"})
+    pid = st["pid"]
+    first = await call(c, "commands_read", {"pid": pid, "wait_secs": 0.5})
+    check(first["running"] and "started" in first["stdout"]["text"], f"running: {first}")
+    procs = (await call(c, "commands_list", {}))["processes"]
+    check(any(p["pid"] == pid and p["running"] and p["background"] for p in procs), f"listed: {procs}")
+    await call(c, "commands_write_stdin", {"pid": pid, "data": "hello\n", "close": True})
+    done = await call(c, "commands_read", {"pid": pid, "wait_secs": 10,
+                                             "stdout_offset": first["stdout"]["next_offset"]})
+    check(not done["running"] and done["exit_code"] == 7, f"exit: {done}")
+    check(done["stdout"]["text"] == "got hello\n", f"output since offset: {done}")
+    check(done["stderr"]["text"] == "warn\n", f"stderr: {done}")
+    sl = await call(c, "commands_start", {"cmd": "sleep 300"})
+    await call(c, "commands_signal", {"pid": sl["pid"], "signal": "SIGKILL"})
+    end = await call(c, "commands_read", {"pid": sl["pid"], "wait_secs": 10})
+    check(not end["running"], f"killed: {end}")
+    err = await call_error(c, "commands_signal", {"pid": sl["pid"]})
+    check("commands_list" in err, f"actionable: {err}")
+
+
+async def t_files(c: Client) -> None:
+    d = "work-" + uuid.uuid4().hex[:6]
+    w = await call(c, "files_write", {"path": f"{d}/src/app.py", "content": "def f():\n    return 1\n\nprint(f())\n"})
+    check(w["path"] == f"/home/user/{d}/src/app.py" and w["bytes"] == 34, f"write: {w}")
+    r = await call(c, "files_read", {"path": f"{d}/src/app.py", "offset": 2, "limit": 1})
+    check(r["kind"] == "text" and r["text"] == "    return 1\n", f"line range: {r}")
+    check(r["total_lines"] == 4 and r["next_offset"] == 3, f"line meta: {r}")
+    e = await call(c, "files_edit", {"path": f"{d}/src/app.py", "old_string": "return 1", "new_string": "return 2"})
+    check(e["replacements"] == 1, f"edit: {e}")
+    out = await call(c, "commands_run", {"cmd": f"python3 {d}/src/app.py"})
+    check(out["stdout"] == "2\n", f"edited file runs: {out}")
+    await call(c, "files_write", {"path": f"{d}/twice.txt", "content": "a a\n"})
+    err = await call_error(c, "files_edit", {"path": f"{d}/twice.txt", "old_string": "a", "new_string": "b"})
+    check("2 times" in err and "replace_all" in err, f"ambiguous edit: {err}")
+    e = await call(c, "files_edit", {"path": f"{d}/twice.txt", "old_string": "a", "new_string": "b", "replace_all": True})
+    check(e["replacements"] == 2, f"replace_all: {e}")
+    err = await call_error(c, "files_edit", {"path": f"{d}/twice.txt", "old_string": "zzz", "new_string": "b"})
+    check("not found" in err and "files_read" in err, f"missing old_string: {err}")
+    ls = await call(c, "files_list", {"path": d, "depth": 3, "glob": "*.py"})
+    check([x["path"] for x in ls["entries"]] == [f"/home/user/{d}/src/app.py"], f"list glob: {ls}")
+    ls = await call(c, "files_list", {"path": d, "depth": 3})
+    check({x["name"] for x in ls["entries"]} == {"src", "app.py", "twice.txt"}, f"list depth: {ls}")
+    s = await call(c, "files_search", {"pattern": "ret(urn)? [0-9]", "path": d})
+    check([(m["path"], m["line"]) for m in s["matches"]] == [(f"{d}/src/app.py", 2)], f"search: {s}")
+    s = await call(c, "files_search", {"pattern": "B", "path": d, "case_insensitive": True, "glob": "*.txt"})
+    check(len(s["matches"]) == 1 and s["matches"][0]["text"] == "b b", f"search -i glob: {s}")
+    await call(c, "files_write", {"path": f"{d}/many.txt", "content": "x\n" * 50})
+    s = await call(c, "files_search", {"pattern": "x", "path": f"{d}/many.txt", "max_results": 5})
+    check(len(s["matches"]) == 5 and s["truncated"], f"search cap: {s}")
+    st = await call(c, "files_stat", {"path": f"{d}/src"})
+    check(st["entry"]["kind"] == "dir", f"stat: {st}")
+    m = await call(c, "files_mkdir", {"path": f"{d}/a/b/c"})
+    check(m["created"], "mkdir")
+    m = await call(c, "files_mkdir", {"path": f"{d}/a/b/c"})
+    check(not m["created"], "mkdir is idempotent")
+    mv = await call(c, "files_move", {"source": f"{d}/twice.txt", "destination": f"{d}/a/moved.txt"})
+    check(mv["entry"]["path"] == f"/home/user/{d}/a/moved.txt", f"move: {mv}")
+    await call(c, "files_remove", {"path": f"{d}/a"})
+    err = await call_error(c, "files_stat", {"path": f"{d}/a"})
+    check("files_list" in err, f"removed, actionable error: {err}")
+    b = await call(c, "files_write", {"path": f"{d}/blob.bin", "content": base64.b64encode(b"\x00\x01\xff").decode(),
+                                      "encoding": "base64"})
+    check(b["bytes"] == 3, "binary write")
+    rb = await call(c, "files_read", {"path": f"{d}/blob.bin"})
+    check(rb["kind"] == "binary" and base64.b64decode(rb["base64"]) == b"\x00\x01\xff", f"binary read: {rb}")
+
+
+async def t_image(c: Client) -> None:
+    await call(c, "files_write", {"path": "pics/dot.png", "content": base64.b64encode(PNG).decode(), "encoding": "base64"})
+    r = await c.call_tool("files_read", {"path": "pics/dot.png"})
+    check(not r.is_error, f"image read failed: {r.content}")
+    images = [x for x in r.content if getattr(x, "type", "") == "image"]
+    check(len(images) == 1 and images[0].mime_type == "image/png", f"image content: {r.content}")
+    check(base64.b64decode(images[0].data) == PNG, "image bytes intact")
+    check(r.structured_content["kind"] == "image", f"structured: {r.structured_content}")
+
+
+async def t_bad_input(c: Client) -> None:
+    err = await call_error(c, "no_such_tool", {})
+    check("no_such_tool" in err or "not found" in err.lower(), f"unknown tool: {err}")
+    err = await call_error(c, "commands_run", {"cmd": 5})
+    check("string" in err or "invalid" in err.lower(), f"wrong type: {err}")
+    err = await call_error(c, "commands_run", {"cmd": "true", "bogus": 1})
+    check("bogus" in err, f"unknown field: {err}")
+    err = await call_error(c, "commands_run", {"cmd": "true", "sandbox_id": "doesnotexist"})
+    check("not found" in err and "omit sandbox_id" in err, f"missing sandbox: {err}")
+    err = await call_error(c, "files_read", {"path": "/no/such/file"})
+    check("files_list" in err, f"missing file: {err}")
+    err = await call_error(c, "files_write", {"path": "x", "content": "!!", "encoding": "base64"})
+    check("base64" in err, f"bad base64: {err}")
+
+
+SUITE = [
+    ("list_tools", t_list_tools),
+    ("sandbox lifecycle", t_sandbox_lifecycle),
+    ("commands_run on the default sandbox", t_run_default_sandbox),
+    ("commands_run progress", t_progress),
+    ("commands_run cancellation", t_cancel),
+    ("background commands", t_background),
+    ("files", t_files),
+    ("image read", t_image),
+    ("bad input", t_bad_input),
+]
+
+
+async def run_suite(label: str, make_client) -> None:
+    try:
+        async with make_client() as c:
+            for name, fn in SUITE:
+                await case(f"[{label}] {name}", fn, c)
+            # Leave no default sandbox behind.
+            lst = await call(c, "sandbox_list", {})
+            if lst["default_sandbox_id"]:
+                await call(c, "sandbox_kill", {})
+    except Exception as e:  # noqa: BLE001
+        failed.append(f"[{label}] session")
+        print(f"FAIL [{label}] session: {e!r}", flush=True)
+        traceback.print_exc()
+
+
+# ------------------------------------------------------------------ transport checks
+
+
+def stdio_params(mcp_bin: Path, socket: Path) -> StdioServerParameters:
+    return StdioServerParameters(command=str(mcp_bin), args=[], env={"COPPICE_SOCKET": str(socket)})
+
+
+def http_client(daemon: Daemon, mode: str) -> Client:
+    hc = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    return Client(streamable_http_client(f"http://127.0.0.1:{daemon.port}/mcp", http_client=hc), mode=mode)
+
+
+async def t_stdio_eof(mcp_bin: Path, socket: Path) -> None:
+    p = subprocess.Popen([str(mcp_bin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={"COPPICE_SOCKET": str(socket), "PATH": os.environ["PATH"]})
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "0"}}}
+    p.stdin.write((json.dumps(init) + "\n").encode())
+    p.stdin.flush()
+    line = p.stdout.readline()
+    reply = json.loads(line)
+    check(reply.get("id") == 1 and "Connected to the Coppice daemon" in reply["result"]["instructions"],
+          f"initialize over stdio: {reply}")
+    t0 = time.monotonic()
+    p.stdin.close()
+    try:
+        p.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError("coppice-mcp did not exit after stdin EOF")
+    took = time.monotonic() - t0
+    rest = p.stdout.read()
+    check(took < 1.0, f"exit took {took:.2f}s")
+    for extra in rest.splitlines():
+        json.loads(extra)  # anything on stdout must be MCP
+    check(p.returncode == 0, f"exit code {p.returncode}")
+
+
+async def t_shared(mcp_bin: Path, daemon: Daemon) -> None:
+    async with Client(stdio_params(mcp_bin, daemon.socket)) as c:
+        sid = (await call(c, "sandbox_create", {"timeout_secs": 120}))["sandbox_id"]
+        await call(c, "files_write", {"sandbox_id": sid, "path": "shared.txt", "content": "from stdio"})
+    # The stdio session is over; the daemon's sandbox lives on and HTTP sees it.
+    async with http_client(daemon, "auto") as h:
+        got = await call(h, "files_read", {"sandbox_id": sid, "path": "shared.txt"})
+        check(got["text"] == "from stdio", f"shared file: {got}")
+        await call(h, "sandbox_kill", {"sandbox_id": sid})
+
+
+async def t_vanish(mcp_bin: Path, daemon: Daemon) -> None:
+    """A stdio client killed mid-call: the daemon notices and the command is killed."""
+    async with http_client(daemon, "auto") as h:
+        sid = (await call(h, "sandbox_create", {"timeout_secs": 120}))["sandbox_id"]
+        marker = f"40.{uuid.uuid4().int % 10**8}"
+        p = subprocess.Popen([str(mcp_bin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env={"COPPICE_SOCKET": str(daemon.socket)})
+        msgs = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                        "clientInfo": {"name": "vanish", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+             "params": {"name": "commands_run", "arguments": {"sandbox_id": sid, "cmd": f"sleep {marker}; true"}}},
+        ]
+        p.stdin.write("".join(json.dumps(m) + "\n" for m in msgs).encode())
+        p.stdin.flush()
+        p.stdout.readline()  # the initialize reply
+        running = False
+        for _ in range(50):
+            ps = await call(h, "commands_run", {"sandbox_id": sid, "cmd": f"pgrep -f '^sleep {marker}' || echo none"})
+            if ps["stdout"].strip() != "none":
+                running = True
+                break
+            await asyncio.sleep(0.1)
+        check(running, "the call never started")
+        p.kill()  # the client vanishes without a word
+        p.wait()
+        gone = False
+        for _ in range(100):
+            ps = await call(h, "commands_run", {"sandbox_id": sid, "cmd": f"pgrep -f '^sleep {marker}' || echo none"})
+            if ps["stdout"].strip() == "none":
+                gone = True
+                break
+            await asyncio.sleep(0.2)
+        check(gone, "the command outlived its vanished client by 20 s")
+        await call(h, "sandbox_kill", {"sandbox_id": sid})
+
+
+async def t_openai_agents(mcp_bin: Path, daemon: Daemon) -> None:
+    """openai-agents' MCP servers call the tools directly (no model, no API key)."""
+    os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
+    from agents.mcp import MCPServerStdio, MCPServerStreamableHttp
+
+    servers = [
+        MCPServerStdio(params={"command": str(mcp_bin), "args": [], "env": {"COPPICE_SOCKET": str(daemon.socket)}},
+                       client_session_timeout_seconds=60),
+        MCPServerStreamableHttp(params={"url": f"http://127.0.0.1:{daemon.port}/mcp",
+                                        "headers": {"Authorization": f"Bearer {TOKEN}"}},
+                                client_session_timeout_seconds=60),
+    ]
+    for server in servers:
+        async with server:
+            names = {t.name for t in await server.list_tools()}
+            check(names == TOOLS, f"{server.name}: tools {sorted(names ^ TOOLS)}")
+            r = await server.call_tool("commands_run", {"cmd": "echo agents"})
+            check(not r.isError if hasattr(r, "isError") else not r.is_error, f"{server.name}: {r}")
+            sc = getattr(r, "structuredContent", None) or getattr(r, "structured_content", None)
+            check(sc["stdout"] == "agents\n", f"{server.name}: {sc}")
+            await server.call_tool("sandbox_kill", {"sandbox_id": sc["sandbox_id"]})
+
+
+def raw_post(daemon: Daemon, headers: dict) -> http.client.HTTPResponse:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                  "clientInfo": {"name": "raw", "version": "0"}}})
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    h.update(headers)
+    conn.request("POST", "/mcp", body=body, headers=h)
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    return r
+
+
+async def t_http_guards(daemon: Daemon) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = raw_post(daemon, {})
+    check(r.status == 401 and r.getheader("WWW-Authenticate", "").startswith("Bearer"), f"no token: {r.status}")
+    r = raw_post(daemon, {"Authorization": "Bearer wrong"})
+    check(r.status == 401, f"wrong token: {r.status}")
+    r = raw_post(daemon, auth)
+    check(r.status == 200, f"good token: {r.status}")
+    r = raw_post(daemon, {**auth, "Origin": "http://evil.example.com"})
+    check(r.status == 403, f"foreign origin: {r.status}")
+    r = raw_post(daemon, {**auth, "Origin": f"http://localhost:{daemon.port}"})
+    check(r.status == 200, f"loopback origin: {r.status}")
+    r = raw_post(daemon, {**auth, "Host": "evil.example.com"})
+    check(r.status == 403, f"foreign host: {r.status}")
+
+
+# ------------------------------------------------------------------ main
+
+
+def wait_for_other_daemons(limit: float = 300) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        out = subprocess.run(["pgrep", "-af", "coppice.* serve"], capture_output=True, text=True).stdout.strip()
+        if not out:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"another coppice daemon is running (one per host): {out}")
+        print(f"waiting for another coppice daemon to stop: {out}", flush=True)
+        time.sleep(5)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--coppice", default=str(REPO / "target/release/coppice"))
+    ap.add_argument("--only", default="", help="run only transports whose label contains this")
+    args = ap.parse_args()
+    coppice = Path(args.coppice).resolve()
+    mcp_bin = coppice.parent / "coppice-mcp"
+    wait_for_other_daemons()
+    tmp = Path(tempfile.mkdtemp(prefix="coppice-mcp-test-"))
+    daemon = Daemon(coppice, tmp / "state", pool_size=1, no_network=False, log_path=tmp / "daemon.log",
+                    env={"COPPICE_MCP_TOKEN": TOKEN})
+    daemon.start()
+    try:
+        transports = [
+            ("stdio auto", lambda: Client(stdio_params(mcp_bin, daemon.socket), mode="auto")),
+            ("stdio legacy", lambda: Client(stdio_params(mcp_bin, daemon.socket), mode="legacy")),
+            ("http 2026-07-28", lambda: http_client(daemon, "auto")),
+            ("http legacy", lambda: http_client(daemon, "legacy")),
+        ]
+        for label, make in transports:
+            if args.only in label:
+                await run_suite(label, make)
+        await case("stdio exits within a second of EOF, stdout is MCP only", t_stdio_eof, mcp_bin, daemon.socket)
+        await case("sandboxes shared between stdio and HTTP, outliving the session", t_shared, mcp_bin, daemon)
+        await case("HTTP bearer auth, Origin and Host checks", t_http_guards, daemon)
+        await case("a stdio client vanishing mid-call stops the work", t_vanish, mcp_bin, daemon)
+        await case("openai-agents MCPServerStdio and MCPServerStreamableHttp", t_openai_agents, mcp_bin, daemon)
+    finally:
+        if failed:
+            print(f"daemon log tail:\n{daemon.log_tail(40)}")
+        daemon.stop()
+        daemon.cleanup()
+        if not failed:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"daemon log kept in {tmp / 'daemon.log'}")
+    print(f"{passed} passed, {len(failed)} failed")
+    if failed:
+        print("failed: " + "; ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
