@@ -31,8 +31,8 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-    /// Bearer token required on MCP over TCP (`/mcp`); required when --listen is not
-    /// loopback. The unix socket needs none (it is root-only).
+    /// Bearer token required on every route of the TCP listener (MCP and the API); required
+    /// when --listen is not loopback. The unix socket needs none (it is root-only).
     #[arg(long, env = "COPPICE_MCP_TOKEN", hide_env_values = true)]
     mcp_token: Option<String>,
 }

@@ -31,13 +31,15 @@ pub fn app(tools: Tools) -> Router {
 }
 
 /// The daemon's app with MCP mounted: streamable HTTP at `/mcp` and the stdio upgrade at
-/// `/mcp-stdio`, with the listener's auth and Host rules.
+/// `/mcp-stdio`, with the listener's auth (on every route) and Host rules.
 pub fn app_with_mcp(
     tools: Tools,
     mcp: coppice_mcp::McpState,
     opts: coppice_mcp::http::HttpOptions,
 ) -> Router {
-    app(tools).merge(coppice_mcp::http::router(mcp, opts))
+    let app = app(tools).merge(coppice_mcp::http::router(mcp, opts.clone()));
+    // The token guards the whole listener (native API and envd proxy too), not just /mcp.
+    coppice_mcp::http::require_bearer(app, &opts)
 }
 
 type AppState = State<Arc<Tools>>;

@@ -96,13 +96,20 @@ pub fn router(state: McpState, opts: HttpOptions) -> Router {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let router = Router::new()
+    Router::new()
         .nest_service("/mcp", service)
         .route("/mcp-stdio", axum::routing::post(stdio_upgrade))
-        .with_state(state);
-    match opts.bearer_token {
-        Some(token) => router.layer(middleware::from_fn_with_state(Arc::new(token), bearer)),
-        None => router,
+        .with_state(state)
+}
+
+/// Wraps every route of `app` in the bearer-token check when the listener requires one.
+pub fn require_bearer(app: Router, opts: &HttpOptions) -> Router {
+    match &opts.bearer_token {
+        Some(token) => app.layer(middleware::from_fn_with_state(
+            Arc::new(token.clone()),
+            bearer,
+        )),
+        None => app,
     }
 }
 
@@ -130,7 +137,7 @@ async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> R
         StatusCode::UNAUTHORIZED,
         axum::Json(serde_json::json!({
             "code": "unauthenticated",
-            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token)"
+            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token, required on every route of a non-loopback listener)"
         })),
     )
         .into_response();

@@ -42,7 +42,8 @@ pub struct Config {
     /// Paths of the helper binaries; default: next to the running executable.
     pub agent_binary: Option<PathBuf>,
     pub spawn_binary: Option<PathBuf>,
-    /// Bearer token for MCP over TCP (`/mcp`); required when `listen` is not loopback.
+    /// Bearer token for every route of the TCP listener (MCP and the API); required when
+    /// `listen` is not loopback.
     pub mcp_token: Option<String>,
 }
 
