@@ -29,6 +29,43 @@ pub struct Runtime {
     refill: Notify,
     /// Serialises slot allocation (slot = uid range, IP, interface name).
     slots: tokio::sync::Mutex<()>,
+    /// Held for the runtime's life: one runtime owns a host's sandboxes.
+    _host_lock: std::fs::File,
+}
+
+/// Host-wide lock file: cgroups, interface names and uid ranges are per host, and a runtime
+/// sweeps those it does not own, so two runtimes on one host would destroy each other's work.
+pub const HOST_LOCK: &str = "/run/coppice.lock";
+
+fn lock_host() -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(HOST_LOCK)
+        .map_err(Error::io(format!("opening {HOST_LOCK}")))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(Error::Unavailable(format!(
+            "another coppice runtime (pid {}) already owns this host's sandboxes; one daemon per \
+             host: stop it, or use it (coppice-mcp and the CLI join a running daemon)",
+            holder.trim()
+        )));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
 }
 
 /// Sandbox ids: 20 characters of [a-z0-9], like E2B's (and never a '-', which host-based
@@ -45,6 +82,7 @@ impl Runtime {
     /// Opens the state, checks the host, ensures the default template and recovers what a
     /// previous daemon left running.
     pub async fn start(cfg: Config) -> Result<Arc<Runtime>> {
+        let host_lock = lock_host()?;
         std::fs::create_dir_all(cfg.sandboxes_dir()).map_err(Error::io(format!(
             "creating {}",
             cfg.sandboxes_dir().display()
@@ -68,6 +106,7 @@ impl Runtime {
             pools: Mutex::new(HashMap::new()),
             refill: Notify::new(),
             slots: tokio::sync::Mutex::new(()),
+            _host_lock: host_lock,
         });
         rt.recover().await?;
         Ok(rt)
