@@ -19,8 +19,16 @@ use http_body_util::BodyExt;
 
 /// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {
+    api(tools).route("/health", get(health))
+}
+
+/// Liveness: always answered, with no auth (it says nothing but "up").
+async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+fn api(tools: Tools) -> Router {
     Router::new()
-        .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/v1/sandboxes", post(create).get(list))
         .route("/api/v1/sandboxes/{id}", get(info).delete(kill))
         .route("/api/v1/sandboxes/{id}/timeout", post(set_timeout))
@@ -37,9 +45,10 @@ pub fn app_with_mcp(
     mcp: coppice_mcp::McpState,
     opts: coppice_mcp::http::HttpOptions,
 ) -> Router {
-    let app = app(tools).merge(coppice_mcp::http::router(mcp, opts.clone()));
-    // The token guards the whole listener (native API and envd proxy too), not just /mcp.
-    coppice_mcp::http::require_bearer(app, &opts)
+    let app = api(tools).merge(coppice_mcp::http::router(mcp, opts.clone()));
+    // The token guards the whole listener (native API and envd proxy too), not just /mcp;
+    // only the liveness probe stays open.
+    coppice_mcp::http::require_bearer(app, &opts).route("/health", get(health))
 }
 
 type AppState = State<Arc<Tools>>;
