@@ -29,7 +29,11 @@ fi
 step "MCP end to end (Python mcp client: stdio and HTTP, both protocol eras)"
 python3 mcp/tests/test_mcp.py --coppice target/release/coppice
 
+step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspector CLI, conformance suite)"
+python3 mcp/tests/test_clients.py --coppice target/release/coppice
+
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

@@ -12,7 +12,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use rmcp::ServiceExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -84,7 +83,8 @@ fn allowed_origins() -> Vec<String> {
 pub fn router(state: McpState, opts: HttpOptions) -> Router {
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
-        .with_allowed_origins(allowed_origins());
+        .with_allowed_origins(allowed_origins())
+        .with_max_request_body_bytes(crate::stdio::MAX_MESSAGE_BYTES);
     config = if opts.allowed_hosts.is_empty() {
         config.disable_allowed_hosts()
     } else {
@@ -177,12 +177,10 @@ async fn stdio_upgrade(State(state): State<McpState>, mut req: Request<Body>) ->
             }
         };
         tracing::info!("mcp stdio session joined over the socket");
-        match CoppiceMcp::new(state).serve(io).await {
-            Ok(service) => {
-                let reason = service.waiting().await;
-                tracing::info!("mcp stdio session ended: {reason:?}");
-            }
-            Err(e) => tracing::warn!("mcp stdio session failed to start: {e}"),
+        let (read, write) = tokio::io::split(io);
+        match crate::stdio::serve(CoppiceMcp::new(state), read, write).await {
+            Ok(()) => tracing::info!("mcp stdio session ended"),
+            Err(e) => tracing::warn!("mcp stdio session: {e}"),
         }
     });
     Response::builder()

@@ -10,6 +10,8 @@
 pub mod bridge;
 pub mod http;
 pub mod markdown;
+pub mod resources;
 pub mod server;
+pub mod stdio;
 
 pub use server::{CoppiceMcp, McpState, Mode};

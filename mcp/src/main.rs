@@ -103,6 +103,7 @@ async fn embedded(args: Args) -> anyhow::Result<()> {
         inner: tokio::io::stdin(),
         eof: Some(eof_tx),
     };
+    let stdin = coppice_mcp::stdio::LimitLines::new(stdin, coppice_mcp::stdio::MAX_MESSAGE_BYTES);
     let service = CoppiceMcp::new(state.clone())
         .serve((stdin, tokio::io::stdout()))
         .await

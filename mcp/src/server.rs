@@ -9,7 +9,7 @@ use coppice_runtime::Error;
 use coppice_runtime::model::SandboxInfo;
 use coppice_tools::Tools;
 use coppice_tools::commands::{
-    CommandInfo, OutputStream, RunCommand, RunResult, Signal, StartCommand, StreamRead,
+    CommandInfo, HeadTail, OutputStream, RunCommand, RunResult, Signal, StartCommand, StreamRead,
 };
 use coppice_tools::files::{ContentKind, FileEntry, FileRead, Search, SearchMatch};
 use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
@@ -17,13 +17,18 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ServerCapabilities,
-    ServerConfig,
+    CacheScope, CallToolResult, ContentBlock, CustomRequest, CustomResult, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::resources;
+use crate::stdio::{MAX_MESSAGE_BYTES, OVERSIZED_METHOD};
 
 /// How this server reaches sandboxes; stated in the server instructions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,11 @@ const STATELESS_KEY: &str = "http-stateless";
 const DEFAULT_MAX_OUTPUT: usize = 64 << 10;
 /// Upper bound on caller-chosen output caps.
 const MAX_OUTPUT_CAP: usize = 4 << 20;
+/// commands_run output beyond the cap is saved in the sandbox up to this many bytes per
+/// stream (head and tail beyond that).
+const SAVED_OUTPUT_BYTES: usize = 8 << 20;
+/// Where commands_run saves output that was too long to return.
+const SAVED_OUTPUT_DIR: &str = "/tmp/coppice-output";
 
 // ---------------------------------------------------------------------------------------
 // Arguments. Doc comments become the field descriptions of each tool's input schema.
@@ -451,6 +461,14 @@ pub struct RunOutput {
     pub sandbox_id: String,
     #[serde(flatten)]
     pub result: RunResult,
+    /// When stdout was truncated: a file in the sandbox holding all of it (its first and last
+    /// 4 MiB when longer than 8 MiB), also returned as a resource_link content block. Read it
+    /// with files_read (offset/limit) or files_search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_file: Option<String>,
+    /// When stderr was truncated: a file holding all of it, as for stdout_file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_file: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -493,6 +511,10 @@ pub struct FileReadOutput {
     pub sandbox_id: String,
     #[serde(flatten)]
     pub file: FileRead,
+    /// When truncated: the whole file as an MCP resource, also returned as a resource_link
+    /// content block (read it with resources/read, at most 16 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_uri: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -671,6 +693,79 @@ impl CoppiceMcp {
     }
 }
 
+impl CoppiceMcp {
+    /// Saves a command's whole output (what `saved` kept of it) as `name` in the sandbox's
+    /// [`SAVED_OUTPUT_DIR`]; returns its path and adds a link to it. Best effort: a sandbox
+    /// where it cannot be written just gets no file.
+    async fn save_output(
+        &self,
+        id: &str,
+        name: &str,
+        saved: &HeadTail,
+        links: &mut Vec<Resource>,
+    ) -> Option<String> {
+        let data = saved.render().into_bytes();
+        let size = data.len() as u64;
+        let path = format!("{SAVED_OUTPUT_DIR}/{name}");
+        match self.tools().write_file(id, &path, data).await {
+            Ok(path) => {
+                links.push(resources::file_link(id, &path, size, Some("text/plain")));
+                Some(path)
+            }
+            Err(e) => {
+                tracing::debug!(sandbox = id, "command output not saved to {path}: {e}");
+                None
+            }
+        }
+    }
+
+    /// `resources/read` of a parsed URI.
+    async fn read_target(
+        &self,
+        uri: &str,
+        target: resources::Target,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ResourceContents, ErrorData> {
+        let failed = |e| resources::read_error(uri, e);
+        match target {
+            resources::Target::Sandboxes => {
+                let list = self.tools().list_sandboxes().map_err(failed)?;
+                let out = SandboxListOutput {
+                    sandboxes: list.into_iter().map(SandboxView::from).collect(),
+                    default_sandbox_id: self.current_default(ctx).await,
+                };
+                resources::json_contents(uri, &out)
+            }
+            resources::Target::Sandbox(id) => {
+                let info = self.tools().sandbox_info(&id).map_err(failed)?;
+                let out = SandboxOutput {
+                    is_default: self.current_default(ctx).await.as_deref() == Some(&id),
+                    sandbox_id: id,
+                    sandbox: info.into(),
+                };
+                resources::json_contents(uri, &out)
+            }
+            resources::Target::File(id, path) => {
+                self.tools().sandbox_info(&id).map_err(failed)?;
+                let (path, data) = self
+                    .tools()
+                    .read_file_bytes(&id, &path)
+                    .await
+                    .map_err(failed)?;
+                Ok(resources::file_contents(uri, &path, data))
+            }
+        }
+    }
+}
+
+/// Cache hints for 2026-07-28 peers: results are per caller and change at any time.
+fn cache_hints(ctx: &RequestContext<RoleServer>) -> (Option<u64>, Option<CacheScope>) {
+    let hints = ctx
+        .protocol_version()
+        .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+    (hints.then_some(0), hints.then_some(CacheScope::Private))
+}
+
 fn signal_of(s: Option<SignalName>) -> Signal {
     match s {
         Some(SignalName::Sigkill) => Signal::Sigkill,
@@ -828,20 +923,24 @@ impl CoppiceMcp {
 
     /// Run a shell command to completion and return its exit code, stdout and stderr. Output
     /// streams as progress notifications when the call carries a progress token; cancelling
-    /// the call kills the command. For servers and other long-running work use
+    /// the call kills the command. Output over the cap is cut in the middle and saved whole
+    /// in a file (stdout_file, stderr_file). For servers and other long-running work use
     /// commands_start.
-    #[tool(annotations(
-        title = "Run command",
-        read_only_hint = false,
-        destructive_hint = true,
-        idempotent_hint = false,
-        open_world_hint = true
-    ))]
+    #[tool(
+        annotations(
+            title = "Run command",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        ),
+        output_schema = schema_for_output::<RunOutput>()
+    )]
     async fn commands_run(
         &self,
         Parameters(a): Parameters<RunArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<RunOutput>, String> {
+    ) -> Result<CallToolResult, String> {
         let explicit = a.sandbox_id.as_deref().is_some_and(|s| !s.is_empty());
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let timeout_secs = a.timeout_secs.unwrap_or(600.0);
@@ -873,11 +972,20 @@ impl CoppiceMcp {
             let _ = tx.send((stream, data.to_vec()));
         };
         let peer = ctx.peer.clone();
-        // Progress: one notification per output chunk, `progress` = bytes so far.
+        // Progress: one notification per output chunk, `progress` = bytes so far. All output
+        // is also kept (bounded) in case the result has to cut it.
         let forward = async move {
             let mut total = 0u64;
+            let mut saved = (
+                HeadTail::new(SAVED_OUTPUT_BYTES),
+                HeadTail::new(SAVED_OUTPUT_BYTES),
+            );
             while let Some((stream, data)) = rx.recv().await {
                 total += data.len() as u64;
+                match stream {
+                    OutputStream::Stdout => saved.0.push(&data),
+                    OutputStream::Stderr => saved.1.push(&data),
+                }
                 if let Some(token) = &token {
                     let mut text = String::from_utf8_lossy(&data).into_owned();
                     if text.len() > 8192 {
@@ -899,16 +1007,49 @@ impl CoppiceMcp {
                     }
                 }
             }
+            saved
         };
         let run = self
             .tools()
             .run_command(&id, req, on_output, ctx.ct.clone());
-        let (result, ()) = tokio::join!(run, forward);
+        let (result, (saved_out, saved_err)) = tokio::join!(run, forward);
         let result = result.map_err(|e| explain(e, About::Process))?;
-        Ok(Json(RunOutput {
+        let mut links = Vec::new();
+        let mut out = RunOutput {
             sandbox_id: id,
+            stdout_file: None,
+            stderr_file: None,
             result,
-        }))
+        };
+        if !out.result.cancelled {
+            let pid = out.result.pid;
+            if out.result.stdout_truncated {
+                out.stdout_file = self
+                    .save_output(
+                        &out.sandbox_id,
+                        &format!("{pid}-stdout.log"),
+                        &saved_out,
+                        &mut links,
+                    )
+                    .await;
+            }
+            if out.result.stderr_truncated {
+                out.stderr_file = self
+                    .save_output(
+                        &out.sandbox_id,
+                        &format!("{pid}-stderr.log"),
+                        &saved_err,
+                        &mut links,
+                    )
+                    .await;
+            }
+        }
+        let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+        let mut result = CallToolResult::structured(value);
+        result
+            .content
+            .extend(links.into_iter().map(ContentBlock::resource_link));
+        Ok(result)
     }
 
     /// Start a shell command in the background and return its pid at once. Read its output
@@ -1091,8 +1232,17 @@ impl CoppiceMcp {
             .await
             .map_err(|e| explain(e, About::File))?;
         let image = file.image_base64.take();
+        // Too large to inline: link the whole file instead.
+        let link = file.truncated.then(|| {
+            let mime = file
+                .mime_type
+                .as_deref()
+                .or_else(|| resources::mime_by_extension(&file.path));
+            resources::file_link(&id, &file.path, file.size, mime)
+        });
         let out = FileReadOutput {
             sandbox_id: id,
+            resource_uri: link.as_ref().map(|l| l.uri.clone()),
             file,
         };
         let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
@@ -1101,6 +1251,7 @@ impl CoppiceMcp {
             let mime = out.file.mime_type.clone().unwrap_or_default();
             result.content.push(ContentBlock::image(data, mime));
         }
+        result.content.extend(link.map(ContentBlock::resource_link));
         Ok(result)
     }
 
@@ -1364,12 +1515,84 @@ fn instructions(mode: Mode, network: bool) -> String {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CoppiceMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("coppice", env!("CARGO_PKG_VERSION")))
-            .with_instructions(instructions(
-                self.state.mode,
-                self.tools().runtime().config().network,
-            ))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("coppice", env!("CARGO_PKG_VERSION")))
+        .with_instructions(instructions(
+            self.state.mode,
+            self.tools().runtime().config().network,
+        ))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let ids: Vec<String> = self
+            .tools()
+            .list_sandboxes()
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources::listed(&ids));
+        (result.ttl_ms, result.cache_scope) = cache_hints(&ctx);
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let mut result = ListResourceTemplatesResult::with_all_items(resources::templates());
+        (result.ttl_ms, result.cache_scope) = cache_hints(&ctx);
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let target = resources::parse(&uri).ok_or_else(|| resources::unknown_uri(&uri))?;
+        let contents = self.read_target(&uri, target, &ctx).await?;
+        let mut result = ReadResourceResult::new(vec![contents]);
+        (result.ttl_ms, result.cache_scope) = cache_hints(&ctx);
+        Ok(result.into())
+    }
+
+    /// The stand-in for a request over the size limit (see `crate::stdio`).
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        if request.method != OVERSIZED_METHOD {
+            return Err(ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("unknown method {}", request.method),
+                None,
+            ));
+        }
+        let bytes = request
+            .params
+            .as_ref()
+            .and_then(|p| p.get("bytes"))
+            .and_then(|b| b.as_u64())
+            .unwrap_or_default();
+        Err(ErrorData::invalid_request(
+            format!(
+                "request too large: {bytes} bytes, over the {MAX_MESSAGE_BYTES}-byte limit on one MCP message; send large file content in parts (files_write each part, then join them with commands_run `cat part1 part2 > file`), or produce the data inside the sandbox with commands_run"
+            ),
+            Some(serde_json::json!({ "bytes": bytes, "limit": MAX_MESSAGE_BYTES })),
+        ))
     }
 }
 

@@ -5,8 +5,11 @@ Starts a private daemon (temp state dir, own socket, free port, an MCP bearer to
 drives the same tool suite over four transports: stdio (`coppice-mcp` joining the daemon
 through its socket) in the 2026-07-28 and 2025-11-25 eras, and streamable HTTP at `/mcp` in
 both eras. Then the transport checks: stdio exits promptly at EOF with nothing but MCP on
-stdout, sandboxes are shared between stdio and HTTP, and HTTP rejects a missing token (401 +
-WWW-Authenticate), a foreign Origin and a foreign Host (403).
+stdout, sandboxes are shared between stdio and HTTP, HTTP rejects a missing token (401 +
+WWW-Authenticate), a foreign Origin and a foreign Host (403), and requests over the 8 MiB message
+limit fail cleanly (413 over HTTP, a JSON-RPC error over stdio). The suite covers resources (the
+sandbox list, a sandbox, files through the template, not-found errors) and large outputs returned
+as resource links.
 
 Usage: python3 mcp/tests/test_mcp.py [--coppice target/release/coppice]
 Needs root (real sandboxes) and no other `coppice serve` on the host (it waits for one to end).
@@ -35,6 +38,7 @@ import httpx2
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "rigs"))
@@ -282,6 +286,86 @@ async def t_bad_input(c: Client) -> None:
     check("base64" in err, f"bad base64: {err}")
 
 
+async def read_resource(c: Client, uri: str):
+    """The single contents item of a resource."""
+    r = await c.read_resource(uri)
+    check(len(r.contents) == 1, f"{uri}: {len(r.contents)} contents")
+    got = r.contents[0]
+    check(str(got.uri) == uri, f"{uri}: contents for {got.uri}")
+    return got
+
+
+async def resource_error(c: Client, uri: str) -> MCPError:
+    try:
+        await c.read_resource(uri)
+    except MCPError as e:
+        return e
+    raise AssertionError(f"reading {uri} should have failed")
+
+
+def links(result) -> list:
+    return [x for x in result.content if getattr(x, "type", "") == "resource_link"]
+
+
+async def t_resources(c: Client) -> None:
+    sid = (await call(c, "commands_run", {"cmd": "mkdir -p res && printf 'hello\\n' > res/a.py && head -c 3 /dev/zero > res/z.bin"}))["sandbox_id"]
+    listed = {str(r.uri): r for r in (await c.list_resources()).resources}
+    check("coppice://sandboxes" in listed, f"list: {sorted(listed)}")
+    check(f"coppice://sandboxes/{sid}" in listed, f"default sandbox listed: {sorted(listed)}")
+    templates = [t.uri_template for t in (await c.list_resource_templates()).resource_templates]
+    check(templates == ["coppice://sandboxes/{id}/files/{+path}"], f"templates: {templates}")
+    all_ = await read_resource(c, "coppice://sandboxes")
+    check(all_.mime_type == "application/json", f"list mime: {all_.mime_type}")
+    doc = json.loads(all_.text)
+    check(doc["default_sandbox_id"] == sid and sid in [s["sandbox_id"] for s in doc["sandboxes"]], f"list: {doc}")
+    one = await read_resource(c, f"coppice://sandboxes/{sid}")
+    info = json.loads(one.text)
+    check(info["sandbox_id"] == sid and info["is_default"] and info["sandbox"]["state"] == "running", f"info: {info}")
+    text = await read_resource(c, f"coppice://sandboxes/{sid}/files/home/user/res/a.py")
+    check(text.text == "hello\n" and text.mime_type == "text/x-python", f"text file: {text}")
+    blob = await read_resource(c, f"coppice://sandboxes/{sid}/files/home/user/res/z.bin")
+    check(base64.b64decode(blob.blob) == b"\0\0\0" and blob.mime_type == "application/octet-stream", f"blob: {blob}")
+    e = await resource_error(c, "coppice://sandboxes/nosuchsandbox")
+    check(e.error.code in (-32002, -32602) and "not found" in e.error.message
+          and "coppice://sandboxes" in e.error.message, f"missing sandbox: {e.error}")
+    e = await resource_error(c, f"coppice://sandboxes/{sid}/files/home/user/res/missing.txt")
+    check(e.error.code in (-32002, -32602) and "files_list" in e.error.message, f"missing file: {e.error}")
+    e = await resource_error(c, "coppice://elsewhere")
+    check(e.error.code in (-32002, -32602) and "resources/list" in e.error.message, f"unknown uri: {e.error}")
+
+
+async def t_resource_links(c: Client) -> None:
+    """Outputs too large to inline come back as resource links to the whole thing."""
+    await call(c, "commands_run", {"cmd": "mkdir -p big && seq 1 5000 > big/lines.txt && head -c 2000000 /dev/urandom > big/noise.bin"})
+    r = await c.call_tool("files_read", {"path": "big/lines.txt"})
+    sc = r.structured_content
+    check(not r.is_error and sc["truncated"] and sc["end_line"] == 2000 and sc["next_offset"] == 2001, f"text: {sc}")
+    ls = links(r)
+    check(len(ls) == 1 and str(ls[0].uri) == sc["resource_uri"], f"text link: {ls} vs {sc.get('resource_uri')}")
+    check(sc["resource_uri"].endswith("/files/home/user/big/lines.txt") and ls[0].size == sc["size"], f"link: {ls[0]}")
+    whole = await read_resource(c, sc["resource_uri"])
+    check(whole.text == "".join(f"{i}\n" for i in range(1, 5001)), "whole text through the link")
+    part = await call(c, "files_read", {"path": "big/lines.txt", "offset": 10, "limit": 5})
+    check(not part["truncated"] and "resource_uri" not in part, f"an asked-for range is not truncated: {part}")
+    r = await c.call_tool("files_read", {"path": "big/noise.bin"})
+    sc = r.structured_content
+    check(sc["kind"] == "binary" and sc["truncated"] and "base64" not in sc, f"binary: {sc}")
+    ls = links(r)
+    check(len(ls) == 1 and str(ls[0].uri) == sc["resource_uri"], f"binary link: {ls}")
+    blob = await read_resource(c, sc["resource_uri"])
+    check(len(base64.b64decode(blob.blob)) == 2000000, "whole binary through the link")
+    r = await c.call_tool("commands_run", {"cmd": "seq 1 100000; seq 1 3 >&2", "max_output_bytes": 1000})
+    sc = r.structured_content
+    check(sc["stdout_truncated"] and "bytes truncated" in sc["stdout"], f"cut output: {sc['stdout_bytes']}")
+    check(sc["stdout_file"] == f"/tmp/coppice-output/{sc['pid']}-stdout.log" and "stderr_file" not in sc, f"saved: {sc}")
+    ls = links(r)
+    check(len(ls) == 1 and str(ls[0].uri).endswith(f"/files/tmp/coppice-output/{sc['pid']}-stdout.log"), f"output link: {ls}")
+    saved = await read_resource(c, str(ls[0].uri))
+    check(saved.text == "".join(f"{i}\n" for i in range(1, 100001)), "whole output through the link")
+    st = await call(c, "files_stat", {"path": sc["stdout_file"]})
+    check(st["entry"]["size"] == sc["stdout_bytes"], f"saved file: {st}")
+
+
 SUITE = [
     ("list_tools", t_list_tools),
     ("sandbox lifecycle", t_sandbox_lifecycle),
@@ -292,6 +376,8 @@ SUITE = [
     ("files", t_files),
     ("image read", t_image),
     ("bad input", t_bad_input),
+    ("resources", t_resources),
+    ("large outputs as resource links", t_resource_links),
 ]
 
 
@@ -319,7 +405,11 @@ def stdio_params(mcp_bin: Path, socket: Path) -> StdioServerParameters:
 
 def http_client(daemon: Daemon, mode: str) -> Client:
     hc = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
-    return Client(streamable_http_client(f"http://127.0.0.1:{daemon.port}/mcp", http_client=hc), mode=mode)
+    # The Python client refuses SSE events over 1 MiB by default; whole-file resource reads
+    # (up to 16 MiB, base64 for binaries) need more.
+    transport = streamable_http_client(f"http://127.0.0.1:{daemon.port}/mcp", http_client=hc,
+                                       max_sse_event_size=32 << 20)
+    return Client(transport, mode=mode)
 
 
 async def t_stdio_eof(mcp_bin: Path, socket: Path) -> None:
@@ -452,6 +542,46 @@ async def t_http_guards(daemon: Daemon) -> None:
     check(r.status == 403, f"foreign host: {r.status}")
 
 
+async def t_oversized_stdio(mcp_bin: Path, socket: Path) -> None:
+    """A request over the 8 MiB message limit fails at once with an error that says what to
+    do; the session carries on."""
+    async with Client(stdio_params(mcp_bin, socket)) as c:
+        sid = (await call(c, "sandbox_create", {"timeout_secs": 120}))["sandbox_id"]
+        t0 = time.monotonic()
+        with anyio.fail_after(30):
+            try:
+                r = await c.call_tool("files_write", {"sandbox_id": sid, "path": "huge.txt", "content": "x" * (9 << 20)})
+                raise AssertionError(f"an oversized files_write succeeded: {r}")
+            except MCPError as e:
+                check("too large" in e.error.message and "in parts" in e.error.message, f"message: {e.error}")
+        check(time.monotonic() - t0 < 10, "the oversized request failed promptly")
+        w = await call(c, "files_write", {"sandbox_id": sid, "path": "fine.txt", "content": "y" * (1 << 20)})
+        check(w["bytes"] == 1 << 20, "the session still works after an oversized request")
+        await call(c, "sandbox_kill", {"sandbox_id": sid})
+
+
+async def t_oversized_http(daemon: Daemon) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                  "clientInfo": {"name": "raw", "version": "0"}, "pad": "x" * (9 << 20)}})
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    conn.request("POST", "/mcp", body=body, headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {TOKEN}"})
+    r = conn.getresponse()
+    text = r.read().decode(errors="replace")
+    conn.close()
+    check(r.status == 413 and "exceeds" in text, f"oversized body: {r.status} {text[:200]}")
+    # The Python client turns the 413 into a failed call, not a hang.
+    async with http_client(daemon, "auto") as h:
+        with anyio.fail_after(30):
+            try:
+                r = await h.call_tool("files_write", {"path": "huge.txt", "content": "x" * (9 << 20)})
+                check(bool(r.is_error), f"an oversized files_write over HTTP succeeded: {r}")
+            except Exception as e:  # noqa: BLE001 - any prompt failure will do
+                print(f"     (HTTP client saw: {type(e).__name__}: {str(e)[:120]})", flush=True)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -492,6 +622,8 @@ async def main() -> None:
         await case("stdio exits within a second of EOF, stdout is MCP only", t_stdio_eof, mcp_bin, daemon.socket)
         await case("sandboxes shared between stdio and HTTP, outliving the session", t_shared, mcp_bin, daemon)
         await case("HTTP bearer auth, Origin and Host checks", t_http_guards, daemon)
+        await case("an oversized stdio request fails cleanly", t_oversized_stdio, mcp_bin, daemon.socket)
+        await case("an oversized HTTP request gets 413", t_oversized_http, daemon)
         await case("a stdio client vanishing mid-call stops the work", t_vanish, mcp_bin, daemon)
         await case("openai-agents MCPServerStdio and MCPServerStreamableHttp", t_openai_agents, mcp_bin, daemon)
     finally:

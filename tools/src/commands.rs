@@ -184,9 +184,8 @@ impl HeadTail {
         }
         let tail_cap = self.cap - head_cap;
         self.tail.extend(data);
-        while self.tail.len() > tail_cap {
-            self.tail.pop_front();
-        }
+        let excess = self.tail.len().saturating_sub(tail_cap);
+        self.tail.drain(..excess);
     }
 
     pub fn truncated(&self) -> bool {

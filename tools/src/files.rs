@@ -74,6 +74,10 @@ pub struct FileRead {
     /// For images: the base64 data (the MCP surface moves it into an image content block).
     #[serde(skip)]
     pub image_base64: Option<String>,
+    /// True when the content returned is not the whole file because a cap cut it: more text
+    /// follows than one read returns (see next_offset), or a binary file (over 1 MiB) or an
+    /// image (over 5 MiB) is too large to return inline, so no content came back.
+    pub truncated: bool,
 }
 
 /// A file or directory.
@@ -202,15 +206,28 @@ pub fn image_mime(path: &str, head: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Lines of a text file, as one read returns them.
+struct Lines {
+    text: String,
+    start: u64,
+    end: u64,
+    total: u64,
+    next: Option<u64>,
+    /// [`MAX_TEXT_BYTES`] stopped the read before `limit` lines.
+    capped: bool,
+}
+
 /// Lines `offset..offset+limit` (1-based) of `text`, capped at [`MAX_TEXT_BYTES`].
-fn slice_lines(text: &str, offset: u64, limit: u64) -> (String, u64, u64, u64, Option<u64>) {
+fn slice_lines(text: &str, offset: u64, limit: u64) -> Lines {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let total = lines.len() as u64;
     let start = offset.max(1);
     let mut out = String::new();
     let mut end = start - 1;
+    let mut capped = false;
     for line in lines.iter().skip((start - 1) as usize).take(limit as usize) {
         if !out.is_empty() && out.len() + line.len() > MAX_TEXT_BYTES {
+            capped = true;
             break;
         }
         out.push_str(line);
@@ -224,9 +241,16 @@ fn slice_lines(text: &str, offset: u64, limit: u64) -> (String, u64, u64, u64, O
         }
         out.truncate(cut);
         out.push_str("\n[... line cut at 256 KiB ...]\n");
+        capped = true;
     }
-    let next = (end < total).then_some(end + 1);
-    (out, start, end, total, next)
+    Lines {
+        text: out,
+        start,
+        end,
+        total,
+        next: (end < total).then_some(end + 1),
+        capped,
+    }
 }
 
 /// Shell-style glob: `*` and `?` within a path segment, `**` across segments, `[a-z]`,
@@ -342,6 +366,8 @@ impl Tools {
     }
 
     /// Reads a file: text (lines `offset..offset+limit`, 1-based), an image, or binary.
+    /// Binary files and images too large to return inline come back without content and
+    /// with `truncated` set (read them whole with [`Tools::read_file_bytes`]).
     pub async fn read_file(
         &self,
         id: &str,
@@ -349,16 +375,10 @@ impl Tools {
         offset: Option<u64>,
         limit: Option<u64>,
     ) -> Result<FileRead> {
-        let entry = self.stat(id, path).await?;
-        if entry.kind == "dir" {
-            return Err(Error::InvalidArgument(format!(
-                "'{}' is a directory; list it with files_list",
-                entry.path
-            )));
-        }
-        let (data, size) = self.download(id, &entry.path, MAX_READ_BYTES).await?;
+        let (path, data) = self.read_file_bytes(id, path).await?;
+        let size = data.len() as u64;
         let mut read = FileRead {
-            path: entry.path.clone(),
+            path,
             kind: ContentKind::Text,
             size,
             mime_type: None,
@@ -369,51 +389,63 @@ impl Tools {
             next_offset: None,
             base64: None,
             image_base64: None,
+            truncated: false,
         };
         let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-        if let Some(mime) = image_mime(&entry.path, &data[..data.len().min(16)]) {
-            if size > MAX_IMAGE_BYTES {
-                return Err(Error::InvalidArgument(format!(
-                    "image '{}' is {size} bytes, over the {MAX_IMAGE_BYTES}-byte limit; shrink it in the sandbox first (e.g. with python3 or convert)",
-                    entry.path
-                )));
-            }
+        if let Some(mime) = image_mime(&read.path, &data[..data.len().min(16)]) {
             read.kind = ContentKind::Image;
             read.mime_type = Some(mime.into());
-            read.image_base64 = Some(b64(&data));
+            if size > MAX_IMAGE_BYTES {
+                read.truncated = true;
+            } else {
+                read.image_base64 = Some(b64(&data));
+            }
             return Ok(read);
         }
         match std::str::from_utf8(&data) {
             Ok(text) if !text.contains('\0') => {
-                if size > MAX_READ_BYTES {
-                    return Err(Error::InvalidArgument(format!(
-                        "'{}' is {size} bytes, over the {MAX_READ_BYTES}-byte read limit; read parts of it with commands_run (sed -n, head, tail) or search it with files_search",
-                        entry.path
-                    )));
-                }
-                let (text, start, end, total, next) = slice_lines(
+                let lines = slice_lines(
                     text,
                     offset.unwrap_or(1),
                     limit.unwrap_or(DEFAULT_LINE_LIMIT).max(1),
                 );
-                read.text = Some(text);
-                read.start_line = Some(start);
-                read.end_line = Some(end);
-                read.total_lines = Some(total);
-                read.next_offset = next;
+                // Cut by a cap, not by the range the caller asked for.
+                read.truncated = lines.capped || (limit.is_none() && lines.next.is_some());
+                read.text = Some(lines.text);
+                read.start_line = Some(lines.start);
+                read.end_line = Some(lines.end);
+                read.total_lines = Some(lines.total);
+                read.next_offset = lines.next;
             }
             _ => {
-                if size > MAX_BINARY_BYTES {
-                    return Err(Error::InvalidArgument(format!(
-                        "'{}' is a binary file of {size} bytes, over the {MAX_BINARY_BYTES}-byte inline limit; inspect it with commands_run (xxd, file, head -c)",
-                        entry.path
-                    )));
-                }
                 read.kind = ContentKind::Binary;
-                read.base64 = Some(b64(&data));
+                if size > MAX_BINARY_BYTES {
+                    read.truncated = true;
+                } else {
+                    read.base64 = Some(b64(&data));
+                }
             }
         }
         Ok(read)
+    }
+
+    /// The whole content of a file of at most [`MAX_READ_BYTES`], with its absolute path.
+    pub async fn read_file_bytes(&self, id: &str, path: &str) -> Result<(String, Vec<u8>)> {
+        let entry = self.stat(id, path).await?;
+        if entry.kind == "dir" {
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is a directory; list it with files_list",
+                entry.path
+            )));
+        }
+        let (data, size) = self.download(id, &entry.path, MAX_READ_BYTES + 1).await?;
+        if size > MAX_READ_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is {size} bytes, over the {MAX_READ_BYTES}-byte read limit; read parts of it with commands_run (sed -n, head, tail, xxd) or search it with files_search",
+                entry.path
+            )));
+        }
+        Ok((entry.path, data))
     }
 
     /// Replaces `old` with `new` in a text file: exactly once unless `replace_all`.
@@ -699,12 +731,18 @@ mod tests {
 
     #[test]
     fn line_slices() {
-        let (t, s, e, total, next) = slice_lines("a\nb\nc\n", 2, 1);
-        assert_eq!((t.as_str(), s, e, total, next), ("b\n", 2, 2, 3, Some(3)));
-        let (t, _, e, _, next) = slice_lines("a\nb", 1, 10);
-        assert_eq!((t.as_str(), e, next), ("a\nb", 2, None));
-        let (t, s, e, _, _) = slice_lines("a\n", 5, 10);
-        assert_eq!((t.as_str(), s, e), ("", 5, 4));
+        let l = slice_lines("a\nb\nc\n", 2, 1);
+        assert_eq!(
+            (l.text.as_str(), l.start, l.end, l.total, l.next, l.capped),
+            ("b\n", 2, 2, 3, Some(3), false)
+        );
+        let l = slice_lines("a\nb", 1, 10);
+        assert_eq!((l.text.as_str(), l.end, l.next), ("a\nb", 2, None));
+        let l = slice_lines("a\n", 5, 10);
+        assert_eq!((l.text.as_str(), l.start, l.end), ("", 5, 4));
+        let big = "x".repeat(1000) + "\n";
+        let l = slice_lines(&big.repeat(300), 1, 2000);
+        assert!(l.capped && l.end == 261 && l.next == Some(262));
     }
 
     #[test]
