@@ -18,7 +18,7 @@ use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     CacheScope, CallToolResult, ContentBlock, CustomRequest, CustomResult, Implementation,
-    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
     ReadResourceResult, Resource, ServerCapabilities, ServerConfig,
 };
@@ -1514,11 +1514,16 @@ fn instructions(mode: Mode, network: bool) -> String {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CoppiceMcp {
+    #[allow(deprecated)] // enable_logging: 2025-11-25 clients still call logging/setLevel
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
+            // Prompts (none yet) and logging are advertised so that clients probing them get
+            // well-formed answers instead of method-not-found.
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_prompts()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("coppice", env!("CARGO_PKG_VERSION")))
@@ -1543,6 +1548,27 @@ impl ServerHandler for CoppiceMcp {
         let mut result = ListResourcesResult::with_all_items(resources::listed(&ids));
         (result.ttl_ms, result.cache_scope) = cache_hints(&ctx);
         Ok(result)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let mut result = ListPromptsResult::default();
+        (result.ttl_ms, result.cache_scope) = cache_hints(&ctx);
+        Ok(result)
+    }
+
+    /// Accepted for older clients; the server sends no log notifications (its logs go to
+    /// stderr), so every level is already honoured. (Logging is deprecated by SEP-2577.)
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        _request: rmcp::model::SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Ok(())
     }
 
     async fn list_resource_templates(
