@@ -240,7 +240,31 @@ impl Runtime {
         Ok(rec)
     }
 
+    /// Starts a new sandbox, retrying once with a fresh id and slot: under concurrent
+    /// create/kill churn a fresh veth has been seen to vanish while being wired (ENODEV, 2 in
+    /// ~100 creates at cc=10; cause not yet found). A failed attempt is torn down first.
     async fn start_new(
+        &self,
+        template: &TemplateInfo,
+        limits: Limits,
+        req: &CreateRequest,
+        timeout: Duration,
+        pooled: bool,
+    ) -> Result<SandboxRecord> {
+        match self
+            .start_new_once(template, limits.clone(), req, timeout, pooled)
+            .await
+        {
+            Err(e @ (Error::Internal(_) | Error::Io { .. })) => {
+                tracing::warn!("starting a sandbox failed, retrying once: {e}");
+                self.start_new_once(template, limits, req, timeout, pooled)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn start_new_once(
         &self,
         template: &TemplateInfo,
         limits: Limits,
