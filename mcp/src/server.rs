@@ -102,34 +102,6 @@ const SAVED_OUTPUT_DIR: &str = "/tmp/coppice-output";
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SandboxCreateArgs {
-    /// Template to start from (see `coppice template list`); default: "default", a Debian
-    /// system with the host's tools.
-    #[serde(default)]
-    pub template: Option<String>,
-    /// Memory limit such as "512M" or "2G"; default 512M.
-    #[serde(default)]
-    pub memory: Option<String>,
-    /// CPU quota in cores, e.g. 0.5 or 2; default 1.
-    #[serde(default)]
-    pub cpus: Option<f64>,
-    /// Maximum number of processes and threads; default 256.
-    #[serde(default)]
-    pub pids: Option<u64>,
-    /// Seconds before the sandbox is killed unless extended with sandbox_set_timeout;
-    /// default 300.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-    /// Environment variables set for every command in the sandbox.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Free-form labels kept with the sandbox and shown by sandbox_list.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SandboxArgs {
     /// Sandbox to act on; omit to use this session's default sandbox.
     #[serde(default)]
@@ -787,19 +759,11 @@ impl CoppiceMcp {
     ))]
     async fn sandbox_create(
         &self,
-        Parameters(a): Parameters<SandboxCreateArgs>,
+        Parameters(a): Parameters<CreateSandbox>,
     ) -> Result<Json<SandboxOutput>, String> {
         let info = self
             .tools()
-            .create_sandbox(CreateSandbox {
-                template: a.template,
-                memory: a.memory,
-                cpus: a.cpus,
-                pids: a.pids,
-                timeout_secs: a.timeout_secs,
-                env: a.env,
-                metadata: a.metadata,
-            })
+            .create_sandbox(a)
             .await
             .map_err(|e| explain(e, About::Sandbox))?;
         self.state.record_created(&info.id);

@@ -8,22 +8,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, Tools};
 
-/// Create a sandbox. Sizes are strings like "512M"; timeouts are seconds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Create a sandbox. Sizes are strings like "512M"; timeouts are seconds. Doc comments are the
+/// field descriptions of the MCP tool's input schema.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
+    /// Template to start from (see `coppice template list`); default: "default", a Debian
+    /// system with the host's tools.
     #[serde(default)]
     pub template: Option<String>,
+    /// Memory limit such as "512M" or "2G"; default 512M.
     #[serde(default)]
     pub memory: Option<String>,
+    /// CPU quota in cores, e.g. 0.5 or 2; default 1.
     #[serde(default)]
     pub cpus: Option<f64>,
+    /// Maximum number of processes and threads; default 256.
     #[serde(default)]
     pub pids: Option<u64>,
+    /// Seconds before the sandbox is killed unless extended with sandbox_set_timeout;
+    /// default 300.
     #[serde(default)]
     pub timeout_secs: Option<f64>,
+    /// Environment variables set for every command in the sandbox.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Free-form labels kept with the sandbox and shown by sandbox_list.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
