@@ -137,7 +137,7 @@ async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> R
         StatusCode::UNAUTHORIZED,
         axum::Json(serde_json::json!({
             "code": "unauthenticated",
-            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token, required on every route of a non-loopback listener)"
+            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token: when set, every route of its TCP listener but /health needs it)"
         })),
     )
         .into_response();
