@@ -599,8 +599,14 @@ impl CoppiceMcp {
         Self {
             state,
             session_key: format!("conn-{:016x}", rand::random::<u64>()),
-            tool_router: Self::tool_router(),
+            tool_router: Self::all_tools(),
         }
+    }
+
+    /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
+    /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
+    fn all_tools() -> ToolRouter<Self> {
+        Self::tool_router()
     }
 
     fn tools(&self) -> &Tools {
@@ -1588,5 +1594,5 @@ impl ServerHandler for CoppiceMcp {
 
 /// Every tool as listed to clients (for the generated reference).
 pub fn tool_list() -> Vec<rmcp::model::Tool> {
-    CoppiceMcp::tool_router().list_all()
+    CoppiceMcp::all_tools().list_all()
 }
