@@ -83,6 +83,9 @@ fn allowed_origins() -> Vec<String> {
 pub fn router(state: McpState, opts: HttpOptions) -> Router {
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(true)
+        // Stateless (2026-07-28) replies with no progress in between come back as one JSON
+        // body rather than an event stream: cheaper for both ends, and what clients expect.
+        .with_json_response(true)
         .with_allowed_origins(allowed_origins())
         .with_max_request_body_bytes(crate::stdio::MAX_MESSAGE_BYTES);
     config = if opts.allowed_hosts.is_empty() {

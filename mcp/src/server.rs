@@ -93,6 +93,8 @@ const DEFAULT_MAX_OUTPUT: usize = 64 << 10;
 const MAX_OUTPUT_CAP: usize = 4 << 20;
 /// commands_run output beyond the cap is saved in the sandbox up to this many bytes per
 /// stream (head and tail beyond that).
+/// Largest base64 a files_read text block repeats (structuredContent always has it).
+const INLINE_TEXT_BASE64: usize = 64 << 10;
 const SAVED_OUTPUT_BYTES: usize = 8 << 20;
 /// Where commands_run saves output that was too long to return.
 const SAVED_OUTPUT_DIR: &str = "/tmp/coppice-output";
@@ -1210,13 +1212,35 @@ impl CoppiceMcp {
                 .or_else(|| resources::mime_by_extension(&file.path));
             resources::file_link(&id, &file.path, file.size, mime)
         });
+        // Binary bytes travel once, in structuredContent; the text block repeats them only when
+        // small (a megabyte of base64 is no use in a model's context and doubles the reply).
+        let bytes_b64 = file.base64.take();
         let out = FileReadOutput {
             sandbox_id: id,
             resource_uri: link.as_ref().map(|l| l.uri.clone()),
             file,
         };
-        let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
-        let mut result = CallToolResult::structured(value);
+        let mut value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+        let mut result = match bytes_b64 {
+            Some(b64) if b64.len() > INLINE_TEXT_BASE64 => {
+                let mut result = CallToolResult::structured(value);
+                result.content.push(ContentBlock::text(format!(
+                    "{} bytes of binary data, base64-encoded in structuredContent.base64 (too large to repeat here).",
+                    out.file.size
+                )));
+                if let Some(map) = result.structured_content.as_mut().and_then(|v| v.as_object_mut()) {
+                    map.insert("base64".into(), serde_json::Value::String(b64));
+                }
+                result
+            }
+            Some(b64) => {
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("base64".into(), serde_json::Value::String(b64));
+                }
+                CallToolResult::structured(value)
+            }
+            None => CallToolResult::structured(value),
+        };
         if let (Some(data), ContentKind::Image) = (image, out.file.kind) {
             let mime = out.file.mime_type.clone().unwrap_or_default();
             result.content.push(ContentBlock::image(data, mime));
