@@ -1228,7 +1228,11 @@ impl CoppiceMcp {
                     "{} bytes of binary data, base64-encoded in structuredContent.base64 (too large to repeat here).",
                     out.file.size
                 )));
-                if let Some(map) = result.structured_content.as_mut().and_then(|v| v.as_object_mut()) {
+                if let Some(map) = result
+                    .structured_content
+                    .as_mut()
+                    .and_then(|v| v.as_object_mut())
+                {
                     map.insert("base64".into(), serde_json::Value::String(b64));
                 }
                 result

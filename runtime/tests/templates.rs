@@ -238,6 +238,22 @@ fn default_template_from_host() {
         Path::new("/usr/bin/sudo").exists(),
         rootfs.join("etc/sudoers.d/user").exists()
     );
+    // Login shells do not fork `id -u` under bash, and the profile still works in bash and sh.
+    let profile = fs::read_to_string(rootfs.join("etc/profile")).unwrap();
+    assert!(!profile.contains("[ \"$(id -u)\" -eq 0 ]"), "{profile}");
+    for shell in ["bash", "sh"] {
+        // bash takes $EUID, dash falls back to `id -u`; both see root here.
+        let out = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(format!(
+                ". {}/etc/profile; echo \"$PATH\"",
+                rootfs.display()
+            ))
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&out.stdout);
+        assert!(path.starts_with("/usr/local/sbin:"), "{shell}: {path}");
+    }
 
     // Home, /root and the other directories.
     let home = fs::metadata(rootfs.join("home/user")).unwrap();
