@@ -49,6 +49,8 @@ pub struct McpState {
     defaults: Arc<tokio::sync::Mutex<HashMap<String, String>>>,
     /// Every sandbox created through this state (the embedded mode kills them at exit).
     created: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Keys for stateless HTTP clients' defaults (random per daemon: credentials never show).
+    client_keys: std::hash::RandomState,
 }
 
 impl McpState {
@@ -58,6 +60,7 @@ impl McpState {
             mode,
             defaults: Default::default(),
             created: Default::default(),
+            client_keys: Default::default(),
         }
     }
 
@@ -615,12 +618,26 @@ impl CoppiceMcp {
         &self.state.tools
     }
 
-    /// The key of the caller's default sandbox: this connection or HTTP session, or the
-    /// shared stateless key for session-less HTTP requests.
+    /// The key of the caller's default sandbox: this connection or HTTP session; for
+    /// session-less (stateless) HTTP requests, the client as known by its credentials and
+    /// its name and version, so each agent still gets a sandbox of its own.
     fn key(&self, ctx: &RequestContext<RoleServer>) -> String {
+        use std::hash::{BuildHasher, Hasher};
         match ctx.extensions.get::<http::request::Parts>() {
             Some(parts) if !parts.headers.contains_key("mcp-session-id") => {
-                STATELESS_KEY.to_string()
+                let mut h = self.state.client_keys.build_hasher();
+                if let Some(auth) = parts.headers.get(http::header::AUTHORIZATION) {
+                    h.write(auth.as_bytes());
+                }
+                h.write_u8(0);
+                // The request's own `_meta` clientInfo (2026-07-28); rmcp's stateless peer
+                // info is a placeholder.
+                if let Some(info) = ctx.meta.client_info() {
+                    h.write(info.name.as_bytes());
+                    h.write_u8(0);
+                    h.write(info.version.as_bytes());
+                }
+                format!("{STATELESS_KEY}-{:016x}", h.finish())
             }
             _ => self.session_key.clone(),
         }

@@ -542,6 +542,41 @@ async def t_http_guards(daemon: Daemon) -> None:
     check(r.status == 403, f"foreign host: {r.status}")
 
 
+def stateless_call(daemon: Daemon, client: str, token: str, tool: str, args: dict) -> dict:
+    """One raw 2026-07-28 (stateless) tools/call, as `client`."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": client, "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": tool, "arguments": args, "_meta": meta}})
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    conn.request("POST", "/mcp", body=body, headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool,
+        "Authorization": f"Bearer {token}"})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    check(r.status == 200 and r.getheader("Content-Type", "").startswith("application/json"),
+          f"stateless reply: HTTP {r.status} {r.getheader('Content-Type')}: {data[:200]!r}")
+    reply = json.loads(data)
+    check("result" in reply and not reply["result"].get("isError"), f"{tool}: {reply}")
+    return reply["result"]["structuredContent"]
+
+
+async def t_stateless_defaults(daemon: Daemon) -> None:
+    """Session-less clients each get a default sandbox of their own, kept across calls."""
+    a1 = stateless_call(daemon, "agent-a", TOKEN, "commands_run", {"cmd": "echo a > mine; hostname"})
+    b1 = stateless_call(daemon, "agent-b", TOKEN, "commands_run", {"cmd": "cat mine 2>/dev/null || echo none"})
+    a2 = stateless_call(daemon, "agent-a", TOKEN, "commands_run", {"cmd": "cat mine"})
+    check(a1["sandbox_id"] == a2["sandbox_id"], "a stateless client keeps its default sandbox")
+    check(a2["stdout"] == "a\n", f"state kept across stateless calls: {a2}")
+    check(b1["sandbox_id"] != a1["sandbox_id"] and b1["stdout"] == "none\n",
+          f"another client gets a sandbox of its own: {b1}")
+    for sid in {a1["sandbox_id"], b1["sandbox_id"]}:
+        stateless_call(daemon, "cleanup", TOKEN, "sandbox_kill", {"sandbox_id": sid})
+
+
 async def t_oversized_stdio(mcp_bin: Path, socket: Path) -> None:
     """A request over the 8 MiB message limit fails at once with an error that says what to
     do; the session carries on."""
@@ -622,6 +657,7 @@ async def main() -> None:
         await case("stdio exits within a second of EOF, stdout is MCP only", t_stdio_eof, mcp_bin, daemon.socket)
         await case("sandboxes shared between stdio and HTTP, outliving the session", t_shared, mcp_bin, daemon)
         await case("HTTP bearer auth, Origin and Host checks", t_http_guards, daemon)
+        await case("stateless HTTP clients each get their own default sandbox", t_stateless_defaults, daemon)
         await case("an oversized stdio request fails cleanly", t_oversized_stdio, mcp_bin, daemon.socket)
         await case("an oversized HTTP request gets 413", t_oversized_http, daemon)
         await case("a stdio client vanishing mid-call stops the work", t_vanish, mcp_bin, daemon)
