@@ -398,16 +398,19 @@ impl Runtime {
     /// Takes a filesystem snapshot of a running sandbox; it keeps running (frozen only while
     /// its upper is copied).
     pub async fn snapshot(&self, sandbox_id: &str, req: SnapshotRequest) -> Result<SnapshotInfo> {
-        let rec = self.take_snapshot(sandbox_id, req, false).await?;
+        let rec = self.take_snapshot(sandbox_id, req, None).await?;
         self.snapshot_info_of(&rec)
     }
 
+    /// `implicit_id`: the id of an implicit snapshot, pinned by the caller (a fork) so that
+    /// the collector cannot take it between this call and the fork's start.
     async fn take_snapshot(
         &self,
         sandbox_id: &str,
         req: SnapshotRequest,
-        implicit: bool,
+        implicit_id: Option<&str>,
     ) -> Result<SnapshotRecord> {
+        let implicit = implicit_id.is_some();
         if req.kind == SnapshotKind::Memory {
             let support = memory_snapshot_support();
             if !support.available {
@@ -443,7 +446,7 @@ impl Runtime {
                  {MAX_LAYERS} allowed; snapshot a sandbox nearer its template instead"
             )));
         }
-        let id = new_id();
+        let id = implicit_id.map_or_else(new_id, str::to_string);
         let _pin = self.snap.pin(&id);
         let mut metadata = req.metadata.clone();
         if implicit {
@@ -653,11 +656,19 @@ impl Runtime {
                 None => req.common.clone(),
             })
             .collect();
+        // Checked against the configured defaults before anything is made (bad input harms
+        // nothing); again below over the source sandbox's limits.
+        for s in &settings {
+            self.effective_limits(&s.limits)?;
+            self.effective_timeout(s.timeout)?;
+        }
+        let implicit_id = new_id();
+        let _implicit_pin = self.snap.pin(&implicit_id);
         let (snap, implicit) = match &req.source {
             ForkSource::Snapshot(id) => (self.snapshot_record(id)?, false),
             ForkSource::Sandbox(id) => {
                 let s = self
-                    .take_snapshot(id, SnapshotRequest::default(), true)
+                    .take_snapshot(id, SnapshotRequest::default(), Some(&implicit_id))
                     .await?;
                 (s, true)
             }
