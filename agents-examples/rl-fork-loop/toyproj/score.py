@@ -4,7 +4,7 @@ import json
 import sys
 import unittest
 
-suite = unittest.defaultTestLoader.discover("tests", top_level_dir=".")
+suite = unittest.defaultTestLoader.discover("tests")
 result = unittest.TextTestRunner(stream=open("/dev/null", "w"), verbosity=0).run(suite)
 total = result.testsRun
 failed = len(result.failures) + len(result.errors)
