@@ -102,8 +102,11 @@ pub struct ForkOutput {
     pub snapshot_id: String,
     /// True when it was taken for this call from a live sandbox (removed with its last fork).
     pub implicit_snapshot: bool,
+    /// Forks started.
     pub created: u32,
+    /// Forks that failed (their entries in `forks` say why).
     pub failed: u32,
+    /// One entry per requested fork, in index order.
     pub forks: Vec<ForkView>,
 }
 
