@@ -384,6 +384,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn machine_ids_are_per_sandbox_and_stable() {
+        let a = machine_id("aaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, machine_id("aaaaaaaaaaaaaaaaaaaa"), "a restore keeps it");
+        assert_ne!(a, machine_id("aaaaaaaaaaaaaaaaaaab"), "a fork gets its own");
+    }
+
+    #[test]
     fn start_time_of_self() {
         let me = std::process::id() as i32;
         assert!(pid_start_time(me).is_some());
