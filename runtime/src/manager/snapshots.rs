@@ -252,13 +252,6 @@ impl SnapState {
         }
     }
 
-    fn pinned(&self, id: &str) -> bool {
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
-    }
-
     fn busy(&self, sandbox: &str, what: &str) -> Result<Busy<'_>> {
         if !self
             .busy
@@ -591,30 +584,43 @@ impl Runtime {
     /// a live sandbox or another snapshot does.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
         let s = self.snapshot_record(id)?;
-        let (sandboxes, snapshots) = self.store.snapshot_dependants(&s.id)?;
-        if !sandboxes.is_empty() || !snapshots.is_empty() || self.snap.pinned(&s.id) {
-            let mut what = Vec::new();
-            if !sandboxes.is_empty() {
-                what.push(format!("sandboxes {}", sandboxes.join(", ")));
+        {
+            // Under the pin lock: a fork or restore either pinned it already (refused here),
+            // or pins it after the row is gone (and then finds it missing).
+            let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
+            let (sandboxes, snapshots) = self.store.snapshot_dependants(&s.id)?;
+            if !sandboxes.is_empty() || !snapshots.is_empty() || pins.contains_key(&s.id) {
+                let mut what = Vec::new();
+                if !sandboxes.is_empty() {
+                    what.push(format!("sandboxes {}", sandboxes.join(", ")));
+                }
+                if !snapshots.is_empty() {
+                    what.push(format!("snapshots {}", snapshots.join(", ")));
+                }
+                if what.is_empty() {
+                    what.push("a fork or restore in progress".into());
+                }
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot '{}' is in use: {} stand on its layer; kill those sandboxes and \
+                     delete those snapshots first, then delete it",
+                    s.id,
+                    what.join(" and ")
+                )));
             }
-            if !snapshots.is_empty() {
-                what.push(format!("snapshots {}", snapshots.join(", ")));
-            }
-            if what.is_empty() {
-                what.push("a fork or restore in progress".into());
-            }
-            return Err(Error::FailedPrecondition(format!(
-                "snapshot '{}' is in use: {} stand on its layer; kill those sandboxes and delete \
-                 those snapshots first, then delete it",
-                s.id,
-                what.join(" and ")
-            )));
+            self.store.delete_snapshot(&s.id)?;
         }
-        self.remove_snapshot(&s)
+        self.remove_snapshot_files(&s);
+        Ok(())
     }
 
+    /// Removes a snapshot's row and files (no checks: unfinished snapshots at startup).
     fn remove_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         self.store.delete_snapshot(&s.id)?;
+        self.remove_snapshot_files(s);
+        Ok(())
+    }
+
+    fn remove_snapshot_files(&self, s: &SnapshotRecord) {
         let dir = self.snapshots_dir().join(&s.id);
         // Renamed aside at once (the id is free again), deleted off the request path.
         let aside = self.snapshots_dir().join(format!(".removing-{}", s.id));
@@ -630,7 +636,6 @@ impl Runtime {
             Err(e) => tracing::warn!("moving {} aside: {e}", dir.display()),
         }
         self.store.event(None, "snapshot-deleted", &s.id);
-        Ok(())
     }
 
     /// Forks `count` sandboxes from a snapshot, or from a live sandbox through an implicit
@@ -674,6 +679,8 @@ impl Runtime {
             }
         };
         let _pin = self.snap.pin(&snap.id);
+        // Pinned now; make sure a concurrent delete did not remove it just before.
+        self.snapshot_record(&snap.id)?;
         let inherited = ForkSettings {
             limits: snap.limits.clone(),
             timeout: None,
@@ -780,6 +787,7 @@ impl Runtime {
         }
         let _busy = self.snap.busy(sandbox_id, "restore")?;
         let _pin = self.snap.pin(&snap.id);
+        self.snapshot_record(&snap.id)?; // not deleted just before the pin
         let template = self.template_of_snapshot(&snap)?;
         // Hidden from callers and from the reaper while its processes are replaced.
         rec.state = SandboxState::Starting;
@@ -912,15 +920,18 @@ impl Runtime {
             };
             let mut removed = false;
             for s in all.iter().filter(|s| s.implicit && s.ready) {
-                if self.snap.pinned(&s.id) {
-                    continue;
-                }
-                match self.store.snapshot_dependants(&s.id) {
-                    Ok((a, b)) if a.is_empty() && b.is_empty() => {
-                        tracing::info!(snapshot = %s.id, "removing an implicit snapshot no fork uses");
-                        removed |= self.remove_snapshot(s).is_ok();
-                    }
-                    _ => {}
+                let unused = {
+                    // Same protocol as delete_snapshot: check and drop the row under the lock.
+                    let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
+                    !pins.contains_key(&s.id)
+                        && matches!(self.store.snapshot_dependants(&s.id),
+                                    Ok((a, b)) if a.is_empty() && b.is_empty())
+                        && self.store.delete_snapshot(&s.id).is_ok()
+                };
+                if unused {
+                    tracing::info!(snapshot = %s.id, "removed an implicit snapshot no fork uses");
+                    self.remove_snapshot_files(s);
+                    removed = true;
                 }
             }
             if !removed {
