@@ -32,8 +32,12 @@ python3 mcp/tests/test_mcp.py --coppice target/release/coppice
 step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspector CLI, conformance suite)"
 python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
+step "example: RL loop, one fork per episode (agents-examples/rl-fork-loop)"
+python3 agents-examples/rl-fork-loop/run.py --start-daemon target/release/coppice --episodes 6 --batch 3
+
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/snapshot_fork.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

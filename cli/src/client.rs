@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 use crate::Command;
 
+pub mod snapshots;
+
 #[derive(Subcommand)]
 pub enum SandboxCmd {
     /// Create a sandbox and print its id.
@@ -53,6 +55,21 @@ pub enum SandboxCmd {
     },
     /// Kill a sandbox.
     Kill {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fork 1-100 new sandboxes from a live sandbox or a snapshot; prints their ids.
+    Fork(snapshots::ForkArgs),
+    /// Roll a sandbox back to one of its snapshots (same id; its processes restart).
+    Restore {
+        id: String,
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ancestors and descendants of a sandbox or snapshot.
+    Lineage {
         id: String,
         #[arg(long)]
         json: bool,
@@ -169,11 +186,17 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Exec(args) => exec(args, d).await,
         Command::Files(cmd) => files(cmd, d).await,
         Command::Template(cmd) => template(cmd, d).await,
+        Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
     }
 }
 
 async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
     match cmd {
+        SandboxCmd::Fork(args) => return snapshots::fork(args, d).await,
+        SandboxCmd::Restore { id, snapshot, json } => {
+            return snapshots::restore(id, snapshot, json, d).await;
+        }
+        SandboxCmd::Lineage { id, json } => return snapshots::lineage(id, json, d).await,
         SandboxCmd::Create {
             template,
             memory,

@@ -34,6 +34,9 @@ enum Command {
     /// Copy files in and out of a sandbox, list directories.
     #[command(subcommand)]
     Files(client::FilesCmd),
+    /// Snapshot sandboxes (immutable layers to fork from or restore to); list, delete.
+    #[command(subcommand)]
+    Snapshot(client::snapshots::SnapshotCmd),
     /// List and build templates.
     #[command(subcommand)]
     Template(client::TemplateCmd),

@@ -17,6 +17,8 @@ use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 
+mod snapshots;
+
 /// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {
     api(tools).route("/health", get(health))
@@ -35,6 +37,7 @@ fn api(tools: Tools) -> Router {
         .route("/api/v1/sandboxes/{id}/exec", post(exec))
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
+        .merge(snapshots::routes())
         .with_state(Arc::new(tools))
 }
 
@@ -65,7 +68,10 @@ impl From<Error> for ApiError {
 /// The Connect-style code every surface maps an error to.
 pub fn error_code(e: &Error) -> Code {
     match e {
-        Error::SandboxNotFound(_) | Error::TemplateNotFound(_) => Code::NotFound,
+        Error::SandboxNotFound(_) | Error::TemplateNotFound(_) | Error::SnapshotNotFound(_) => {
+            Code::NotFound
+        }
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,

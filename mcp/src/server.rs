@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::resources;
 use crate::stdio::{MAX_MESSAGE_BYTES, OVERSIZED_METHOD};
 
+#[path = "snapshot_tools.rs"]
+mod snapshot_tools;
+
 /// How this server reaches sandboxes; stated in the server instructions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -611,7 +614,7 @@ impl CoppiceMcp {
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
     /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
-        Self::tool_router()
+        Self::tool_router() + Self::snapshot_router()
     }
 
     fn tools(&self) -> &Tools {

@@ -49,6 +49,8 @@ TOOLS = {
     "commands_run", "commands_start", "commands_read", "commands_write_stdin", "commands_signal",
     "commands_list", "files_read", "files_write", "files_edit", "files_list", "files_stat",
     "files_mkdir", "files_move", "files_remove", "files_search",
+    "snapshot_create", "snapshot_list", "snapshot_delete", "sandbox_fork", "sandbox_restore",
+    "sandbox_lineage",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.
@@ -366,6 +368,43 @@ async def t_resource_links(c: Client) -> None:
     check(st["entry"]["size"] == sc["stdout_bytes"], f"saved file: {st}")
 
 
+async def t_snapshots(c: Client) -> None:
+    sid = (await call(c, "sandbox_create", {"timeout_secs": 300}))["sandbox_id"]
+    await call(c, "files_write", {"sandbox_id": sid, "path": "state.txt", "content": "v1\n"})
+    snap = await call(c, "snapshot_create", {"sandbox_id": sid, "metadata": {"t": "mcp"}})
+    check(snap["snapshot"]["kind"] == "filesystem" and snap["snapshot"]["sandbox_id"] == sid, f"{snap}")
+    sn = snap["snapshot_id"]
+    listed = await call(c, "snapshot_list", {"sandbox_id": sid})
+    check([s["snapshot_id"] for s in listed["snapshots"]] == [sn], f"listed: {listed}")
+    check(listed["memory_snapshots"]["available"] is False, f"memory support: {listed}")
+    err = await call_error(c, "snapshot_create", {"sandbox_id": sid, "kind": "memory"})
+    check("memory snapshots are unavailable" in err, f"memory snapshot error: {err}")
+    forks = await call(c, "sandbox_fork", {"snapshot_id": sn, "count": 2, "forks": [{"env": {"EP": "0"}}]})
+    check(forks["created"] == 2 and forks["failed"] == 0, f"forks: {forks}")
+    f0, f1 = (f["sandbox_id"] for f in forks["forks"])
+    r = await call(c, "commands_run", {"sandbox_id": f0, "cmd": "cat state.txt; echo $EP > mine"})
+    check(r["stdout"] == "v1\n", f"fork sees the snapshot: {r}")
+    r = await call(c, "commands_run", {"sandbox_id": f1, "cmd": "ls mine 2>&1 || true"})
+    check("No such file" in r["stdout"], f"sibling write visible: {r}")
+    err = await call_error(c, "snapshot_delete", {"snapshot_id": sn})
+    check("in use" in err and f0 in err, f"delete in use: {err}")
+    lin = await call(c, "sandbox_lineage", {"id": f0})
+    check([a["id"] for a in lin["ancestors"]] == [sn, sid], f"lineage: {lin}")
+    await call(c, "files_write", {"sandbox_id": sid, "path": "state.txt", "content": "v2\n"})
+    restored = await call(c, "sandbox_restore", {"sandbox_id": sid, "snapshot_id": sn})
+    check(restored["sandbox_id"] == sid, f"restored: {restored}")
+    r = await call(c, "commands_run", {"sandbox_id": sid, "cmd": "cat state.txt"})
+    check(r["stdout"] == "v1\n", f"restore rolled back: {r}")
+    err = await call_error(c, "sandbox_fork", {"snapshot_id": sn, "count": 101})
+    check("count must be between 1 and 100" in err, f"count: {err}")
+    for s in (f0, f1, sid):
+        await call(c, "sandbox_kill", {"sandbox_id": s})
+    d = await call(c, "snapshot_delete", {"snapshot_id": sn})
+    check(d["deleted"], f"deleted: {d}")
+    err = await call_error(c, "snapshot_delete", {"snapshot_id": sn})
+    check("not found" in err and "snapshot_list" in err, f"gone: {err}")
+
+
 SUITE = [
     ("list_tools", t_list_tools),
     ("sandbox lifecycle", t_sandbox_lifecycle),
@@ -378,6 +417,7 @@ SUITE = [
     ("bad input", t_bad_input),
     ("resources", t_resources),
     ("large outputs as resource links", t_resource_links),
+    ("snapshots, forks, restore, lineage", t_snapshots),
 ]
 
 

@@ -10,6 +10,12 @@ pub enum Error {
     SandboxNotFound(String),
     #[error("template '{0}' not found (list templates with `coppice template list`)")]
     TemplateNotFound(String),
+    #[error("snapshot '{0}' not found (list snapshots with `coppice snapshot list`)")]
+    SnapshotNotFound(String),
+    /// The request is valid but the current state forbids it (e.g. deleting a snapshot that
+    /// forks still stand on).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("already exists: {0}")]

@@ -16,6 +16,8 @@ use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInf
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::TemplateStore;
 
+pub mod snapshots;
+
 #[cfg(target_os = "linux")]
 pub type Backend = crate::linux::backend::LinuxBackend;
 
@@ -29,6 +31,8 @@ pub struct Runtime {
     refill: Notify,
     /// Serialises slot allocation (slot = uid range, IP, interface name).
     slots: tokio::sync::Mutex<()>,
+    /// Snapshot pins and per-sandbox snapshot/restore exclusion (manager/snapshots.rs).
+    snap: snapshots::SnapState,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -109,6 +113,7 @@ impl Runtime {
             pools: Mutex::new(HashMap::new()),
             refill: Notify::new(),
             slots: tokio::sync::Mutex::new(()),
+            snap: Default::default(),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -125,6 +130,7 @@ impl Runtime {
 
     /// Runs the reaper and the pool filler until the process ends.
     pub fn spawn_background_tasks(self: &Arc<Self>) {
+        self.spawn_snapshot_collector();
         let rt = self.clone();
         tokio::spawn(async move {
             loop {

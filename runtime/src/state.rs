@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::model::{Limits, SandboxState};
 
+mod snapshots;
+pub use snapshots::{LineageRecord, SnapshotRecord};
+
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -53,6 +56,29 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     metadata TEXT NOT NULL,
     hostname TEXT NOT NULL,
     pooled INTEGER NOT NULL DEFAULT 0
+);
+-- Snapshots (immutable layers) and lineage: state/snapshots.rs.
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE,
+    sandbox_id TEXT NOT NULL,
+    base_snapshot TEXT,
+    template TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    implicit INTEGER NOT NULL DEFAULT 0,
+    ready INTEGER NOT NULL DEFAULT 0,
+    size_bytes INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    limits TEXT NOT NULL,
+    env TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    sandbox_id TEXT PRIMARY KEY,
+    parent_snapshot TEXT,
+    base_snapshot TEXT,
+    template TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     at_ms INTEGER NOT NULL,

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod files;
 pub mod sandboxes;
+pub mod snapshots;
 
 use std::sync::Arc;
 

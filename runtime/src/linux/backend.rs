@@ -84,7 +84,7 @@ impl LinuxBackend {
             std::fs::create_dir_all(dir.join(sub))
                 .ctx(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        write_identity(&dir.join("fs/upper"), &rec.hostname)?;
+        write_identity(&dir.join("fs/upper"), &rec.hostname, &rec.id)?;
         let cg = self.cgroups.create(&rec.id)?;
         let result = self.start_in(rec, template, &dir, &cg).await;
         if result.is_err() {
@@ -242,13 +242,51 @@ impl LinuxBackend {
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).memory_usage()
     }
+
+    /// The sandbox's writable overlay upper (what a snapshot copies).
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("fs/upper")
+    }
+
+    /// Freezes every process of the sandbox (cgroup freezer) and waits until it is frozen.
+    pub fn freeze(&self, id: &str) -> Result<()> {
+        self.cgroups.open(id).freeze()
+    }
+
+    pub fn thaw(&self, id: &str) -> Result<()> {
+        self.cgroups.open(id).thaw()
+    }
+
+    /// Like `destroy`, but the sandbox's directory is gone when this returns, so that the same
+    /// id can start again at once (restore in place).
+    pub async fn stop_for_restart(&self, rec: &SandboxRecord) -> Result<()> {
+        let cg = self.cgroups.open(&rec.id);
+        tokio::task::spawn_blocking(move || cg.destroy())
+            .await
+            .map_err(Error::internal)??;
+        if self.net.is_some() {
+            net::destroy(&net::host_ifname(rec.slot)).await?;
+        }
+        let dir = self.sandbox_dir(&rec.id);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).ctx(|| format!("removing {}", dir.display()))
+            }
+            _ => Ok(()),
+        })
+        .await
+        .map_err(Error::internal)?
+    }
 }
 
 /// The sandbox's own /etc/hostname and /etc/hosts, written into its upper layer (on disk with
 /// natural ownership, root = the sandbox's root) so that tools resolving the hostname work.
-fn write_identity(upper: &Path, hostname: &str) -> Result<()> {
+fn write_identity(upper: &Path, hostname: &str, id: &str) -> Result<()> {
     let etc = upper.join("etc");
     std::fs::create_dir_all(&etc).ctx(|| format!("creating {}", etc.display()))?;
+    // Derived from the id: every sandbox (and every fork) has its own, a restore keeps it.
+    std::fs::write(etc.join("machine-id"), format!("{}\n", machine_id(id)))
+        .ctx(|| "writing /etc/machine-id")?;
     std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
         .ctx(|| "writing /etc/hostname")?;
     let hosts = format!(
@@ -256,6 +294,16 @@ fn write_identity(upper: &Path, hostname: &str) -> Result<()> {
          ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
     );
     std::fs::write(etc.join("hosts"), hosts).ctx(|| "writing /etc/hosts")
+}
+
+/// A machine-id (32 hex digits, systemd's format) from a sandbox id: 128-bit FNV-1a.
+pub fn machine_id(id: &str) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in id.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    format!("{h:032x}")
 }
 
 /// Environment of the agent and so of every process in the sandbox.
@@ -334,6 +382,15 @@ fn remove_dir_in_background(dir: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ids_are_per_sandbox_and_stable() {
+        let a = machine_id("aaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, machine_id("aaaaaaaaaaaaaaaaaaaa"), "a restore keeps it");
+        assert_ne!(a, machine_id("aaaaaaaaaaaaaaaaaaab"), "a fork gets its own");
+    }
 
     #[test]
     fn start_time_of_self() {

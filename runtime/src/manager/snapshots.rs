@@ -1,0 +1,1010 @@
+//! Snapshots, forks, restore and lineage (issue 6; ARCHITECTURE decision 4).
+//!
+//! A snapshot freezes the sandbox (cgroup freezer), copies its overlay upper into a new
+//! immutable layer `<state>/snapshots/<id>/layer` (`cp -a --reflink=auto`: owners, modes,
+//! xattrs, hard links, device nodes, and so overlay's whiteouts and opaque directories), thaws
+//! it and records the layer. A snapshot's layer stack is its own layer over the layers of the
+//! snapshot its sandbox stood on, down to the template: a fork is a new sandbox whose overlay
+//! lowers are that stack and whose upper is fresh, so N forks cost N mounts, not N copies.
+//!
+//! Stack depth: the spawn helper passes every lower as its own `lowerdir+` (fsconfig), under
+//! a two-character stage path, so neither the 4 KiB mount-option limit nor the host path
+//! length constrains a deep chain; overlay's own limit is 500 lowers. We refuse a snapshot
+//! whose stack would exceed [`MAX_LAYERS`] (each lookup walks the stack, so deep chains get
+//! slower long before 500).
+//!
+//! Deleting a snapshot that a live sandbox or another snapshot stands on is refused (docs/
+//! decisions/0005). Implicit snapshots (a fork straight from a live sandbox) are removed by the
+//! collector once nothing stands on them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Runtime, new_id};
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::error::{Error, IoContext, Result};
+use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
+use crate::state::{LineageRecord, SnapshotRecord};
+
+/// Forks per request.
+pub const MAX_FORKS: u32 = 100;
+/// Lower layers per sandbox (template layers included); overlay's hard limit is 500.
+pub const MAX_LAYERS: usize = 128;
+/// Forks started at once: each is a helper process plus netlink work; more only queues on
+/// the CPU.
+const FORK_PARALLELISM: usize = 16;
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// The sandbox's files (its writable layer); processes start afresh in a fork.
+    #[default]
+    Filesystem,
+    /// Files plus process memory (CRIU); only where the host has CRIU >= 4.1.
+    Memory,
+}
+
+impl SnapshotKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Filesystem => "filesystem",
+            SnapshotKind::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub kind: SnapshotKind,
+}
+
+/// A snapshot as every surface reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    pub name: Option<String>,
+    /// "filesystem" (files only) or "memory" (files and processes).
+    pub kind: SnapshotKind,
+    /// The sandbox it was taken of (it may be gone since).
+    pub sandbox_id: String,
+    /// The snapshot that sandbox stood on, if it was itself a fork or restored.
+    pub parent_snapshot_id: Option<String>,
+    pub template: String,
+    /// Made by a fork from a live sandbox; deleted automatically once no fork stands on it.
+    pub implicit: bool,
+    /// Bytes in its own layer (the files the sandbox had changed).
+    pub size_bytes: u64,
+    /// Read-only layers a fork of it stacks (template layers included).
+    pub depth: usize,
+    /// RFC 3339.
+    pub created_at: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Live sandboxes standing on it (forks, restored sandboxes).
+    pub dependant_sandboxes: Vec<String>,
+    /// Snapshots whose layers include it.
+    pub dependant_snapshots: Vec<String>,
+}
+
+/// Settings of one fork; unset fields come from the request's common settings, then from
+/// the snapshot's source sandbox (limits, env) and the configured defaults (timeout).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForkSettings {
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ForkSettings {
+    /// `self` over `base`: set fields win, maps merge.
+    fn over(&self, base: &ForkSettings) -> ForkSettings {
+        let mut env = base.env.clone();
+        env.extend(self.env.clone());
+        let mut metadata = base.metadata.clone();
+        metadata.extend(self.metadata.clone());
+        ForkSettings {
+            limits: Limits {
+                memory_bytes: self.limits.memory_bytes.or(base.limits.memory_bytes),
+                cpus: self.limits.cpus.or(base.limits.cpus),
+                pids: self.limits.pids.or(base.limits.pids),
+            },
+            timeout: self.timeout.or(base.timeout),
+            env,
+            metadata,
+        }
+    }
+}
+
+/// Where forks come from: exactly one of a snapshot or a live sandbox (implicit snapshot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ForkSource {
+    Snapshot(String),
+    Sandbox(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkRequest {
+    pub source: ForkSource,
+    /// Number of forks (1..=100). With `per_fork`, at most its length is used per index.
+    pub count: u32,
+    /// Settings for every fork.
+    pub common: ForkSettings,
+    /// Settings for fork i (over `common`); shorter than `count` is fine.
+    pub per_fork: Vec<ForkSettings>,
+}
+
+/// One fork's result: a sandbox or the reason it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkOutcome {
+    pub index: u32,
+    pub sandbox: Option<SandboxInfo>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkResult {
+    pub snapshot_id: String,
+    /// True when the snapshot was taken for this fork (from a live sandbox).
+    pub implicit_snapshot: bool,
+    pub forks: Vec<ForkOutcome>,
+    pub created: u32,
+    pub failed: u32,
+}
+
+/// One node of a lineage listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LineageNode {
+    pub id: String,
+    /// "sandbox" or "snapshot".
+    pub kind: String,
+    /// Its parent: a snapshot for a sandbox (none: born from its template), the sandbox it
+    /// was taken of for a snapshot.
+    pub parent: Option<String>,
+    /// A sandbox still running, or a snapshot still stored.
+    pub alive: bool,
+    pub template: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Lineage {
+    pub node: LineageNode,
+    /// Parent, grandparent, ... up to the sandbox born from a template.
+    pub ancestors: Vec<LineageNode>,
+    /// Everything descended from it (snapshots of a sandbox, forks of a snapshot, and so on),
+    /// breadth first.
+    pub descendants: Vec<LineageNode>,
+}
+
+/// Whether memory-state snapshots can be taken here, and why not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemorySnapshotSupport {
+    pub available: bool,
+    /// `criu --version`'s version, when CRIU is installed.
+    pub criu_version: Option<String>,
+    pub reason: String,
+}
+
+/// In-memory state of the snapshot machinery (held by the runtime).
+#[derive(Default)]
+pub struct SnapState {
+    /// Snapshots an operation in flight relies on (the collector leaves them alone).
+    pins: Mutex<HashMap<String, usize>>,
+    /// Sandboxes being snapshotted or restored (one such operation at a time each).
+    busy: Mutex<HashSet<String>>,
+}
+
+struct Pin<'a> {
+    state: &'a SnapState,
+    id: String,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.state.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
+}
+
+struct Busy<'a> {
+    state: &'a SnapState,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.state
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl SnapState {
+    fn pin(&self, id: &str) -> Pin<'_> {
+        *self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default() += 1;
+        Pin {
+            state: self,
+            id: id.to_string(),
+        }
+    }
+
+    fn busy(&self, sandbox: &str, what: &str) -> Result<Busy<'_>> {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sandbox.to_string())
+        {
+            return Err(Error::Unavailable(format!(
+                "sandbox '{sandbox}' is busy with another snapshot or restore, cannot {what} it now"
+            )));
+        }
+        Ok(Busy {
+            state: self,
+            id: sandbox.to_string(),
+        })
+    }
+}
+
+/// Detects CRIU (`criu --version`, then `criu check`), once per process.
+pub fn memory_snapshot_support() -> MemorySnapshotSupport {
+    static SUPPORT: OnceLock<MemorySnapshotSupport> = OnceLock::new();
+    SUPPORT.get_or_init(detect_criu).clone()
+}
+
+fn detect_criu() -> MemorySnapshotSupport {
+    let out = std::process::Command::new("criu").arg("--version").output();
+    let version = match out {
+        Ok(o) if o.status.success() => parse_criu_version(&String::from_utf8_lossy(&o.stdout)),
+        _ => {
+            return MemorySnapshotSupport {
+                available: false,
+                criu_version: None,
+                reason: "CRIU is not installed (memory snapshots need CRIU >= 4.1)".into(),
+            };
+        }
+    };
+    let Some((major, minor, text)) = version else {
+        return MemorySnapshotSupport {
+            available: false,
+            criu_version: None,
+            reason: "`criu --version` printed no version".into(),
+        };
+    };
+    if (major, minor) < (4, 1) {
+        return MemorySnapshotSupport {
+            available: false,
+            criu_version: Some(text.clone()),
+            reason: format!(
+                "CRIU {text} is too old: memory snapshots need CRIU >= 4.1 (older releases do \
+                 not run on this kernel)"
+            ),
+        };
+    }
+    let check = std::process::Command::new("criu").arg("check").output();
+    if !check.is_ok_and(|o| o.status.success()) {
+        return MemorySnapshotSupport {
+            available: false,
+            criu_version: Some(text.clone()),
+            reason: format!("CRIU {text} is installed but `criu check` fails on this kernel"),
+        };
+    }
+    MemorySnapshotSupport {
+        available: false,
+        criu_version: Some(text.clone()),
+        reason: format!(
+            "CRIU {text} works on this host, but this build of Coppice does not implement \
+             memory snapshots yet"
+        ),
+    }
+}
+
+/// "Version: 4.1.1" → (4, 1, "4.1.1").
+fn parse_criu_version(out: &str) -> Option<(u32, u32, String)> {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("Version:"))?;
+    let text = line.split_once(':')?.1.trim().to_string();
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, text))
+}
+
+fn validate_snapshot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "snapshot name '{name}' must be 1-64 characters of letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+/// Copies a sandbox's upper into a new layer directory, preserving everything overlay reads
+/// from a lower: owners, modes, times, hard links, xattrs (`trusted.overlay.opaque` marks
+/// opaque directories; required, not best effort) and device nodes (whiteouts are 0/0
+/// character devices). `--reflink=auto` shares extents where the filesystem can.
+fn copy_layer(src: &std::path::Path, dest: &std::path::Path) -> Result<()> {
+    let out = std::process::Command::new("cp")
+        .args([
+            "-a",
+            "--preserve=xattr",
+            "--reflink=auto",
+            "--no-target-directory",
+        ])
+        .arg(src)
+        .arg(dest)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ctx(|| "running cp")?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "copying {} to {}: {}",
+            src.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("snapshots")
+    }
+
+    fn snapshot_layer(&self, id: &str) -> PathBuf {
+        self.snapshots_dir().join(id).join("layer")
+    }
+
+    /// Takes a filesystem snapshot of a running sandbox; it keeps running (frozen only while
+    /// its upper is copied).
+    pub async fn snapshot(&self, sandbox_id: &str, req: SnapshotRequest) -> Result<SnapshotInfo> {
+        let rec = self.take_snapshot(sandbox_id, req, None).await?;
+        self.snapshot_info_of(&rec)
+    }
+
+    /// `implicit_id`: the id of an implicit snapshot, pinned by the caller (a fork) so that
+    /// the collector cannot take it between this call and the fork's start.
+    async fn take_snapshot(
+        &self,
+        sandbox_id: &str,
+        req: SnapshotRequest,
+        implicit_id: Option<&str>,
+    ) -> Result<SnapshotRecord> {
+        let implicit = implicit_id.is_some();
+        if req.kind == SnapshotKind::Memory {
+            let support = memory_snapshot_support();
+            if !support.available {
+                return Err(Error::HostUnsupported(format!(
+                    "memory snapshots are unavailable on this host: {}; take a filesystem \
+                     snapshot instead (kind \"filesystem\": files are kept, processes restart)",
+                    support.reason
+                )));
+            }
+        }
+        if let Some(name) = &req.name {
+            validate_snapshot_name(name)?;
+        }
+        let sbx = self.record(sandbox_id)?;
+        if sbx.state != SandboxState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox '{sandbox_id}' is {}, only a running sandbox can be snapshotted",
+                sbx.state.as_str()
+            )));
+        }
+        let _busy = self.snap.busy(sandbox_id, "snapshot")?;
+        let base = self
+            .store
+            .get_lineage(sandbox_id)?
+            .and_then(|l| l.base_snapshot);
+        let depth = match &base {
+            Some(b) => self.layer_stack_of(b)?.len(),
+            None => self.templates.get(&sbx.template)?.layers.len(),
+        } + 1;
+        if depth > MAX_LAYERS {
+            return Err(Error::FailedPrecondition(format!(
+                "a snapshot of sandbox '{sandbox_id}' would stack {depth} layers, more than the \
+                 {MAX_LAYERS} allowed; snapshot a sandbox nearer its template instead"
+            )));
+        }
+        let id = implicit_id.map_or_else(new_id, str::to_string);
+        let _pin = self.snap.pin(&id);
+        let mut metadata = req.metadata.clone();
+        if implicit {
+            metadata.insert("coppice.implicit".into(), "fork".into());
+        }
+        let rec = SnapshotRecord {
+            id: id.clone(),
+            name: req.name.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            base_snapshot: base,
+            template: sbx.template.clone(),
+            kind: SnapshotKind::Filesystem.as_str().into(),
+            implicit,
+            ready: false,
+            size_bytes: 0,
+            created_at_ms: now_ms(),
+            metadata,
+            limits: sbx.limits.clone(),
+            env: sbx.env.clone(),
+        };
+        // Row first (not ready): a crash mid-copy leaves a row the collector removes.
+        self.store.insert_snapshot(&rec)?;
+        self.store
+            .ensure_lineage(sandbox_id, &sbx.template, sbx.created_at_ms)?;
+        let dir = self.snapshots_dir().join(&id);
+        let layer = self.snapshot_layer(&id);
+        let upper = self.backend.upper_dir(sandbox_id);
+        let t0 = std::time::Instant::now();
+        let copied = {
+            let dir = dir.clone();
+            let layer = layer.clone();
+            let backend = &self.backend;
+            let sid = sandbox_id.to_string();
+            tokio::task::block_in_place(move || -> Result<u64> {
+                std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                backend.freeze(&sid)?;
+                let copied = copy_layer(&upper, &layer);
+                // Thaw whatever happened: a sandbox must never stay frozen by a snapshot.
+                let thawed = backend.thaw(&sid);
+                copied?;
+                thawed?;
+                Ok(crate::templates::size_bytes(&layer))
+            })
+        };
+        let size = match copied {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                self.store.delete_snapshot(&id)?;
+                return Err(e);
+            }
+        };
+        self.store.mark_snapshot_ready(&id, size)?;
+        self.store.event(
+            Some(sandbox_id),
+            "snapshot",
+            &format!("{id} ({size} bytes, {:?})", t0.elapsed()),
+        );
+        tracing::info!(sandbox = %sandbox_id, snapshot = %id, size, elapsed = ?t0.elapsed(), "snapshot taken");
+        Ok(SnapshotRecord {
+            ready: true,
+            size_bytes: size,
+            ..rec
+        })
+    }
+
+    /// A ready snapshot by id or name.
+    fn snapshot_record(&self, id: &str) -> Result<SnapshotRecord> {
+        match self.store.get_snapshot(id)? {
+            Some(s) if s.ready => Ok(s),
+            _ => Err(Error::SnapshotNotFound(id.to_string())),
+        }
+    }
+
+    /// Layers of a snapshot, top first: its own, its base's, ..., the template's.
+    fn layer_stack_of(&self, id: &str) -> Result<Vec<PathBuf>> {
+        let mut layers = Vec::new();
+        let mut next = Some(id.to_string());
+        let mut template = None;
+        while let Some(id) = next {
+            let s = self.snapshot_record(&id)?;
+            layers.push(self.snapshot_layer(&s.id));
+            if layers.len() > MAX_LAYERS {
+                return Err(Error::Internal(format!(
+                    "snapshot chain of {id} is too deep"
+                )));
+            }
+            template = Some(s.template.clone());
+            next = s.base_snapshot;
+        }
+        let template = template.expect("at least one snapshot");
+        layers.extend(self.templates.get(&template)?.layers);
+        Ok(layers)
+    }
+
+    /// The snapshot's template with the snapshot's layer stack: what a fork starts on.
+    fn template_of_snapshot(&self, s: &SnapshotRecord) -> Result<TemplateInfo> {
+        let mut t = self.templates.get(&s.template)?;
+        t.layers = self.layer_stack_of(&s.id)?;
+        Ok(t)
+    }
+
+    fn snapshot_info_of(&self, s: &SnapshotRecord) -> Result<SnapshotInfo> {
+        let (dependant_sandboxes, dependant_snapshots) = self.store.snapshot_dependants(&s.id)?;
+        let depth = self.layer_stack_of(&s.id).map(|l| l.len()).unwrap_or(0);
+        Ok(SnapshotInfo {
+            snapshot_id: s.id.clone(),
+            name: s.name.clone(),
+            kind: if s.kind == "memory" {
+                SnapshotKind::Memory
+            } else {
+                SnapshotKind::Filesystem
+            },
+            sandbox_id: s.sandbox_id.clone(),
+            parent_snapshot_id: s.base_snapshot.clone(),
+            template: s.template.clone(),
+            implicit: s.implicit,
+            size_bytes: s.size_bytes,
+            depth,
+            created_at: rfc3339_ms(s.created_at_ms),
+            metadata: s.metadata.clone(),
+            dependant_sandboxes,
+            dependant_snapshots,
+        })
+    }
+
+    pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo> {
+        self.snapshot_info_of(&self.snapshot_record(id)?)
+    }
+
+    /// Ready snapshots, oldest first; only those of `sandbox_id` when given.
+    pub fn list_snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        self.store
+            .all_snapshots()?
+            .iter()
+            .filter(|s| s.ready && sandbox_id.is_none_or(|id| s.sandbox_id == id))
+            .map(|s| self.snapshot_info_of(s))
+            .collect()
+    }
+
+    /// Deletes a snapshot nothing stands on; refuses (FailedPrecondition, naming them) while
+    /// a live sandbox or another snapshot does.
+    pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let s = self.snapshot_record(id)?;
+        {
+            // Under the pin lock: a fork or restore either pinned it already (refused here),
+            // or pins it after the row is gone (and then finds it missing).
+            let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
+            let (sandboxes, snapshots) = self.store.snapshot_dependants(&s.id)?;
+            if !sandboxes.is_empty() || !snapshots.is_empty() || pins.contains_key(&s.id) {
+                let mut what = Vec::new();
+                if !sandboxes.is_empty() {
+                    what.push(format!("sandboxes {}", sandboxes.join(", ")));
+                }
+                if !snapshots.is_empty() {
+                    what.push(format!("snapshots {}", snapshots.join(", ")));
+                }
+                if what.is_empty() {
+                    what.push("a fork or restore in progress".into());
+                }
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot '{}' is in use: {} stand on its layer; kill those sandboxes and \
+                     delete those snapshots first, then delete it",
+                    s.id,
+                    what.join(" and ")
+                )));
+            }
+            self.store.delete_snapshot(&s.id)?;
+        }
+        self.remove_snapshot_files(&s);
+        Ok(())
+    }
+
+    /// Removes a snapshot's row and files (no checks: unfinished snapshots at startup).
+    fn remove_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        self.store.delete_snapshot(&s.id)?;
+        self.remove_snapshot_files(s);
+        Ok(())
+    }
+
+    fn remove_snapshot_files(&self, s: &SnapshotRecord) {
+        let dir = self.snapshots_dir().join(&s.id);
+        // Renamed aside at once (the id is free again), deleted off the request path.
+        let aside = self.snapshots_dir().join(format!(".removing-{}", s.id));
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = std::fs::remove_dir_all(&aside) {
+                        tracing::warn!("removing {}: {e}", aside.display());
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("moving {} aside: {e}", dir.display()),
+        }
+        self.store.event(None, "snapshot-deleted", &s.id);
+    }
+
+    /// Forks `count` sandboxes from a snapshot, or from a live sandbox through an implicit
+    /// snapshot. Request errors fail the call; each fork then succeeds or fails on its own.
+    pub async fn fork(&self, req: ForkRequest) -> Result<ForkResult> {
+        if !(1..=MAX_FORKS).contains(&req.count) {
+            return Err(Error::InvalidArgument(format!(
+                "count must be between 1 and {MAX_FORKS}, got {}",
+                req.count
+            )));
+        }
+        if req.per_fork.len() > req.count as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{} per-fork settings given for {} forks",
+                req.per_fork.len(),
+                req.count
+            )));
+        }
+        // Settings are checked before anything is made, so bad input harms nothing.
+        let settings: Vec<ForkSettings> = (0..req.count as usize)
+            .map(|i| match req.per_fork.get(i) {
+                Some(own) => own.over(&req.common),
+                None => req.common.clone(),
+            })
+            .collect();
+        // Checked against the configured defaults before anything is made (bad input harms
+        // nothing); again below over the source sandbox's limits.
+        for s in &settings {
+            self.effective_limits(&s.limits)?;
+            self.effective_timeout(s.timeout)?;
+        }
+        let implicit_id = new_id();
+        let _implicit_pin = self.snap.pin(&implicit_id);
+        let (snap, implicit) = match &req.source {
+            ForkSource::Snapshot(id) => (self.snapshot_record(id)?, false),
+            ForkSource::Sandbox(id) => {
+                let s = self
+                    .take_snapshot(id, SnapshotRequest::default(), Some(&implicit_id))
+                    .await?;
+                (s, true)
+            }
+        };
+        let _pin = self.snap.pin(&snap.id);
+        // Pinned now; make sure a concurrent delete did not remove it just before.
+        self.snapshot_record(&snap.id)?;
+        let inherited = ForkSettings {
+            limits: snap.limits.clone(),
+            timeout: None,
+            env: snap.env.clone(),
+            metadata: BTreeMap::new(),
+        };
+        let mut checked = Vec::with_capacity(settings.len());
+        for s in &settings {
+            let s = s.over(&inherited);
+            let limits = self.effective_limits(&s.limits)?;
+            let timeout = self.effective_timeout(s.timeout)?;
+            checked.push((s, limits, timeout));
+        }
+        let template = self.template_of_snapshot(&snap)?;
+        let template = Arc::new(template);
+        let outcomes: Vec<ForkOutcome> = futures::stream::iter(checked.into_iter().enumerate())
+            .map(|(i, (s, limits, timeout))| {
+                let template = template.clone();
+                let snap = &snap;
+                async move {
+                    let res = self.fork_one(&template, snap, s, limits, timeout).await;
+                    match res {
+                        Ok(info) => ForkOutcome {
+                            index: i as u32,
+                            sandbox: Some(info),
+                            error: None,
+                        },
+                        Err(e) => {
+                            tracing::warn!(snapshot = %snap.id, index = i, "fork failed: {e}");
+                            ForkOutcome {
+                                index: i as u32,
+                                sandbox: None,
+                                error: Some(e.to_string()),
+                            }
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(FORK_PARALLELISM)
+            .collect()
+            .await;
+        let mut forks = outcomes;
+        forks.sort_by_key(|o| o.index);
+        let created = forks.iter().filter(|o| o.sandbox.is_some()).count() as u32;
+        Ok(ForkResult {
+            snapshot_id: snap.id.clone(),
+            implicit_snapshot: implicit,
+            failed: req.count - created,
+            created,
+            forks,
+        })
+    }
+
+    async fn fork_one(
+        &self,
+        template: &TemplateInfo,
+        snap: &SnapshotRecord,
+        s: ForkSettings,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<SandboxInfo> {
+        let req = CreateRequest {
+            template: Some(template.name.clone()),
+            limits: limits.clone(),
+            timeout: Some(timeout),
+            env: s.env,
+            metadata: s.metadata,
+        };
+        // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
+        // interface), hostname, machine-id, cgroup; only the lower layers differ.
+        let rec = self
+            .start_new(template, limits, &req, timeout, false)
+            .await?;
+        let lineage = LineageRecord {
+            sandbox_id: rec.id.clone(),
+            parent_snapshot: Some(snap.id.clone()),
+            base_snapshot: Some(snap.id.clone()),
+            template: snap.template.clone(),
+            created_at_ms: rec.created_at_ms,
+        };
+        if let Err(e) = self.store.put_lineage(&lineage) {
+            self.destroy(rec).await.ok();
+            return Err(e);
+        }
+        self.store.event(
+            Some(&rec.id),
+            "forked",
+            &format!("from snapshot {}", snap.id),
+        );
+        Ok(self.info_of(&rec))
+    }
+
+    /// Rolls a sandbox back to one of its own snapshots, in place: same id, address and
+    /// hostname; its processes restart on the snapshot's files (its current upper is dropped).
+    pub async fn restore(&self, sandbox_id: &str, snapshot_id: &str) -> Result<SandboxInfo> {
+        let mut rec = self.record(sandbox_id)?;
+        let snap = self.snapshot_record(snapshot_id)?;
+        if snap.sandbox_id != rec.id {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot '{}' was taken of sandbox '{}', not '{}'; a sandbox restores only its \
+                 own snapshots (fork that snapshot to get a new sandbox from it)",
+                snap.id, snap.sandbox_id, rec.id
+            )));
+        }
+        let _busy = self.snap.busy(sandbox_id, "restore")?;
+        let _pin = self.snap.pin(&snap.id);
+        self.snapshot_record(&snap.id)?; // not deleted just before the pin
+        let template = self.template_of_snapshot(&snap)?;
+        // Hidden from callers and from the reaper while its processes are replaced.
+        rec.state = SandboxState::Starting;
+        self.store.update(&rec)?;
+        let restarted = async {
+            self.backend.stop_for_restart(&rec).await?;
+            self.store.set_lineage_base(&rec.id, &snap.id)?;
+            self.backend.start(&rec, &template).await
+        }
+        .await;
+        let started = match restarted {
+            Ok(s) => s,
+            Err(e) => {
+                self.destroy(rec).await.ok();
+                return Err(Error::Internal(format!(
+                    "restoring sandbox '{sandbox_id}' failed and it is gone: {e}"
+                )));
+            }
+        };
+        rec.pid = Some(started.pid);
+        rec.pid_start = started.pid_start;
+        rec.state = SandboxState::Running;
+        self.store
+            .update_with_event(&rec, "restored", &format!("to snapshot {}", snap.id))?;
+        if !rec.env.is_empty()
+            && let Err(e) = self.init_agent(&rec.id, &rec.env).await
+        {
+            tracing::warn!(sandbox = %rec.id, "restored sandbox refused its env: {e}");
+        }
+        Ok(self.info_of(&rec))
+    }
+
+    fn lineage_node(&self, id: &str) -> Result<Option<LineageNode>> {
+        if let Some(s) = self.store.get_snapshot(id)? {
+            return Ok(Some(LineageNode {
+                id: s.id.clone(),
+                kind: "snapshot".into(),
+                parent: Some(s.sandbox_id.clone()),
+                alive: s.ready,
+                template: s.template,
+            }));
+        }
+        let live = self.store.get(id)?.filter(|r| !r.pooled);
+        match (self.store.get_lineage(id)?, live) {
+            (Some(l), live) => Ok(Some(LineageNode {
+                id: l.sandbox_id,
+                kind: "sandbox".into(),
+                parent: l.parent_snapshot,
+                alive: live.is_some(),
+                template: l.template,
+            })),
+            (None, Some(r)) => Ok(Some(LineageNode {
+                id: r.id,
+                kind: "sandbox".into(),
+                parent: None,
+                alive: true,
+                template: r.template,
+            })),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Ancestors and descendants of a sandbox or snapshot (dead sandboxes included).
+    pub fn lineage(&self, id: &str) -> Result<Lineage> {
+        let node = self
+            .lineage_node(id)?
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        let mut ancestors = Vec::new();
+        let mut next = node.parent.clone();
+        while let Some(p) = next {
+            let Some(n) = self.lineage_node(&p)? else {
+                break;
+            };
+            next = n.parent.clone();
+            ancestors.push(n);
+            if ancestors.len() > 4 * MAX_LAYERS {
+                break;
+            }
+        }
+        let mut descendants = Vec::new();
+        let mut queue = std::collections::VecDeque::from([node.clone()]);
+        while let Some(n) = queue.pop_front() {
+            let children = if n.kind == "snapshot" {
+                self.store.forks_of(&n.id)?
+            } else {
+                self.store.snapshots_of(&n.id)?
+            };
+            for c in children {
+                if let Some(child) = self.lineage_node(&c)? {
+                    descendants.push(child.clone());
+                    queue.push_back(child);
+                }
+            }
+            if descendants.len() > 10_000 {
+                break;
+            }
+        }
+        Ok(Lineage {
+            node,
+            ancestors,
+            descendants,
+        })
+    }
+
+    /// Removes implicit snapshots nothing stands on any more, unfinished snapshots of a
+    /// crashed daemon (`startup`), and snapshot directories without a row.
+    pub fn collect_snapshots(&self, startup: bool) {
+        let Ok(all) = self.store.all_snapshots() else {
+            return;
+        };
+        if startup {
+            for s in all.iter().filter(|s| !s.ready) {
+                tracing::info!(snapshot = %s.id, "removing a snapshot a crash left unfinished");
+                let _ = self.remove_snapshot(s);
+            }
+            let known: HashSet<&str> = all.iter().map(|s| s.id.as_str()).collect();
+            if let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !known.contains(name.as_str()) || name.starts_with(".removing-") {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        // Repeat: removing one implicit snapshot can free the implicit one below it.
+        loop {
+            let Ok(all) = self.store.all_snapshots() else {
+                return;
+            };
+            let mut removed = false;
+            for s in all.iter().filter(|s| s.implicit && s.ready) {
+                let unused = {
+                    // Same protocol as delete_snapshot: check and drop the row under the lock.
+                    let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
+                    !pins.contains_key(&s.id)
+                        && matches!(self.store.snapshot_dependants(&s.id),
+                                    Ok((a, b)) if a.is_empty() && b.is_empty())
+                        && self.store.delete_snapshot(&s.id).is_ok()
+                };
+                if unused {
+                    tracing::info!(snapshot = %s.id, "removed an implicit snapshot no fork uses");
+                    self.remove_snapshot_files(s);
+                    removed = true;
+                }
+            }
+            if !removed {
+                return;
+            }
+        }
+    }
+
+    /// Runs the snapshot collector every two seconds.
+    pub(super) fn spawn_snapshot_collector(self: &Arc<Self>) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let startup = rt.clone();
+            let _ = tokio::task::spawn_blocking(move || startup.collect_snapshots(true)).await;
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let rt = rt.clone();
+                let _ = tokio::task::spawn_blocking(move || rt.collect_snapshots(false)).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_versions() {
+        assert_eq!(
+            parse_criu_version("Version: 3.17.1\n"),
+            Some((3, 17, "3.17.1".into()))
+        );
+        assert_eq!(
+            parse_criu_version("Version: 4.1\nGitID: v4.1\n"),
+            Some((4, 1, "4.1".into()))
+        );
+        assert_eq!(parse_criu_version("nothing"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_snapshot_name("prepared-1.0_x").is_ok());
+        for bad in ["", ".hidden", "a/b", "with space", &"x".repeat(65)] {
+            assert!(validate_snapshot_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_merge() {
+        let common = ForkSettings {
+            limits: Limits {
+                memory_bytes: Some(1 << 30),
+                cpus: Some(1.0),
+                pids: None,
+            },
+            timeout: Some(Duration::from_secs(60)),
+            env: [("A".into(), "1".into()), ("B".into(), "1".into())].into(),
+            metadata: BTreeMap::new(),
+        };
+        let own = ForkSettings {
+            limits: Limits {
+                cpus: Some(0.5),
+                ..Default::default()
+            },
+            env: [("B".into(), "2".into())].into(),
+            ..Default::default()
+        };
+        let m = own.over(&common);
+        assert_eq!(m.limits.memory_bytes, Some(1 << 30));
+        assert_eq!(m.limits.cpus, Some(0.5));
+        assert_eq!(m.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(m.env["A"], "1");
+        assert_eq!(m.env["B"], "2");
+    }
+}
