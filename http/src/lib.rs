@@ -17,6 +17,8 @@ use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 
+mod network;
+
 /// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {
     api(tools).route("/health", get(health))
@@ -33,6 +35,10 @@ fn api(tools: Tools) -> Router {
         .route("/api/v1/sandboxes/{id}", get(info).delete(kill))
         .route("/api/v1/sandboxes/{id}/timeout", post(set_timeout))
         .route("/api/v1/sandboxes/{id}/exec", post(exec))
+        .route(
+            "/api/v1/sandboxes/{id}/network",
+            get(network::get).put(network::set),
+        )
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
         .with_state(Arc::new(tools))

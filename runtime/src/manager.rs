@@ -16,6 +16,8 @@ use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInf
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::TemplateStore;
 
+mod network;
+
 #[cfg(target_os = "linux")]
 pub type Backend = crate::linux::backend::LinuxBackend;
 
@@ -29,6 +31,8 @@ pub struct Runtime {
     refill: Notify,
     /// Serialises slot allocation (slot = uid range, IP, interface name).
     slots: tokio::sync::Mutex<()>,
+    /// Serialises network policy updates (store and kernel change in the same order).
+    policy_lock: tokio::sync::Mutex<()>,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -109,6 +113,7 @@ impl Runtime {
             pools: Mutex::new(HashMap::new()),
             refill: Notify::new(),
             slots: tokio::sync::Mutex::new(()),
+            policy_lock: tokio::sync::Mutex::new(()),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -171,6 +176,7 @@ impl Runtime {
             }
         }
         self.backend.sweep(&live).await;
+        self.reapply_policies(&live).await;
         Ok(())
     }
 
@@ -183,6 +189,9 @@ impl Runtime {
         )?;
         let limits = self.effective_limits(&req.limits)?;
         let timeout = self.effective_timeout(req.timeout)?;
+        if let Some(p) = &req.network_policy {
+            p.check()?;
+        }
         let rec = match self.pool_pop(&template.name) {
             Some(id) => {
                 self.refill.notify_one();
@@ -227,6 +236,10 @@ impl Runtime {
         }
         if !req.env.is_empty() {
             self.init_agent(id, &req.env).await?;
+        }
+        if req.network_policy.is_some() {
+            self.apply_initial_policy(&rec, req.network_policy.as_ref())
+                .await?;
         }
         let now = now_ms();
         rec.limits = limits.clone();
@@ -298,6 +311,13 @@ impl Runtime {
             self.store.insert(&rec)?;
             rec
         };
+        if let Err(e) = self
+            .apply_initial_policy(&rec, req.network_policy.as_ref())
+            .await
+        {
+            self.store.delete(&id)?;
+            return Err(e);
+        }
         let started = match self.backend.start(&rec, template).await {
             Ok(s) => s,
             Err(e) => {
