@@ -32,8 +32,12 @@ python3 mcp/tests/test_mcp.py --coppice target/release/coppice
 step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspector CLI, conformance suite)"
 python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
+step "network policy end to end (a namespace world on documentation addresses)"
+python3 runtime/tests/network_policy.py --coppice target/release/coppice
+
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/network_policy.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

@@ -68,7 +68,8 @@ impl CoppiceMcp {
     /// Replace the sandbox's network policy while it runs. The change is atomic, and open
     /// connections the new policy does not permit are cut at once. Rules: allow beats deny;
     /// private ranges, the host and metadata (169.254.169.254) open only with an allow rule
-    /// naming them; "air_gapped": true cuts everything, DNS included.
+    /// naming them; "air_gapped": true cuts everything, DNS included; "bandwidth_mbps" caps
+    /// each direction. Domain names are not supported yet: allow their addresses instead.
     #[tool(annotations(
         title = "Set network policy",
         read_only_hint = false,

@@ -49,6 +49,7 @@ TOOLS = {
     "commands_run", "commands_start", "commands_read", "commands_write_stdin", "commands_signal",
     "commands_list", "files_read", "files_write", "files_edit", "files_list", "files_stat",
     "files_mkdir", "files_move", "files_remove", "files_search",
+    "network_policy_get", "network_policy_set",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.
@@ -378,7 +379,27 @@ SUITE = [
     ("bad input", t_bad_input),
     ("resources", t_resources),
     ("large outputs as resource links", t_resource_links),
+    ("network policy", t_network_policy),
 ]
+
+
+async def t_network_policy(c: Client) -> None:
+    made = await call(c, "sandbox_create", {"timeout_secs": 120,
+                                            "network_policy": {"default": "deny", "allow": [{"cidr": "198.51.100.0/24"}]}})
+    sid = made["sandbox_id"]
+    got = await call(c, "network_policy_get", {"sandbox_id": sid})
+    check(got["policy"]["default"] == "deny" and got["policy"]["allow"] == [{"cidr": "198.51.100.0/24"}], f"get: {got}")
+    new = {"air_gapped": True}
+    s = await call(c, "network_policy_set", {"sandbox_id": sid, "policy": new})
+    check(s["policy"] == {"default": "allow", "air_gapped": True}, f"set: {s}")
+    err = await call_error(c, "network_policy_set", {"sandbox_id": sid, "policy": {"allow": [{"cidr": "1.2.3.4/40"}]}})
+    check("invalid network policy" in err and "allow[0]" in err and "network_policy_get" in err, f"bad policy: {err}")
+    got = await call(c, "network_policy_get", {"sandbox_id": sid})
+    check(got["policy"] == {"default": "allow", "air_gapped": True}, f"unchanged after a bad set: {got}")
+    r = await call(c, "commands_run", {"sandbox_id": sid, "cmd": "python3 -c \"import socket;socket.create_connection(('198.51.100.10',80),timeout=2)\" 2>&1 | tail -1"})
+    check("refused" in r["stdout"].lower() or "unreachable" in r["stdout"].lower() or "timed out" in r["stdout"].lower(),
+          f"air-gapped sandbox cannot connect: {r}")
+    await call(c, "sandbox_kill", {"sandbox_id": sid})
 
 
 async def run_suite(label: str, make_client) -> None:

@@ -329,6 +329,13 @@ impl Runtime {
         rec.pid_start = started.pid_start;
         rec.state = SandboxState::Running;
         self.store.update(&rec)?;
+        if let Err(e) = self
+            .apply_started_bandwidth(&rec, req.network_policy.as_ref())
+            .await
+        {
+            self.destroy(rec).await.ok();
+            return Err(e);
+        }
         if !rec.env.is_empty()
             && let Err(e) = self.init_agent(&id, &rec.env).await
         {

@@ -59,6 +59,10 @@ pub struct NetworkPolicy {
     /// have no effect while this is true.
     #[serde(default, skip_serializing_if = "is_false")]
     pub air_gapped: bool,
+    /// Bandwidth cap in megabits per second, applied to each direction (download and upload)
+    /// separately, e.g. 10 or 0.5; omitted: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<f64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -143,6 +147,8 @@ pub struct CheckedPolicy {
     pub allow: Vec<CheckedRule>,
     pub deny: Vec<CheckedRule>,
     pub air_gapped: bool,
+    /// Bits per second, each direction.
+    pub bandwidth_bps: Option<u64>,
 }
 
 impl NetworkPolicy {
@@ -160,11 +166,23 @@ impl NetworkPolicy {
                 .map(|(i, r)| r.check().map_err(|e| invalid(format!("{what}[{i}]: {e}"))))
                 .collect()
         };
+        let bandwidth_bps = match self.bandwidth_mbps {
+            None => None,
+            Some(m) if m.is_finite() && (0.1..=100_000.0).contains(&m) => {
+                Some((m * 1_000_000.0) as u64)
+            }
+            Some(m) => {
+                return Err(invalid(format!(
+                    "bandwidth_mbps must be between 0.1 and 100000 (megabits per second), got {m}"
+                )));
+            }
+        };
         Ok(CheckedPolicy {
             default: self.default,
             allow: check(&self.allow, "allow")?,
             deny: check(&self.deny, "deny")?,
             air_gapped: self.air_gapped,
+            bandwidth_bps,
         })
     }
 
@@ -190,6 +208,7 @@ impl NetworkPolicy {
             allow: rules(allow_out, "allowOut")?,
             deny: rules(deny_out, "denyOut")?,
             air_gapped: allow_internet_access == Some(false),
+            bandwidth_mbps: None,
         };
         p.check()?;
         Ok(p)
@@ -389,6 +408,26 @@ impl CheckedPolicy {
         }
         self.default == DefaultAction::Allow
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bandwidth cap: a token bucket (tc tbf) on each side of the sandbox's veth.
+
+/// `tc qdisc replace dev <if> ...` arguments that cap an interface's egress at `bps`. The
+/// bucket holds 20 ms of traffic (at least 16 KiB): enough for TSO bursts, too little to show
+/// up in a measured rate; up to 50 ms of packets queue before drops.
+pub fn tbf_args(bps: u64) -> Vec<String> {
+    let burst = (bps / 8 / 50).max(16 * 1024);
+    vec![
+        "root".into(),
+        "tbf".into(),
+        "rate".into(),
+        format!("{bps}bit"),
+        "burst".into(),
+        burst.to_string(),
+        "latency".into(),
+        "50ms".into(),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,6 +674,32 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("at most 256 rules")
+        );
+        for bad in ["0", "-1", "1e9"] {
+            let e = bad_bw(bad);
+            assert!(e.contains("bandwidth_mbps must be between"), "{e}");
+        }
+    }
+
+    fn bad_bw(v: &str) -> String {
+        serde_json::from_str::<NetworkPolicy>(&format!(r#"{{"bandwidth_mbps":{v}}}"#))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bandwidth() {
+        let p: NetworkPolicy = serde_json::from_str(r#"{"bandwidth_mbps":40}"#).unwrap();
+        assert_eq!(p.check().unwrap().bandwidth_bps, Some(40_000_000));
+        assert_eq!(
+            tbf_args(40_000_000).join(" "),
+            "root tbf rate 40000000bit burst 100000 latency 50ms"
+        );
+        assert_eq!(
+            tbf_args(1_000_000).join(" "),
+            "root tbf rate 1000000bit burst 16384 latency 50ms"
         );
     }
 

@@ -179,10 +179,23 @@ impl LinuxBackend {
 
     /// Puts `policy` in force for the sandbox in `slot` (one nft transaction) and cuts its open
     /// connections the policy no longer permits. A no-op without networking.
-    pub async fn apply_policy(&self, slot: u32, policy: &CheckedPolicy) -> Result<()> {
+    pub async fn apply_policy(&self, rec: &SandboxRecord, policy: &CheckedPolicy) -> Result<()> {
         match &self.net {
-            Some(n) => netpolicy::apply(slot, n.sandbox_ip(slot), policy, &self.policy_ctx).await,
+            Some(n) => {
+                let ip = n.sandbox_ip(rec.slot);
+                netpolicy::apply(rec.slot, ip, rec.pid, policy, &self.policy_ctx).await
+            }
             None => Ok(()),
+        }
+    }
+
+    /// Caps (or uncaps) a started sandbox's bandwidth, both directions.
+    pub async fn apply_bandwidth(&self, rec: &SandboxRecord, bps: Option<u64>) -> Result<()> {
+        match (&self.net, rec.pid) {
+            (Some(_), Some(pid)) => {
+                netpolicy::apply_bandwidth(&net::host_ifname(rec.slot), pid, bps).await
+            }
+            _ => Ok(()),
         }
     }
 

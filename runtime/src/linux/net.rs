@@ -840,7 +840,7 @@ mod tests {
             "}\nflush chain inet coppice input\nflush chain inet coppice forward\nflush chain inet coppice postrouting\ntable inet coppice {"
         ));
         assert!(!r.contains("flush table"), "policy chains survive a reload");
-        assert_eq!(r.matches("table inet").count(), 5, "one table only:\n{r}");
+        assert_eq!(r.matches("table inet").count(), 2, "one table only:\n{r}");
         assert!(r.contains("iifname \"coppice0\" ip saddr vmap @sandbox_policy"));
         assert!(r.contains("type ipv4_addr : verdict"));
         for line in [

@@ -154,22 +154,61 @@ pub async fn ensure_shared() -> Result<()> {
     nft_run(&policy::nft_shared(NFT_TABLE)).await
 }
 
-/// Makes `policy` the one in force for the sandbox at `ip` (slot `slot`) in one transaction,
-/// then ends its open connections the new policy does not permit.
+/// Makes `policy` the one in force for the sandbox at `ip` (slot `slot`, init `pid` once
+/// started) in one transaction, then ends its open connections the new policy does not permit.
 pub async fn apply(
     slot: u32,
     ip: Ipv4Addr,
+    pid: Option<i32>,
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
     nft_run(&policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
-    cut_flows(ip, policy, ctx).await;
+    if let Some(pid) = pid {
+        cut_flows(ip, pid, policy, ctx).await;
+    }
     Ok(())
 }
 
 /// Removes the sandbox's chain and map entry.
 pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
     nft_run(&policy::nft_remove(NFT_TABLE, slot, ip)).await
+}
+
+/// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
+/// end of its veth (traffic to the sandbox) and one on `eth0` inside its netns (traffic from
+/// it; the netns belongs to the host, so root in the sandbox cannot remove it).
+pub async fn apply_bandwidth(host_if: &str, pid: i32, bps: Option<u64>) -> Result<()> {
+    let pid = pid.to_string();
+    let sides: [(Vec<&str>, &str); 2] = [
+        (vec![], host_if),
+        (vec!["nsenter", "-t", &pid, "-n", "--"], net::SANDBOX_IF),
+    ];
+    for (prefix, dev) in sides {
+        let mut args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        args.extend(["tc", "qdisc"].map(String::from));
+        match bps {
+            Some(bps) => {
+                args.extend(["replace", "dev", dev].map(String::from));
+                args.extend(policy::tbf_args(bps));
+            }
+            None => args.extend(["del", "dev", dev, "root"].map(String::from)),
+        }
+        let out = tokio::process::Command::new(&args[0])
+            .args(&args[1..])
+            .output()
+            .await
+            .map_err(Error::io(format!("running {}", args[0])))?;
+        // Deleting a cap that is not there fails; that is the state we want.
+        if !out.status.success() && bps.is_some() {
+            return Err(Error::Internal(format!(
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One tracked connection from a sandbox, as `conntrack -L` prints it.
@@ -206,11 +245,12 @@ pub fn parse_conntrack(text: &str) -> Vec<Flow> {
         .collect()
 }
 
-/// Deletes the conntrack entries of the sandbox's connections that `policy` no longer
-/// permits. Busy connections are already being reset by the rules (every packet is checked);
-/// this ends idle ones too: the next packet either way finds no entry and is refused.
+/// Ends the sandbox's connections that `policy` no longer permits, busy or idle: their sockets
+/// in the sandbox are destroyed (`ss -K` in its netns: the program sees ECONNABORTED at once)
+/// and their conntrack entries deleted (the remote end is reset by its next packet, which
+/// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
 /// Best effort: without conntrack-tools only the rules act.
-async fn cut_flows(ip: Ipv4Addr, policy: &CheckedPolicy, ctx: &HostContext) {
+async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
     let out = match tokio::process::Command::new("conntrack")
         .args(["-L", "-s", &ip.to_string()])
         .output()
@@ -235,6 +275,34 @@ async fn cut_flows(ip: Ipv4Addr, policy: &CheckedPolicy, ctx: &HostContext) {
             !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();
+    let pid = pid.to_string();
+    let kills = doomed.iter().filter(|f| f.proto == "tcp").map(|f| {
+        let mut cmd = tokio::process::Command::new("nsenter");
+        cmd.args([
+            "-t",
+            &pid,
+            "-n",
+            "--",
+            "ss",
+            "-K",
+            "dst",
+            &f.dst.to_string(),
+        ]);
+        if let (Some(s), Some(d)) = (f.sport, f.dport) {
+            cmd.args([
+                "dport",
+                "=",
+                &format!(":{d}"),
+                "sport",
+                "=",
+                &format!(":{s}"),
+            ]);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        async move { cmd.status().await }
+    });
+    futures::future::join_all(kills).await;
     let deletes = doomed.iter().map(|f| {
         let mut cmd = tokio::process::Command::new("conntrack");
         cmd.args(["-D", "-s", &ip.to_string(), "-d", &f.dst.to_string()]);

@@ -26,10 +26,29 @@ impl Runtime {
         let _serial = self.policy_lock.lock().await;
         let rec = self.record(id)?;
         let old = self.store.network_policy(id)?;
+        let old_bps = old
+            .clone()
+            .unwrap_or_default()
+            .check()
+            .ok()
+            .and_then(|c| c.bandwidth_bps);
         self.store.set_network_policy(id, Some(&policy))?;
-        if let Err(e) = self.backend.apply_policy(rec.slot, &checked).await {
-            // The kernel kept the old policy: keep the store in step with it.
+        if old_bps != checked.bandwidth_bps
+            && let Err(e) = self
+                .backend
+                .apply_bandwidth(&rec, checked.bandwidth_bps)
+                .await
+        {
             self.store.set_network_policy(id, old.as_ref())?;
+            let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
+            return Err(e);
+        }
+        if let Err(e) = self.backend.apply_policy(&rec, &checked).await {
+            // The kernel kept the old rules: keep the store (and the cap) in step with them.
+            self.store.set_network_policy(id, old.as_ref())?;
+            if old_bps != checked.bandwidth_bps {
+                let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
+            }
             return Err(e);
         }
         self.store.event(Some(id), "network_policy", "updated");
@@ -44,8 +63,28 @@ impl Runtime {
         policy: Option<&NetworkPolicy>,
     ) -> Result<()> {
         let checked = policy.cloned().unwrap_or_default().check()?;
-        self.backend.apply_policy(rec.slot, &checked).await?;
+        self.backend.apply_policy(rec, &checked).await?;
+        // A pooled sandbox being handed out is already running: cap it now. A new one is
+        // capped by `apply_started_bandwidth` once its veth exists.
+        if rec.pid.is_some() && checked.bandwidth_bps.is_some() {
+            self.backend
+                .apply_bandwidth(rec, checked.bandwidth_bps)
+                .await?;
+        }
         self.store.set_network_policy(&rec.id, policy)
+    }
+
+    /// The bandwidth cap of a sandbox that has just started (its veth exists now).
+    pub(super) async fn apply_started_bandwidth(
+        &self,
+        rec: &SandboxRecord,
+        policy: Option<&NetworkPolicy>,
+    ) -> Result<()> {
+        let checked = policy.map(|p| p.check()).transpose()?;
+        match checked.and_then(|c| c.bandwidth_bps) {
+            Some(bps) => self.backend.apply_bandwidth(rec, Some(bps)).await,
+            None => Ok(()),
+        }
     }
 
     /// After a restart: every surviving sandbox gets its stored policy again (the kernel's
@@ -60,7 +99,14 @@ impl Runtime {
                 }
             };
             let applied = match policy.check() {
-                Ok(checked) => self.backend.apply_policy(rec.slot, &checked).await,
+                Ok(checked) => match self.backend.apply_policy(rec, &checked).await {
+                    Ok(()) if checked.bandwidth_bps.is_some() => {
+                        self.backend
+                            .apply_bandwidth(rec, checked.bandwidth_bps)
+                            .await
+                    }
+                    other => other,
+                },
                 Err(e) => Err(e),
             };
             if let Err(e) = applied {
