@@ -164,8 +164,12 @@ pub async fn apply(
     ctx: &HostContext,
 ) -> Result<()> {
     nft_run(&policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
+    // The new rules already refuse every packet the policy forbids, so the update is complete
+    // here; ending the forbidden connections (a few execs) happens right after, off the
+    // caller's path.
     if let Some(pid) = pid {
-        cut_flows(ip, pid, policy, ctx).await;
+        let (policy, ctx) = (policy.clone(), ctx.clone());
+        tokio::spawn(async move { cut_flows(ip, pid, &policy, &ctx).await });
     }
     Ok(())
 }
