@@ -186,8 +186,9 @@ impl NetworkPolicy {
         })
     }
 
-    /// The policy behind E2B's create fields: `allow_internet_access: false` is air-gapped;
-    /// `network.allowOut` / `network.denyOut` are CIDR or address lists (allow beats deny).
+    /// The policy behind E2B's create fields: `allow_internet_access: false` is air-gapped, or
+    /// default deny when `allowOut` names exceptions; `network.allowOut` / `network.denyOut`
+    /// are CIDR or address lists (allow beats deny).
     /// Domain names are not supported yet and are rejected with a clear error.
     pub fn from_e2b(
         allow_internet_access: Option<bool>,
@@ -203,11 +204,16 @@ impl NetworkPolicy {
                 })
                 .collect()
         };
+        let offline = allow_internet_access == Some(false);
         let p = NetworkPolicy {
-            default: DefaultAction::Allow,
+            default: if offline {
+                DefaultAction::Deny
+            } else {
+                DefaultAction::Allow
+            },
             allow: rules(allow_out, "allowOut")?,
             deny: rules(deny_out, "denyOut")?,
-            air_gapped: allow_internet_access == Some(false),
+            air_gapped: offline && allow_out.is_empty(),
             bandwidth_mbps: None,
         };
         p.check()?;
@@ -789,6 +795,12 @@ mod tests {
         assert!(!air.permits(&c, ip("10.255.255.53"), Some(Protocol::Udp), Some(53)));
         assert!(!air.permits(&c, ip("198.51.100.1"), tcp, Some(80)));
         assert!(NetworkPolicy::from_e2b(None, &["example.com".into()], &[]).is_err());
+        let offline_but = NetworkPolicy::from_e2b(Some(false), &["198.51.100.7".into()], &[])
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(offline_but.permits(&c, ip("198.51.100.7"), tcp, Some(443)));
+        assert!(!offline_but.permits(&c, ip("198.51.100.8"), tcp, Some(443)));
     }
 
     #[test]
