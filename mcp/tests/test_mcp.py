@@ -367,22 +367,6 @@ async def t_resource_links(c: Client) -> None:
     check(st["entry"]["size"] == sc["stdout_bytes"], f"saved file: {st}")
 
 
-SUITE = [
-    ("list_tools", t_list_tools),
-    ("sandbox lifecycle", t_sandbox_lifecycle),
-    ("commands_run on the default sandbox", t_run_default_sandbox),
-    ("commands_run progress", t_progress),
-    ("commands_run cancellation", t_cancel),
-    ("background commands", t_background),
-    ("files", t_files),
-    ("image read", t_image),
-    ("bad input", t_bad_input),
-    ("resources", t_resources),
-    ("large outputs as resource links", t_resource_links),
-    ("network policy", t_network_policy),
-]
-
-
 async def t_network_policy(c: Client) -> None:
     made = await call(c, "sandbox_create", {"timeout_secs": 120,
                                             "network_policy": {"default": "deny", "allow": [{"cidr": "198.51.100.0/24"}]}})
@@ -400,6 +384,22 @@ async def t_network_policy(c: Client) -> None:
     check("refused" in r["stdout"].lower() or "unreachable" in r["stdout"].lower() or "timed out" in r["stdout"].lower(),
           f"air-gapped sandbox cannot connect: {r}")
     await call(c, "sandbox_kill", {"sandbox_id": sid})
+
+
+SUITE = [
+    ("list_tools", t_list_tools),
+    ("sandbox lifecycle", t_sandbox_lifecycle),
+    ("commands_run on the default sandbox", t_run_default_sandbox),
+    ("commands_run progress", t_progress),
+    ("commands_run cancellation", t_cancel),
+    ("background commands", t_background),
+    ("files", t_files),
+    ("image read", t_image),
+    ("bad input", t_bad_input),
+    ("resources", t_resources),
+    ("large outputs as resource links", t_resource_links),
+    ("network policy", t_network_policy),
+]
 
 
 async def run_suite(label: str, make_client) -> None:
