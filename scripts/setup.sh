@@ -9,7 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # openssh-server: the MCP-over-ssh test runs a private sshd (its own config, port and keys).
-packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server)
+# conntrack: a network policy update ends the open connections it no longer permits.
+packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,10 +34,13 @@ python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
 step "example: RL loop, one fork per episode (agents-examples/rl-fork-loop)"
 python3 agents-examples/rl-fork-loop/run.py --start-daemon target/release/coppice --episodes 6 --batch 3
+step "network policy end to end (a namespace world on documentation addresses)"
+python3 runtime/tests/network_policy.py --coppice target/release/coppice
 
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/snapshot_fork.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/network_policy.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::Command;
 
 pub mod snapshots;
+pub mod network;
 
 #[derive(Subcommand)]
 pub enum SandboxCmd {
@@ -39,6 +40,10 @@ pub enum SandboxCmd {
         /// Metadata, k=v (repeatable).
         #[arg(long = "meta", value_parser = key_value)]
         meta: Vec<(String, String)>,
+        /// Network policy from the start: JSON text, a file holding it, or - (see
+        /// `coppice network set --help`).
+        #[arg(long = "network-policy")]
+        network_policy: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -187,6 +192,7 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Files(cmd) => files(cmd, d).await,
         Command::Template(cmd) => template(cmd, d).await,
         Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
+        Command::Network(cmd) => network::run(cmd, d).await,
     }
 }
 
@@ -205,9 +211,15 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             timeout,
             env,
             meta,
+            network_policy,
             json,
         } => {
+            let network_policy = network_policy
+                .as_deref()
+                .map(network::read_policy)
+                .transpose()?;
             let body = json!({
+                "network_policy": network_policy,
                 "template": template, "memory": memory, "cpus": cpus, "pids": pids,
                 "timeout_secs": timeout.map(|t| t.as_secs_f64()),
                 "env": env.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),

@@ -40,6 +40,9 @@ enum Command {
     /// List and build templates.
     #[command(subcommand)]
     Template(client::TemplateCmd),
+    /// Show and change a sandbox's network policy.
+    #[command(subcommand)]
+    Network(client::network::NetworkCmd),
 }
 
 fn main() {

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 
 mod snapshots;
+mod network;
 
 /// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {
@@ -35,6 +36,10 @@ fn api(tools: Tools) -> Router {
         .route("/api/v1/sandboxes/{id}", get(info).delete(kill))
         .route("/api/v1/sandboxes/{id}/timeout", post(set_timeout))
         .route("/api/v1/sandboxes/{id}/exec", post(exec))
+        .route(
+            "/api/v1/sandboxes/{id}/network",
+            get(network::get).put(network::set),
+        )
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
         .merge(snapshots::routes())

@@ -10,6 +10,7 @@
 pub mod bridge;
 pub mod http;
 pub mod markdown;
+pub mod network_tools;
 pub mod resources;
 pub mod server;
 pub mod stdio;

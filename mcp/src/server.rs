@@ -556,13 +556,13 @@ pub struct SearchOutput {
 
 /// What a failed call was about, for the hint in its error text.
 #[derive(Clone, Copy)]
-enum About {
+pub(crate) enum About {
     Sandbox,
     Process,
     File,
 }
 
-fn explain(e: Error, about: About) -> String {
+pub(crate) fn explain(e: Error, about: About) -> String {
     match e {
         Error::SandboxNotFound(id) => format!(
             "sandbox '{id}' not found (it was killed or timed out); call sandbox_list to see live sandboxes, or omit sandbox_id to use your default sandbox"
@@ -614,10 +614,10 @@ impl CoppiceMcp {
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
     /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
-        Self::tool_router() + Self::snapshot_router()
+        Self::tool_router() + Self::snapshot_router() + Self::network_router()
     }
 
-    fn tools(&self) -> &Tools {
+    pub(crate) fn tools(&self) -> &Tools {
         &self.state.tools
     }
 
@@ -646,7 +646,7 @@ impl CoppiceMcp {
         }
     }
 
-    async fn current_default(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
+    pub(crate) async fn current_default(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
         let key = self.key(ctx);
         let id = self.state.defaults.lock().await.get(&key).cloned()?;
         self.tools().sandbox_info(&id).ok().map(|_| id)
@@ -654,7 +654,7 @@ impl CoppiceMcp {
 
     /// The sandbox a call acts on: the one named, else the session's default, created on
     /// first use (and kept alive by use: each call pushes its expiry out again).
-    async fn sandbox(
+    pub(crate) async fn sandbox(
         &self,
         id: Option<String>,
         ctx: &RequestContext<RoleServer>,

@@ -51,6 +51,7 @@ TOOLS = {
     "files_mkdir", "files_move", "files_remove", "files_search",
     "snapshot_create", "snapshot_list", "snapshot_delete", "sandbox_fork", "sandbox_restore",
     "sandbox_lineage",
+    "network_policy_get", "network_policy_set",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.
@@ -403,6 +404,23 @@ async def t_snapshots(c: Client) -> None:
     check(d["deleted"], f"deleted: {d}")
     err = await call_error(c, "snapshot_delete", {"snapshot_id": sn})
     check("not found" in err and "snapshot_list" in err, f"gone: {err}")
+async def t_network_policy(c: Client) -> None:
+    made = await call(c, "sandbox_create", {"timeout_secs": 120,
+                                            "network_policy": {"default": "deny", "allow": [{"cidr": "198.51.100.0/24"}]}})
+    sid = made["sandbox_id"]
+    got = await call(c, "network_policy_get", {"sandbox_id": sid})
+    check(got["policy"]["default"] == "deny" and got["policy"]["allow"] == [{"cidr": "198.51.100.0/24"}], f"get: {got}")
+    new = {"air_gapped": True}
+    s = await call(c, "network_policy_set", {"sandbox_id": sid, "policy": new})
+    check(s["policy"] == {"default": "allow", "air_gapped": True}, f"set: {s}")
+    err = await call_error(c, "network_policy_set", {"sandbox_id": sid, "policy": {"allow": [{"cidr": "1.2.3.4/40"}]}})
+    check("invalid network policy" in err and "allow[0]" in err and "network_policy_get" in err, f"bad policy: {err}")
+    got = await call(c, "network_policy_get", {"sandbox_id": sid})
+    check(got["policy"] == {"default": "allow", "air_gapped": True}, f"unchanged after a bad set: {got}")
+    r = await call(c, "commands_run", {"sandbox_id": sid, "cmd": "python3 -c \"import socket;socket.create_connection(('198.51.100.10',80),timeout=2)\" 2>&1 | tail -1"})
+    check("refused" in r["stdout"].lower() or "unreachable" in r["stdout"].lower() or "timed out" in r["stdout"].lower(),
+          f"air-gapped sandbox cannot connect: {r}")
+    await call(c, "sandbox_kill", {"sandbox_id": sid})
 
 
 SUITE = [
@@ -418,6 +436,7 @@ SUITE = [
     ("resources", t_resources),
     ("large outputs as resource links", t_resource_links),
     ("snapshots, forks, restore, lineage", t_snapshots),
+    ("network policy", t_network_policy),
 ]
 
 

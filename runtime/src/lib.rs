@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod manager;
 pub mod model;
+pub mod policy;
 pub mod state;
 pub mod templates;
 

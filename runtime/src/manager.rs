@@ -17,6 +17,7 @@ use crate::state::{SandboxRecord, StateStore};
 use crate::templates::TemplateStore;
 
 pub mod snapshots;
+mod network;
 
 #[cfg(target_os = "linux")]
 pub type Backend = crate::linux::backend::LinuxBackend;
@@ -33,6 +34,8 @@ pub struct Runtime {
     slots: tokio::sync::Mutex<()>,
     /// Snapshot pins and per-sandbox snapshot/restore exclusion (manager/snapshots.rs).
     snap: snapshots::SnapState,
+    /// Serialises network policy updates (store and kernel change in the same order).
+    policy_lock: tokio::sync::Mutex<()>,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -114,6 +117,7 @@ impl Runtime {
             refill: Notify::new(),
             slots: tokio::sync::Mutex::new(()),
             snap: Default::default(),
+            policy_lock: tokio::sync::Mutex::new(()),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -177,6 +181,7 @@ impl Runtime {
             }
         }
         self.backend.sweep(&live).await;
+        self.reapply_policies(&live).await;
         Ok(())
     }
 
@@ -189,6 +194,9 @@ impl Runtime {
         )?;
         let limits = self.effective_limits(&req.limits)?;
         let timeout = self.effective_timeout(req.timeout)?;
+        if let Some(p) = &req.network_policy {
+            p.check()?;
+        }
         let rec = match self.pool_pop(&template.name) {
             Some(id) => {
                 self.refill.notify_one();
@@ -233,6 +241,10 @@ impl Runtime {
         }
         if !req.env.is_empty() {
             self.init_agent(id, &req.env).await?;
+        }
+        if req.network_policy.is_some() {
+            self.apply_initial_policy(&rec, req.network_policy.as_ref())
+                .await?;
         }
         let now = now_ms();
         rec.limits = limits.clone();
@@ -304,6 +316,13 @@ impl Runtime {
             self.store.insert(&rec)?;
             rec
         };
+        if let Err(e) = self
+            .apply_initial_policy(&rec, req.network_policy.as_ref())
+            .await
+        {
+            self.store.delete(&id)?;
+            return Err(e);
+        }
         let started = match self.backend.start(&rec, template).await {
             Ok(s) => s,
             Err(e) => {
@@ -315,6 +334,13 @@ impl Runtime {
         rec.pid_start = started.pid_start;
         rec.state = SandboxState::Running;
         self.store.update(&rec)?;
+        if let Err(e) = self
+            .apply_started_bandwidth(&rec, req.network_policy.as_ref())
+            .await
+        {
+            self.destroy(rec).await.ok();
+            return Err(e);
+        }
         if !rec.env.is_empty()
             && let Err(e) = self.init_agent(&id, &rec.env).await
         {

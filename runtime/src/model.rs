@@ -29,6 +29,9 @@ pub struct CreateRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Network policy in force from the start; None: the default policy.
+    #[serde(default)]
+    pub network_policy: Option<crate::policy::NetworkPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS lineage (
     template TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS network_policies (
+    sandbox TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     at_ms INTEGER NOT NULL,
     sandbox TEXT,
@@ -177,8 +181,44 @@ impl StateStore {
     }
 
     pub fn delete(&self, id: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        conn.execute(
+            "DELETE FROM network_policies WHERE sandbox = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// The network policy stored for a sandbox (None: the default policy).
+    pub fn network_policy(&self, id: &str) -> Result<Option<crate::policy::NetworkPolicy>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT policy FROM network_policies WHERE sandbox = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.map(|t| from_json(&t)))
+    }
+
+    pub fn set_network_policy(
+        &self,
+        id: &str,
+        policy: Option<&crate::policy::NetworkPolicy>,
+    ) -> Result<()> {
+        match policy {
+            Some(p) => self.conn().execute(
+                "INSERT INTO network_policies (sandbox, policy) VALUES (?1, ?2)
+                 ON CONFLICT(sandbox) DO UPDATE SET policy = excluded.policy",
+                params![id, json(p)],
+            )?,
+            None => self.conn().execute(
+                "DELETE FROM network_policies WHERE sandbox = ?1",
+                params![id],
+            )?,
+        };
         Ok(())
     }
 

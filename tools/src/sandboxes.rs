@@ -36,6 +36,11 @@ pub struct CreateSandbox {
     /// Free-form labels kept with the sandbox and shown by sandbox_list.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Network policy in force from the first instant; omitted: the default policy (internet
+    /// allowed; the host, private ranges, other sandboxes and cloud metadata denied).
+    /// Change it later with network_policy_set.
+    #[serde(default)]
+    pub network_policy: Option<coppice_runtime::policy::NetworkPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +68,7 @@ impl Tools {
                 timeout,
                 env: req.env,
                 metadata: req.metadata,
+                network_policy: req.network_policy,
             })
             .await
     }

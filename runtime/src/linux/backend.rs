@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::cgroup::{self, CgroupLayout};
 use super::net::{self, NetConfig};
+use super::netpolicy;
 use super::spawn::{SpawnPlan, SpawnResult};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{Limits, TemplateInfo};
+use crate::policy::{CheckedPolicy, HostContext};
 use crate::state::SandboxRecord;
 
 /// Ids per sandbox user namespace.
@@ -19,6 +21,8 @@ pub struct LinuxBackend {
     cfg: Config,
     cgroups: CgroupLayout,
     net: Option<NetConfig>,
+    /// What network policies are compiled against (with `net` only).
+    policy_ctx: HostContext,
     agent_binary: PathBuf,
     spawn_binary: PathBuf,
 }
@@ -39,12 +43,13 @@ impl LinuxBackend {
             ));
         }
         let cgroups = cgroup::detect()?;
-        let net = if cfg.network {
+        let (net, policy_ctx) = if cfg.network {
             let net = NetConfig::default();
             net::ensure_host(&net).await?;
-            Some(net)
+            netpolicy::ensure_shared().await?;
+            (Some(net), netpolicy::host_context().await?)
         } else {
-            None
+            (None, HostContext::default())
         };
         let agent_binary = cfg.helper_binary("coppice-agent");
         let spawn_binary = cfg.helper_binary("coppice-spawn");
@@ -60,6 +65,7 @@ impl LinuxBackend {
             cfg: cfg.clone(),
             cgroups,
             net,
+            policy_ctx,
             agent_binary,
             spawn_binary,
         })
@@ -171,6 +177,32 @@ impl LinuxBackend {
         })
     }
 
+    /// Puts `policy` in force for the sandbox in `slot` (one nft transaction) and cuts its open
+    /// connections the policy no longer permits. A no-op without networking.
+    pub async fn apply_policy(&self, rec: &SandboxRecord, policy: &CheckedPolicy) -> Result<()> {
+        match &self.net {
+            Some(n) => {
+                let ip = n.sandbox_ip(rec.slot);
+                netpolicy::apply(rec.slot, ip, rec.pid, policy, &self.policy_ctx).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Caps (or uncaps) a started sandbox's bandwidth, both directions.
+    pub async fn apply_bandwidth(&self, rec: &SandboxRecord, bps: Option<u64>) -> Result<()> {
+        match (&self.net, rec.pid) {
+            (Some(_), Some(pid)) => {
+                netpolicy::apply_bandwidth(&net::host_ifname(rec.slot), pid, bps).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn policy_context(&self) -> &HostContext {
+        &self.policy_ctx
+    }
+
     pub fn id_base(&self, slot: u32) -> u32 {
         self.cfg.id_base + slot * ID_COUNT
     }
@@ -204,6 +236,11 @@ impl LinuxBackend {
             && let Err(e) = net::destroy(&net::host_ifname(rec.slot)).await
         {
             tracing::warn!(sandbox = %rec.id, "removing network: {e}");
+        }
+        if let Some(n) = &self.net
+            && let Err(e) = netpolicy::remove(rec.slot, n.sandbox_ip(rec.slot)).await
+        {
+            tracing::warn!(sandbox = %rec.id, "removing network policy: {e}");
         }
         remove_dir_in_background(self.sandbox_dir(&rec.id));
     }

@@ -4,5 +4,6 @@
 pub mod backend;
 pub mod cgroup;
 pub mod net;
+pub mod netpolicy;
 pub mod seccomp;
 pub mod spawn;

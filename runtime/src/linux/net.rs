@@ -182,15 +182,37 @@ impl NetConfig {
     }
 }
 
+/// Base chains of the table and their hooks (declared before they are flushed).
+const BASE_CHAINS: [(&str, &str); 3] = [
+    (
+        "input",
+        "type filter hook input priority filter - 5; policy accept;",
+    ),
+    (
+        "forward",
+        "type filter hook forward priority filter - 5; policy accept;",
+    ),
+    (
+        "postrouting",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    ),
+];
+
 /// The complete `inet coppice` table, as an `nft -f` script that is idempotent: it creates the
-/// table if needed, flushes its rules (sets and their elements survive, for per-sandbox
-/// policy later), and declares everything again. Other tables are untouched, and our base
-/// chains only `accept`/`drop` bridge traffic, so the host's own rules still apply.
+/// table if needed, flushes the rules of its base chains only (the per-sandbox network policy
+/// chains, sets and maps of [`crate::policy`] keep working while the daemon restarts), and
+/// declares everything again. Other tables are untouched, and our base chains only
+/// `accept`/`drop` bridge traffic, so the host's own rules still apply.
 pub fn host_ruleset(cfg: &NetConfig) -> String {
-    format!(
-        "table inet {NFT_TABLE} {{}}\nflush table inet {NFT_TABLE}\n{}",
-        ruleset_body(cfg)
-    )
+    let mut s = format!("table inet {NFT_TABLE} {{\n");
+    for (name, hook) in BASE_CHAINS {
+        s.push_str(&format!("\tchain {name} {{ {hook} }}\n"));
+    }
+    s.push_str("}\n");
+    for (name, _) in BASE_CHAINS {
+        s.push_str(&format!("flush chain inet {NFT_TABLE} {name}\n"));
+    }
+    s + &ruleset_body(cfg)
 }
 
 /// Fallback when [`host_ruleset`] cannot redeclare a chain (its hook or priority changed
@@ -218,11 +240,18 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		type inet_proto . inet_service
 	}}
 
+	# Network policy: sandbox address -> `goto sbx<slot>`, that sandbox's policy chain
+	# (filled by crate::policy; a sandbox without an entry gets the rules below only).
+	map sandbox_policy {{
+		type ipv4_addr : verdict
+	}}
+
 	chain input {{
 		type filter hook input priority filter - 5; policy accept;
 		iifname != "{br}" accept
 		ct state established,related accept
 		meta l4proto . th dport @host_services accept
+		ip saddr vmap @sandbox_policy
 		counter drop comment "sandbox -> host"
 	}}
 
@@ -230,6 +259,7 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		type filter hook forward priority filter - 5; policy accept;
 		iifname "{br}" ip saddr != {net} counter drop comment "spoofed source"
 		oifname "{br}" ct state established,related accept
+		iifname "{br}" ip saddr vmap @sandbox_policy
 		iifname "{br}" oifname != "{br}" meta nfproto ipv4 accept
 		iifname "{br}" counter drop comment "sandbox -> sandbox via host, or ipv6"
 		oifname "{br}" counter drop comment "new connection into the bridge"
@@ -803,10 +833,16 @@ mod tests {
     fn ruleset_text() {
         let r = host_ruleset(&NetConfig::default());
         // Idempotent preamble: create if missing, flush rules (sets survive), redeclare.
-        assert!(
-            r.starts_with("table inet coppice {}\nflush table inet coppice\ntable inet coppice {")
-        );
-        assert_eq!(r.matches("table inet").count(), 3, "one table only:\n{r}");
+        assert!(r.starts_with(
+            "table inet coppice {\n\tchain input { type filter hook input priority filter - 5; policy accept; }\n"
+        ));
+        assert!(r.contains(
+            "}\nflush chain inet coppice input\nflush chain inet coppice forward\nflush chain inet coppice postrouting\ntable inet coppice {"
+        ));
+        assert!(!r.contains("flush table"), "policy chains survive a reload");
+        assert_eq!(r.matches("table inet").count(), 2, "one table only:\n{r}");
+        assert!(r.contains("iifname \"coppice0\" ip saddr vmap @sandbox_policy"));
+        assert!(r.contains("type ipv4_addr : verdict"));
         for line in [
             "type filter hook input priority filter - 5; policy accept;",
             "iifname != \"coppice0\" accept",

@@ -748,6 +748,8 @@ impl Runtime {
             timeout: Some(timeout),
             env: s.env,
             metadata: s.metadata,
+            // A fork keeps the network policy of the sandbox it came from, while that is known.
+            network_policy: self.store.network_policy(&snap.sandbox_id).ok().flatten(),
         };
         // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
         // interface), hostname, machine-id, cgroup; only the lower layers differ.

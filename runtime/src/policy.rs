@@ -1,0 +1,886 @@
+//! Network policy: one typed model for every surface (MCP, HTTP, CLI, E2B fields), its
+//! validation, a pure evaluator, and the compiler to nftables text (ARCHITECTURE decision 6).
+//!
+//! Evaluation order for a packet leaving a sandbox (first match wins):
+//!
+//! 1. `air_gapped`: everything is rejected.
+//! 2. The host's DNS servers on port 53 (the sandbox's resolv.conf points at them) are allowed.
+//! 3. `allow` rules naming a *protected* destination (a CIDR inside a private, loopback,
+//!    link-local/metadata range or one of the host's own addresses) are allowed: protected
+//!    destinations are only opened by a rule that names them, never by a broad `0.0.0.0/0`.
+//! 4. Protected destinations and the host itself are rejected.
+//! 5. Other `allow` rules are allowed. Allow beats deny, as in E2B (`denyOut: [0.0.0.0/0]`
+//!    with `allowOut: [1.1.1.1]` means "only 1.1.1.1").
+//! 6. `deny` rules are rejected.
+//! 7. `default` decides (allow or deny).
+//!
+//! Rejections are TCP resets / ICMP admin-prohibited, so a denied connection fails at once.
+//! The compiled form is one nft chain per sandbox (`sbx<slot>`) in the shared `inet coppice`
+//! table, reached through the verdict map `sandbox_policy` keyed by the sandbox's address, and
+//! every packet (not just new connections) goes through it, so a replaced chain applies to open
+//! connections at the moment of the commit.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Name of the verdict map (sandbox address → `goto sbx<slot>`), declared with the table.
+pub const POLICY_MAP: &str = "sandbox_policy";
+/// Shared chain every rejection jumps to.
+pub const REJECT_CHAIN: &str = "policy_reject";
+
+/// Most rules a policy may hold (each is one nft rule evaluated in order).
+pub const MAX_RULES: usize = 256;
+
+/// Egress and ingress rules of one sandbox. Every field is optional: `{}` is the default
+/// policy (internet allowed; host, private ranges, other sandboxes and cloud metadata denied).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// What happens to traffic no rule decides: "allow" (the default) or "deny".
+    #[serde(default)]
+    pub default: DefaultAction,
+    /// Destinations allowed. Allow rules beat deny rules. Private ranges (10/8, 172.16/12,
+    /// 192.168/16, 100.64/10, fc00::/7), loopback, link-local (incl. the metadata address
+    /// 169.254.169.254) and the host's own addresses are only opened by an allow rule whose
+    /// CIDR lies inside them (so 0.0.0.0/0 never opens them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Rule>,
+    /// Destinations denied (checked after allow rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Rule>,
+    /// Cut the sandbox off entirely (no egress at all, DNS included); other rules are kept but
+    /// have no effect while this is true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub air_gapped: bool,
+    /// Bandwidth cap in megabits per second, applied to each direction (download and upload)
+    /// separately, e.g. 10 or 0.5; omitted: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One destination: a CIDR (IPv4 or IPv6; a bare address means just that address), optionally
+/// narrowed to a protocol and ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// "198.51.100.0/24", "2001:db8::/32", "203.0.113.7" or "0.0.0.0/0".
+    pub cidr: String,
+    /// "tcp", "udp" or "icmp"; omitted: any protocol (with ports: tcp and udp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Destination ports: numbers or "low-high" ranges, e.g. [443, "8000-8100"]; omitted: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A port (443) or an inclusive range ("8000-8100").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Port {
+    Single(u16),
+    Range(String),
+}
+
+impl Rule {
+    pub fn cidr(cidr: &str) -> Rule {
+        Rule {
+            cidr: cidr.into(),
+            protocol: None,
+            ports: vec![],
+        }
+    }
+
+    pub fn tcp(cidr: &str, ports: &[u16]) -> Rule {
+        Rule {
+            cidr: cidr.into(),
+            protocol: Some(Protocol::Tcp),
+            ports: ports.iter().map(|p| Port::Single(*p)).collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: the checked form every later step works on.
+
+/// A rule after validation: network normalised (host bits cleared), ports merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRule {
+    pub net: IpNet,
+    pub protocol: Option<Protocol>,
+    /// Sorted, non-overlapping inclusive ranges; empty = every port.
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// A validated policy, ready to compile or evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedPolicy {
+    pub default: DefaultAction,
+    pub allow: Vec<CheckedRule>,
+    pub deny: Vec<CheckedRule>,
+    pub air_gapped: bool,
+    /// Bits per second, each direction.
+    pub bandwidth_bps: Option<u64>,
+}
+
+impl NetworkPolicy {
+    /// Checks every field; the error names the offending entry and says what is accepted.
+    pub fn check(&self) -> Result<CheckedPolicy> {
+        if self.allow.len() + self.deny.len() > MAX_RULES {
+            return Err(invalid(format!(
+                "a policy holds at most {MAX_RULES} rules (allow + deny), got {}",
+                self.allow.len() + self.deny.len()
+            )));
+        }
+        let check = |list: &[Rule], what: &str| -> Result<Vec<CheckedRule>> {
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| r.check().map_err(|e| invalid(format!("{what}[{i}]: {e}"))))
+                .collect()
+        };
+        let bandwidth_bps = match self.bandwidth_mbps {
+            None => None,
+            Some(m) if m.is_finite() && (0.1..=100_000.0).contains(&m) => {
+                Some((m * 1_000_000.0) as u64)
+            }
+            Some(m) => {
+                return Err(invalid(format!(
+                    "bandwidth_mbps must be between 0.1 and 100000 (megabits per second), got {m}"
+                )));
+            }
+        };
+        Ok(CheckedPolicy {
+            default: self.default,
+            allow: check(&self.allow, "allow")?,
+            deny: check(&self.deny, "deny")?,
+            air_gapped: self.air_gapped,
+            bandwidth_bps,
+        })
+    }
+
+    /// The policy behind E2B's create fields: `allow_internet_access: false` is air-gapped, or
+    /// default deny when `allowOut` names exceptions; `network.allowOut` / `network.denyOut`
+    /// are CIDR or address lists (allow beats deny).
+    /// Domain names are not supported yet and are rejected with a clear error.
+    pub fn from_e2b(
+        allow_internet_access: Option<bool>,
+        allow_out: &[String],
+        deny_out: &[String],
+    ) -> Result<NetworkPolicy> {
+        let rules = |list: &[String], what: &str| -> Result<Vec<Rule>> {
+            list.iter()
+                .map(|s| {
+                    let r = Rule::cidr(s.trim());
+                    r.check().map_err(|e| invalid(format!("{what}: {e}")))?;
+                    Ok(r)
+                })
+                .collect()
+        };
+        let offline = allow_internet_access == Some(false);
+        let p = NetworkPolicy {
+            default: if offline {
+                DefaultAction::Deny
+            } else {
+                DefaultAction::Allow
+            },
+            allow: rules(allow_out, "allowOut")?,
+            deny: rules(deny_out, "denyOut")?,
+            air_gapped: offline && allow_out.is_empty(),
+            bandwidth_mbps: None,
+        };
+        p.check()?;
+        Ok(p)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+impl Rule {
+    fn check(&self) -> std::result::Result<CheckedRule, String> {
+        let net = parse_net(&self.cidr)?;
+        let mut ports = Vec::new();
+        for p in &self.ports {
+            ports.push(p.range()?);
+        }
+        if !ports.is_empty() && self.protocol == Some(Protocol::Icmp) {
+            return Err("icmp has no ports: drop \"ports\" or use tcp/udp".into());
+        }
+        ports.sort();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (lo, hi) in ports {
+            match merged.last_mut() {
+                Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Ok(CheckedRule {
+            net,
+            protocol: self.protocol,
+            ports: merged,
+        })
+    }
+}
+
+fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    if s.chars().any(|c| c.is_ascii_alphabetic()) && !s.contains(':') {
+        return Err(format!(
+            "'{s}' is not a CIDR or an IP address (domain names are not supported yet: resolve it \
+             and allow its addresses)"
+        ));
+    }
+    Err(format!(
+        "'{s}' is not a CIDR or an IP address (examples: 198.51.100.0/24, 203.0.113.7, \
+         2001:db8::/32)"
+    ))
+}
+
+impl Port {
+    fn range(&self) -> std::result::Result<(u16, u16), String> {
+        let bad = |s: &str| format!("'{s}' is not a port or a port range like \"8000-8100\"");
+        let (lo, hi) = match self {
+            Port::Single(p) => (*p, *p),
+            Port::Range(s) => match s.split_once('-') {
+                Some((a, b)) => (
+                    a.trim().parse().map_err(|_| bad(s))?,
+                    b.trim().parse().map_err(|_| bad(s))?,
+                ),
+                None => {
+                    let p = s.trim().parse().map_err(|_| bad(s))?;
+                    (p, p)
+                }
+            },
+        };
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "port range {lo}-{hi} is empty or starts at 0 (ports are 1-65535)"
+            ));
+        }
+        Ok((lo, hi))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the compiler and evaluator need to know about the host.
+
+/// Ranges that only an allow rule naming them opens.
+pub fn protected_ranges() -> Vec<IpNet> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16", // link-local, incl. the metadata address 169.254.169.254
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::1/128",
+        "::ffff:0:0/96",
+        "fc00::/7", // unique local, incl. the metadata address fd00:ec2::254
+        "fe80::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("static range"))
+    .collect()
+}
+
+/// Facts about the host the policy is compiled against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostContext {
+    /// The host's own addresses (every interface): protected like private ranges.
+    pub host_addrs: Vec<IpAddr>,
+    /// Nameservers of the sandbox's resolv.conf (the host's): reachable on port 53 unless
+    /// air-gapped, whatever the rules say.
+    pub dns_servers: Vec<IpAddr>,
+}
+
+impl HostContext {
+    /// Whether `net` lies inside a protected range or is one of the host's addresses.
+    pub fn is_protected_net(&self, net: &IpNet) -> bool {
+        protected_ranges().iter().any(|r| r.contains(net))
+            || (net.prefix_len() == net.max_prefix_len() && self.host_addrs.contains(&net.addr()))
+    }
+
+    pub fn is_protected_addr(&self, ip: IpAddr) -> bool {
+        protected_ranges().iter().any(|r| r.contains(&ip)) || self.host_addrs.contains(&ip)
+    }
+}
+
+/// Nameservers listed in a resolv.conf text.
+pub fn parse_nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split(['%', ' ', '\t']).next()?.parse().ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation: the same decision the compiled rules make, for one destination. Used to pick
+// the open connections an update must cut, and to test the compiler's ordering.
+
+impl CheckedRule {
+    fn matches(&self, ip: IpAddr, proto: Option<Protocol>, port: Option<u16>) -> bool {
+        if !self.net.contains(&ip) {
+            return false;
+        }
+        match (self.protocol, proto) {
+            (Some(want), Some(got)) if want != got => return false,
+            (Some(_), None) => return false,
+            _ => {}
+        }
+        if self.ports.is_empty() {
+            return true;
+        }
+        // Ports without a protocol mean tcp and udp.
+        if !matches!(proto, Some(Protocol::Tcp | Protocol::Udp)) {
+            return false;
+        }
+        port.is_some_and(|p| self.ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p)))
+    }
+}
+
+impl CheckedPolicy {
+    /// Whether a packet from the sandbox to `ip` (with `proto` and destination `port`) passes.
+    pub fn permits(
+        &self,
+        ctx: &HostContext,
+        ip: IpAddr,
+        proto: Option<Protocol>,
+        port: Option<u16>,
+    ) -> bool {
+        if self.air_gapped {
+            return false;
+        }
+        if ctx.dns_servers.contains(&ip)
+            && port == Some(53)
+            && matches!(proto, Some(Protocol::Tcp | Protocol::Udp))
+        {
+            return true;
+        }
+        let (specific, broad): (Vec<_>, Vec<_>) = self
+            .allow
+            .iter()
+            .partition(|r| ctx.is_protected_net(&r.net));
+        if specific.iter().any(|r| r.matches(ip, proto, port)) {
+            return true;
+        }
+        if ctx.is_protected_addr(ip) {
+            return false;
+        }
+        if broad.iter().any(|r| r.matches(ip, proto, port)) {
+            return true;
+        }
+        if self.deny.iter().any(|r| r.matches(ip, proto, port)) {
+            return false;
+        }
+        self.default == DefaultAction::Allow
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bandwidth cap: a token bucket (tc tbf) on each side of the sandbox's veth.
+
+/// `tc qdisc replace dev <if> ...` arguments that cap an interface's egress at `bps`. The
+/// bucket holds 20 ms of traffic (at least 16 KiB): enough for TSO bursts, too little to show
+/// up in a measured rate; up to 50 ms of packets queue before drops.
+pub fn tbf_args(bps: u64) -> Vec<String> {
+    let burst = (bps / 8 / 50).max(16 * 1024);
+    vec![
+        "root".into(),
+        "tbf".into(),
+        "rate".into(),
+        format!("{bps}bit"),
+        "burst".into(),
+        burst.to_string(),
+        "latency".into(),
+        "50ms".into(),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The nft compiler (pure text; loaded as one `nft -f` transaction each).
+
+/// Name of slot `slot`'s policy chain.
+pub fn chain_name(slot: u32) -> String {
+    format!("sbx{slot}")
+}
+
+/// Objects every sandbox chain uses: the protected-range sets and the reject chain. Idempotent
+/// (declare, flush, fill), applied once when the daemon starts.
+pub fn nft_shared(table: &str) -> String {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = protected_ranges()
+        .into_iter()
+        .partition(|n| matches!(n, IpNet::V4(_)));
+    let list = |v: &[IpNet]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "table inet {table} {{
+	set protected4 {{ type ipv4_addr; flags interval; auto-merge; }}
+	set protected6 {{ type ipv6_addr; flags interval; auto-merge; }}
+	chain {REJECT_CHAIN} {{}}
+}}
+flush set inet {table} protected4
+flush set inet {table} protected6
+flush chain inet {table} {REJECT_CHAIN}
+table inet {table} {{
+	set protected4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}
+	set protected6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}
+	chain {REJECT_CHAIN} {{
+		meta l4proto tcp reject with tcp reset
+		reject with icmpx admin-prohibited
+	}}
+}}
+",
+        list(&v4),
+        list(&v6)
+    )
+}
+
+/// One transaction that replaces slot `slot`'s chain with `policy` and points the sandbox's
+/// address at it. The kernel swaps the whole batch at once: no packet sees half a policy.
+pub fn nft_apply(
+    table: &str,
+    slot: u32,
+    sandbox_ip: Ipv4Addr,
+    policy: &CheckedPolicy,
+    ctx: &HostContext,
+) -> String {
+    let chain = chain_name(slot);
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {table} {{ chain {chain} {{}}; }}");
+    let _ = writeln!(s, "flush chain inet {table} {chain}");
+    let _ = writeln!(s, "table inet {table} {{\n\tchain {chain} {{");
+    for rule in chain_rules(policy, ctx) {
+        let _ = writeln!(s, "\t\t{rule}");
+    }
+    let _ = writeln!(s, "\t}}\n}}");
+    let _ = writeln!(
+        s,
+        "add element inet {table} {POLICY_MAP} {{ {sandbox_ip} : goto {chain} }}"
+    );
+    s
+}
+
+/// One transaction that removes slot `slot`'s chain and map entry (absent ones included).
+pub fn nft_remove(table: &str, slot: u32, sandbox_ip: Ipv4Addr) -> String {
+    let chain = chain_name(slot);
+    format!(
+        "table inet {table} {{ chain {chain} {{}}; }}
+add element inet {table} {POLICY_MAP} {{ {sandbox_ip} : goto {chain} }}
+delete element inet {table} {POLICY_MAP} {{ {sandbox_ip} }}
+flush chain inet {table} {chain}
+delete chain inet {table} {chain}
+"
+    )
+}
+
+/// The rules of one sandbox chain, in evaluation order; the last one always decides, so the
+/// chain never falls through to the base chain.
+pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
+    let reject = format!("goto {REJECT_CHAIN}");
+    if policy.air_gapped {
+        return vec![format!("{reject} comment \"air-gapped\"")];
+    }
+    let mut out = Vec::new();
+    let dns: BTreeSet<IpAddr> = ctx.dns_servers.iter().copied().collect();
+    for ip in dns {
+        let fam = family(&IpNet::from(ip));
+        out.push(format!(
+            "{fam} daddr {ip} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"resolver\""
+        ));
+    }
+    let (specific, broad): (Vec<_>, Vec<_>) = policy
+        .allow
+        .iter()
+        .partition(|r| ctx.is_protected_net(&r.net));
+    out.extend(specific.iter().map(|r| rule_text(r, "accept")));
+    out.push(format!("ip daddr @protected4 {reject}"));
+    out.push(format!("ip6 daddr @protected6 {reject}"));
+    out.push(format!(
+        "fib daddr type local {reject} comment \"the host\""
+    ));
+    out.extend(broad.iter().map(|r| rule_text(r, "accept")));
+    out.extend(policy.deny.iter().map(|r| rule_text(r, &reject)));
+    out.push(match policy.default {
+        DefaultAction::Allow => "accept comment \"default allow\"".to_string(),
+        DefaultAction::Deny => format!("{reject} comment \"default deny\""),
+    });
+    out
+}
+
+fn family(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ip6",
+    }
+}
+
+fn rule_text(r: &CheckedRule, verdict: &str) -> String {
+    let mut s = format!("{} daddr {}", family(&r.net), net_text(&r.net));
+    match (r.protocol, r.ports.is_empty()) {
+        (Some(Protocol::Icmp), _) => s.push_str(match r.net {
+            IpNet::V4(_) => " meta l4proto icmp",
+            IpNet::V6(_) => " meta l4proto ipv6-icmp",
+        }),
+        (Some(Protocol::Tcp), _) => s.push_str(" meta l4proto tcp"),
+        (Some(Protocol::Udp), _) => s.push_str(" meta l4proto udp"),
+        (None, false) => s.push_str(" meta l4proto { tcp, udp }"),
+        (None, true) => {}
+    }
+    if !r.ports.is_empty() {
+        let ports: Vec<String> = r
+            .ports
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        if ports.len() == 1 {
+            let _ = write!(s, " th dport {}", ports[0]);
+        } else {
+            let _ = write!(s, " th dport {{ {} }}", ports.join(", "));
+        }
+    }
+    let _ = write!(s, " {verdict}");
+    s
+}
+
+/// `0.0.0.0/0` is written as a range nft accepts in every version.
+fn net_text(net: &IpNet) -> String {
+    match net {
+        IpNet::V4(n) if n.prefix_len() == 0 => "0.0.0.0-255.255.255.255".into(),
+        IpNet::V6(n) if n.prefix_len() == 0 => "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".into(),
+        IpNet::V4(n) if n.prefix_len() == 32 => n.addr().to_string(),
+        IpNet::V6(n) if n.prefix_len() == 128 => n.addr().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The IPv6 cloud metadata address (AWS), covered by fc00::/7.
+pub const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+/// The IPv4 cloud metadata address, covered by 169.254.0.0/16.
+pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> HostContext {
+        HostContext {
+            host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],
+            dns_servers: vec!["10.255.255.53".parse().unwrap()],
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_json_forms() {
+        let p: NetworkPolicy = serde_json::from_str(
+            r#"{"default":"deny","allow":[{"cidr":"198.51.100.0/24","protocol":"tcp","ports":[443,"8000-8100"]}],
+                "deny":[{"cidr":"2001:db8::/32"}]}"#,
+        )
+        .unwrap();
+        let c = p.check().unwrap();
+        assert_eq!(c.default, DefaultAction::Deny);
+        assert_eq!(c.allow[0].ports, vec![(443, 443), (8000, 8100)]);
+        // Round trip keeps the short form.
+        let back: NetworkPolicy =
+            serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(
+            serde_json::to_string(&NetworkPolicy::default()).unwrap(),
+            r#"{"default":"allow"}"#
+        );
+    }
+
+    #[test]
+    fn validation_errors_are_clear() {
+        let bad = |json: &str| {
+            serde_json::from_str::<NetworkPolicy>(json)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.check().map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap_err()
+        };
+        assert!(
+            bad(r#"{"allow":[{"cidr":"300.1.1.1/8"}]}"#)
+                .contains("allow[0]: '300.1.1.1/8' is not a CIDR")
+        );
+        assert!(
+            bad(r#"{"deny":[{"cidr":"example.com"}]}"#).contains("domain names are not supported")
+        );
+        assert!(
+            bad(r#"{"allow":[{"cidr":"1.2.3.4","ports":["90-80"]}]}"#).contains("port range 90-80")
+        );
+        assert!(bad(r#"{"allow":[{"cidr":"1.2.3.4","ports":[0]}]}"#).contains("ports are 1-65535"));
+        assert!(
+            bad(r#"{"allow":[{"cidr":"1.2.3.4","protocol":"icmp","ports":[1]}]}"#)
+                .contains("icmp has no ports")
+        );
+        assert!(
+            bad(r#"{"allow":[{"cidr":"1.2.3.4","protocol":"sctp"}]}"#).contains("unknown variant")
+        );
+        assert!(bad(r#"{"allowed":[]}"#).contains("unknown field"));
+        assert!(bad(r#"{"default":"maybe"}"#).contains("unknown variant"));
+        let many = NetworkPolicy {
+            allow: vec![Rule::cidr("1.1.1.1"); MAX_RULES + 1],
+            ..Default::default()
+        };
+        assert!(
+            many.check()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 256 rules")
+        );
+        for bad in ["0", "-1", "1e9"] {
+            let e = bad_bw(bad);
+            assert!(e.contains("bandwidth_mbps must be between"), "{e}");
+        }
+    }
+
+    fn bad_bw(v: &str) -> String {
+        serde_json::from_str::<NetworkPolicy>(&format!(r#"{{"bandwidth_mbps":{v}}}"#))
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bandwidth() {
+        let p: NetworkPolicy = serde_json::from_str(r#"{"bandwidth_mbps":40}"#).unwrap();
+        assert_eq!(p.check().unwrap().bandwidth_bps, Some(40_000_000));
+        assert_eq!(
+            tbf_args(40_000_000).join(" "),
+            "root tbf rate 40000000bit burst 100000 latency 50ms"
+        );
+        assert_eq!(
+            tbf_args(1_000_000).join(" "),
+            "root tbf rate 1000000bit burst 16384 latency 50ms"
+        );
+    }
+
+    #[test]
+    fn ports_merge_and_hosts_truncate() {
+        let r = Rule {
+            cidr: "198.51.100.77/24".into(),
+            protocol: None,
+            ports: vec![
+                Port::Range("70-90".into()),
+                Port::Single(80),
+                Port::Single(91),
+                Port::Single(443),
+            ],
+        }
+        .check()
+        .unwrap();
+        assert_eq!(r.net.to_string(), "198.51.100.0/24");
+        assert_eq!(r.ports, vec![(70, 91), (443, 443)]);
+    }
+
+    #[test]
+    fn evaluation_order() {
+        let c = ctx();
+        let default = NetworkPolicy::default().check().unwrap();
+        let tcp = Some(Protocol::Tcp);
+        assert!(default.permits(&c, ip("198.51.100.5"), tcp, Some(80)));
+        for p in [
+            "169.254.169.254",
+            "10.88.0.5",
+            "10.88.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "192.0.2.2",
+            "fd00:ec2::254",
+        ] {
+            assert!(
+                !default.permits(&c, ip(p), tcp, Some(80)),
+                "{p} must be protected"
+            );
+        }
+        assert!(
+            default.permits(&c, ip("10.255.255.53"), Some(Protocol::Udp), Some(53)),
+            "resolver"
+        );
+        assert!(!default.permits(&c, ip("10.255.255.53"), tcp, Some(80)));
+
+        // A broad allow never opens protected ranges; one naming them does.
+        let p = NetworkPolicy {
+            default: DefaultAction::Deny,
+            allow: vec![Rule::cidr("0.0.0.0/0"), Rule::tcp("169.254.169.254", &[80])],
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        assert!(p.permits(&c, ip("203.0.113.9"), None, None));
+        assert!(!p.permits(&c, ip("10.1.2.3"), tcp, Some(80)));
+        assert!(p.permits(&c, ip("169.254.169.254"), tcp, Some(80)));
+        assert!(!p.permits(&c, ip("169.254.169.254"), tcp, Some(81)));
+
+        // Allow beats deny (E2B's allowOut/denyOut), ports and protocols narrow.
+        let p = NetworkPolicy::from_e2b(None, &["198.51.100.7".into()], &["0.0.0.0/0".into()])
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(p.permits(&c, ip("198.51.100.7"), tcp, Some(1)));
+        assert!(!p.permits(&c, ip("198.51.100.8"), tcp, Some(1)));
+        let p = NetworkPolicy {
+            default: DefaultAction::Deny,
+            allow: vec![Rule {
+                cidr: "198.51.100.0/24".into(),
+                protocol: None,
+                ports: vec![Port::Single(53)],
+            }],
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        assert!(p.permits(&c, ip("198.51.100.1"), Some(Protocol::Udp), Some(53)));
+        assert!(!p.permits(&c, ip("198.51.100.1"), Some(Protocol::Icmp), None));
+        assert!(!p.permits(&c, ip("198.51.100.1"), tcp, Some(54)));
+
+        let air = NetworkPolicy::from_e2b(Some(false), &[], &[])
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(!air.permits(&c, ip("10.255.255.53"), Some(Protocol::Udp), Some(53)));
+        assert!(!air.permits(&c, ip("198.51.100.1"), tcp, Some(80)));
+        assert!(NetworkPolicy::from_e2b(None, &["example.com".into()], &[]).is_err());
+        let offline_but = NetworkPolicy::from_e2b(Some(false), &["198.51.100.7".into()], &[])
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(offline_but.permits(&c, ip("198.51.100.7"), tcp, Some(443)));
+        assert!(!offline_but.permits(&c, ip("198.51.100.8"), tcp, Some(443)));
+    }
+
+    #[test]
+    fn nft_text_golden() {
+        let p: NetworkPolicy = serde_json::from_str(
+            r#"{"default":"deny",
+                "allow":[{"cidr":"198.51.100.0/24","protocol":"tcp","ports":[443,"8000-8100"]},
+                         {"cidr":"10.9.0.0/16"},
+                         {"cidr":"2001:db8::/32","ports":[80]},
+                         {"cidr":"203.0.113.7","protocol":"icmp"}],
+                "deny":[{"cidr":"0.0.0.0/0","protocol":"udp"}]}"#,
+        )
+        .unwrap();
+        let text = nft_apply(
+            "coppice",
+            5,
+            Ipv4Addr::new(10, 88, 0, 7),
+            &p.check().unwrap(),
+            &ctx(),
+        );
+        let want = "\
+table inet coppice { chain sbx5 {}; }
+flush chain inet coppice sbx5
+table inet coppice {
+	chain sbx5 {
+		ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept comment \"resolver\"
+		ip daddr 10.9.0.0/16 accept
+		ip daddr @protected4 goto policy_reject
+		ip6 daddr @protected6 goto policy_reject
+		fib daddr type local goto policy_reject comment \"the host\"
+		ip daddr 198.51.100.0/24 meta l4proto tcp th dport { 443, 8000-8100 } accept
+		ip6 daddr 2001:db8::/32 meta l4proto { tcp, udp } th dport 80 accept
+		ip daddr 203.0.113.7 meta l4proto icmp accept
+		ip daddr 0.0.0.0-255.255.255.255 meta l4proto udp goto policy_reject
+		goto policy_reject comment \"default deny\"
+	}
+}
+add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
+";
+        assert_eq!(text, want);
+
+        let air = NetworkPolicy {
+            air_gapped: true,
+            ..p
+        }
+        .check()
+        .unwrap();
+        assert_eq!(
+            chain_rules(&air, &ctx()),
+            vec!["goto policy_reject comment \"air-gapped\""]
+        );
+        let default = chain_rules(&NetworkPolicy::default().check().unwrap(), &ctx());
+        assert_eq!(default.last().unwrap(), "accept comment \"default allow\"");
+
+        assert_eq!(
+            nft_remove("coppice", 5, Ipv4Addr::new(10, 88, 0, 7)),
+            "table inet coppice { chain sbx5 {}; }
+add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
+delete element inet coppice sandbox_policy { 10.88.0.7 }
+flush chain inet coppice sbx5
+delete chain inet coppice sbx5
+"
+        );
+        let shared = nft_shared("coppice");
+        assert!(shared.contains(
+            "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16"
+        ));
+        assert!(shared.contains("fc00::/7, fe80::/10"));
+        assert!(shared.contains(
+            "meta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited"
+        ));
+    }
+
+    #[test]
+    fn nameservers() {
+        assert_eq!(
+            parse_nameservers("# x\nnameserver 10.255.255.53\nnameserver fe80::1%eth0\nsearch a\n"),
+            vec![ip("10.255.255.53"), ip("fe80::1")]
+        );
+        assert!(ctx().is_protected_addr(IpAddr::V6(METADATA_V6)));
+        assert!(ctx().is_protected_addr(IpAddr::V4(METADATA_V4)));
+    }
+}

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Network policy, end to end: a real daemon, real sandboxes, and a test "world" of network
+namespaces that this test creates, so no packet leaves the machine.
+
+World: netns ``cpw-world`` joined to the host by a veth (host 198.51.100.250/31, world .251).
+Servers listen there on documentation addresses (198.51.100.10, .20, 203.0.113.20) and on the
+cloud metadata address 169.254.169.254. Only the sandboxes' egress is routed into the world:
+a policy-routing rule ``iif coppice0 lookup 1088``; the host's own traffic is unaffected
+(no host route to those addresses except the /31 of the link).
+
+Checks: default policy (internet allowed; metadata, the host's services and a sibling sandbox
+denied); allow/deny by CIDR and port; allow beating deny; explicit allow of metadata and of a
+host service; air gap; a live flip cutting a long-lived connection (and its conntrack entry);
+a bandwidth cap within 10% each way; policy given at create time; bad policies refused without
+changing anything; the policy kept across a daemon restart. Needs root; run it under the host lock:
+
+    flock /tmp/coppice-host.lock python3 runtime/tests/network_policy.py --coppice target/release/coppice
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "rigs"))
+from common import Daemon, refuse_if_other_daemon  # noqa: E402
+from networld import World, sh  # noqa: E402
+
+# Runs in a sandbox: connect, print what came back or why not.
+PROBE = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    s.settimeout(3)
+    print("OK", s.recv(200).decode().strip())
+except socket.timeout:
+    print("TIMEOUT")
+except OSError as e:
+    print("ERR", e.errno)
+"""
+
+# Runs in a sandbox: read the stream, say when it ends and how.
+STREAM = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.settimeout(5)
+n = 0
+try:
+    while True:
+        d = s.recv(100)
+        if not d:
+            print("END eof", flush=True); break
+        n += d.count(b"\n")
+        print("TICK", n, flush=True)
+except socket.timeout:
+    print("END timeout", flush=True)
+except OSError as e:
+    print("END error", e.errno, flush=True)
+"""
+
+
+# Runs in a sandbox: download N bytes (5001) or upload them (5002); prints bytes per second.
+RATE = r"""
+import socket, sys, time
+host, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.create_connection((host, 5001 if mode == "down" else 5002), timeout=10)
+s.settimeout(60)
+t0 = time.monotonic()
+if mode == "down":
+    buf = bytearray(1 << 16); got = 0
+    while got < n:
+        k = s.recv_into(buf)
+        if not k: break
+        got += k
+else:
+    chunk = bytes(1 << 16); sent = 0
+    while sent < n:
+        s.sendall(chunk); sent += len(chunk)
+    s.shutdown(socket.SHUT_WR)
+    got = int(s.makefile().readline().split()[1])
+print(got / (time.monotonic() - t0))
+"""
+
+
+class T:
+    def __init__(self, coppice: Path, daemon: Daemon) -> None:
+        self.coppice = coppice
+        self.d = daemon
+        self.failures: list[str] = []
+        self.passed = 0
+
+    def cli(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(self.coppice), "--socket", str(self.d.socket), *args],
+                           capture_output=True, text=True, input=stdin, timeout=120)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"coppice {' '.join(args)}: {r.returncode}: {r.stderr.strip()}")
+        return r
+
+    def create(self, policy: dict | None = None) -> str:
+        args = ["sandbox", "create", "--timeout", "600s"]
+        if policy is not None:
+            args += ["--network-policy", json.dumps(policy)]
+        return self.cli(*args).stdout.strip()
+
+    def set(self, sid: str, policy: dict) -> dict:
+        return json.loads(self.cli("network", "set", sid, json.dumps(policy), "--json").stdout)
+
+    def probe(self, sid: str, host: str, port: int) -> str:
+        return self.cli("exec", sid, "--", "python3", "-c", PROBE, host, str(port), check=False).stdout.strip()
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        if ok:
+            self.passed += 1
+            print(f"  ok   {name}")
+        else:
+            self.failures.append(f"{name}: {detail}")
+            print(f"  FAIL {name}: {detail}")
+
+    def reach(self, sid: str, host: str, port: int, want: bool, name: str) -> None:
+        got = self.probe(sid, host, port)
+        self.check(f"{name}: {host}:{port} {'reachable' if want else 'denied'}",
+                   got.startswith("OK") == want and (want or got.startswith(("ERR", "TIMEOUT"))), got)
+
+
+def host_server(addr: str) -> tuple[socket.socket, int]:
+    """A server on the host itself (its loopback or every address), answering like the world's."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 0))
+    s.listen(16)
+
+    def loop() -> None:
+        while True:
+            try:
+                c, _ = s.accept()
+                c.sendall(b"hello host\n")
+                c.close()
+            except OSError:
+                return
+    threading.Thread(target=loop, daemon=True).start()
+    return s, s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--coppice", type=Path, default=Path("target/release/coppice"))
+    ap.add_argument("--wait-other", type=float, default=600.0,
+                    help="seconds to wait for another coppice daemon to stop (one per host)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("SKIPPED: needs root (netns, bridge, nftables)")
+        return 0
+    refuse_if_other_daemon(args.wait_other)
+    coppice = args.coppice.resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="coppice-netpol-"))
+    daemon = Daemon(coppice, tmp / "state", pool_size=1, no_network=False, log_path=tmp / "daemon.log")
+    world = World()
+    t = T(coppice, daemon)
+    try:
+        world.up()
+        daemon.start()
+        run(t, daemon)
+    finally:
+        daemon.stop()
+        daemon.cleanup()
+        world.down()
+    print(f"\n{t.passed} passed, {len(t.failures)} failed")
+    for f in t.failures:
+        print("  FAILED:", f)
+    if t.failures:
+        print(f"daemon log: {tmp / 'daemon.log'}")
+        return 1
+    return 0
+
+
+def run(t: T, daemon: Daemon) -> None:
+    loop_srv, loop_port = host_server("127.0.0.1")
+    any_srv, any_port = host_server("0.0.0.0")
+    gateway = "10.88.0.1"
+
+    print("default policy")
+    a = t.create()
+    b = t.create()
+    got = json.loads(t.cli("network", "get", a, "--json").stdout)
+    t.check("get returns the default policy", got == {"sandbox_id": a, "policy": {"default": "allow"}}, str(got))
+    t.reach(a, "198.51.100.10", 80, True, "internet")
+    t.reach(a, "203.0.113.20", 8080, True, "internet")
+    t.reach(a, "169.254.169.254", 80, False, "cloud metadata")
+    t.reach(a, gateway, any_port, False, "host service on the bridge address")
+    t.reach(a, "192.0.2.2", any_port, False, "host service on the host's address")
+    t.reach(a, "127.0.0.1", loop_port, False, "host loopback service (sandbox loopback is its own)")
+    # A sibling's server, up and reachable from inside the sibling itself.
+    t.cli("exec", b, "--", "bash", "-c",
+          "setsid python3 -c 'import socket;s=socket.socket();s.bind((\"0.0.0.0\",7000));s.listen();"
+          "[c.sendall(b\"hi\\n\") or c.close() for c,_ in iter(s.accept,None)]' >/dev/null 2>&1 &")
+    time.sleep(0.5)
+    t.reach(b, "127.0.0.1", 7000, True, "sibling's own server")
+    b_ip = json.loads(t.cli("sandbox", "info", b, "--json").stdout)["ip"]
+    t.reach(a, b_ip, 7000, False, "sibling sandbox")
+
+    print("allow and deny by CIDR and port")
+    t.set(a, {"default": "deny", "allow": [{"cidr": "198.51.100.0/24", "protocol": "tcp", "ports": [80]}]})
+    t.reach(a, "198.51.100.10", 80, True, "allowed CIDR and port")
+    t.reach(a, "198.51.100.20", 80, True, "allowed CIDR and port")
+    t.reach(a, "198.51.100.10", 8080, False, "allowed CIDR, other port")
+    t.reach(a, "203.0.113.20", 80, False, "outside the allowed CIDR")
+    t.set(a, {"deny": [{"cidr": "198.51.100.20"}]})
+    t.reach(a, "198.51.100.20", 80, False, "denied address")
+    t.reach(a, "198.51.100.10", 8080, True, "default allow")
+    t.set(a, {"allow": [{"cidr": "198.51.100.20", "ports": ["8000-8100"]}], "deny": [{"cidr": "0.0.0.0/0"}]})
+    t.reach(a, "198.51.100.20", 8080, True, "allow beats deny")
+    t.reach(a, "198.51.100.20", 80, False, "deny 0.0.0.0/0")
+    t.reach(a, "198.51.100.10", 8080, False, "deny 0.0.0.0/0")
+
+    print("protected destinations open only when named")
+    t.set(a, {"allow": [{"cidr": "0.0.0.0/0"}]})
+    t.reach(a, "169.254.169.254", 80, False, "0.0.0.0/0 does not open metadata")
+    t.set(a, {"allow": [{"cidr": "169.254.169.254", "protocol": "tcp", "ports": [80]},
+                        {"cidr": gateway, "protocol": "tcp", "ports": [any_port]}]})
+    t.reach(a, "169.254.169.254", 80, True, "metadata allowed by name")
+    t.reach(a, "169.254.169.254", 8080, False, "metadata, other port")
+    t.reach(a, gateway, any_port, True, "host service allowed by name")
+
+    print("air gap")
+    t.set(a, {"air_gapped": True, "allow": [{"cidr": "198.51.100.0/24"}]})
+    t.reach(a, "198.51.100.10", 80, False, "air-gapped")
+    dns = t.cli("exec", a, "--", "python3", "-c",
+                "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2);"
+                "s.connect(('198.51.100.10',53));s.send(b'x');\n"
+                "try: s.recv(10); print('GOT')\nexcept OSError as e: print('ERR', e.errno)", check=False).stdout
+    t.check("air-gapped: udp refused", dns.strip().startswith("ERR"), dns)
+
+    print("live flip cuts a long-lived connection")
+    t.set(a, {})
+    proc = subprocess.Popen([str(t.coppice), "--socket", str(daemon.socket), "exec", a, "--",
+                             "python3", "-u", "-c", STREAM, "198.51.100.10", "9000"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout
+    lines = [proc.stdout.readline().strip() for _ in range(5)]
+    t.check("stream flowing before the flip", all(x.startswith("TICK") for x in lines), str(lines))
+    a_ip = json.loads(t.cli("sandbox", "info", a, "--json").stdout)["ip"]
+    before = sh("conntrack", "-L", "-s", a_ip, "-d", "198.51.100.10", check=False)
+    t0 = time.monotonic()
+    t.set(a, {"deny": [{"cidr": "198.51.100.10"}]})
+    applied = time.monotonic() - t0
+    end = ""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("END"):
+            end = line.strip()
+            break
+    took = time.monotonic() - t0
+    proc.wait(timeout=30)
+    # The entry is deleted right after the update returns (off the caller's path).
+    deadline = time.monotonic() + 1.0
+    while True:
+        after = sh("conntrack", "-L", "-s", a_ip, "-d", "198.51.100.10", check=False)
+        if "dport=9000" not in after or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    print(f"       (set took {applied * 1000:.1f} ms; the stream ended {took * 1000:.0f} ms after the call: {end})")
+    t.check("stream cut after the flip", end.startswith("END error") or end == "END eof", end)
+    t.check("stream cut within a second", took < 1.0 + applied, f"{took:.2f}s")
+    t.check("conntrack entry removed", "dport=9000" in before and "dport=9000" not in after,
+            f"before={before.strip()[:200]} after={after.strip()[:200]}")
+    t.reach(a, "198.51.100.10", 9000, False, "no new connection either")
+    t.reach(a, "198.51.100.20", 80, True, "other destinations unaffected")
+
+    print("bandwidth cap (within 10%)")
+    cap_mbps = 40
+    t.set(a, {"bandwidth_mbps": cap_mbps})
+    for mode in ("down", "up"):
+        out = t.cli("exec", a, "--", "python3", "-c", RATE, "198.51.100.10", mode, str(24 << 20), check=False)
+        rate = float(out.stdout.strip() or "nan") * 8 / 1e6
+        print(f"       ({mode}: {rate:.1f} Mbit/s with a {cap_mbps} Mbit/s cap)")
+        t.check(f"{mode}load within 10% of the cap", abs(rate - cap_mbps) <= 0.1 * cap_mbps,
+                f"{rate:.1f} Mbit/s {out.stderr.strip()[:200]}")
+    t.set(a, {})
+    out = t.cli("exec", a, "--", "python3", "-c", RATE, "198.51.100.10", "down", str(48 << 20), check=False)
+    rate = float(out.stdout.strip() or "nan") * 8 / 1e6
+    print(f"       (uncapped: {rate:.0f} Mbit/s)")
+    t.check("cap removed", rate > 2 * cap_mbps, f"{rate:.1f} Mbit/s")
+
+    print("policy at create time")
+    c = t.create({"default": "deny", "allow": [{"cidr": "203.0.113.16/28", "protocol": "tcp"}],
+                  "bandwidth_mbps": 8})
+    t.reach(c, "203.0.113.20", 80, True, "allowed at create")
+    t.reach(c, "198.51.100.10", 80, False, "denied at create")
+    c_ip = json.loads(t.cli("sandbox", "info", c, "--json").stdout)["ip"]
+    o = [int(x) for x in c_ip.split(".")]
+    c_if = f"cps{o[2] * 256 + o[3] - 2}"
+    qd = sh("tc", "qdisc", "show", "dev", c_if)
+    t.check("cap set at create", "tbf" in qd and "8Mbit" in qd, qd.strip())
+
+    print("bad input changes nothing")
+    for bad in ['{"allow":[{"cidr":"10.0.0.0/33"}]}', '{"default":"maybe"}', '{"deny":[{"cidr":"example.com"}]}',
+                '{"allow":[{"cidr":"1.2.3.4","ports":["9-1"]}]}', '{"nope":1}']:
+        r = t.cli("network", "set", c, bad, check=False)
+        t.check(f"refused {bad}", r.returncode != 0 and r.stderr.strip() != "", r.stderr.strip())
+    r = t.cli("sandbox", "create", "--network-policy", '{"allow":[{"cidr":"bad"}]}', check=False)
+    t.check("create refuses a bad policy", r.returncode != 0 and "not a CIDR" in r.stderr, r.stderr.strip())
+    t.reach(c, "203.0.113.20", 80, True, "policy unchanged after refusals")
+
+    print("policy kept across a daemon restart")
+    t.set(a, {"deny": [{"cidr": "198.51.100.20"}]})
+    want = json.loads(t.cli("network", "get", c, "--json").stdout)
+    assert daemon.proc
+    daemon.proc.terminate()
+    daemon.proc.wait(timeout=30)
+    # While the daemon is down the kernel keeps enforcing the policy.
+    t.check("enforced while the daemon is down", "sbx" in sh("nft", "list", "map", "inet", "coppice", "sandbox_policy"))
+    daemon.start()
+    got = json.loads(t.cli("network", "get", c, "--json").stdout)
+    t.check("policy read back after restart", got == want, f"{got} != {want}")
+    t.reach(c, "203.0.113.20", 80, True, "after restart: allowed")
+    t.reach(c, "198.51.100.10", 80, False, "after restart: denied")
+    t.reach(a, "198.51.100.20", 80, False, "after restart: the other sandbox's deny")
+    t.reach(a, "198.51.100.10", 80, True, "after restart: the other sandbox's default")
+    qd = sh("tc", "qdisc", "show", "dev", c_if)
+    t.check("cap kept across the restart", "tbf" in qd and "8Mbit" in qd, qd.strip())
+
+    print("kill removes the policy")
+    t.cli("sandbox", "kill", c)
+    m = sh("nft", "list", "map", "inet", "coppice", "sandbox_policy")
+    t.check("map entry gone with the sandbox", f"{c_ip} :" not in m, m)
+    loop_srv.close()
+    any_srv.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
