@@ -34,6 +34,8 @@ pub struct Config {
     /// Give sandboxes a network (veth on a host bridge with NAT egress).
     pub network: bool,
     /// Set no_new_privs in sandboxes (setuid binaries such as sudo then cannot elevate).
+    /// Off by default so `user` has the passwordless sudo E2B templates promise; the seccomp
+    /// profile is installed either way (docs/decisions/0005-sudo-without-no-new-privs.md).
     pub no_new_privs: bool,
     /// Install the default seccomp profile in sandboxes.
     pub seccomp: bool,
@@ -65,7 +67,7 @@ impl Default for Config {
             },
             tmpfs_size: "256m".into(),
             network: true,
-            no_new_privs: true,
+            no_new_privs: false,
             seccomp: true,
             id_base: 0x1000_0000,
             agent_binary: None,
