@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::model::{Limits, SandboxState};
 
+mod lifecycle;
+pub use lifecycle::OnTimeout;
+
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -70,6 +73,7 @@ impl StateStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -78,6 +82,7 @@ impl StateStore {
     pub fn open_in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -242,6 +242,39 @@ impl LinuxBackend {
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).memory_usage()
     }
+
+    /// Freezes every process of the sandbox (its memory stays as it is).
+    pub async fn freeze(&self, id: &str) -> Result<()> {
+        let cg = self.cgroups.open(id);
+        tokio::task::spawn_blocking(move || cg.freeze())
+            .await
+            .map_err(Error::internal)?
+    }
+
+    pub async fn thaw(&self, id: &str) -> Result<()> {
+        let cg = self.cgroups.open(id);
+        tokio::task::spawn_blocking(move || cg.thaw())
+            .await
+            .map_err(Error::internal)?
+    }
+
+    pub fn memory_cache(&self, id: &str) -> Option<u64> {
+        self.cgroups.open(id).memory_cache()
+    }
+
+    pub fn frozen(&self, id: &str) -> bool {
+        self.cgroups.open(id).frozen()
+    }
+
+    /// CPU time the sandbox has used, in nanoseconds.
+    pub fn cpu_usage_ns(&self, id: &str) -> Option<u64> {
+        self.cgroups.open(id).cpu_usage_ns()
+    }
+
+    /// The sandbox's writable layer (what its disk use is counted in).
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("fs/upper")
+    }
 }
 
 /// The sandbox's own /etc/hostname and /etc/hosts, written into its upper layer (on disk with
