@@ -1,6 +1,8 @@
 //! The daemon's HTTP app. Handlers only translate HTTP to tool calls and results back; the
 //! same app is served on loopback TCP and on the unix control socket used by the CLI.
 
+pub mod e2b;
+
 use std::sync::Arc;
 
 use axum::body::Body;

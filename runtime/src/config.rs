@@ -47,6 +47,15 @@ pub struct Config {
     /// Bearer token for every route of the TCP listener (MCP and the API); required when
     /// `listen` is not loopback.
     pub mcp_token: Option<String>,
+    /// API keys the E2B control plane accepts in `X-API-Key`. With none (and `e2b_no_auth`
+    /// off) every E2B control-plane call is refused.
+    pub e2b_api_keys: Vec<String>,
+    /// Accept any E2B API key (local development only; refused on a non-loopback listener).
+    pub e2b_no_auth: bool,
+    /// Domain for E2B host-based sandbox routing (`{port}-{id}.{domain}`), also returned to
+    /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
+    /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
+    pub e2b_domain: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +82,9 @@ impl Default for Config {
             agent_binary: None,
             spawn_binary: None,
             mcp_token: None,
+            e2b_api_keys: Vec::new(),
+            e2b_no_auth: false,
+            e2b_domain: None,
         }
     }
 }

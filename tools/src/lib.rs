@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod files;
+pub mod lifecycle;
 pub mod sandboxes;
 
 use std::sync::Arc;
