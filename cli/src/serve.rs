@@ -37,7 +37,11 @@ pub struct ServeArgs {
     mcp_token: Option<String>,
     /// An API key the E2B control plane accepts (`X-API-Key`; the SDKs' E2B_API_KEY).
     /// Repeatable; adds to `e2b_api_keys` in the config.
-    #[arg(long = "e2b-api-key", env = "COPPICE_E2B_API_KEY", hide_env_values = true)]
+    #[arg(
+        long = "e2b-api-key",
+        env = "COPPICE_E2B_API_KEY",
+        hide_env_values = true
+    )]
     e2b_api_keys: Vec<String>,
     /// Accept any E2B API key (local development; refused unless --listen is loopback).
     #[arg(long)]

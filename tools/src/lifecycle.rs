@@ -59,7 +59,11 @@ impl Tools {
             .rt
             .events(id, since_ms, limit)?
             .into_iter()
-            .map(|(at_ms, kind, detail)| SandboxEvent { at_ms, kind, detail })
+            .map(|(at_ms, kind, detail)| SandboxEvent {
+                at_ms,
+                kind,
+                detail,
+            })
             .collect())
     }
 }

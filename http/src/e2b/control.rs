@@ -83,10 +83,7 @@ async fn api_key(State(s): St, req: Request, next: Next) -> Response {
     if s.opts.no_auth {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok());
+    let given = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
     let ok = given.is_some_and(|g| {
         s.opts
             .api_keys
@@ -168,10 +165,14 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
         .as_ref()
         .is_some_and(|a| a.get("enabled").and_then(Value::as_bool) == Some(true))
     {
-        return Err(bad("autoResume is not supported: resume with Sandbox.connect"));
+        return Err(bad(
+            "autoResume is not supported: resume with Sandbox.connect",
+        ));
     }
     if req.mcp.as_ref().is_some_and(|m| !m.is_null()) {
-        return Err(bad("the E2B MCP gateway is not supported (Coppice serves MCP at /mcp)"));
+        return Err(bad(
+            "the E2B MCP gateway is not supported (Coppice serves MCP at /mcp)",
+        ));
     }
     if req.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(bad("volume mounts are not supported"));
@@ -295,6 +296,32 @@ struct ListQuery {
     limit: Option<usize>,
     template: Option<String>,
     order: Option<String>,
+    /// RFC 3339, any offset.
+    started_after: Option<String>,
+}
+
+/// RFC 3339 with any UTC offset (the Python SDK sends `+00:00`, JS `Z`) → unix ms.
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (base, offset_min) = if let Some(b) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        (b, 0i64)
+    } else {
+        // The offset is the last `+HH:MM` / `-HH:MM` after the time part.
+        let t = s.find('T').or_else(|| s.find(' '))?;
+        let pos = s[t..].rfind(['+', '-'])? + t;
+        let (b, off) = s.split_at(pos);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (h, m) = off[1..]
+            .split_once(':')
+            .unwrap_or((&off[1..3.min(off.len())], "0"));
+        (
+            b,
+            sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?),
+        )
+    };
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(ms - offset_min * 60_000)
 }
 
 async fn list_v1(s: St, Query(q): Query<ListQuery>) -> Result<Response, E2bError> {
@@ -307,8 +334,11 @@ async fn list_v2(s: St, Query(q): Query<ListQuery>) -> Result<Response, E2bError
 
 async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bError> {
     let wanted_meta: Vec<(String, String)> = match q.metadata.as_deref() {
-        Some(m) if !m.is_empty() => serde_urlencoded::from_str(m)
-            .map_err(|e| bad(format!("metadata filter must be k=v pairs joined by '&': {e}")))?,
+        Some(m) if !m.is_empty() => serde_urlencoded::from_str(m).map_err(|e| {
+            bad(format!(
+                "metadata filter must be k=v pairs joined by '&': {e}"
+            ))
+        })?,
         _ => Vec::new(),
     };
     let states: Vec<&str> = match q.state.as_deref() {
@@ -324,6 +354,13 @@ async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bEr
     if !(1..=100).contains(&limit) {
         return Err(bad("limit must be between 1 and 100"));
     }
+    let started_after = match q.started_after.as_deref().filter(|s| !s.is_empty()) {
+        Some(t) => Some(
+            parse_rfc3339_ms(t)
+                .ok_or_else(|| bad(format!("startedAfter must be an RFC 3339 time, not '{t}'")))?,
+        ),
+        None => None,
+    };
     let desc = match q.order.as_deref() {
         None | Some("asc") => false,
         Some("desc") => true,
@@ -340,6 +377,10 @@ async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bEr
                 .all(|(k, v)| i.metadata.get(k).is_some_and(|x| x == v))
         })
         .filter(|i| q.template.as_ref().is_none_or(|t| &i.template == t))
+        .filter(|i| {
+            started_after
+                .is_none_or(|after| parse_rfc3339_ms(&i.created_at).is_some_and(|at| at >= after))
+        })
         .collect();
     // Pages in a stable order with a cursor (not an offset), so sandboxes ending between
     // pages do not shift the rest.
@@ -459,10 +500,8 @@ async fn resume(
         ));
     }
     if let Some(p) = b.auto_pause {
-        s.tools.set_on_timeout(
-            &id,
-            if p { OnTimeout::Pause } else { OnTimeout::Kill },
-        )?;
+        s.tools
+            .set_on_timeout(&id, if p { OnTimeout::Pause } else { OnTimeout::Kill })?;
     }
     let (info, _) = s
         .tools
@@ -501,7 +540,11 @@ async fn metrics(
     let m = s.tools.sandbox_metrics(&id).await?;
     let now = m.at_ms / 1000;
     let inside = q.start.is_none_or(|t| t <= now) && q.end.is_none_or(|t| t >= now);
-    let items: Vec<Value> = if inside { vec![metric_json(&m)] } else { vec![] };
+    let items: Vec<Value> = if inside {
+        vec![metric_json(&m)]
+    } else {
+        vec![]
+    };
     Ok(Json(items).into_response())
 }
 
@@ -544,9 +587,11 @@ async fn logs_v1(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, E2bError> {
-    let events = s
-        .tools
-        .sandbox_events(&id, q.start.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))?;
+    let events = s.tools.sandbox_events(
+        &id,
+        q.start.unwrap_or(0),
+        q.limit.unwrap_or(1000).min(10_000),
+    )?;
     let line = |e: &coppice_tools::lifecycle::SandboxEvent| {
         if e.detail.is_empty() {
             format!("sandbox {}", e.kind)
@@ -573,7 +618,9 @@ async fn logs_v2(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, E2bError> {
-    let events = s.tools.sandbox_events(&id, 0, q.limit.unwrap_or(1000).min(10_000))?;
+    let events = s
+        .tools
+        .sandbox_events(&id, 0, q.limit.unwrap_or(1000).min(10_000))?;
     let logs: Vec<Value> = events
         .iter()
         .map(|e| {
@@ -583,4 +630,22 @@ async fn logs_v2(
         })
         .collect();
     Ok(Json(json!({ "logs": logs })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_offsets() {
+        let z = parse_rfc3339_ms("2026-11-23T17:40:12.446Z").unwrap();
+        assert_eq!(parse_rfc3339_ms("2026-11-23T17:40:12.446+00:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-23T19:40:12.446+02:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-23T16:40:12.446-01:00"), Some(z));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-23T17:40:12.446123+00:00"),
+            Some(z)
+        );
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
 }

@@ -31,7 +31,10 @@ const PORT_HEADER: &str = "e2b-sandbox-port";
 pub(super) enum Target {
     /// Not sandbox traffic: the daemon's own routes.
     Daemon,
-    Sandbox { id: String, port: u16 },
+    Sandbox {
+        id: String,
+        port: u16,
+    },
     /// Sandbox traffic that cannot be routed (one header without the other, a bad port).
     Invalid(String),
 }
@@ -67,7 +70,11 @@ pub(super) fn target(headers: &HeaderMap, domain: Option<&str>) -> Target {
 /// under it count; without one, any host whose first label has that form.
 fn from_host(host: &str, domain: Option<&str>) -> Option<(String, u16)> {
     let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
     let (first, rest) = host.split_once('.')?;
     if rest.is_empty() {
@@ -125,17 +132,17 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     };
     let (mut parts, body) = req.into_parts();
     // Hop-by-hop headers are the connection's, not the request's.
-    for h in [header::CONNECTION, header::UPGRADE, header::PROXY_AUTHORIZATION] {
+    for h in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
         parts.headers.remove(h);
     }
     parts.headers.remove("keep-alive");
     let body: BoxBody = body.map_err(std::io::Error::other).boxed_unsync();
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
-        let agent = s
-            .tools
-            .runtime()
-            .agent_for_proxy(id)
-            .map_err(unreachable)?;
+        let agent = s.tools.runtime().agent_for_proxy(id).map_err(unreachable)?;
         parts
             .headers
             .insert(header::HOST, http::HeaderValue::from_static("agent"));
@@ -174,7 +181,13 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| error(StatusCode::BAD_GATEWAY, &format!("port {port}: {e}"), Some(id)))?;
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                &format!("port {port}: {e}"),
+                Some(id),
+            )
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("sandbox port connection ended: {e}");
@@ -183,7 +196,13 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     let resp = sender
         .send_request(http::Request::from_parts(parts, body))
         .await
-        .map_err(|e| error(StatusCode::BAD_GATEWAY, &format!("port {port}: {e}"), Some(id)))?;
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                &format!("port {port}: {e}"),
+                Some(id),
+            )
+        })?;
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }
@@ -221,14 +240,23 @@ mod tests {
             Target::Invalid(_)
         ));
         assert!(matches!(
-            target(&h(&[("e2b-sandbox-id", "a-b"), ("e2b-sandbox-port", "1")]), None),
+            target(
+                &h(&[("e2b-sandbox-id", "a-b"), ("e2b-sandbox-port", "1")]),
+                None
+            ),
             Target::Invalid(_)
         ));
         assert!(matches!(
-            target(&h(&[("e2b-sandbox-id", "ab"), ("e2b-sandbox-port", "x")]), None),
+            target(
+                &h(&[("e2b-sandbox-id", "ab"), ("e2b-sandbox-port", "x")]),
+                None
+            ),
             Target::Invalid(_)
         ));
-        assert_eq!(target(&h(&[("host", "127.0.0.1:7070")]), None), Target::Daemon);
+        assert_eq!(
+            target(&h(&[("host", "127.0.0.1:7070")]), None),
+            Target::Daemon
+        );
     }
 
     #[test]
@@ -248,10 +276,17 @@ mod tests {
                 port: 49983
             }
         );
-        assert_eq!(t("8080-abc123.other.com", Some("sbx.example.com")), Target::Daemon);
+        assert_eq!(
+            t("8080-abc123.other.com", Some("sbx.example.com")),
+            Target::Daemon
+        );
         assert_eq!(t("127-0-0-1.nip.io", None), Target::Daemon);
         assert_eq!(t("localhost:7070", None), Target::Daemon);
-        assert_eq!(t("8080-abc123", None), Target::Daemon, "needs a domain part");
+        assert_eq!(
+            t("8080-abc123", None),
+            Target::Daemon,
+            "needs a domain part"
+        );
         assert_eq!(t("99999-abc.x.y", None), Target::Daemon, "not a port");
     }
 }

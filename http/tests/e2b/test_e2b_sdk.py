@@ -9,6 +9,7 @@ Run (root, under the host lock):
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import os
 import subprocess
@@ -111,6 +112,10 @@ def test_list_filters_and_pages(daemon):
         assert ids == {m.sandbox_id for m in made}
         one = Sandbox.list(query=SandboxQuery(metadata={"tag": tag, "n": "1"})).next_items()
         assert [i.sandbox_id for i in one] == [made[1].sandbox_id]
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        assert Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, started_after=future)).next_items() == []
+        past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+        assert len(Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, started_after=past)).next_items()) == 3
         made[0].pause()
         paused = Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, state=[SandboxState.PAUSED])).next_items()
         assert [i.sandbox_id for i in paused] == [made[0].sandbox_id]
@@ -402,3 +407,26 @@ def test_js_sdk(daemon):
     print(r.stderr)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "js e2b sdk: all ok" in r.stdout
+
+
+# ---------------------------------------------------------------- other ports
+
+
+def test_other_ports_are_proxied_into_the_sandbox(sbx):
+    sbx.files.write("site/index.html", "<h1>from the sandbox</h1>")
+    sbx.commands.run("cd site && exec python3 -m http.server 8080 --bind 0.0.0.0", background=True)
+    url = os.environ["E2B_SANDBOX_URL"]
+    hdr = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8080"}
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.get(f"{url}/index.html", headers=hdr)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200 and r.text == "<h1>from the sandbox</h1>"
+    # The same by Host, the form of E2B preview URLs (`{port}-{id}.{domain}`).
+    r = httpx.get(f"{url}/index.html", headers={"Host": f"8080-{sbx.sandbox_id}.sandbox.localhost"})
+    assert r.status_code == 200 and r.text == "<h1>from the sandbox</h1>"
+    # A closed port: E2B's 502.
+    r = httpx.get(f"{url}/", headers={**hdr, "E2b-Sandbox-Port": "8081"})
+    assert r.status_code == 502 and "8081" in r.json()["message"]

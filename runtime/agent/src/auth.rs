@@ -45,7 +45,9 @@ pub async fn guard(State(state): State<Arc<AgentState>>, req: Request, next: Nex
             Err(msg) => unauthorized(msg),
         };
     }
-    unauthorized("unauthorized access, please provide a valid access token or method signing if supported")
+    unauthorized(
+        "unauthorized access, please provide a valid access token or method signing if supported",
+    )
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -88,15 +90,21 @@ struct SignedQuery {
 }
 
 fn check_signature(query: &str, op: &str, token: &str, now: u64) -> Result<(), &'static str> {
-    let q: SignedQuery =
-        axum::extract::Query::try_from_uri(&format!("/files?{query}").parse().map_err(|_| "invalid query")?)
-            .map(|axum::extract::Query(q)| q)
-            .map_err(|_| "invalid query")?;
+    let q: SignedQuery = axum::extract::Query::try_from_uri(
+        &format!("/files?{query}")
+            .parse()
+            .map_err(|_| "invalid query")?,
+    )
+    .map(|axum::extract::Query(q)| q)
+    .map_err(|_| "invalid query")?;
     let sig = q.signature.ok_or(
         "unauthorized access, please provide a valid access token or method signing if supported",
     )?;
     let exp = match q.signature_expiration {
-        Some(e) => Some(e.parse::<u64>().map_err(|_| "invalid signature expiration")?),
+        Some(e) => Some(
+            e.parse::<u64>()
+                .map_err(|_| "invalid signature expiration")?,
+        ),
         None => None,
     };
     if exp.is_some_and(|e| e < now) {
@@ -131,8 +139,14 @@ mod tests {
         assert!(s.starts_with("v1_") && !s.ends_with('='));
         let q = format!("path=%2Fhome%2Fuser%2Fa.txt&signature={s}");
         assert_eq!(check_signature(&q, "read", "tok", 0), Ok(()));
-        assert!(check_signature(&q, "write", "tok", 0).is_err(), "op is signed");
-        assert!(check_signature(&q, "read", "other", 0).is_err(), "token is signed");
+        assert!(
+            check_signature(&q, "write", "tok", 0).is_err(),
+            "op is signed"
+        );
+        assert!(
+            check_signature(&q, "read", "other", 0).is_err(),
+            "token is signed"
+        );
         let s = signature("a.txt", "write", "root", "tok", Some(100));
         let q = format!("path=a.txt&username=root&signature={s}&signature_expiration=100");
         assert_eq!(check_signature(&q, "write", "tok", 50), Ok(()));

@@ -72,7 +72,10 @@ pub fn app(state: Arc<AgentState>) -> Router {
         .merge(files::router())
         // Keep this layer last: it must cover every route merged above (including code
         // kernels' /execute), or those routes would skip the access-token check.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
 }
 

@@ -277,8 +277,8 @@ pub fn install(prog: &BpfProgram) -> Result<()> {
 /// CAP_SYS_ADMIN in its user namespace (the sandbox's root, before it execs the agent). No
 /// allocation: meant for a freshly forked child right before `execve`.
 pub fn install_keeping_privs(filter: &[seccompiler::sock_filter]) -> std::io::Result<()> {
-    let len = u16::try_from(filter.len())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len =
+        u16::try_from(filter.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let prog = libc::sock_fprog {
         len,
         // Same layout (code, jt, jf, k) in both crates.

@@ -202,8 +202,7 @@ impl Runtime {
         let (since, prev_ns) = {
             let mut guard = CPU_SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
             let map = guard.get_or_insert_with(HashMap::new);
-            let created =
-                Duration::from_millis((now_ms() - rec.created_at_ms).max(1) as u64);
+            let created = Duration::from_millis((now_ms() - rec.created_at_ms).max(1) as u64);
             let prev = map
                 .insert(id.to_string(), (now, used_ns))
                 .unwrap_or((now.checked_sub(created).unwrap_or(now), 0));
@@ -238,7 +237,12 @@ impl Runtime {
     }
 
     /// Lifecycle events of a sandbox (created, paused, resumed, ...), oldest first.
-    pub fn events(&self, id: &str, since_ms: i64, limit: u32) -> Result<Vec<(i64, String, String)>> {
+    pub fn events(
+        &self,
+        id: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String)>> {
         self.record(id)?;
         self.store.events_of(id, since_ms, limit)
     }

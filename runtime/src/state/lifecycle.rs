@@ -80,7 +80,12 @@ impl StateStore {
     }
 
     /// Lifecycle events of one sandbox, oldest first: (unix ms, kind, detail).
-    pub fn events_of(&self, id: &str, since_ms: i64, limit: u32) -> Result<Vec<(i64, String, String)>> {
+    pub fn events_of(
+        &self,
+        id: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT at_ms, kind, detail FROM events WHERE sandbox = ?1 AND at_ms >= ?2
