@@ -430,3 +430,22 @@ def test_other_ports_are_proxied_into_the_sandbox(sbx):
     # A closed port: E2B's 502.
     r = httpx.get(f"{url}/", headers={**hdr, "E2b-Sandbox-Port": "8081"})
     assert r.status_code == 502 and "8081" in r.json()["message"]
+
+
+def test_auto_pause_at_timeout_then_connect_resumes(daemon):
+    s = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        s.files.write("kept.txt", "still here")
+        assert s.get_info().lifecycle["on_timeout"] == "pause"
+        deadline = time.monotonic() + 30
+        while Sandbox.get_info(s.sandbox_id).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "not paused at its timeout"
+            time.sleep(0.3)
+        # Paused, so no longer on a clock: still there well after the timeout.
+        time.sleep(3)
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.PAUSED
+        back = Sandbox.connect(s.sandbox_id, timeout=60)
+        assert back.files.read("kept.txt") == "still here"
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.RUNNING
+    finally:
+        s.kill()
