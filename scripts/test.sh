@@ -33,7 +33,7 @@ step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspec
 python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
 step "E2B SDKs unmodified (PyPI e2b sync+async, npm e2b on Node 22) against a real daemon"
-python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py
+python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py http/tests/e2b/test_e2b_auth.py
 
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice

@@ -24,18 +24,26 @@ from common import Daemon, refuse_if_other_daemon  # noqa: E402  (the rigs' daem
 API_KEY = "e2b_" + uuid.uuid4().hex
 
 
-@pytest.fixture(scope="session")
-def daemon():
+def start_daemon(extra_env: dict | None = None) -> Daemon:
+    """A private daemon with the E2B API key (and `extra_env`), the SDK variables set."""
     # One runtime per host: wait for another daemon (someone else's test) to finish.
     refuse_if_other_daemon(wait_s=float(os.environ.get("COPPICE_WAIT_OTHER", "300")))
     binary = Path(os.environ.get("COPPICE_BIN", REPO / "target/release/coppice"))
     tmp = Path(tempfile.mkdtemp(prefix="coppice-e2b-"))
     d = Daemon(binary, tmp / "state", pool_size=1, no_network=False, log_path=tmp / "daemon.log",
-               env={"COPPICE_E2B_API_KEY": API_KEY})
+               env={"COPPICE_E2B_API_KEY": API_KEY, **(extra_env or {})})
     d.start()
     url = f"http://127.0.0.1:{d.port}"
     os.environ.update({"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_API_KEY": API_KEY})
     os.environ.pop("E2B_DEBUG", None)
+    return d
+
+
+# Module scope: a test file may need a differently configured daemon, and only one runs at a
+# time on a host.
+@pytest.fixture(scope="module")
+def daemon():
+    d = start_daemon()
     try:
         yield d
     finally:
