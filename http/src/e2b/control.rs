@@ -42,7 +42,35 @@ pub(super) fn router(state: Arc<E2bState>) -> axum::Router {
         .route("/sandboxes/{id}/logs", get(logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(logs_v2))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key))
+        .fallback(not_routed)
         .with_state(state)
+}
+
+/// Unknown paths. Under the E2B prefixes (snapshots, fork, network updates, templates, ...)
+/// the answer is E2B's JSON error, which the SDKs parse into an exception; a bare 404 body
+/// would break their JSON parsing instead.
+async fn not_routed(uri: axum::http::Uri) -> Response {
+    let p = uri.path();
+    let e2b = [
+        "/sandboxes",
+        "/v2/",
+        "/v3/",
+        "/snapshots",
+        "/templates",
+        "/volumes",
+        "/teams",
+    ]
+    .iter()
+    .any(|prefix| p.starts_with(prefix));
+    if e2b {
+        E2bError(
+            StatusCode::NOT_FOUND,
+            format!("{p}: this E2B API route is not supported by this Coppice daemon"),
+        )
+        .into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": "..."}`.

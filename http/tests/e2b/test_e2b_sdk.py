@@ -180,6 +180,9 @@ def test_bad_create_input_is_400(daemon):
     assert r.status_code == 400, "unsupported options are refused, not ignored"
     r = httpx.get(f"{url}/v2/sandboxes?state=sleeping", headers=h)
     assert r.status_code == 400
+    # Routes this daemon does not serve answer in E2B's JSON shape.
+    r = httpx.post(f"{url}/sandboxes/x/snapshots", headers=h, json={})
+    assert r.status_code == 404 and "not supported" in r.json()["message"]
 
 
 # ---------------------------------------------------------------- access token
