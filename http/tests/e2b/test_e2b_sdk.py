@@ -147,6 +147,12 @@ def test_pause_resume_keeps_processes_and_memory(sbx):
     out = resumed.commands.run(f"cat /proc/{h.pid}/status | grep State").stdout
     assert "stopped" not in out.lower() and "T (" not in out
     resumed.commands.kill(h.pid)
+    # The lifecycle shows in the sandbox's logs (v1 and v2 routes).
+    url, key = os.environ["E2B_API_URL"], {"X-API-Key": API_KEY}
+    lines = [entry["line"] for entry in httpx.get(f"{url}/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]]
+    assert "sandbox paused" in lines and "sandbox resumed" in lines, lines
+    v2 = httpx.get(f"{url}/v2/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]
+    assert [e["fields"]["event"] for e in v2][-2:] == ["paused", "resumed"]
 
 
 def test_metrics_and_unknown_routes(sbx):
