@@ -60,3 +60,25 @@ if ! cmp -s "$clients_src/package-lock.json" "$clients_dir/.installed-lock.json"
   (cd "$clients_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$clients_src/package-lock.json" "$clients_dir/.installed-lock.json"
 fi
+
+# The real E2B SDKs for http/tests/e2b: PyPI `e2b` + `e2b-code-interpreter` (and pytest), and
+# npm `e2b` + `@e2b/code-interpreter` on Node 22, pinned by http/tests/e2b/clients/
+# package-lock.json and installed with `npm ci` into /opt/coppice-e2b-clients
+# (COPPICE_E2B_CLIENTS overrides), the same way as the MCP test clients above.
+e2b_py_pins=("e2b==2.63.0" "e2b-code-interpreter==2.11.5" "pytest==8.4.2")
+if ! python3 -c 'import importlib.metadata as m, sys
+assert all(m.version(n) == v for n, v in (p.split("==") for p in sys.argv[1:]))' "${e2b_py_pins[@]}" >/dev/null 2>&1; then
+  echo "coppice setup: installing ${e2b_py_pins[*]}" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages "${e2b_py_pins[@]}"
+fi
+e2b_src="$(cd "$(dirname "$0")/.." && pwd)/http/tests/e2b/clients"
+e2b_dir="${COPPICE_E2B_CLIENTS:-/opt/coppice-e2b-clients}"
+if ! cmp -s "$e2b_src/package-lock.json" "$e2b_dir/.installed-lock.json" \
+  || ! "$e2b_dir/node_modules/.bin/node" --version >/dev/null 2>&1; then
+  echo "coppice setup: installing the E2B JS SDKs into $e2b_dir" >&2
+  mkdir -p "$e2b_dir"
+  rm -f "$e2b_dir/.installed-lock.json"
+  cp "$e2b_src/package.json" "$e2b_src/package-lock.json" "$e2b_dir/"
+  (cd "$e2b_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$e2b_src/package-lock.json" "$e2b_dir/.installed-lock.json"
+fi

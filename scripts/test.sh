@@ -34,8 +34,12 @@ python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
 step "example: RL loop, one fork per episode (agents-examples/rl-fork-loop)"
 python3 agents-examples/rl-fork-loop/run.py --start-daemon target/release/coppice --episodes 6 --batch 3
+
 step "network policy end to end (a namespace world on documentation addresses)"
 python3 runtime/tests/network_policy.py --coppice target/release/coppice
+
+step "E2B SDKs unmodified (PyPI e2b sync+async, npm e2b on Node 22) against a real daemon"
+python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py http/tests/e2b/test_e2b_auth.py
 
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::Command;
 
-pub mod snapshots;
 pub mod network;
+pub mod snapshots;
 
 #[derive(Subcommand)]
 pub enum SandboxCmd {

@@ -35,6 +35,17 @@ pub struct ServeArgs {
     /// when --listen is not loopback. The unix socket needs none (it is root-only).
     #[arg(long, env = "COPPICE_MCP_TOKEN", hide_env_values = true)]
     mcp_token: Option<String>,
+    /// An API key the E2B control plane accepts (`X-API-Key`; the SDKs' E2B_API_KEY).
+    /// Repeatable; adds to `e2b_api_keys` in the config.
+    #[arg(
+        long = "e2b-api-key",
+        env = "COPPICE_E2B_API_KEY",
+        hide_env_values = true
+    )]
+    e2b_api_keys: Vec<String>,
+    /// Accept any E2B API key (local development; refused unless --listen is loopback).
+    #[arg(long)]
+    e2b_no_auth: bool,
 }
 
 pub fn run(args: ServeArgs, socket: PathBuf) -> i32 {
@@ -93,6 +104,10 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
     if let Some(t) = &args.mcp_token {
         cfg.mcp_token = Some(t.clone());
     }
+    cfg.e2b_api_keys.extend(args.e2b_api_keys.iter().cloned());
+    if args.e2b_no_auth {
+        cfg.e2b_no_auth = true;
+    }
     Ok(cfg)
 }
 
@@ -100,11 +115,18 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let cfg = config(&args, socket)?;
     // Checked before anything starts: a non-loopback listener without a token is refused.
     let tcp_mcp = HttpOptions::for_tcp(&cfg.listen, cfg.mcp_token.clone())?;
+    let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg, !tcp_mcp.allowed_hosts.is_empty())?; // hosts checked = loopback
     let runtime = Runtime::start(cfg.clone()).await?;
     runtime.spawn_background_tasks();
     let tools = Tools::new(runtime);
     let mcp = McpState::new(tools.clone(), Mode::Daemon);
-    let tcp_app = coppice_http::app_with_mcp(tools.clone(), mcp.clone(), tcp_mcp);
+    // The E2B surface is on the TCP listener only (the SDKs speak TCP): its control plane
+    // takes API keys, its sandbox traffic the sandboxes' access tokens.
+    let tcp_app = coppice_http::e2b::mount(
+        coppice_http::app_with_mcp(tools.clone(), mcp.clone(), tcp_mcp),
+        tools.clone(),
+        e2b,
+    );
     // The socket is root-only: no token; Host is not checked (clients name no real host).
     let unix_app = coppice_http::app_with_mcp(tools, mcp, HttpOptions::default());
 

@@ -1,6 +1,8 @@
 //! The daemon's HTTP app. Handlers only translate HTTP to tool calls and results back; the
 //! same app is served on loopback TCP and on the unix control socket used by the CLI.
 
+pub mod e2b;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,8 +19,8 @@ use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 
-mod snapshots;
 mod network;
+mod snapshots;
 
 /// The daemon's app without MCP (see [`app_with_mcp`]).
 pub fn app(tools: Tools) -> Router {

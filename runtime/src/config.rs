@@ -34,6 +34,8 @@ pub struct Config {
     /// Give sandboxes a network (veth on a host bridge with NAT egress).
     pub network: bool,
     /// Set no_new_privs in sandboxes (setuid binaries such as sudo then cannot elevate).
+    /// Off by default so `user` has the passwordless sudo E2B templates promise; the seccomp
+    /// profile is installed either way (docs/decisions/0006-sudo-without-no-new-privs.md).
     pub no_new_privs: bool,
     /// Install the default seccomp profile in sandboxes.
     pub seccomp: bool,
@@ -45,6 +47,15 @@ pub struct Config {
     /// Bearer token for every route of the TCP listener (MCP and the API); required when
     /// `listen` is not loopback.
     pub mcp_token: Option<String>,
+    /// API keys the E2B control plane accepts in `X-API-Key`. With none (and `e2b_no_auth`
+    /// off) every E2B control-plane call is refused.
+    pub e2b_api_keys: Vec<String>,
+    /// Accept any E2B API key (local development only; refused on a non-loopback listener).
+    pub e2b_no_auth: bool,
+    /// Domain for E2B host-based sandbox routing (`{port}-{id}.{domain}`), also returned to
+    /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
+    /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
+    pub e2b_domain: Option<String>,
 }
 
 impl Default for Config {
@@ -65,12 +76,15 @@ impl Default for Config {
             },
             tmpfs_size: "256m".into(),
             network: true,
-            no_new_privs: true,
+            no_new_privs: false,
             seccomp: true,
             id_base: 0x1000_0000,
             agent_binary: None,
             spawn_binary: None,
             mcp_token: None,
+            e2b_api_keys: Vec::new(),
+            e2b_no_auth: false,
+            e2b_domain: None,
         }
     }
 }

@@ -16,8 +16,10 @@ use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInf
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::TemplateStore;
 
-pub mod snapshots;
+mod lifecycle;
 mod network;
+pub mod snapshots;
+pub use lifecycle::{Resumed, SandboxMetrics};
 
 #[cfg(target_os = "linux")]
 pub type Backend = crate::linux::backend::LinuxBackend;
@@ -418,14 +420,25 @@ impl Runtime {
         }
     }
 
-    /// A client for the agent of a sandbox visible to callers.
+    /// A client for the agent of a sandbox visible to callers (refused while it is paused:
+    /// its agent is frozen too and would never answer).
     pub fn agent(&self, id: &str) -> Result<AgentClient> {
-        self.record(id)?;
+        let rec = self.record(id)?;
+        if rec.state == SandboxState::Paused {
+            return Err(Error::Unavailable(format!(
+                "sandbox '{id}' is paused: resume it before using it"
+            )));
+        }
         Ok(self.agent_of(id))
     }
 
+    /// The host's own client: carries the sandbox's access token when it has one.
     fn agent_of(&self, id: &str) -> AgentClient {
-        AgentClient::new(self.backend.agent_socket(id))
+        let token = self.store.access_token(id).unwrap_or_else(|e| {
+            tracing::warn!(sandbox = %id, "reading the access token: {e}");
+            None
+        });
+        AgentClient::new(self.backend.agent_socket(id)).with_access_token(token)
     }
 
     pub fn info(&self, id: &str) -> Result<SandboxInfo> {
@@ -475,8 +488,10 @@ impl Runtime {
     async fn destroy(&self, rec: SandboxRecord) -> Result<()> {
         let id = rec.id.as_str();
         self.pool_remove(&rec.template, id);
+        self.thaw_before_destroy(&rec).await;
         self.backend.destroy(&rec).await;
         self.store.delete(id)?;
+        self.store.forget_lifecycle(id)?;
         self.store.event(Some(id), "killed", "");
         Ok(())
     }
@@ -489,7 +504,17 @@ impl Runtime {
             .into_iter()
             .filter(|r| r.state != SandboxState::Starting)
         {
-            let reason = if rec.expires_at_ms <= now {
+            let reason = if rec.state == SandboxState::Paused {
+                // Paused sandboxes have no running timeout (E2B keeps them until killed or
+                // resumed); their processes are frozen, not dead.
+                if self.backend.alive(&rec) {
+                    continue;
+                }
+                "died"
+            } else if rec.expires_at_ms <= now {
+                if self.pause_on_timeout(&rec).await {
+                    continue;
+                }
                 "timeout"
             } else if !self.backend.alive(&rec) {
                 "died"
@@ -500,6 +525,7 @@ impl Runtime {
             self.pool_remove(&rec.template, &rec.id);
             self.backend.destroy(&rec).await;
             let _ = self.store.delete(&rec.id);
+            let _ = self.store.forget_lifecycle(&rec.id);
             self.store.event(Some(&rec.id), "reaped", reason);
             if rec.pooled {
                 self.refill.notify_one();

@@ -13,6 +13,8 @@ use crate::model::{Limits, SandboxState};
 
 mod snapshots;
 pub use snapshots::{LineageRecord, SnapshotRecord};
+mod lifecycle;
+pub use lifecycle::OnTimeout;
 
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +102,7 @@ impl StateStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -108,6 +111,7 @@ impl StateStore {
     pub fn open_in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod files;
+pub mod lifecycle;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;

@@ -6,7 +6,8 @@
 //! directories and a user cannot read or overwrite what they could not in a shell.
 //!
 //! `X-Metadata-<key>` upload headers are stored as `user.<key>` xattrs, as envd does, and read
-//! back into `EntryInfo.metadata` by Stat/ListDir. `?signature=` is not checked yet.
+//! back into `EntryInfo.metadata` by Stat/ListDir. The access token and URL signatures are checked
+//! in `auth.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;

@@ -2,6 +2,7 @@
 //! namespace (so it also reaps orphans), and it serves the envd-compatible API on a unix socket
 //! whose listening fd the host hands it (the host reaches processes and files only through it).
 
+mod auth;
 mod connect_axum;
 mod files;
 mod filesystem;
@@ -69,6 +70,12 @@ pub fn app(state: Arc<AgentState>) -> Router {
         .merge(process::router())
         .merge(filesystem::router())
         .merge(files::router())
+        // Keep this layer last: it must cover every route merged above (including code
+        // kernels' /execute), or those routes would skip the access-token check.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
 }
 

@@ -32,13 +32,26 @@ pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     socket: PathBuf,
+    /// The agent's access token (envd's `X-Access-Token`), added to requests that carry none.
+    access_token: Option<String>,
 }
+
+/// The header envd's access token travels in.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 impl AgentClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            access_token: None,
         }
+    }
+
+    /// A client that authenticates with `token` (the host's own calls to a sandbox whose
+    /// agent enforces one). Proxies forward their callers' headers instead.
+    pub fn with_access_token(mut self, token: Option<String>) -> Self {
+        self.access_token = token;
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -46,7 +59,16 @@ impl AgentClient {
     }
 
     /// Sends one request on a fresh connection and returns the streaming response.
-    pub async fn send(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, ConnectError> {
+    pub async fn send(
+        &self,
+        mut req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ConnectError> {
+        if let Some(token) = &self.access_token
+            && !req.headers().contains_key(ACCESS_TOKEN_HEADER)
+            && let Ok(v) = http::HeaderValue::from_str(token)
+        {
+            req.headers_mut().insert(ACCESS_TOKEN_HEADER, v);
+        }
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             ConnectError::new(Code::Unavailable, format!("sandbox agent unreachable: {e}"))
         })?;

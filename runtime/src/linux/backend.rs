@@ -314,6 +314,33 @@ impl LinuxBackend {
         .await
         .map_err(Error::internal)?
     }
+    /// [`Self::freeze`] off the async threads (pause/resume).
+    pub async fn freeze_async(&self, id: &str) -> Result<()> {
+        let cg = self.cgroups.open(id);
+        tokio::task::spawn_blocking(move || cg.freeze())
+            .await
+            .map_err(Error::internal)?
+    }
+
+    pub async fn thaw_async(&self, id: &str) -> Result<()> {
+        let cg = self.cgroups.open(id);
+        tokio::task::spawn_blocking(move || cg.thaw())
+            .await
+            .map_err(Error::internal)?
+    }
+
+    pub fn memory_cache(&self, id: &str) -> Option<u64> {
+        self.cgroups.open(id).memory_cache()
+    }
+
+    pub fn frozen(&self, id: &str) -> bool {
+        self.cgroups.open(id).frozen()
+    }
+
+    /// CPU time the sandbox has used, in nanoseconds.
+    pub fn cpu_usage_ns(&self, id: &str) -> Option<u64> {
+        self.cgroups.open(id).cpu_usage_ns()
+    }
 }
 
 /// The sandbox's own /etc/hostname and /etc/hosts, written into its upper layer (on disk with

@@ -577,6 +577,34 @@ impl SandboxCgroup {
         read_u64(&self.memory_dir().join(file))
     }
 
+    /// Page cache charged to the group, in bytes (`cache` on v1, `file` on v2).
+    pub fn memory_cache(&self) -> Option<u64> {
+        let key = if self.layout.memory.is_v2() {
+            "file "
+        } else {
+            "cache "
+        };
+        let stat = fs::read_to_string(self.memory_dir().join("memory.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// True when the group's freezer reports it frozen.
+    pub fn frozen(&self) -> bool {
+        match &self.layout.freezer {
+            Placement::V1(root) => {
+                fs::read_to_string(root.join(PARENT).join(&self.name).join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+            }
+            Placement::V2 => self.unified_dir().is_some_and(|d| {
+                fs::read_to_string(d.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+            }),
+            Placement::Missing => false,
+        }
+    }
+
     /// CPU time used by the group, in nanoseconds.
     pub fn cpu_usage_ns(&self) -> Option<u64> {
         if let Some(root) = &self.layout.cpuacct {

@@ -272,6 +272,33 @@ pub fn install(prog: &BpfProgram) -> Result<()> {
     })
 }
 
+/// Installs `filter` on the calling thread WITHOUT setting `no_new_privs`, so setuid
+/// binaries (sudo) still elevate afterwards. The kernel allows this to a caller with
+/// CAP_SYS_ADMIN in its user namespace (the sandbox's root, before it execs the agent). No
+/// allocation: meant for a freshly forked child right before `execve`.
+pub fn install_keeping_privs(filter: &[seccompiler::sock_filter]) -> std::io::Result<()> {
+    let len =
+        u16::try_from(filter.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let prog = libc::sock_fprog {
+        len,
+        // Same layout (code, jt, jf, k) in both crates.
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `filter`, valid for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

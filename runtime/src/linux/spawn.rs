@@ -548,7 +548,15 @@ impl ChildSetup<'_> {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
         }
         if let Some(filter) = self.seccomp {
-            seccompiler::apply_filter(filter).map_err(|e| format!("installing seccomp: {e}"))?;
+            if self.plan.no_new_privs {
+                seccompiler::apply_filter(filter)
+                    .map_err(|e| format!("installing seccomp: {e}"))?;
+            } else {
+                // Without no_new_privs (so setuid sudo can elevate inside): allowed because we
+                // hold CAP_SYS_ADMIN in the sandbox's user namespace. See decision 0005.
+                super::seccomp::install_keeping_privs(filter)
+                    .map_err(|e| format!("installing seccomp: {e}"))?;
+            }
         }
 
         let argv: Vec<*const libc::c_char> = self

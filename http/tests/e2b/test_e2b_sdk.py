@@ -1,0 +1,460 @@
+"""The unmodified E2B Python SDK (PyPI `e2b`, pinned in scripts/setup.sh), sync and async,
+against a real Coppice daemon: the only change an E2B user makes is `E2B_API_URL`,
+`E2B_SANDBOX_URL` and the API key (see conftest.py).
+
+Run (root, under the host lock):
+    flock /tmp/coppice-host.lock python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from e2b import (
+    AsyncSandbox,
+    AuthenticationException,
+    CommandExitException,
+    FileType,
+    FileNotFoundException,
+    InvalidArgumentException,
+    PtySize,
+    Sandbox,
+    SandboxException,
+    SandboxNotFoundException,
+    SandboxQuery,
+    SandboxState,
+    TimeoutException,
+)
+
+from conftest import API_KEY
+
+JS_TEST = Path(__file__).resolve().parent / "js_sdk.cjs"
+E2B_CLIENTS = Path(os.environ.get("COPPICE_E2B_CLIENTS", "/opt/coppice-e2b-clients"))
+
+
+@pytest.fixture
+def sbx(daemon):
+    s = Sandbox.create(timeout=120)
+    yield s
+    s.kill()
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_create_get_info_and_kill(daemon):
+    s = Sandbox.create("base", timeout=60, metadata={"suite": "e2b"}, envs={"E": "1"})
+    info = s.get_info()
+    assert info.sandbox_id == s.sandbox_id
+    assert info.state == SandboxState.RUNNING
+    assert info.metadata == {"suite": "e2b"}
+    assert info.envd_version == "0.6.4"
+    assert info.end_at > info.started_at
+    assert s.is_running()
+    assert s.kill() is True
+    assert s.kill() is False, "a second kill finds nothing"
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info(s.sandbox_id)
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.connect(s.sandbox_id)
+    assert not s.is_running()
+
+
+def test_code_interpreter_template_name_and_unknown_template(daemon):
+    s = Sandbox.create("code-interpreter-v1", timeout=30)
+    try:
+        assert s.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        s.kill()
+    with pytest.raises(SandboxException):
+        Sandbox.create("no-such-template-" + uuid.uuid4().hex[:6])
+
+
+def test_set_timeout_moves_the_end(sbx):
+    before = sbx.get_info().end_at
+    sbx.set_timeout(600)
+    after = sbx.get_info().end_at
+    assert (after - before).total_seconds() > 400
+
+
+def test_timeout_kills_the_sandbox(daemon):
+    s = Sandbox.create(timeout=2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            Sandbox.get_info(s.sandbox_id)
+        except SandboxNotFoundException:
+            return
+        time.sleep(0.5)
+    pytest.fail("the sandbox outlived its timeout")
+
+
+def test_list_filters_and_pages(daemon):
+    tag = uuid.uuid4().hex[:8]
+    made = [Sandbox.create(timeout=120, metadata={"tag": tag, "n": str(i)}) for i in range(3)]
+    try:
+        q = SandboxQuery(metadata={"tag": tag})
+        pager = Sandbox.list(query=q, limit=2)
+        first = pager.next_items()
+        assert len(first) == 2 and pager.has_next
+        second = pager.next_items()
+        assert len(second) == 1 and not pager.has_next
+        ids = {i.sandbox_id for i in first + second}
+        assert ids == {m.sandbox_id for m in made}
+        one = Sandbox.list(query=SandboxQuery(metadata={"tag": tag, "n": "1"})).next_items()
+        assert [i.sandbox_id for i in one] == [made[1].sandbox_id]
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        assert Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, started_after=future)).next_items() == []
+        past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+        assert len(Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, started_after=past)).next_items()) == 3
+        made[0].pause()
+        paused = Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, state=[SandboxState.PAUSED])).next_items()
+        assert [i.sandbox_id for i in paused] == [made[0].sandbox_id]
+        running = Sandbox.list(query=SandboxQuery(metadata={"tag": tag}, state=[SandboxState.RUNNING])).next_items()
+        assert {i.sandbox_id for i in running} == {made[1].sandbox_id, made[2].sandbox_id}
+    finally:
+        for m in made:
+            m.kill()
+
+
+def test_pause_resume_keeps_processes_and_memory(sbx):
+    sbx.files.write("state.txt", "kept on disk")
+    # A process holding state in memory only: a counter that keeps counting.
+    h = sbx.commands.run(
+        "python3 -c 'import time,sys\nn=0\nwhile True:\n n+=1; print(n, flush=True); time.sleep(0.05)'",
+        background=True,
+    )
+    time.sleep(0.5)
+    assert sbx.pause() is True
+    assert sbx.pause() is False, "pausing a paused sandbox reports False (409)"
+    assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+    # A paused sandbox is not reaped by time and does not answer traffic.
+    assert not sbx.is_running()
+    resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+    assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+    assert resumed.files.read("state.txt") == "kept on disk"
+    procs = resumed.commands.list()
+    assert h.pid in [p.pid for p in procs], "the process survived the pause"
+    out = resumed.commands.run(f"cat /proc/{h.pid}/status | grep State").stdout
+    assert "stopped" not in out.lower() and "T (" not in out
+    resumed.commands.kill(h.pid)
+    # The lifecycle shows in the sandbox's logs (v1 and v2 routes).
+    url, key = os.environ["E2B_API_URL"], {"X-API-Key": API_KEY}
+    lines = [entry["line"] for entry in httpx.get(f"{url}/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]]
+    assert "sandbox paused" in lines and "sandbox resumed" in lines, lines
+    v2 = httpx.get(f"{url}/v2/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]
+    assert [e["fields"]["event"] for e in v2][-2:] == ["paused", "resumed"]
+
+
+def test_metrics_and_unknown_routes(sbx):
+    m = sbx.get_metrics()
+    assert len(m) == 1
+    assert m[0].mem_used > 0 and m[0].mem_total == 512 * 1024 * 1024
+    assert m[0].cpu_count >= 1
+
+
+def test_api_key_is_required(daemon):
+    url = os.environ["E2B_API_URL"]
+    r = httpx.get(f"{url}/v2/sandboxes", headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401 and r.json()["code"] == 401
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="wrong-key")
+    r = httpx.get(f"{url}/v2/sandboxes", headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200
+
+
+def test_bad_create_input_is_400(daemon):
+    url = os.environ["E2B_API_URL"]
+    h = {"X-API-Key": API_KEY}
+    r = httpx.post(f"{url}/v2/sandboxes", headers=h, json={"timeout": 10})
+    assert r.status_code == 400 and "templateID" in r.json()["message"]
+    r = httpx.post(f"{url}/v2/sandboxes", headers=h, content=b"{not json")
+    assert r.status_code == 400
+    r = httpx.post(f"{url}/v2/sandboxes", headers=h, json={"templateID": "base", "timeout": 10**9})
+    assert r.status_code == 400 and r.json()["code"] == 400
+    r = httpx.post(f"{url}/v2/sandboxes", headers=h,
+                   json={"templateID": "base", "allow_internet_access": False})
+    assert r.status_code == 400, "unsupported options are refused, not ignored"
+    r = httpx.get(f"{url}/v2/sandboxes?state=sleeping", headers=h)
+    assert r.status_code == 400
+    # Routes this daemon does not serve answer in E2B's JSON shape.
+    r = httpx.post(f"{url}/sandboxes/x/snapshots", headers=h, json={})
+    assert r.status_code == 404 and "not supported" in r.json()["message"]
+
+
+# ---------------------------------------------------------------- access token
+
+
+def test_access_token_is_enforced(sbx):
+    url = os.environ["E2B_SANDBOX_URL"]
+    hdr = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    # No token: envd's 401.
+    r = httpx.post(f"{url}/filesystem.Filesystem/Stat", headers={**hdr, "Content-Type": "application/json"},
+                   json={"path": "/home/user"})
+    assert r.status_code == 401
+    r = httpx.get(f"{url}/files", params={"path": "/etc/hostname"}, headers=hdr)
+    assert r.status_code == 401
+    # /health stays open.
+    assert httpx.get(f"{url}/health", headers=hdr).status_code == 204
+    r = httpx.get(f"{url}/files", params={"path": "/etc/hostname"}, headers={**hdr, "X-Access-Token": "wrong"})
+    assert r.status_code == 401
+    # Signed URLs work without the header, and only for what they sign. The SDK builds them
+    # on E2B_SANDBOX_URL, which names no sandbox: they are reached through host routing
+    # (`{port}-{id}.{domain}`), as on E2B itself.
+    host = {"Host": f"49983-{sbx.sandbox_id}.sandbox.localhost"}
+    sbx.files.write("signed.txt", "signed body")
+    dl = sbx.download_url("signed.txt")
+    r = httpx.get(dl, headers=host)
+    assert r.status_code == 200 and r.text == "signed body"
+    up = sbx.upload_url("up.txt")
+    r = httpx.post(up, headers=host, files={"file": ("up.txt", b"uploaded")})
+    assert r.status_code == 200, r.text
+    assert sbx.files.read("up.txt") == "uploaded"
+    tampered = dl.replace("signed.txt", "up.txt")
+    assert httpx.get(tampered, headers=host).status_code == 401
+    assert httpx.get(dl.split("&signature")[0], headers=host).status_code == 401
+    # Unknown sandbox: the proxy's 502.
+    r = httpx.get(f"{url}/health", headers={**hdr, "E2b-Sandbox-Id": "nosuchsandbox"})
+    assert r.status_code == 502
+
+
+def test_half_routed_traffic_is_refused(daemon):
+    url = os.environ["E2B_SANDBOX_URL"]
+    r = httpx.get(f"{url}/health", headers={"E2b-Sandbox-Id": "abc"})
+    assert r.status_code == 400
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_commands_run_env_cwd_user(daemon):
+    s = Sandbox.create(timeout=60, envs={"SANDBOX_WIDE": "yes"})
+    try:
+        r = s.commands.run("echo $SANDBOX_WIDE $PER_CALL; pwd; id -un; echo $HOME; echo $0",
+                           envs={"PER_CALL": "call"}, cwd="/tmp")
+        assert r.stdout == "yes call\n/tmp\nuser\n/home/user\n/bin/bash\n"
+        assert s.commands.run("id -un", user="root").stdout == "root\n"
+        # Create-time env vars reach every process, including ones started by others.
+        assert s.commands.run("bash -c 'cat /proc/$$/environ | tr \"\\0\" \"\\n\" | grep SANDBOX_WIDE'").stdout.strip() == "SANDBOX_WIDE=yes"
+        with pytest.raises(InvalidArgumentException):
+            s.commands.run("true", cwd="/no/such/dir")
+    finally:
+        s.kill()
+
+
+def test_userland_promise(sbx):
+    r = sbx.commands.run("sudo -n id -u; python3 -c 'print(6*7)'; grep -E 'NoNewPrivs|Seccomp:' /proc/self/status")
+    lines = r.stdout.split("\n")
+    assert lines[0] == "0", "passwordless sudo"
+    assert lines[1] == "42", "python3"
+    assert "Seccomp:\t2" in r.stdout, "the seccomp profile stays on"
+    sbx.files.write("rel/x.txt", "x")
+    assert sbx.files.exists("/home/user/rel/x.txt"), "relative paths are under /home/user"
+
+
+def test_nonzero_exit_and_timeout(sbx):
+    with pytest.raises(CommandExitException) as e:
+        sbx.commands.run("echo out; echo err >&2; exit 3")
+    assert e.value.exit_code == 3 and e.value.stdout == "out\n" and e.value.stderr == "err\n"
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.commands.run("sleep 30", timeout=1)
+    assert time.monotonic() - t0 < 20
+
+
+def test_background_wait_stdin_kill(sbx):
+    h = sbx.commands.run("read line; echo got:$line", background=True, stdin=True)
+    sbx.commands.send_stdin(h.pid, "hello\n")
+    assert h.wait().stdout == "got:hello\n"
+    h2 = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.send_stdin(h2.pid, "abc")
+    sbx.commands.close_stdin(h2.pid)
+    assert h2.wait().stdout == "abc"
+    h3 = sbx.commands.run("sleep 600", background=True)
+    assert h3.kill() is True
+    with pytest.raises(CommandExitException):
+        h3.wait()
+    assert sbx.commands.kill(999999) is False
+
+
+def test_process_listed_and_connected_from_second_client(sbx):
+    h = sbx.commands.run("for i in $(seq 1 30); do echo line$i; sleep 0.1; done", background=True)
+    other = Sandbox.connect(sbx.sandbox_id)
+    procs = other.commands.list()
+    mine = [p for p in procs if p.pid == h.pid]
+    assert mine and mine[0].cmd == "/bin/bash"
+    joined = other.commands.connect(h.pid)
+    res = joined.wait()
+    assert res.exit_code == 0 and "line30\n" in res.stdout
+
+
+def test_pty(sbx):
+    def output(h) -> str:
+        got = bytearray()
+        for _, _, pty in h:
+            if pty:
+                got.extend(pty)
+        return got.decode(errors="replace")
+
+    h = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.send_stdin(h.pid, b"stty size; echo pty-$((6*7)); exit\n")
+    text = output(h)
+    assert "pty-42" in text and "24 80" in text
+    # Resized before the command runs: it sees the new size.
+    h = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.resize(h.pid, PtySize(rows=40, cols=100))
+    sbx.pty.send_stdin(h.pid, b"stty size; exit\n")
+    assert "40 100" in output(h)
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_files_roundtrip(sbx):
+    info = sbx.files.write("/home/user/a.txt", "hello file")
+    assert info.path == "/home/user/a.txt"
+    assert sbx.files.read("/home/user/a.txt") == "hello file"
+    data = bytes(range(256)) * 4
+    sbx.files.write("bin.dat", data)
+    assert bytes(sbx.files.read("bin.dat", format="bytes")) == data
+    sbx.files.write_files([{"path": "multi/one.txt", "data": "1"}, {"path": "multi/two.txt", "data": "2"}])
+    names = sorted(e.name for e in sbx.files.list("multi"))
+    assert names == ["one.txt", "two.txt"]
+    assert sbx.files.make_dir("d1/d2") is True
+    assert sbx.files.make_dir("d1/d2") is False
+    deep = {e.path for e in sbx.files.list("d1", depth=2)}
+    assert "/home/user/d1/d2" in deep
+    st = sbx.files.get_info("a.txt")
+    assert st.type == FileType.FILE and st.size == len("hello file")
+    moved = sbx.files.rename("a.txt", "b.txt")
+    assert moved.path == "/home/user/b.txt"
+    assert not sbx.files.exists("a.txt") and sbx.files.exists("b.txt")
+    sbx.files.remove("b.txt")
+    assert not sbx.files.exists("b.txt")
+    with pytest.raises(FileNotFoundException):
+        sbx.files.read("nope.txt")
+
+
+def test_watch_dir_sync(sbx):
+    sbx.files.make_dir("w")
+    handle = sbx.files.watch_dir("w")
+    sbx.files.write("w/new.txt", "x")
+    events = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e.name == "new.txt" for e in events):
+        events += handle.get_new_events()
+        time.sleep(0.2)
+    handle.stop()
+    assert any(e.name == "new.txt" for e in events)
+
+
+def test_large_upload_download(sbx):
+    data = os.urandom(50 * 1024 * 1024)
+    sbx.files.write("big.bin", data)
+    assert sbx.commands.run("stat -c %s big.bin").stdout.strip() == str(len(data))
+    back = bytes(sbx.files.read("big.bin", format="bytes"))
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+
+
+# ---------------------------------------------------------------- async client
+
+
+def test_async_client(daemon):
+    async def main():
+        s = await AsyncSandbox.create(timeout=60, envs={"A": "async"})
+        try:
+            r = await s.commands.run("echo $A")
+            assert r.stdout == "async\n"
+            await s.files.write("async.txt", "async data")
+            assert await s.files.read("async.txt") == "async data"
+            seen = []
+            await s.files.make_dir("aw")
+            wh = await s.files.watch_dir("aw", on_event=lambda e: seen.append(e.name))
+            await s.files.write("aw/f.txt", "1")
+            for _ in range(50):
+                if "f.txt" in seen:
+                    break
+                await asyncio.sleep(0.1)
+            await wh.stop()
+            assert "f.txt" in seen
+            with pytest.raises(CommandExitException):
+                await s.commands.run("exit 2")
+            assert (await s.get_info()).state == SandboxState.RUNNING
+            assert await s.pause() is True
+            s2 = await AsyncSandbox.connect(s.sandbox_id)
+            assert await s2.files.read("async.txt") == "async data"
+            lst = await AsyncSandbox.list(query=SandboxQuery(metadata={})).next_items()
+            assert s.sandbox_id in [i.sandbox_id for i in lst]
+        finally:
+            assert await s.kill() is True
+        with pytest.raises(SandboxNotFoundException):
+            await AsyncSandbox.get_info(s.sandbox_id)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- JS SDK
+
+
+def test_js_sdk(daemon):
+    node = E2B_CLIENTS / "node_modules/.bin/node"
+    if not node.exists():
+        pytest.fail(f"{node} missing: run scripts/setup.sh (installs the pinned npm e2b SDK)")
+    env = dict(os.environ, NODE_PATH=str(E2B_CLIENTS / "node_modules"))
+    r = subprocess.run([str(node), str(JS_TEST)], env=env, capture_output=True, text=True, timeout=240,
+                       cwd=E2B_CLIENTS)
+    print(r.stdout)
+    print(r.stderr)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "js e2b sdk: all ok" in r.stdout
+
+
+# ---------------------------------------------------------------- other ports
+
+
+def test_other_ports_are_proxied_into_the_sandbox(sbx):
+    sbx.files.write("site/index.html", "<h1>from the sandbox</h1>")
+    sbx.commands.run("cd site && exec python3 -m http.server 8080 --bind 0.0.0.0", background=True)
+    url = os.environ["E2B_SANDBOX_URL"]
+    hdr = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8080"}
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.get(f"{url}/index.html", headers=hdr)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200 and r.text == "<h1>from the sandbox</h1>"
+    # The same by Host, the form of E2B preview URLs (`{port}-{id}.{domain}`).
+    r = httpx.get(f"{url}/index.html", headers={"Host": f"8080-{sbx.sandbox_id}.sandbox.localhost"})
+    assert r.status_code == 200 and r.text == "<h1>from the sandbox</h1>"
+    # A closed port: E2B's 502.
+    r = httpx.get(f"{url}/", headers={**hdr, "E2b-Sandbox-Port": "8081"})
+    assert r.status_code == 502 and "8081" in r.json()["message"]
+
+
+def test_auto_pause_at_timeout_then_connect_resumes(daemon):
+    s = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        s.files.write("kept.txt", "still here")
+        assert s.get_info().lifecycle["on_timeout"] == "pause"
+        deadline = time.monotonic() + 30
+        while Sandbox.get_info(s.sandbox_id).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "not paused at its timeout"
+            time.sleep(0.3)
+        # Paused, so no longer on a clock: still there well after the timeout.
+        time.sleep(3)
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.PAUSED
+        back = Sandbox.connect(s.sandbox_id, timeout=60)
+        assert back.files.read("kept.txt") == "still here"
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.RUNNING
+    finally:
+        s.kill()

@@ -1,0 +1,69 @@
+//! Pause/resume, access tokens, what a timeout does, metrics and lifecycle events: the typed
+//! layer under the E2B control plane (and any surface that wants them).
+
+use std::time::Duration;
+
+use coppice_runtime::manager::{Resumed, SandboxMetrics};
+use coppice_runtime::model::SandboxInfo;
+use coppice_runtime::state::OnTimeout;
+
+use crate::{Result, Tools};
+
+/// One lifecycle event of a sandbox.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SandboxEvent {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+impl Tools {
+    /// Freezes the sandbox's processes (memory kept). `AlreadyExists` when already paused.
+    pub async fn pause_sandbox(&self, id: &str) -> Result<SandboxInfo> {
+        self.rt.pause(id).await
+    }
+
+    /// Thaws a paused sandbox with a fresh timeout, or extends a running one's timeout when
+    /// `timeout` reaches further; says which happened.
+    pub async fn resume_sandbox(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(SandboxInfo, Resumed)> {
+        self.rt.resume(id, timeout).await
+    }
+
+    pub async fn set_access_token(&self, id: &str, token: &str) -> Result<()> {
+        self.rt.set_access_token(id, token).await
+    }
+
+    pub fn access_token(&self, id: &str) -> Result<Option<String>> {
+        self.rt.access_token(id)
+    }
+
+    pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
+        self.rt.set_on_timeout(id, on)
+    }
+
+    pub fn on_timeout(&self, id: &str) -> Result<OnTimeout> {
+        self.rt.on_timeout(id)
+    }
+
+    pub async fn sandbox_metrics(&self, id: &str) -> Result<SandboxMetrics> {
+        self.rt.metrics(id).await
+    }
+
+    pub fn sandbox_events(&self, id: &str, since_ms: i64, limit: u32) -> Result<Vec<SandboxEvent>> {
+        Ok(self
+            .rt
+            .events(id, since_ms, limit)?
+            .into_iter()
+            .map(|(at_ms, kind, detail)| SandboxEvent {
+                at_ms,
+                kind,
+                detail,
+            })
+            .collect())
+    }
+}
