@@ -9,7 +9,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # openssh-server: the MCP-over-ssh test runs a private sshd (its own config, port and keys).
-packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server)
+# python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
+# (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
+packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server
+  python3-ipykernel python3-matplotlib python3-pandas python3-pexpect)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,4 +61,14 @@ if ! cmp -s "$clients_src/package-lock.json" "$clients_dir/.installed-lock.json"
   cp "$clients_src/package.json" "$clients_src/package-lock.json" "$clients_dir/"
   (cd "$clients_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$clients_src/package-lock.json" "$clients_dir/.installed-lock.json"
+fi
+
+# The second code-kernel language: bash_kernel from PyPI, into Debian's python (/usr/local, so
+# the default template carries it) with its kernelspec registered system-wide.
+if ! /usr/bin/python3 -c 'import importlib.metadata as m; assert m.version("bash_kernel") == "0.10.0"' >/dev/null 2>&1 \
+  || [ ! -f /usr/local/share/jupyter/kernels/bash/kernel.json ]; then
+  echo "coppice setup: installing bash_kernel 0.10.0" >&2
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages \
+    "bash_kernel==0.10.0" "filetype==1.2.0"
+  /usr/bin/python3 -m bash_kernel.install --prefix /usr/local >/dev/null
 fi

@@ -29,11 +29,15 @@ fi
 step "MCP end to end (Python mcp client: stdio and HTTP, both protocol eras)"
 python3 mcp/tests/test_mcp.py --coppice target/release/coppice
 
+step "run_code end to end (real ipykernel and bash_kernel: /execute NDJSON, /contexts, MCP tools)"
+python3 mcp/tests/test_run_code.py --coppice target/release/coppice
+
 step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspector CLI, conformance suite)"
 python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/run_code.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

@@ -548,13 +548,13 @@ pub struct SearchOutput {
 
 /// What a failed call was about, for the hint in its error text.
 #[derive(Clone, Copy)]
-enum About {
+pub(crate) enum About {
     Sandbox,
     Process,
     File,
 }
 
-fn explain(e: Error, about: About) -> String {
+pub(crate) fn explain(e: Error, about: About) -> String {
     match e {
         Error::SandboxNotFound(id) => format!(
             "sandbox '{id}' not found (it was killed or timed out); call sandbox_list to see live sandboxes, or omit sandbox_id to use your default sandbox"
@@ -606,10 +606,10 @@ impl CoppiceMcp {
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
     /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
-        Self::tool_router()
+        Self::tool_router() + Self::code_router()
     }
 
-    fn tools(&self) -> &Tools {
+    pub(crate) fn tools(&self) -> &Tools {
         &self.state.tools
     }
 
@@ -632,7 +632,7 @@ impl CoppiceMcp {
 
     /// The sandbox a call acts on: the one named, else the session's default, created on
     /// first use (and kept alive by use: each call pushes its expiry out again).
-    async fn sandbox(
+    pub(crate) async fn sandbox(
         &self,
         id: Option<String>,
         ctx: &RequestContext<RoleServer>,

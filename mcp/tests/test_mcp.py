@@ -49,6 +49,7 @@ TOOLS = {
     "commands_run", "commands_start", "commands_read", "commands_write_stdin", "commands_signal",
     "commands_list", "files_read", "files_write", "files_edit", "files_list", "files_stat",
     "files_mkdir", "files_move", "files_remove", "files_search",
+    "run_code", "code_context_create", "code_context_list", "code_context_restart", "code_context_remove",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.

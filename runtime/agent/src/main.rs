@@ -2,6 +2,7 @@
 //! namespace (so it also reaps orphans), and it serves the envd-compatible API on a unix socket
 //! whose listening fd the host hands it (the host reaches processes and files only through it).
 
+mod code;
 mod connect_axum;
 mod files;
 mod filesystem;
@@ -69,6 +70,7 @@ pub fn app(state: Arc<AgentState>) -> Router {
         .merge(process::router())
         .merge(filesystem::router())
         .merge(files::router())
+        .merge(code::router())
         .with_state(state)
 }
 
