@@ -37,6 +37,9 @@ enum Command {
     /// List and build templates.
     #[command(subcommand)]
     Template(client::TemplateCmd),
+    /// Run code in a sandbox's persistent Jupyter kernel (Python by default); prints output
+    /// and results, exits 1 when the code raised.
+    RunCode(client::RunCodeArgs),
 }
 
 fn main() {

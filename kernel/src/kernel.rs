@@ -212,10 +212,21 @@ impl Kernel {
                 resend = Instant::now() + Duration::from_millis(250);
             }
             tokio::select! {
-                m = self.shell.read() => if let Ok(m) = m {
-                    replied |= matches!(m.content, JupyterMessageContent::KernelInfoReply(_));
+                m = self.shell.read() => match m {
+                    Ok(m) => replied |= matches!(m.content, JupyterMessageContent::KernelInfoReply(_)),
+                    // A reply whose content does not parse (kernels differ in what they fill
+                    // in) still shows the kernel is up.
+                    Err(e) => {
+                        tracing::warn!("unreadable kernel_info_reply: {e}");
+                        replied = true;
+                    }
                 },
-                m = self.iopub.read() => published |= m.is_ok(),
+                m = self.iopub.read() => {
+                    if let Err(e) = &m {
+                        tracing::warn!("unreadable iopub message: {e}");
+                    }
+                    published = true;
+                }
                 _ = self.exited.changed() => {
                     let how = self.exited.borrow().clone().unwrap_or_default();
                     return Err(format!("the kernel process exited during start ({how})"));
@@ -354,7 +365,10 @@ impl Kernel {
                 store_history: true,
                 user_expressions: None,
                 allow_stdin: false,
-                stop_on_error: true,
+                // Executions never queue up here (one at a time per context), and with
+                // stop_on_error ipykernel aborts requests that arrive just after an error: the
+                // call after an interrupted one would be dropped unrun.
+                stop_on_error: false,
             },
             None,
         );
@@ -372,7 +386,7 @@ impl Kernel {
                 m = self.iopub.read() => {
                     let m = match m {
                         Ok(m) => m,
-                        Err(e) => { tracing::debug!("unreadable iopub message: {e}"); continue }
+                        Err(e) => { tracing::warn!("unreadable iopub message: {e}"); continue }
                     };
                     if !is_reply_to(&m, &id) {
                         continue; // another execution's (e.g. a silent env setup's) output

@@ -500,6 +500,8 @@ impl Runtime {
                 {
                     Ok(rec) => {
                         self.warm_up(&rec.id).await;
+                        // Observable pool readiness (rigs wait for it): warmed and handed out next.
+                        self.store.event(Some(&rec.id), "pool_ready", "");
                         self.pool_push(&name, rec.id)
                     }
                     Err(e) => {

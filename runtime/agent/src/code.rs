@@ -27,7 +27,9 @@ use crate::state::AgentState;
 use crate::users;
 
 /// A line is sent after this long without output, so proxies and clients see a live stream.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+/// It is also how a caller that went away is noticed (the write fails; hyper does not watch
+/// an idle request's socket), which interrupts the kernel: keep it short.
+const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Kernel connection files and logs: root's, outside the user's home.
 const RUN_DIR: &str = "/tmp/.coppice-kernels";
 
