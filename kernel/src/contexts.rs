@@ -441,3 +441,44 @@ impl Contexts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, name: &str, language: &str) {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let json = serde_json::json!({
+            "argv": ["/bin/true", "-f", "{connection_file}"],
+            "display_name": name,
+            "language": language,
+        });
+        std::fs::write(d.join("kernel.json"), json.to_string()).unwrap();
+    }
+
+    #[test]
+    fn kernelspecs_resolve_by_language_and_alias() {
+        let root = std::env::temp_dir().join(format!("coppice-kspec-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        spec(&a, "python3", "python");
+        spec(&a, "bash", "bash");
+        spec(&b, "python3", "python-shadowed");
+        spec(&b, "ir", "R");
+        std::fs::create_dir_all(b.join("broken")).unwrap();
+        std::fs::write(b.join("broken/kernel.json"), "{").unwrap();
+        let specs = find_kernelspecs(&[a.clone(), b.clone()]);
+        assert_eq!(
+            specs.keys().collect::<Vec<_>>(),
+            vec!["bash", "ir", "python3"]
+        );
+        assert_eq!(specs["python3"].spec.language, "python", "earlier dirs win");
+        let lang = |l: &str| spec_for(&specs, &normalize_language(l)).map(|s| s.name.clone());
+        assert_eq!(lang("").as_deref(), Some("python3"));
+        assert_eq!(lang("Python3").as_deref(), Some("python3"));
+        assert_eq!(lang("sh").as_deref(), Some("bash"));
+        assert_eq!(lang("r").as_deref(), Some("ir"));
+        assert_eq!(lang("js"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

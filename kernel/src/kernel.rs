@@ -478,15 +478,15 @@ fn to_line(m: &JupyterMessage) -> Option<OutputLine> {
         JupyterMessageContent::ExecuteInput(i) => OutputLine::NumberOfExecutions {
             execution_count: i.execution_count.0 as i64,
         },
-        JupyterMessageContent::ExecuteResult(r) => {
-            OutputLine::Result(ResultData::from_mime_bundle(&bundle(&r.data), true))
-        }
-        JupyterMessageContent::DisplayData(d) => {
-            OutputLine::Result(ResultData::from_mime_bundle(&bundle(&d.data), false))
-        }
-        JupyterMessageContent::UpdateDisplayData(d) => {
-            OutputLine::Result(ResultData::from_mime_bundle(&bundle(&d.data), false))
-        }
+        JupyterMessageContent::ExecuteResult(r) => OutputLine::Result(Box::new(
+            ResultData::from_mime_bundle(&bundle(&r.data), true),
+        )),
+        JupyterMessageContent::DisplayData(d) => OutputLine::Result(Box::new(
+            ResultData::from_mime_bundle(&bundle(&d.data), false),
+        )),
+        JupyterMessageContent::UpdateDisplayData(d) => OutputLine::Result(Box::new(
+            ResultData::from_mime_bundle(&bundle(&d.data), false),
+        )),
         JupyterMessageContent::ErrorOutput(e) => OutputLine::Error {
             name: e.ename.clone(),
             value: e.evalue.clone(),

@@ -170,7 +170,8 @@ pub enum OutputLine {
         text: String,
         timestamp: String,
     },
-    Result(ResultData),
+    /// Boxed: a result is much larger than the other lines.
+    Result(Box<ResultData>),
     Error {
         name: String,
         value: String,
@@ -222,7 +223,7 @@ mod tests {
         );
         let bundle = json!({"text/plain": "'abc'", "image/png": "iVBO\n", "text/x-foo": "z"});
         let r = ResultData::from_mime_bundle(bundle.as_object().unwrap(), true);
-        let v = serde_json::to_value(OutputLine::Result(r)).unwrap();
+        let v = serde_json::to_value(OutputLine::Result(Box::new(r))).unwrap();
         assert_eq!(
             v,
             json!({"type": "result", "text": "abc", "png": "iVBO",

@@ -284,7 +284,7 @@ impl CoppiceMcp {
         };
         let run = self.tools().run_code(&id, req, on_line, ctx.ct.clone());
         let (result, ()) = tokio::join!(run, forward);
-        let result = result.map_err(|e| explain_code(e))?;
+        let result = result.map_err(explain_code)?;
         let content = content_of(&result);
         let out = RunCodeOutput {
             sandbox_id: id,
@@ -316,7 +316,7 @@ impl CoppiceMcp {
             .tools()
             .create_code_context(&id, a.language, a.cwd)
             .await
-            .map_err(|e| explain_code(e))?;
+            .map_err(explain_code)?;
         Ok(Json(ContextOutput {
             sandbox_id: id,
             context: info.into(),
@@ -341,7 +341,7 @@ impl CoppiceMcp {
             .tools()
             .list_code_contexts(&id)
             .await
-            .map_err(|e| explain_code(e))?;
+            .map_err(explain_code)?;
         Ok(Json(ContextListOutput {
             sandbox_id: id,
             contexts: list.into_iter().map(ContextView::from).collect(),
@@ -367,7 +367,7 @@ impl CoppiceMcp {
             .tools()
             .restart_code_context(&id, &a.context_id)
             .await
-            .map_err(|e| explain_code(e))?;
+            .map_err(explain_code)?;
         Ok(Json(ContextOutput {
             sandbox_id: id,
             context: info.into(),
@@ -391,7 +391,7 @@ impl CoppiceMcp {
         self.tools()
             .remove_code_context(&id, &a.context_id)
             .await
-            .map_err(|e| explain_code(e))?;
+            .map_err(explain_code)?;
         Ok(Json(ContextRemovedOutput {
             sandbox_id: id,
             context_id: a.context_id,

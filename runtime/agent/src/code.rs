@@ -131,24 +131,22 @@ fn error_response(e: coppice_kernel::Error) -> Response {
 }
 
 /// JSON bodies parsed by hand: the SDKs' Content-Type varies, and an empty body means defaults.
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("invalid JSON request body: {e}"),
-        )
-            .into_response()
-    })
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON request body: {e}"))
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
 }
 
 /// `POST /execute`: NDJSON, one line per output, `end_of_execution` last, keepalives between.
 async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
     let req: ExecuteRequest = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(m) => return bad_request(m),
     };
     let rx = match contexts(&state).execute(req) {
         Ok(rx) => rx,
@@ -176,7 +174,7 @@ async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response 
 async fn create(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
     let req: CreateContext = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(m) => return bad_request(m),
     };
     match contexts(&state)
         .create(req.language.as_deref(), req.cwd.as_deref())
@@ -223,7 +221,7 @@ struct WarmRequest {
 async fn warm(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
     let req: WarmRequest = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(m) => return bad_request(m),
     };
     match contexts(&state)
         .warm(req.language.as_deref().unwrap_or("python"))
