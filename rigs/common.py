@@ -373,12 +373,15 @@ class Daemon:
     # -- pool
 
     def pool_ready(self) -> int:
-        """Started sandboxes waiting in the pool, from the daemon's state.db (WAL, read only)."""
+        """Warmed sandboxes waiting in the pool, from the daemon's state.db (WAL, read only)."""
         db = self.state_dir / "state.db"
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
             try:
-                return con.execute("SELECT count(*) FROM sandboxes WHERE pooled = 1 AND pid IS NOT NULL").fetchone()[0]
+                # Warmed (the pool_ready event: its first process ran, its code kernel started)
+                # and waiting to be handed out.
+                return con.execute("SELECT count(*) FROM sandboxes WHERE pooled = 1 AND pid IS NOT NULL AND id IN "
+                                   "(SELECT sandbox FROM events WHERE kind = 'pool_ready')").fetchone()[0]
             finally:
                 con.close()
         except sqlite3.Error:

@@ -10,7 +10,10 @@ fi
 
 # openssh-server: the MCP-over-ssh test runs a private sshd (its own config, port and keys).
 # conntrack: a network policy update ends the open connections it no longer permits.
-packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack)
+# python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
+# (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
+packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
+  python3-ipykernel python3-matplotlib python3-pandas python3-pexpect)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -73,3 +76,13 @@ npm_clients "$repo/mcp/tests/clients" "${COPPICE_TEST_CLIENTS:-/opt/coppice-test
 # npm `e2b` + `@e2b/code-interpreter` on Node 22.
 pip_pins "e2b==2.63.0" "e2b-code-interpreter==2.11.5" "pytest==8.4.2"
 npm_clients "$repo/http/tests/e2b/clients" "${COPPICE_E2B_CLIENTS:-/opt/coppice-e2b-clients}"
+
+# The second code-kernel language: bash_kernel from PyPI, into Debian's python (/usr/local, so
+# the default template carries it) with its kernelspec registered system-wide.
+if ! /usr/bin/python3 -c 'import importlib.metadata as m; assert m.version("bash_kernel") == "0.10.0"' >/dev/null 2>&1 \
+  || [ ! -f /usr/local/share/jupyter/kernels/bash/kernel.json ]; then
+  echo "coppice setup: installing bash_kernel 0.10.0" >&2
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages \
+    "bash_kernel==0.10.0" "filetype==1.2.0"
+  /usr/bin/python3 -m bash_kernel.install --prefix /usr/local >/dev/null
+fi

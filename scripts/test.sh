@@ -29,6 +29,9 @@ fi
 step "MCP end to end (Python mcp client: stdio and HTTP, both protocol eras)"
 python3 mcp/tests/test_mcp.py --coppice target/release/coppice
 
+step "run_code end to end (real ipykernel and bash_kernel: /execute NDJSON, /contexts, MCP tools)"
+python3 mcp/tests/test_run_code.py --coppice target/release/coppice
+
 step "MCP with clients nobody here wrote (Python mcp over a real ssh, MCP Inspector CLI, conformance suite)"
 python3 mcp/tests/test_clients.py --coppice target/release/coppice
 
@@ -41,10 +44,14 @@ python3 runtime/tests/network_policy.py --coppice target/release/coppice
 step "E2B SDKs unmodified (PyPI e2b sync+async, npm e2b on Node 22) against a real daemon"
 python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py http/tests/e2b/test_e2b_auth.py
 
+step "E2B code interpreter SDKs (Python sync/async, JS)"
+python3 -m pytest -q http/tests/e2b/test_e2b_code_interpreter.py
+
 step "rigs (quick)"
 python3 rigs/create_exec.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/snapshot_fork.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/network_policy.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/run_code.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

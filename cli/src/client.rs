@@ -193,6 +193,7 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Template(cmd) => template(cmd, d).await,
         Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
         Command::Network(cmd) => network::run(cmd, d).await,
+        Command::RunCode(args) => run_code(args, d).await,
     }
 }
 
@@ -340,6 +341,85 @@ async fn exec(args: ExecArgs, d: &Daemon) -> Result<i32, Failure> {
         }
     }
     Ok(code)
+}
+
+#[derive(Args)]
+pub struct RunCodeArgs {
+    id: String,
+    /// Language of the default context to use: python (default), bash, ...
+    #[arg(long)]
+    language: Option<String>,
+    /// A context created through the API (its own kernel and state).
+    #[arg(long)]
+    context: Option<String>,
+    /// Interrupt the code after this long, e.g. 30s (the context keeps its state).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// The code; `-` reads it from stdin.
+    code: String,
+}
+
+/// `run-code`: the sandbox's /execute stream; stdout and stderr as they come, then the text of
+/// each result, the error's traceback on stderr. Exits 1 when the code raised.
+async fn run_code(args: RunCodeArgs, d: &Daemon) -> Result<i32, Failure> {
+    let code = if args.code == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("reading code from stdin: {e}"))?;
+        s
+    } else {
+        args.code
+    };
+    let body = json!({
+        "code": code, "language": args.language, "context_id": args.context,
+        "timeout": args.timeout.map(|t| t.as_secs_f64()),
+    });
+    let resp = d
+        .request(
+            "POST",
+            &format!("/api/v1/sandboxes/{}/envd/execute", args.id),
+            json_body(&body),
+        )
+        .await?;
+    let resp = check(resp).await?;
+    let mut lines = ndjson_lines(resp.into_body());
+    let mut status = 0;
+    while let Some(line) = lines.next().await {
+        let ev: Value = serde_json::from_slice(&line?)
+            .map_err(|e| format!("bad line from the sandbox: {e}"))?;
+        let text = |k: &str| ev[k].as_str().unwrap_or_default().to_string();
+        match ev["type"].as_str() {
+            Some("stdout") => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text("text").as_bytes());
+                let _ = out.flush();
+            }
+            Some("stderr") => {
+                let _ = std::io::stderr().lock().write_all(text("text").as_bytes());
+            }
+            Some("result") => {
+                let formats: Vec<&str> = ev
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                match ev["text"].as_str() {
+                    Some(t) => println!("{t}"),
+                    None => println!("<result: {}>", formats.join(", ")),
+                }
+            }
+            Some("error") => {
+                status = 1;
+                let tb = text("traceback");
+                if tb.is_empty() {
+                    eprintln!("{}: {}", text("name"), text("value"));
+                } else {
+                    eprintln!("{tb}");
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(status)
 }
 
 fn signal_number(status: &str) -> i32 {

@@ -43,6 +43,9 @@ enum Command {
     /// Show and change a sandbox's network policy.
     #[command(subcommand)]
     Network(client::network::NetworkCmd),
+    /// Run code in a sandbox's persistent Jupyter kernel (Python by default); prints output
+    /// and results, exits 1 when the code raised.
+    RunCode(client::RunCodeArgs),
 }
 
 fn main() {

@@ -8,6 +8,7 @@
 //! default sandbox, progress and cancellation. The capabilities live in the tools crate.
 
 pub mod bridge;
+mod code_tools;
 pub mod http;
 pub mod markdown;
 pub mod network_tools;

@@ -614,7 +614,7 @@ impl CoppiceMcp {
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
     /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
-        Self::tool_router() + Self::snapshot_router() + Self::network_router()
+        Self::tool_router() + Self::snapshot_router() + Self::network_router() + Self::code_router()
     }
 
     pub(crate) fn tools(&self) -> &Tools {

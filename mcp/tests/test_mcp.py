@@ -52,6 +52,7 @@ TOOLS = {
     "snapshot_create", "snapshot_list", "snapshot_delete", "sandbox_fork", "sandbox_restore",
     "sandbox_lineage",
     "network_policy_get", "network_policy_set",
+    "run_code", "code_context_create", "code_context_list", "code_context_restart", "code_context_remove",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.

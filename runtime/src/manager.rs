@@ -184,6 +184,14 @@ impl Runtime {
         }
         self.backend.sweep(&live).await;
         self.reapply_policies(&live).await;
+        // Templates replaced by a rebuild are kept while sandboxes may run on them.
+        if live.is_empty() {
+            match self.templates.remove_retired() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} replaced templates"),
+                Err(e) => tracing::warn!("removing replaced templates: {e}"),
+            }
+        }
         Ok(())
     }
 
@@ -550,6 +558,8 @@ impl Runtime {
                 {
                     Ok(rec) => {
                         self.warm_up(&rec.id).await;
+                        // Observable pool readiness (rigs wait for it): warmed and handed out next.
+                        self.store.event(Some(&rec.id), "pool_ready", "");
                         self.pool_push(&name, rec.id)
                     }
                     Err(e) => {
@@ -582,6 +592,31 @@ impl Runtime {
         match stream {
             Ok(mut events) => while events.next().await.is_some() {},
             Err(e) => tracing::debug!(sandbox = %id, "warming up: {e}"),
+        }
+        self.warm_kernel(id).await;
+    }
+
+    /// Starts the default Python code context (run_code) when the template has a Python
+    /// kernel, so the first execution does not wait for the kernel to boot. The agent answers
+    /// 400 when the template has none; either way the sandbox is usable.
+    async fn warm_kernel(&self, id: &str) {
+        let req = http::Request::post("/contexts/warm")
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(coppice_envd::client::full_body(
+                &b"{\"language\":\"python\"}"[..],
+            ))
+            .expect("static request");
+        let agent = self.agent_of(id);
+        match tokio::time::timeout(Duration::from_secs(60), agent.send(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                tracing::debug!(sandbox = %id, "default code context started")
+            }
+            Ok(Ok(resp)) => {
+                tracing::debug!(sandbox = %id, status = %resp.status(), "no code kernel warmed")
+            }
+            Ok(Err(e)) => tracing::debug!(sandbox = %id, "warming the code kernel: {e}"),
+            Err(_) => tracing::warn!(sandbox = %id, "the code kernel did not start within 60s"),
         }
     }
 

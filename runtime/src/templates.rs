@@ -39,6 +39,8 @@ use crate::model::TemplateInfo;
 
 /// Name of the template every fresh host has.
 pub const DEFAULT_TEMPLATE: &str = "default";
+/// Alias of the default template when it carries ipykernel (see [`TemplateStore::get`]).
+pub const PYTHON_TEMPLATE: &str = "python";
 /// The sandbox user.
 pub const SANDBOX_USER: &str = "user";
 pub const SANDBOX_UID: u32 = 1000;
@@ -60,6 +62,10 @@ pub struct BuildOptions {
     /// same layer path: callers must not replace (or remove) a template that running sandboxes
     /// or snapshots still stack on.
     pub replace: bool,
+    /// With `replace`: move the replaced template aside (`.retired-<name>-*`, removed by
+    /// [`TemplateStore::remove_retired`]) instead of deleting it, so sandboxes still running on
+    /// its layer keep working.
+    pub keep_replaced: bool,
     /// debootstrap mirror; default: the host's first Debian archive URI, else [`DEFAULT_MIRROR`].
     pub mirror: Option<String>,
     /// debootstrap suite; default [`DEFAULT_SUITE`].
@@ -75,6 +81,9 @@ struct TemplateRecord {
     build_seconds: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     notes: Vec<String>,
+    /// For templates built from the host: [`host_fingerprint`] at build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_fingerprint: Option<String>,
 }
 
 /// The templates under `<state_dir>/templates`.
@@ -139,8 +148,25 @@ impl TemplateStore {
         Ok(out)
     }
 
+    /// A template by name. `python` names the default template when no template of that name
+    /// exists and the default one carries the Python Jupyter kernel (ipykernel, installed on
+    /// the host by scripts/setup.sh), so E2B-style "python" requests get a kernel.
     pub fn get(&self, name: &str) -> Result<TemplateInfo> {
-        Ok(self.record(name)?.info)
+        match self.record(name) {
+            Err(Error::TemplateNotFound(_)) if name == PYTHON_TEMPLATE => {
+                let info = self.get(DEFAULT_TEMPLATE)?;
+                let has_kernel = info.layers.iter().any(|l| {
+                    l.join("usr/share/jupyter/kernels/python3/kernel.json")
+                        .is_file()
+                });
+                if has_kernel {
+                    Ok(info)
+                } else {
+                    Err(Error::TemplateNotFound(name.to_owned()))
+                }
+            }
+            other => Ok(other?.info),
+        }
     }
 
     fn record(&self, name: &str) -> Result<TemplateRecord> {
@@ -209,9 +235,29 @@ impl TemplateStore {
 
     /// The template named "default", built from the host's system directories if absent.
     /// Idempotent and safe to race: a concurrent builder's result is returned.
+    ///
+    /// A default template built when the host had another package set (Debian packages, pip
+    /// packages in /usr/local, Jupyter kernelspecs; see [`host_fingerprint`]) is rebuilt, so
+    /// packages installed later (e.g. code kernels by scripts/setup.sh) reach new sandboxes.
+    /// The old tree is moved aside, not deleted: sandboxes running on it keep working.
     pub fn ensure_default(&self) -> Result<TemplateInfo> {
-        match self.get(DEFAULT_TEMPLATE) {
-            Ok(info) => return Ok(info),
+        let current = host_fingerprint();
+        match self.record(DEFAULT_TEMPLATE) {
+            Ok(rec) if rec.info.source != "host" => return Ok(rec.info),
+            Ok(rec) if rec.host_fingerprint.as_deref() == Some(current.as_str()) => {
+                return Ok(rec.info);
+            }
+            Ok(_) => {
+                tracing::info!(
+                    "the host's packages changed since the default template was built: rebuilding it"
+                );
+                let opts = BuildOptions {
+                    replace: true,
+                    keep_replaced: true,
+                    ..Default::default()
+                };
+                return self.build_host(DEFAULT_TEMPLATE, &opts);
+            }
             Err(Error::TemplateNotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -219,6 +265,22 @@ impl TemplateStore {
             Err(Error::AlreadyExists(_)) => self.get(DEFAULT_TEMPLATE),
             other => other,
         }
+    }
+
+    /// Deletes templates that a rebuild moved aside (`.retired-*`). Call only when no sandbox
+    /// can still be running on them. Returns how many were removed.
+    pub fn remove_retired(&self) -> Result<usize> {
+        let mut n = 0;
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return Ok(0);
+        };
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".retired-") {
+                remove_tree(&entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Builds a template from the host's system directories (see the module docs).
@@ -229,6 +291,8 @@ impl TemplateStore {
         let staging = self.stage(name)?;
         let rootfs = staging.path.join(ROOTFS);
         let mut notes = Vec::new();
+        // Taken before the copy: a package installed meanwhile triggers another rebuild.
+        let fingerprint = host_fingerprint();
         build_host_rootfs(Path::new("/"), &rootfs, &mut notes)?;
         setup_sandbox(&rootfs, Path::new("/"), &mut notes)?;
         let info = self.publish(
@@ -238,7 +302,8 @@ impl TemplateStore {
             Vec::new(),
             started,
             notes,
-            opts.replace,
+            opts,
+            Some(fingerprint),
         )?;
         tracing::info!(
             template = name,
@@ -333,7 +398,8 @@ impl TemplateStore {
             packages,
             started,
             notes,
-            opts.replace,
+            opts,
+            None,
         )?;
         progress(&format!(
             "template '{name}' ready in {:.1} s",
@@ -378,8 +444,10 @@ impl TemplateStore {
         packages: Vec<String>,
         started: Instant,
         notes: Vec<String>,
-        replace: bool,
+        opts: &BuildOptions,
+        host_fingerprint: Option<String>,
     ) -> Result<TemplateInfo> {
+        let replace = opts.replace;
         let dir = self.dir(name);
         let rootfs = staging.path.join(ROOTFS);
         let info = TemplateInfo {
@@ -394,6 +462,7 @@ impl TemplateStore {
             info: info.clone(),
             build_seconds: started.elapsed().as_secs_f64(),
             notes,
+            host_fingerprint,
         };
         let json = serde_json::to_vec_pretty(&rec).map_err(Error::internal)?;
         write_new_file(&staging.path.join(INFO_FILE), &json, 0o644, None)?;
@@ -410,6 +479,19 @@ impl TemplateStore {
                 // The staging path now holds the old template; the guard deletes it.
                 rename_exchange(&staging.path, &dir)
                     .ctx(|| format!("replacing {}", dir.display()))?;
+                if opts.keep_replaced {
+                    let aside = self.root.join(format!(
+                        ".retired-{name}-{}-{:08x}",
+                        std::process::id(),
+                        rand::random::<u32>()
+                    ));
+                    match fs::rename(&staging.path, &aside) {
+                        Ok(()) => staging.keep = true,
+                        Err(e) => tracing::warn!(
+                            "could not keep the replaced template '{name}' for running sandboxes: {e}"
+                        ),
+                    }
+                }
             }
             Err(e) => return Err(Error::io(format!("publishing {}", dir.display()))(e)),
         }
@@ -431,6 +513,41 @@ impl Drop for Staging {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove a template build directory");
         }
     }
+}
+
+/// What a host-built template depends on, cheaply: the dpkg database (size and mtime: any
+/// apt install or removal changes it), and the names of pip packages installed into
+/// /usr/local and of the Jupyter kernelspecs, which dpkg does not know about.
+pub fn host_fingerprint() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut parts = Vec::new();
+    match fs::metadata("/var/lib/dpkg/status") {
+        Ok(m) => parts.push(format!("dpkg={}:{}.{}", m.len(), m.mtime(), m.mtime_nsec())),
+        Err(_) => parts.push("dpkg=none".to_owned()),
+    }
+    let mut dirs: Vec<PathBuf> = vec![
+        "/usr/local/share/jupyter/kernels".into(),
+        "/usr/share/jupyter/kernels".into(),
+    ];
+    if let Ok(rd) = fs::read_dir("/usr/local/lib") {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("python") {
+                dirs.push(e.path().join("dist-packages"));
+                dirs.push(e.path().join("site-packages"));
+            }
+        }
+    }
+    dirs.sort();
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        parts.push(format!("{}={}", dir.display(), names.join(",")));
+    }
+    parts.join(";")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -574,3 +574,60 @@ fn stale_build_dirs_are_cleaned_without_crossing_mounts() {
     );
     fs::remove_dir(&live).unwrap();
 }
+
+/// A default template built under another host package set is rebuilt by `ensure_default`,
+/// and the replaced tree is kept aside (sandboxes may run on it) until `remove_retired`.
+#[test]
+fn default_template_rebuilt_when_host_packages_change() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let state = tempfile::Builder::new()
+        .prefix("coppice-tpl-fp-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let store = TemplateStore::new(state.path()).unwrap();
+    let first = store.ensure_default().unwrap();
+    let json_path = store.dir("default").join("template.json");
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(
+        rec["host_fingerprint"].as_str(),
+        Some(coppice_runtime::templates::host_fingerprint().as_str())
+    );
+    // Pretend it was built before packages were installed: a marker file in the old tree
+    // tells the trees apart.
+    rec["host_fingerprint"] = "dpkg=older".into();
+    std::fs::write(&json_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let marker = first.layers[0].join("etc/coppice-old-tree");
+    std::fs::write(&marker, b"old").unwrap();
+
+    let rebuilt = store.ensure_default().unwrap();
+    assert_eq!(rebuilt.layers, first.layers);
+    assert!(!marker.exists(), "the default template was not rebuilt");
+    let retired: Vec<_> = std::fs::read_dir(store.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".retired-default-")
+        })
+        .collect();
+    assert_eq!(retired.len(), 1, "the replaced tree is kept aside");
+    assert!(
+        retired[0]
+            .path()
+            .join("rootfs/etc/coppice-old-tree")
+            .is_file()
+    );
+    // Unchanged host: no rebuild.
+    assert_eq!(store.ensure_default().unwrap(), rebuilt);
+    assert_eq!(store.remove_retired().unwrap(), 1);
+    no_leftovers(&store);
+    // The python alias names the default template when it carries ipykernel.
+    let has_kernel =
+        std::path::Path::new("/usr/share/jupyter/kernels/python3/kernel.json").is_file();
+    assert_eq!(store.get("python").is_ok(), has_kernel);
+}

@@ -1,6 +1,7 @@
 //! The tool layer: each capability as a typed request and response with exactly one
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
+pub mod code;
 pub mod commands;
 pub mod files;
 pub mod lifecycle;

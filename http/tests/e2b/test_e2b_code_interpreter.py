@@ -2,11 +2,7 @@
 `@e2b/code-interpreter`, pinned in scripts/setup.sh) against Coppice: `run_code` goes to port
 49999, which the E2B proxy routes to the sandbox's agent (POST /execute, /contexts).
 
-NOT YET ENABLED IN CI: the agent's /execute and /contexts come with the `runcode` branch. After
-merging it, the lead enables this file by adding to scripts/test.sh:
-
-    step "E2B code interpreter SDKs (Python sync/async, JS)"
-    python3 -m pytest -q http/tests/e2b/test_e2b_code_interpreter.py
+scripts/test.sh runs it.
 
 By hand (root): flock /tmp/coppice-host.lock python3 -m pytest -q http/tests/e2b/test_e2b_code_interpreter.py
 """

@@ -3,6 +3,7 @@
 //! whose listening fd the host hands it (the host reaches processes and files only through it).
 
 mod auth;
+mod code;
 mod connect_axum;
 mod files;
 mod filesystem;
@@ -70,6 +71,7 @@ pub fn app(state: Arc<AgentState>) -> Router {
         .merge(process::router())
         .merge(filesystem::router())
         .merge(files::router())
+        .merge(code::router())
         // Keep this layer last: it must cover every route merged above (including code
         // kernels' /execute), or those routes would skip the access-token check.
         .layer(axum::middleware::from_fn_with_state(

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 
+pub use spawn::{child_env, prepare_as_user};
 use table::Msg;
 pub use table::Processes;
 

@@ -163,6 +163,20 @@ pub fn spawn(
     Ok(Spawned { pid, exit, io })
 }
 
+/// Makes `cmd` start like every child of the agent (own session, OOM score reset, signals
+/// unblocked) as `user`; for children spawned outside `process.Process/Start` (code kernels).
+pub fn prepare_as_user(cmd: &mut Command, user: &UserIdentity) {
+    let credentials = Uid::effective().is_root().then(|| Credentials {
+        uid: Uid::from_raw(user.uid),
+        gid: Gid::from_raw(user.gid),
+        groups: supplementary_groups(user),
+    });
+    // SAFETY: the closure only makes raw syscalls (no allocation, no locks) on data owned by it.
+    unsafe {
+        cmd.pre_exec(move || child_setup(credentials.as_ref(), false));
+    }
+}
+
 fn internal(e: std::io::Error) -> ConnectError {
     ConnectError::internal(format!("setting up process I/O: {e}"))
 }

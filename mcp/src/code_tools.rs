@@ -1,0 +1,415 @@
+//! MCP tools of the code interpreter: run_code and the code_context_* tools, thin adapters
+//! over `coppice_tools::code`.
+
+use std::collections::BTreeMap;
+
+use coppice_tools::code::{ContextInfo, OutputLine, RunCode, RunCodeResult};
+use coppice_tools::sandboxes::SetTimeout;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::server::{About, CoppiceMcp, explain};
+
+/// run_code's timeout when the caller gives none (E2B's default).
+const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
+/// Text content keeps at most this much of stdout and of stderr (all of it is in the
+/// structured result).
+const TEXT_CAP: usize = 64 << 10;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCodeArgs {
+    /// Sandbox to act on; omit to use this session's default sandbox.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
+    /// The code to run, e.g. "import pandas as pd\npd.DataFrame({'a': [1, 2]})". Variables,
+    /// imports and definitions persist in the context between calls; the value of the last
+    /// expression is the main result; matplotlib figures come back as PNG images without
+    /// savefig.
+    pub code: String,
+    /// Language of the default context to run in: "python" (default) or "bash" (any
+    /// language with a Jupyter kernel in the sandbox). Do not combine with context_id.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// A context created with code_context_create (its own kernel and state). Omit to use
+    /// the language's default context.
+    #[serde(default)]
+    pub context_id: Option<String>,
+    /// Environment variables for this call only.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Interrupt the code after this many seconds (default 300); the context keeps its state
+    /// and stays usable.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunCodeOutput {
+    pub sandbox_id: String,
+    #[serde(flatten)]
+    pub result: RunCodeResult,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextCreateArgs {
+    /// Sandbox to act on; omit to use this session's default sandbox.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
+    /// "python" (default), "bash", or another language whose kernel is installed.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Working directory of the kernel (default /home/user; relative paths start there).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextArgs {
+    /// Sandbox to act on; omit to use this session's default sandbox.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
+    /// The context's id (from code_context_create or code_context_list).
+    pub context_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContextView {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+}
+
+impl From<ContextInfo> for ContextView {
+    fn from(c: ContextInfo) -> Self {
+        Self {
+            id: c.id,
+            language: c.language,
+            cwd: c.cwd,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContextOutput {
+    pub sandbox_id: String,
+    pub context: ContextView,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContextListOutput {
+    pub sandbox_id: String,
+    /// Contexts created with code_context_create, plus the default ones ("default" for
+    /// Python, "default-<language>" for others) once they have been used.
+    pub contexts: Vec<ContextView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ContextRemovedOutput {
+    pub sandbox_id: String,
+    pub context_id: String,
+    pub removed: bool,
+}
+
+fn cap(text: &str) -> String {
+    if text.len() <= TEXT_CAP {
+        return text.to_string();
+    }
+    let mut cut = TEXT_CAP;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n[... {} more bytes in the structured result ...]",
+        &text[..cut],
+        text.len() - cut
+    )
+}
+
+/// Content blocks for the model: output and text results as text, PNG/JPEG as images.
+fn content_of(r: &RunCodeResult) -> Vec<ContentBlock> {
+    let mut text = String::new();
+    let stdout = r.stdout_text();
+    let stderr = r.stderr_text();
+    if !stdout.is_empty() {
+        text.push_str(&format!("[stdout]\n{}", cap(&stdout)));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    if !stderr.is_empty() {
+        text.push_str(&format!("[stderr]\n{}", cap(&stderr)));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    let mut images = Vec::new();
+    for res in &r.results {
+        let field = |k: &str| res.data.get(k).and_then(|v| v.as_str());
+        let label = if res.is_main_result {
+            "[result]"
+        } else {
+            "[display]"
+        };
+        if let Some(png) = field("png") {
+            images.push(ContentBlock::image(png, "image/png"));
+        }
+        if let Some(jpeg) = field("jpeg") {
+            images.push(ContentBlock::image(jpeg, "image/jpeg"));
+        }
+        let body = field("markdown")
+            .or(field("text"))
+            .map(str::to_string)
+            .or_else(|| res.data.get("json").map(|j| j.to_string()));
+        match body {
+            Some(t) => text.push_str(&format!("{label} {}\n", cap(&t))),
+            None => text.push_str(&format!("{label} ({})\n", res.formats.join(", "))),
+        }
+    }
+    if let Some(e) = &r.error {
+        text.push_str(&format!("[error] {}: {}\n", e.name, e.value));
+        if !e.traceback.is_empty() {
+            text.push_str(&cap(&strip_ansi(&e.traceback)));
+            text.push('\n');
+        }
+    }
+    if text.is_empty() {
+        text.push_str("(no output)");
+    }
+    let mut out = vec![ContentBlock::text(text)];
+    out.extend(images);
+    out
+}
+
+/// Removes ANSI colour sequences (tracebacks are coloured for terminals).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tool_router(router = code_router, vis = "pub(crate)")]
+impl CoppiceMcp {
+    /// Run code in a persistent Jupyter kernel (Python by default; bash too) and get its
+    /// stdout, stderr, rich results (text, HTML tables, PNG charts, JSON, ...) and any error
+    /// with its traceback. State persists between calls in the same context. stdout/stderr
+    /// stream as progress notifications when the call carries a progress token; cancelling
+    /// the call or passing timeout_secs interrupts the kernel and keeps its state.
+    #[tool(
+        annotations(
+            title = "Run code",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        ),
+        output_schema = schema_for_output::<RunCodeOutput>()
+    )]
+    async fn run_code(
+        &self,
+        Parameters(a): Parameters<RunCodeArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, String> {
+        let explicit = a.sandbox_id.as_deref().is_some_and(|s| !s.is_empty());
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let timeout_secs = a.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !explicit && timeout_secs.is_finite() && timeout_secs > 0.0 {
+            // The default sandbox must outlive the execution.
+            let keep = self.tools().runtime().config().default_timeout_secs as f64;
+            let _ = self.tools().set_timeout(
+                &id,
+                SetTimeout {
+                    timeout_secs: keep.max(timeout_secs + 60.0),
+                },
+            );
+        }
+        let req = RunCode {
+            code: a.code,
+            context_id: a.context_id,
+            language: a.language,
+            env: a.env,
+            timeout_secs: Some(timeout_secs),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
+        let on_line = move |line: &OutputLine| match line {
+            OutputLine::Stdout { text, .. } => {
+                let _ = tx.send(("stdout", text.clone()));
+            }
+            OutputLine::Stderr { text, .. } => {
+                let _ = tx.send(("stderr", text.clone()));
+            }
+            _ => {}
+        };
+        let token = ctx.meta.get_progress_token();
+        let peer = ctx.peer.clone();
+        // One progress notification per output chunk; `progress` counts the chunks.
+        let forward = async move {
+            let mut n = 0u64;
+            while let Some((label, mut text)) = rx.recv().await {
+                n += 1;
+                let Some(token) = &token else { continue };
+                if text.len() > 8192 {
+                    let mut cut = 8192;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                let note = ProgressNotificationParam::new(token.clone(), n as f64)
+                    .with_message(format!("[{label}] {text}"));
+                if let Err(e) = peer.notify_progress(note).await {
+                    tracing::debug!("progress notification not sent: {e}");
+                }
+            }
+        };
+        let run = self.tools().run_code(&id, req, on_line, ctx.ct.clone());
+        let (result, ()) = tokio::join!(run, forward);
+        let result = result.map_err(explain_code)?;
+        let content = content_of(&result);
+        let out = RunCodeOutput {
+            sandbox_id: id,
+            result,
+        };
+        let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
+        // Text and images for the model, not the JSON dump (it would repeat every image).
+        let mut result = CallToolResult::structured(value);
+        result.content = content;
+        Ok(result)
+    }
+
+    /// Create a code context: a separate kernel (Python by default, or bash) with its own
+    /// variables and working directory. Pass its id as context_id to run_code.
+    #[tool(annotations(
+        title = "Create code context",
+        read_only_hint = false,
+        destructive_hint = false,
+        idempotent_hint = false,
+        open_world_hint = false
+    ))]
+    async fn code_context_create(
+        &self,
+        Parameters(a): Parameters<ContextCreateArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ContextOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let info = self
+            .tools()
+            .create_code_context(&id, a.language, a.cwd)
+            .await
+            .map_err(explain_code)?;
+        Ok(Json(ContextOutput {
+            sandbox_id: id,
+            context: info.into(),
+        }))
+    }
+
+    /// List the sandbox's code contexts (id, language, cwd).
+    #[tool(annotations(
+        title = "List code contexts",
+        read_only_hint = true,
+        destructive_hint = false,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn code_context_list(
+        &self,
+        Parameters(a): Parameters<crate::server::SandboxArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ContextListOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let list = self
+            .tools()
+            .list_code_contexts(&id)
+            .await
+            .map_err(explain_code)?;
+        Ok(Json(ContextListOutput {
+            sandbox_id: id,
+            contexts: list.into_iter().map(ContextView::from).collect(),
+        }))
+    }
+
+    /// Restart a code context's kernel: all its variables are lost. Use it when the kernel
+    /// died or hangs.
+    #[tool(annotations(
+        title = "Restart code context",
+        read_only_hint = false,
+        destructive_hint = true,
+        idempotent_hint = false,
+        open_world_hint = false
+    ))]
+    async fn code_context_restart(
+        &self,
+        Parameters(a): Parameters<ContextArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ContextOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let info = self
+            .tools()
+            .restart_code_context(&id, &a.context_id)
+            .await
+            .map_err(explain_code)?;
+        Ok(Json(ContextOutput {
+            sandbox_id: id,
+            context: info.into(),
+        }))
+    }
+
+    /// Remove a code context and stop its kernel.
+    #[tool(annotations(
+        title = "Remove code context",
+        read_only_hint = false,
+        destructive_hint = true,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn code_context_remove(
+        &self,
+        Parameters(a): Parameters<ContextArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ContextRemovedOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        self.tools()
+            .remove_code_context(&id, &a.context_id)
+            .await
+            .map_err(explain_code)?;
+        Ok(Json(ContextRemovedOutput {
+            sandbox_id: id,
+            context_id: a.context_id,
+            removed: true,
+        }))
+    }
+}
+
+/// Error text for the code tools: the runtime's explanation plus where to look next.
+fn explain_code(e: coppice_runtime::Error) -> String {
+    let hint = match &e {
+        coppice_runtime::Error::InvalidArgument(m) if m.contains("not found") => {
+            "; call code_context_list to see the sandbox's contexts"
+        }
+        coppice_runtime::Error::InvalidArgument(m) if m.contains("no kernel for language") => {
+            "; omit language to use Python"
+        }
+        _ => "",
+    };
+    format!("{}{hint}", explain(e, About::Sandbox))
+}

@@ -1,0 +1,339 @@
+//! run_code: code contexts backed by real Jupyter kernels inside the sandbox. The agent serves
+//! the E2B code-interpreter routes (`POST /execute` NDJSON, `/contexts`); this layer calls them
+//! over the agent's socket and turns the stream into a typed result.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use coppice_envd::client::full_body;
+pub use coppice_kernel::wire::{ContextInfo, OutputLine, ResultData};
+use coppice_kernel::wire::{CreateContext, ExecuteRequest};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result, Tools};
+
+/// Run code in a sandbox's code context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunCode {
+    pub code: String,
+    /// A context from `create_code_context`; none = the default context of `language`.
+    pub context_id: Option<String>,
+    /// Language of the default context to use (python when neither this nor a context is given).
+    pub language: Option<String>,
+    /// Environment variables for this execution only.
+    pub env: BTreeMap<String, String>,
+    /// Interrupt the kernel after this many seconds (the context keeps its state).
+    pub timeout_secs: Option<f64>,
+}
+
+/// One timestamped chunk of stdout or stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OutputChunk {
+    pub text: String,
+    /// When the kernel sent it (ISO-8601).
+    pub timestamp: String,
+}
+
+/// One rich result. `data` maps each MIME type the kernel sent to its content (images and PDF
+/// base64-encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CodeResult {
+    /// True for the cell's value (the last expression), false for display() outputs such as
+    /// a matplotlib figure.
+    pub is_main_result: bool,
+    /// The MIME types present, e.g. ["text/plain", "text/html"].
+    pub formats: Vec<String>,
+    /// The E2B-shaped result: text, html, markdown, svg, png, jpeg, pdf, latex, json,
+    /// javascript, data, chart, extra.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An error raised by the code (or by Coppice: TimeoutError, KernelDiedError, KernelStartError).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CodeError {
+    pub name: String,
+    pub value: String,
+    /// The traceback as the kernel formats it (with ANSI colour codes).
+    pub traceback: String,
+}
+
+/// The outcome of a run_code call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunCodeResult {
+    /// The kernel's execution counter for this call (None when the code never ran).
+    pub execution_count: Option<i64>,
+    pub stdout: Vec<OutputChunk>,
+    pub stderr: Vec<OutputChunk>,
+    /// Results in the order the kernel produced them.
+    pub results: Vec<CodeResult>,
+    pub error: Option<CodeError>,
+    /// True when the timeout passed and the kernel was interrupted.
+    pub timed_out: bool,
+    /// True when the caller cancelled the call (the kernel was interrupted).
+    pub cancelled: bool,
+}
+
+impl RunCodeResult {
+    /// Folds one stream line into the result.
+    pub fn push(&mut self, line: OutputLine) {
+        match line {
+            OutputLine::NumberOfExecutions { execution_count } => {
+                self.execution_count = Some(execution_count)
+            }
+            OutputLine::Stdout { text, timestamp } => {
+                self.stdout.push(OutputChunk { text, timestamp })
+            }
+            OutputLine::Stderr { text, timestamp } => {
+                self.stderr.push(OutputChunk { text, timestamp })
+            }
+            OutputLine::Result(r) => {
+                let formats = r.formats();
+                let mut data = match serde_json::to_value(&r) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => Default::default(),
+                };
+                data.remove("is_main_result");
+                self.results.push(CodeResult {
+                    is_main_result: r.is_main_result,
+                    formats,
+                    data,
+                });
+            }
+            OutputLine::Error {
+                name,
+                value,
+                traceback,
+            } => {
+                if name == coppice_kernel::wire::errors::TIMEOUT {
+                    self.timed_out = true;
+                }
+                self.error = Some(CodeError {
+                    name,
+                    value,
+                    traceback,
+                })
+            }
+            OutputLine::UnexpectedEndOfExecution => {
+                self.error = Some(CodeError {
+                    name: "UnexpectedEndOfExecution".into(),
+                    value: "the execution stream ended unexpectedly".into(),
+                    traceback: String::new(),
+                })
+            }
+            OutputLine::EndOfExecution | OutputLine::Keepalive => {}
+        }
+    }
+
+    /// All stdout text concatenated.
+    pub fn stdout_text(&self) -> String {
+        self.stdout.iter().map(|c| c.text.as_str()).collect()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.iter().map(|c| c.text.as_str()).collect()
+    }
+}
+
+/// Maps an error answer of the agent's code routes.
+fn agent_error(status: http::StatusCode, body: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(body).trim().to_string();
+    match status.as_u16() {
+        400 | 404 => Error::InvalidArgument(text),
+        405..=499 => Error::InvalidArgument(format!("{status}: {text}")),
+        _ => Error::Unavailable(format!("code kernel: {text}")),
+    }
+}
+
+impl Tools {
+    async fn code_request(
+        &self,
+        id: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let agent = self.rt.agent(id)?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full_body(body.unwrap_or_default()))
+            .map_err(Error::internal)?;
+        Ok(agent.send(req).await?)
+    }
+
+    async fn code_json<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>> {
+        let resp = self.code_request(id, method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Unavailable(format!("reading the agent's answer: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(agent_error(status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("bad answer from the agent: {e}")))
+    }
+
+    /// Runs code in a context. Each output line is passed to `on_line` as it arrives;
+    /// cancelling `cancel` closes the stream, which makes the agent interrupt the kernel.
+    pub async fn run_code(
+        &self,
+        id: &str,
+        req: RunCode,
+        mut on_line: impl FnMut(&OutputLine) + Send,
+        cancel: CancellationToken,
+    ) -> Result<RunCodeResult> {
+        if let Some(t) = req.timeout_secs
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "timeout_secs must be a positive number of seconds, got {t}"
+            )));
+        }
+        let body = serde_json::to_vec(&ExecuteRequest {
+            code: req.code,
+            context_id: req.context_id,
+            language: req.language,
+            env_vars: Some(req.env).filter(|e| !e.is_empty()),
+            timeout: req.timeout_secs,
+        })
+        .map_err(Error::internal)?;
+        let resp = self
+            .code_request(id, http::Method::POST, "/execute", Some(body))
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(agent_error(status, &bytes));
+        }
+        let mut result = RunCodeResult::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut ended = false;
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = cancel.cancelled() => {
+                    // Dropping the body closes the connection; the agent interrupts the kernel.
+                    result.cancelled = true;
+                    return Ok(result);
+                }
+            };
+            let data: Bytes = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(Error::Unavailable(format!(
+                        "the execution stream broke: {e}"
+                    )));
+                }
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<OutputLine>(line) {
+                    Ok(l) => {
+                        ended |= l == OutputLine::EndOfExecution;
+                        on_line(&l);
+                        result.push(l);
+                    }
+                    // Unknown line types are skipped, as the E2B SDKs do.
+                    Err(e) => tracing::debug!("skipping an execution line: {e}"),
+                }
+            }
+        }
+        if !ended {
+            result.push(OutputLine::UnexpectedEndOfExecution);
+        }
+        Ok(result)
+    }
+
+    /// Creates a code context (a new kernel) with its own state.
+    pub async fn create_code_context(
+        &self,
+        id: &str,
+        language: Option<String>,
+        cwd: Option<String>,
+    ) -> Result<ContextInfo> {
+        let body = serde_json::to_vec(&CreateContext { language, cwd }).map_err(Error::internal)?;
+        self.code_json(id, http::Method::POST, "/contexts", Some(body))
+            .await?
+            .ok_or_else(|| Error::internal("the agent returned no context"))
+    }
+
+    /// Every context of the sandbox, the default ones started so far included.
+    pub async fn list_code_contexts(&self, id: &str) -> Result<Vec<ContextInfo>> {
+        Ok(self
+            .code_json(id, http::Method::GET, "/contexts?all=true", None)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Restarts a context's kernel: its state is lost.
+    pub async fn restart_code_context(&self, id: &str, context_id: &str) -> Result<ContextInfo> {
+        check_context_id(context_id)?;
+        self.code_json(
+            id,
+            http::Method::POST,
+            &format!("/contexts/{context_id}/restart"),
+            None,
+        )
+        .await?
+        .ok_or_else(|| Error::internal("the agent returned no context"))
+    }
+
+    /// Removes a context and stops its kernel.
+    pub async fn remove_code_context(&self, id: &str, context_id: &str) -> Result<()> {
+        check_context_id(context_id)?;
+        self.code_json::<serde_json::Value>(
+            id,
+            http::Method::DELETE,
+            &format!("/contexts/{context_id}"),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Context ids go into a URL path.
+fn check_context_id(context_id: &str) -> Result<()> {
+    if context_id.is_empty()
+        || !context_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::InvalidArgument(format!(
+            "'{context_id}' is not a context id (list the sandbox's code contexts to see them)"
+        )));
+    }
+    Ok(())
+}
