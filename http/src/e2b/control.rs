@@ -85,6 +85,7 @@ async fn not_routed(uri: axum::http::Uri) -> Response {
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": "..."}`.
+#[derive(Debug)]
 pub(super) struct E2bError(pub StatusCode, pub String);
 
 impl From<Error> for E2bError {
