@@ -1,5 +1,5 @@
 //! The E2B control plane: v1 and v2 routes of the SDKs in use (reference §1), over the tool
-//! layer. Snapshots, fork and network updates are not routed here (not provided yet).
+//! layer. Snapshots, fork and network updates are in [`super::snapshots`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,17 +9,20 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use coppice_runtime::manager::snapshots::ForkOutcome;
 use coppice_runtime::manager::{Resumed, SandboxMetrics};
 use coppice_runtime::model::{SandboxInfo, SandboxState};
 use coppice_runtime::state::OnTimeout;
 use coppice_runtime::{Error, clock::rfc3339_ms};
 use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
+use coppice_tools::snapshots::ForkSandbox;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::snapshots::{self, E2bNetwork};
 use super::{E2bState, ENVD_VERSION};
 
 type St = State<Arc<E2bState>>;
@@ -41,12 +44,20 @@ pub(super) fn router(state: Arc<E2bState>) -> axum::Router {
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/logs", get(logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(logs_v2))
+        .route(
+            "/sandboxes/{id}/snapshots",
+            post(snapshots::create_snapshot),
+        )
+        .route("/snapshots", get(snapshots::list_snapshots))
+        .route("/templates/{id}", delete(snapshots::delete_snapshot))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{id}/network", put(snapshots::update_network))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key))
         .fallback(not_routed)
         .with_state(state)
 }
 
-/// Unknown paths. Under the E2B prefixes (snapshots, fork, network updates, templates, ...)
+/// Unknown paths. Under the E2B prefixes (template builds, volumes, teams, ...)
 /// the answer is E2B's JSON error, which the SDKs parse into an exception; a bare 404 body
 /// would break their JSON parsing instead.
 async fn not_routed(uri: axum::http::Uri) -> Response {
@@ -74,14 +85,18 @@ async fn not_routed(uri: axum::http::Uri) -> Response {
 }
 
 /// An error in E2B's shape: `{"code": <status>, "message": "..."}`.
+#[derive(Debug)]
 pub(super) struct E2bError(pub StatusCode, pub String);
 
 impl From<Error> for E2bError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::SandboxNotFound(_) | Error::TemplateNotFound(_) => StatusCode::NOT_FOUND,
-            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Error::AlreadyExists(_) => StatusCode::CONFLICT,
+            Error::SandboxNotFound(_) | Error::TemplateNotFound(_) | Error::SnapshotNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
+            Error::InvalidArgument(_) | Error::HostUnsupported(_) => StatusCode::BAD_REQUEST,
+            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             // Never 503 for these: the SDKs retry 502/503/504 with backoff.
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -102,7 +117,7 @@ impl From<axum::extract::rejection::JsonRejection> for E2bError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> E2bError {
+pub(super) fn bad(msg: impl Into<String>) -> E2bError {
     E2bError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -155,7 +170,7 @@ struct NewSandbox {
     secure: Option<bool>,
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
-    network: Option<Value>,
+    network: Option<E2bNetwork>,
     mcp: Option<Value>,
     volume_mounts: Option<Vec<Value>>,
 }
@@ -178,16 +193,13 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
     if req.template_id.is_empty() {
         return Err(bad("templateID is required"));
     }
-    if req.allow_internet_access == Some(false) {
-        return Err(bad(
-            "allow_internet_access=false is not supported by this Coppice daemon yet",
-        ));
-    }
-    if req.network.as_ref().is_some_and(|n| !is_empty_json(n)) {
-        return Err(bad(
-            "per-sandbox network rules are not supported by this Coppice daemon yet",
-        ));
-    }
+    // Only an explicit choice becomes a policy; otherwise the daemon's default (or, for a
+    // snapshot, the source's) stays.
+    let network_policy = match (&req.network, req.allow_internet_access) {
+        (None, None) => None,
+        (Some(n), aia) => Some(n.policy(aia)?),
+        (None, aia) => Some(E2bNetwork::default().policy(aia)?),
+    };
     if req
         .auto_resume
         .as_ref()
@@ -208,21 +220,66 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
     if req.timeout == Some(0) {
         return Err(bad("timeout must be at least 1 second"));
     }
-    let template = if DEFAULT_ALIASES.contains(&req.template_id.as_str()) {
+    let is_alias = DEFAULT_ALIASES.contains(&req.template_id.as_str());
+    // A snapshot id or name in templateID is the SDK's `Sandbox.create(snapshot_id)`: one fork
+    // of that snapshot.
+    let snapshot = if is_alias {
         None
     } else {
-        Some(req.template_id.clone())
+        match s.tools.snapshot_info(&req.template_id) {
+            Ok(i) => Some(i.snapshot_id),
+            Err(Error::SnapshotNotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
     };
-    let info = s
-        .tools
-        .create_sandbox(CreateSandbox {
-            template,
-            timeout_secs: req.timeout.map(|t| t as f64),
-            env: req.env_vars.unwrap_or_default(),
-            metadata: req.metadata.unwrap_or_default(),
-            ..Default::default()
-        })
-        .await?;
+    let env = req.env_vars.unwrap_or_default();
+    let metadata = req.metadata.unwrap_or_default();
+    let timeout_secs = req.timeout.map(|t| t as f64);
+    let (info, fork_policy) = match snapshot {
+        Some(snapshot_id) => {
+            let mut r = s
+                .tools
+                .fork_sandbox(ForkSandbox {
+                    snapshot_id: Some(snapshot_id),
+                    count: Some(1),
+                    timeout_secs,
+                    env,
+                    metadata,
+                    ..Default::default()
+                })
+                .await?;
+            match r.forks.pop() {
+                Some(ForkOutcome {
+                    sandbox: Some(info),
+                    ..
+                }) => (info, network_policy),
+                other => {
+                    let why = other.and_then(|f| f.error).unwrap_or_default();
+                    return Err(E2bError(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "the sandbox from snapshot '{}' failed to start: {why}",
+                            req.template_id
+                        ),
+                    ));
+                }
+            }
+        }
+        None => {
+            let info = s
+                .tools
+                .create_sandbox(CreateSandbox {
+                    template: (!is_alias).then(|| req.template_id.clone()),
+                    timeout_secs,
+                    env,
+                    metadata,
+                    network_policy,
+                    ..Default::default()
+                })
+                .await?;
+            (info, None)
+        }
+    };
     let secure = req.secure.unwrap_or(true);
     let setup = async {
         if secure {
@@ -230,6 +287,10 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
         }
         if req.auto_pause {
             s.tools.set_on_timeout(&info.id, OnTimeout::Pause)?;
+        }
+        // A fork keeps its snapshot's policy unless the request names one.
+        if let Some(p) = fork_policy {
+            s.tools.set_network_policy(&info.id, p).await?;
         }
         Ok::<_, Error>(())
     };
@@ -242,7 +303,7 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn is_empty_json(v: &Value) -> bool {
+pub(super) fn is_empty_json(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Object(m) => m.values().all(is_empty_json),
@@ -252,7 +313,7 @@ fn is_empty_json(v: &Value) -> bool {
 }
 
 /// 32 random characters from [a-z0-9]: the sandbox's envd access token.
-fn new_token() -> String {
+pub(super) fn new_token() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..32)
@@ -261,7 +322,7 @@ fn new_token() -> String {
 }
 
 /// The `Sandbox` object of create/connect/resume.
-fn sandbox_json(s: &E2bState, info: &SandboxInfo) -> Result<Value, Error> {
+pub(super) fn sandbox_json(s: &E2bState, info: &SandboxInfo) -> Result<Value, Error> {
     let mut v = json!({
         "templateID": info.template,
         "sandboxID": info.id,
@@ -482,7 +543,9 @@ struct ConnectBody {
 }
 
 /// Optional JSON body: absent or empty means all defaults.
-fn optional_body<T: for<'de> Deserialize<'de> + Default>(raw: &[u8]) -> Result<T, E2bError> {
+pub(super) fn optional_body<T: for<'de> Deserialize<'de> + Default>(
+    raw: &[u8],
+) -> Result<T, E2bError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -13,6 +13,7 @@
 
 mod control;
 mod proxy;
+mod snapshots;
 
 use std::sync::Arc;
 

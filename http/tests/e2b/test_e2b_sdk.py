@@ -182,13 +182,21 @@ def test_bad_create_input_is_400(daemon):
     r = httpx.post(f"{url}/v2/sandboxes", headers=h, json={"templateID": "base", "timeout": 10**9})
     assert r.status_code == 400 and r.json()["code"] == 400
     r = httpx.post(f"{url}/v2/sandboxes", headers=h,
-                   json={"templateID": "base", "allow_internet_access": False})
+                   json={"templateID": "base", "network": {"egressProxy": {"address": "x:1"}}})
     assert r.status_code == 400, "unsupported options are refused, not ignored"
+    assert "egressProxy" in r.json()["message"]
+    r = httpx.post(f"{url}/v2/sandboxes", headers=h,
+                   json={"templateID": "base", "network": {"allowOut": ["example.com"]}})
+    assert r.status_code == 400 and "domain" in r.json()["message"]
     r = httpx.get(f"{url}/v2/sandboxes?state=sleeping", headers=h)
     assert r.status_code == 400
     # Routes this daemon does not serve answer in E2B's JSON shape.
-    r = httpx.post(f"{url}/sandboxes/x/snapshots", headers=h, json={})
+    r = httpx.get(f"{url}/volumes", headers=h)
     assert r.status_code == 404 and "not supported" in r.json()["message"]
+    r = httpx.post(f"{url}/sandboxes/nosuch/snapshots", headers=h, json={})
+    assert r.status_code == 404 and r.json()["code"] == 404
+    r = httpx.post(f"{url}/sandboxes/nosuch/fork", headers=h, json={})
+    assert r.status_code == 404 and r.json()["code"] == 404
 
 
 # ---------------------------------------------------------------- access token
@@ -458,3 +466,135 @@ def test_auto_pause_at_timeout_then_connect_resumes(daemon):
         assert Sandbox.get_info(s.sandbox_id).state == SandboxState.RUNNING
     finally:
         s.kill()
+
+
+# ---------------------------------------------------------------- snapshots, fork, network
+
+
+def native_policy(sandbox_id: str) -> dict:
+    """The policy in force, through Coppice's own API (the test daemon has no bearer token)."""
+    r = httpx.get(f"{os.environ['E2B_API_URL']}/api/v1/sandboxes/{sandbox_id}/network")
+    assert r.status_code == 200, r.text
+    return r.json()["policy"]
+
+
+def test_snapshot_create_list_restore_delete(daemon):
+    s = Sandbox.create(timeout=120)
+    child = None
+    try:
+        s.files.write("/home/user/snap.txt", "from parent")
+        name = "snap-" + uuid.uuid4().hex[:8]
+        snap = s.create_snapshot(name=name)
+        assert snap.snapshot_id and snap.names == [name]
+        s.files.write("/home/user/snap.txt", "changed after the snapshot")
+        second = s.create_snapshot()
+        assert second.names == []
+
+        mine = Sandbox.list_snapshots(sandbox_id=s.sandbox_id)
+        ids = [i.snapshot_id for i in mine.next_items()]
+        assert ids == [snap.snapshot_id, second.snapshot_id], "oldest first"
+        pager = Sandbox.list_snapshots(sandbox_id=s.sandbox_id, limit=1)
+        assert [i.snapshot_id for i in pager.next_items()] == [snap.snapshot_id]
+        assert pager.has_next
+        assert [i.snapshot_id for i in pager.next_items()] == [second.snapshot_id]
+        assert not pager.has_next
+        by_name = Sandbox.list_snapshots(name=name).next_items()
+        assert [i.snapshot_id for i in by_name] == [snap.snapshot_id]
+
+        # Sandbox.create(snapshot): the snapshot's files, a working envd (access token).
+        child = Sandbox.create(name, timeout=120)
+        assert child.sandbox_id != s.sandbox_id
+        assert child.files.read("/home/user/snap.txt") == "from parent"
+        assert child.commands.run("cat /home/user/snap.txt").stdout == "from parent"
+        by_id = Sandbox.create(second.snapshot_id, timeout=60)
+        try:
+            assert by_id.files.read("/home/user/snap.txt") == "changed after the snapshot"
+        finally:
+            by_id.kill()
+
+        # Memory snapshots need CRIU; without it, a clear error, not a silent downgrade.
+        h = {"X-API-Key": API_KEY}
+        url = os.environ["E2B_API_URL"]
+        r = httpx.post(f"{url}/sandboxes/{s.sandbox_id}/snapshots", headers=h, json={"memory": True})
+        if r.status_code == 201:  # a host with CRIU >= 4.1
+            assert Sandbox.delete_snapshot(r.json()["snapshotID"]) is True
+        else:
+            assert r.status_code == 400 and "memory snapshots" in r.json()["message"], r.text
+
+        # Refused while a sandbox stands on it; the refusal names it.
+        with pytest.raises(SandboxException) as e:
+            Sandbox.delete_snapshot(snap.snapshot_id)
+        assert child.sandbox_id in str(e.value)
+        child.kill()
+        child = None
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is False
+        assert Sandbox.delete_snapshot(second.snapshot_id) is True
+        assert Sandbox.list_snapshots(sandbox_id=s.sandbox_id).next_items() == []
+        with pytest.raises(SandboxException):
+            Sandbox.create(name)
+    finally:
+        if child is not None:
+            child.kill()
+        s.kill()
+
+
+def test_fork_sees_parent_files_and_writes_are_isolated(daemon):
+    parent = Sandbox.create(timeout=120)
+    forks = []
+    try:
+        parent.files.write("/home/user/p.txt", "parent data")
+        forks = parent.fork(count=2, timeout=90)
+        assert len(forks) == 2
+        for f in forks:
+            assert isinstance(f, Sandbox), f
+            assert f.sandbox_id != parent.sandbox_id
+            assert f.files.read("/home/user/p.txt") == "parent data"
+        a, b = forks
+        a.files.write("/home/user/p.txt", "written in fork a")
+        assert a.commands.run("cat /home/user/p.txt").stdout == "written in fork a"
+        assert b.files.read("/home/user/p.txt") == "parent data"
+        assert parent.files.read("/home/user/p.txt") == "parent data"
+        end = a.get_info().end_at - a.get_info().started_at
+        assert 60 < end.total_seconds() <= 95, end
+        # The API's range for count is 1..20 (the SDK checks it too).
+        r = httpx.post(f"{os.environ['E2B_API_URL']}/sandboxes/{parent.sandbox_id}/fork",
+                       headers={"X-API-Key": API_KEY}, json={"count": 21})
+        assert r.status_code == 400 and r.json()["code"] == 400
+    finally:
+        for f in forks:
+            if isinstance(f, Sandbox):
+                f.kill()
+        parent.kill()
+
+
+def test_network_policy_at_create_and_update(daemon):
+    offline = Sandbox.create(timeout=60, allow_internet_access=False)
+    default = Sandbox.create(timeout=60)
+    ruled = Sandbox.create(timeout=60, network={"allow_out": ["1.1.1.1"], "deny_out": ["0.0.0.0/0"]})
+    try:
+        p = native_policy(offline.sandbox_id)
+        assert p["air_gapped"] is True and p["default"] == "deny"
+        p = native_policy(default.sandbox_id)
+        assert p["default"] == "allow" and not p.get("air_gapped") and not p.get("deny")
+        p = native_policy(ruled.sandbox_id)
+        assert [r["cidr"] for r in p["allow"]] and "1.1.1.1" in p["allow"][0]["cidr"]
+        assert [r["cidr"] for r in p["deny"]] == ["0.0.0.0/0"]
+        assert default.commands.run("echo up").stdout == "up\n"
+
+        default.update_network({"deny_out": ["10.0.0.0/8"]})
+        p = native_policy(default.sandbox_id)
+        assert [r["cidr"] for r in p["deny"]] == ["10.0.0.0/8"] and p["default"] == "allow"
+        default.update_network({"allow_internet_access": False})
+        p = native_policy(default.sandbox_id)
+        assert p["air_gapped"] is True and p["default"] == "deny"
+        Sandbox.update_network(default.sandbox_id, {})
+        assert native_policy(default.sandbox_id)["default"] == "allow", "omitted fields are cleared"
+        with pytest.raises(SandboxException) as e:
+            default.update_network({"allow_out": ["example.com"]})
+        assert "domain" in str(e.value)
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.update_network("nosuch", {"deny_out": ["10.0.0.0/8"]})
+    finally:
+        for s in (offline, default, ruled):
+            s.kill()
