@@ -443,6 +443,7 @@ class Daemon:
         for sid in ids:
             for d in sandbox_cgroup_dirs(sid):
                 rmdir_retry(d)
+        unmount_storage(self.state_dir)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         try:
             self.socket.unlink()
@@ -513,6 +514,25 @@ def rmdir_retry(d: Path, timeout: float = 5.0) -> None:
                 print(f"warning: could not remove {d}", file=sys.stderr)
                 return
             time.sleep(0.05)
+
+
+def unmount_storage(state_dir: Path) -> None:
+    """Detaches the daemon's loop-mounted btrfs image (`<state>/btrfs`, sandbox uppers and
+    snapshots), which stays mounted when the daemon stops; the loop device goes with it."""
+    target = str(state_dir / "btrfs")
+    try:
+        mounted = any(line.split(" ")[4] == target
+                      for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    except OSError:
+        return
+    if mounted:
+        subprocess.run(["umount", "-l", target], check=False)
+
+
+def upper_dir(state_dir: Path, sid: str) -> Path:
+    """A sandbox's overlay upper: its btrfs subvolume's, else the plain directory."""
+    sub = state_dir / "btrfs" / "uppers" / sid / "upper"
+    return sub if sub.is_dir() else state_dir / "sandboxes" / sid / "fs" / "upper"
 
 
 def make_state_dir(prefix: str) -> Path:

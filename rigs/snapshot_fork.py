@@ -74,7 +74,7 @@ def measure_snapshots(daemon: Daemon, label: str, fill: str, samples: int) -> di
     sb = api.create({"timeout_secs": 3600, "memory": "1G"})
     sid = sb["id"]
     run_in(api, sid, fill)
-    upper = daemon.state_dir / "sandboxes" / sid / "fs" / "upper"
+    upper = common.upper_dir(daemon.state_dir, sid)
     size = int(subprocess.run(["du", "-sb", str(upper)], capture_output=True, text=True,
                               check=True).stdout.split()[0])
     files = int(subprocess.run(f"find {upper} | wc -l", shell=True, capture_output=True,

@@ -135,8 +135,161 @@ fn state_mounts() -> usize {
         .count()
 }
 
+/// Mounts of the daemon's btrfs image (`<state>/btrfs`).
+fn storage_mounts(state: &std::path::Path) -> usize {
+    let target = state.join("btrfs");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path_str(&target)))
+        .count()
+}
+
+/// A btrfs subvolume root (inode 256) that refuses writes (a read-only snapshot).
+fn is_readonly_subvolume(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else {
+        return false;
+    };
+    let probe = path.join(".coppice-write-probe");
+    let refused = std::fs::write(&probe, b"x")
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EROFS));
+    let _ = std::fs::remove_file(&probe);
+    let fs_type = nix_statfs_type(path);
+    md.ino() == 256 && refused && fs_type == Some(0x9123_683E)
+}
+
+/// f_type of statfs(2) (0x9123683E: btrfs).
+fn nix_statfs_type(path: &std::path::Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path_str(path)).ok()?;
+    // SAFETY: statfs(2) into a zeroed struct we own.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0).then_some(buf.f_type as i64)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
+
+#[test]
+fn snapshots_are_read_only_btrfs_subvolumes_and_deleting_removes_them() {
+    let Some(_g) = shared() else { return };
+    let d = daemon();
+    let sbx = create(&[]);
+    sbx.sh_ok("mkdir -p /home/user/many && for i in $(seq 200); do echo $i > /home/user/many/$i; done");
+    // Its upper is a subvolume of its own.
+    let upper = d.state.join("btrfs/uppers").join(&sbx.id);
+    assert_eq!(nix_statfs_type(&upper), Some(0x9123_683E), "{}", d.log());
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&upper).unwrap()),
+        256,
+        "the upper is not a subvolume root"
+    );
+    let snap = snapshot(&sbx, &[]);
+    let id = snap["snapshot_id"].as_str().unwrap();
+    assert_eq!(snap["metadata"]["coppice.storage"], "btrfs-snapshot", "{snap}");
+    let sv = d.state.join("btrfs/snapshots").join(id);
+    assert!(is_readonly_subvolume(&sv), "{} is not a read-only subvolume", sv.display());
+    assert_eq!(std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(), "200\n");
+    // No copy was made beside it.
+    assert!(!d.state.join("snapshots").join(id).join("layer").exists());
+    // Writes after the snapshot stay out of it.
+    sbx.sh_ok("echo later > /home/user/many/200");
+    assert_eq!(std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(), "200\n");
+    cli_ok(&["snapshot", "delete", id]);
+    assert!(!sv.exists(), "the snapshot's subvolume is still there");
+    // Killing the sandbox deletes its upper subvolume.
+    drop(sbx);
+    assert!(eventually(Duration::from_secs(10), || !upper.exists()), "upper left");
+}
+
+/// `storage = "plain"`: a daemon without btrfs keeps working, snapshots are copies and say so.
+#[test]
+fn plain_storage_fallback_snapshots_by_copying() {
+    let Some(_g) = exclusive() else { return };
+    let d = daemon();
+    d.kill9();
+    let dir = tempfile::Builder::new()
+        .prefix("coppice-plain-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let (state, socket) = (dir.join("state"), dir.join("coppice.sock"));
+    std::fs::write(dir.join("config.toml"), "storage = \"plain\"\npool_size = 0\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--socket", path_str(&socket), "serve", "--state-dir", path_str(&state)])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("COPPICE_CONFIG", dir.join("config.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("daemon.err")).unwrap());
+    let mut child = spawn_bound_to_process(cmd);
+    let run = || -> Result<(), String> {
+        let up = eventually(Duration::from_secs(120), || {
+            cli_at(&socket, &["sandbox", "list"]).code == 0
+        });
+        let log = || {
+            std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        };
+        if !up {
+            return Err(format!("plain daemon did not come up: {}", log()));
+        }
+        let ok = |args: &[&str]| -> Result<Value, String> {
+            let out = cli_at(&socket, args);
+            if out.code != 0 {
+                return Err(format!("{args:?}: {out:?}"));
+            }
+            serde_json::from_str(&out.stdout).map_err(|e| format!("{args:?}: {e}: {out:?}"))
+        };
+        let sbx = ok(&["sandbox", "create", "--json"])?;
+        let sid = sbx["id"].as_str().unwrap().to_string();
+        let exec = cli_at(&socket, &["exec", &sid, "--", "sh", "-c", "echo plain > /home/user/f"]);
+        if exec.code != 0 {
+            return Err(format!("exec: {exec:?}"));
+        }
+        if state.join("btrfs/uppers").join(&sid).exists() || storage_mounts(&state) != 0 {
+            return Err("plain storage made btrfs objects".into());
+        }
+        let snap = ok(&["snapshot", "create", &sid, "--json"])?;
+        let snap_id = snap["snapshot_id"].as_str().unwrap().to_string();
+        if snap["metadata"]["coppice.storage"] != "copy" {
+            return Err(format!("not a copy: {snap}"));
+        }
+        let layer = state.join("snapshots").join(&snap_id).join("layer");
+        if std::fs::read_to_string(layer.join("home/user/f")).ok().as_deref() != Some("plain\n") {
+            return Err(format!("{} lacks the file", layer.display()));
+        }
+        let forked = ok(&["sandbox", "fork", "--json", "--snapshot", &snap_id])?;
+        let fid = forked["forks"][0]["sandbox"]["id"].as_str().unwrap_or_default().to_string();
+        let cat = cli_at(&socket, &["exec", &fid, "--", "cat", "/home/user/f"]);
+        cli_at(&socket, &["sandbox", "kill", &fid]);
+        cli_at(&socket, &["sandbox", "kill", &sid]);
+        if cat.stdout != "plain\n" {
+            return Err(format!("fork of a copied snapshot: {cat:?}"));
+        }
+        let del = cli_at(&socket, &["snapshot", "delete", &snap_id]);
+        if del.code != 0 || !eventually(Duration::from_secs(10), || !layer.exists()) {
+            return Err(format!("delete: {del:?}"));
+        }
+        if !log().contains("plain directories") {
+            return Err(format!("the log does not say which storage: {}", log()));
+        }
+        Ok(())
+    };
+    let result = run();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    d.start();
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
 
 #[test]
 fn forks_see_the_snapshot_but_not_each_others_writes() {
@@ -406,11 +559,17 @@ fn a_hundred_forks_fan_out_and_tear_down_leaving_nothing() {
         memory_cgroups()
     );
     assert_eq!(state_mounts(), mounts0, "host mounts under the state dir");
+    // Their upper subvolumes went with them.
+    for id in &ids {
+        assert!(!d.state.join("btrfs/uppers").join(id).exists(), "upper of {id} left");
+    }
     // The implicit snapshot goes with its last fork.
     let layer = d.state.join("snapshots").join(&implicit);
+    let subvolume = d.state.join("btrfs/snapshots").join(&implicit);
     assert!(
         // (Only this one: implicit snapshots of earlier tests may still be collected meanwhile.)
         eventually(Duration::from_secs(10), || !layer.exists()
+            && !subvolume.exists()
             && !snapshot_ids().contains(&implicit)),
         "implicit snapshot {implicit} left behind"
     );
@@ -467,6 +626,13 @@ fn lineage_survives_a_daemon_restart() {
     d.kill9();
     d.start();
 
+    // The btrfs image is mounted once (the restart found it mounted), and the snapshots'
+    // subvolumes are still there.
+    assert_eq!(storage_mounts(&d.state), 1, "btrfs image mounted again");
+    for s in [&s1, &s2] {
+        let sv = d.state.join("btrfs/snapshots").join(s["snapshot_id"].as_str().unwrap());
+        assert!(is_readonly_subvolume(&sv), "{} after the restart", sv.display());
+    }
     assert_eq!(gen2.sh_ok("cat /home/user/g"), "gen0\ngen1\n");
     let lineage: Value =
         serde_json::from_str(&cli_ok(&["sandbox", "lineage", &gen2.id, "--json"])).unwrap();

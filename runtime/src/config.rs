@@ -56,6 +56,13 @@ pub struct Config {
     /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
     /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
     pub e2b_domain: Option<String>,
+    /// Where sandbox uppers and snapshots live: "auto" (btrfs subvolumes, on the state
+    /// directory's btrfs or a sparse loop-mounted image in it; plain directories when btrfs is
+    /// unavailable), "btrfs" (or refuse to start), "plain" (directories; snapshots copy).
+    pub storage: crate::linux::btrfs::StorageMode,
+    /// Size of the sparse btrfs image made when the state directory is not on btrfs, in GiB
+    /// (only what sandboxes write takes host disk).
+    pub btrfs_image_gib: u64,
 }
 
 impl Default for Config {
@@ -85,6 +92,8 @@ impl Default for Config {
             e2b_api_keys: Vec::new(),
             e2b_no_auth: false,
             e2b_domain: None,
+            storage: Default::default(),
+            btrfs_image_gib: 64,
         }
     }
 }

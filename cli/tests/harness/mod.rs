@@ -257,8 +257,23 @@ extern "C" fn cleanup_at_exit() {
                 eprintln!("the daemon's log is in {}", kept.display());
             }
         }
+        // The daemon's loop-mounted btrfs image (sandbox uppers) stays mounted when it stops
+        // (live sandboxes use it); detach it before removing the state dir.
+        unmount_storage(&d.state);
         let _ = std::fs::remove_dir_all(&d.dir);
     });
+}
+
+/// Lazily unmounts `<state>/btrfs` when it is a mount (the loop device goes with it).
+pub fn unmount_storage(state: &Path) {
+    let target = state.join("btrfs");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path_str(&target)));
+    if mounted {
+        let _ = Command::new("umount").arg("-l").arg(&target).status();
+    }
 }
 
 pub fn path_str(p: &Path) -> &str {

@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::btrfs::{self, Storage};
 use super::cgroup::{self, CgroupLayout};
 use super::net::{self, NetConfig};
 use super::netpolicy;
@@ -25,6 +26,8 @@ pub struct LinuxBackend {
     policy_ctx: HostContext,
     agent_binary: PathBuf,
     spawn_binary: PathBuf,
+    /// Uppers as btrfs subvolumes, or plain directories.
+    storage: Storage,
 }
 
 /// What the manager learns from a start.
@@ -61,7 +64,9 @@ impl LinuxBackend {
                 )));
             }
         }
+        let storage = tokio::task::block_in_place(|| Storage::setup(cfg))?;
         Ok(Self {
+            storage,
             cfg: cfg.clone(),
             cgroups,
             net,
@@ -86,13 +91,19 @@ impl LinuxBackend {
     /// Starts the sandbox described by `rec` on `template`'s layers.
     pub async fn start(&self, rec: &SandboxRecord, template: &TemplateInfo) -> Result<Started> {
         let dir = self.sandbox_dir(&rec.id);
-        for sub in ["fs/upper", "fs/work", "root", "stage"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .ctx(|| format!("creating {}", dir.join(sub).display()))?;
+        // The upper and work directories: a subvolume of their own with btrfs (a snapshot
+        // is then a subvolume snapshot), else `fs/` in the sandbox's directory.
+        let fs_dir = match self.storage.create_upper(&rec.id) {
+            Ok(Some(sv)) => sv,
+            Ok(None) => dir.join("fs"),
+            Err(e) => return Err(e),
+        };
+        for sub in [fs_dir.join("upper"), fs_dir.join("work"), dir.join("root"), dir.join("stage")] {
+            std::fs::create_dir_all(&sub).ctx(|| format!("creating {}", sub.display()))?;
         }
-        write_identity(&dir.join("fs/upper"), &rec.hostname, &rec.id)?;
+        write_identity(&fs_dir.join("upper"), &rec.hostname, &rec.id)?;
         let cg = self.cgroups.create(&rec.id)?;
-        let result = self.start_in(rec, template, &dir, &cg).await;
+        let result = self.start_in(rec, template, &dir, &fs_dir, &cg).await;
         if result.is_err() {
             self.destroy(rec).await;
         }
@@ -104,6 +115,7 @@ impl LinuxBackend {
         rec: &SandboxRecord,
         template: &TemplateInfo,
         dir: &Path,
+        fs_dir: &Path,
         cg: &cgroup::SandboxCgroup,
     ) -> Result<Started> {
         let t0 = std::time::Instant::now();
@@ -125,7 +137,7 @@ impl LinuxBackend {
             id_base: self.id_base(rec.slot),
             id_count: ID_COUNT,
             layers: template.layers.clone(),
-            fs_dir: dir.join("fs"),
+            fs_dir: fs_dir.to_path_buf(),
             root_dir: dir.join("root"),
             stage_dir: dir.join("stage"),
             netns,
@@ -243,6 +255,16 @@ impl LinuxBackend {
             tracing::warn!(sandbox = %rec.id, "removing network policy: {e}");
         }
         remove_dir_in_background(self.sandbox_dir(&rec.id));
+        self.remove_upper(&rec.id);
+    }
+
+    /// Deletes a sandbox's upper subvolume (btrfs); its files go with the subvolume.
+    fn remove_upper(&self, id: &str) {
+        if let Some(sv) = self.storage.upper_subvolume(id)
+            && let Err(e) = btrfs::remove_tree_or_subvolume(&sv)
+        {
+            tracing::warn!(sandbox = %id, "removing its upper: {e}");
+        }
     }
 
     /// Removes cgroups, host interfaces and directories that no live sandbox owns (after a
@@ -274,6 +296,22 @@ impl LinuxBackend {
                 }
             }
         }
+        if let Some(uppers) = self.storage.uppers_dir()
+            && let Ok(entries) = std::fs::read_dir(uppers)
+        {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !ids.contains(name.as_str()) {
+                    tracing::info!("removing leaked sandbox upper {name}");
+                    self.remove_upper(&name);
+                }
+            }
+        }
+    }
+
+    /// The sandbox storage (btrfs subvolumes or plain directories).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
@@ -282,7 +320,10 @@ impl LinuxBackend {
 
     /// The sandbox's writable overlay upper (what a snapshot copies).
     pub fn upper_dir(&self, id: &str) -> PathBuf {
-        self.sandbox_dir(id).join("fs/upper")
+        match self.storage.upper_subvolume(id) {
+            Some(sv) => sv.join("upper"),
+            None => self.sandbox_dir(id).join("fs/upper"),
+        }
     }
 
     /// Freezes every process of the sandbox (cgroup freezer) and waits until it is frozen.
@@ -303,6 +344,9 @@ impl LinuxBackend {
             .map_err(Error::internal)??;
         if self.net.is_some() {
             net::destroy(&net::host_ifname(rec.slot)).await?;
+        }
+        if let Some(sv) = self.storage.upper_subvolume(&rec.id) {
+            btrfs::remove_tree_or_subvolume(&sv)?;
         }
         let dir = self.sandbox_dir(&rec.id);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {

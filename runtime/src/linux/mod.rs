@@ -2,6 +2,7 @@
 //! overlay root; cgroup limits; a netns on the host bridge; seccomp and no_new_privs.
 
 pub mod backend;
+pub mod btrfs;
 pub mod cgroup;
 pub mod net;
 pub mod netpolicy;

@@ -384,8 +384,22 @@ impl Runtime {
         self.cfg.state_dir.join("snapshots")
     }
 
+    /// A snapshot's layer: the upper in its read-only subvolume (btrfs), else its copy.
     fn snapshot_layer(&self, id: &str) -> PathBuf {
-        self.snapshots_dir().join(id).join("layer")
+        match self.backend.storage().snapshot_subvolume(id) {
+            Some(sv) => sv.join("upper"),
+            None => self.snapshots_dir().join(id).join("layer"),
+        }
+    }
+
+    /// Deletes a snapshot's subvolume and directory at once (a failed snapshot).
+    fn remove_snapshot_files_now(&self, id: &str) {
+        if let Some(sv) = self.backend.storage().snapshot_subvolume(id)
+            && let Err(e) = crate::linux::btrfs::remove_tree_or_subvolume(&sv)
+        {
+            tracing::warn!(snapshot = %id, "{e}");
+        }
+        let _ = std::fs::remove_dir_all(self.snapshots_dir().join(id));
     }
 
     /// Takes a filesystem snapshot of a running sandbox; it keeps running (frozen only while
@@ -445,6 +459,13 @@ impl Runtime {
         if implicit {
             metadata.insert("coppice.implicit".into(), "fork".into());
         }
+        // A subvolume snapshot when the upper is a btrfs subvolume, else a copy (said in the
+        // record, so a slow snapshot explains itself).
+        let subvolume = self.backend.storage().upper_subvolume(sandbox_id).is_some();
+        metadata.insert(
+            "coppice.storage".into(),
+            if subvolume { "btrfs-snapshot" } else { "copy" }.into(),
+        );
         let rec = SnapshotRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -465,21 +486,31 @@ impl Runtime {
         self.store
             .ensure_lineage(sandbox_id, &sbx.template, sbx.created_at_ms)?;
         let dir = self.snapshots_dir().join(&id);
-        let layer = self.snapshot_layer(&id);
         let upper = self.backend.upper_dir(sandbox_id);
         let t0 = std::time::Instant::now();
+        let mut frozen_for = Duration::ZERO;
         let copied = {
             let dir = dir.clone();
-            let layer = layer.clone();
             let backend = &self.backend;
             let sid = sandbox_id.to_string();
+            let id = id.clone();
+            let frozen_for = &mut frozen_for;
             tokio::task::block_in_place(move || -> Result<u64> {
-                std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                if !subvolume {
+                    std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+                }
                 backend.freeze(&sid)?;
-                let copied = copy_layer(&upper, &layer);
+                let t = std::time::Instant::now();
+                let layer = if subvolume {
+                    backend.storage().snapshot_upper(&sid, &id)
+                } else {
+                    let layer = dir.join("layer");
+                    copy_layer(&upper, &layer).map(|()| layer)
+                };
+                *frozen_for = t.elapsed();
                 // Thaw whatever happened: a sandbox must never stay frozen by a snapshot.
                 let thawed = backend.thaw(&sid);
-                copied?;
+                let layer = layer?;
                 thawed?;
                 Ok(crate::templates::size_bytes(&layer))
             })
@@ -487,7 +518,7 @@ impl Runtime {
         let size = match copied {
             Ok(size) => size,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                self.remove_snapshot_files_now(&id);
                 self.store.delete_snapshot(&id)?;
                 return Err(e);
             }
@@ -498,7 +529,8 @@ impl Runtime {
             "snapshot",
             &format!("{id} ({size} bytes, {:?})", t0.elapsed()),
         );
-        tracing::info!(sandbox = %sandbox_id, snapshot = %id, size, elapsed = ?t0.elapsed(), "snapshot taken");
+        tracing::info!(sandbox = %sandbox_id, snapshot = %id, size, subvolume, ?frozen_for,
+                       elapsed = ?t0.elapsed(), "snapshot taken");
         Ok(SnapshotRecord {
             ready: true,
             size_bytes: size,
@@ -621,6 +653,12 @@ impl Runtime {
     }
 
     fn remove_snapshot_files(&self, s: &SnapshotRecord) {
+        // A subvolume goes in one ioctl (the kernel frees its extents in the background).
+        if let Some(sv) = self.backend.storage().snapshot_subvolume(&s.id)
+            && let Err(e) = crate::linux::btrfs::remove_tree_or_subvolume(&sv)
+        {
+            tracing::warn!(snapshot = %s.id, "{e}");
+        }
         let dir = self.snapshots_dir().join(&s.id);
         // Renamed aside at once (the id is free again), deleted off the request path.
         let aside = self.snapshots_dir().join(format!(".removing-{}", s.id));
@@ -911,6 +949,23 @@ impl Runtime {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if !known.contains(name.as_str()) || name.starts_with(".removing-") {
                         let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            if let Some(dir) = self.backend.storage().snapshots_dir()
+                && let Ok(entries) = std::fs::read_dir(dir)
+            {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let pinned = self
+                        .snap
+                        .pins
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&name);
+                    if !known.contains(name.as_str()) && !pinned {
+                        tracing::info!(snapshot = %name, "removing a snapshot subvolume without a row");
+                        let _ = crate::linux::btrfs::remove_tree_or_subvolume(&e.path());
                     }
                 }
             }
