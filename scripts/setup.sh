@@ -10,9 +10,11 @@ fi
 
 # openssh-server: the MCP-over-ssh test runs a private sshd (its own config, port and keys).
 # conntrack: a network policy update ends the open connections it no longer permits.
+# btrfs-progs: mkfs.btrfs formats the sparse image that holds sandbox uppers and snapshots
+# (subvolumes) when the state dir is not on btrfs.
 # python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
 # (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
-packages=(nftables iproute2 bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
+packages=(nftables iproute2 btrfs-progs bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
   python3-ipykernel python3-matplotlib python3-pandas python3-pexpect)
 missing=()
 for p in "${packages[@]}"; do

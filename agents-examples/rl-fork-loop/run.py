@@ -154,7 +154,8 @@ def prepare(c, args):
     snap = c.request(
         "POST", f"/api/v1/sandboxes/{sbx}/snapshots", {"metadata": {"example": "rl-fork-loop"}}
     )
-    print(f"snapshot {snap['snapshot_id']} ({snap['size_bytes']} bytes of changes)")
+    # (Its size is counted in the background on btrfs; `metadata` says how it was stored.)
+    print(f"snapshot {snap['snapshot_id']} ({snap['metadata'].get('coppice.storage', 'copy')})")
     return sbx, snap["snapshot_id"]
 
 

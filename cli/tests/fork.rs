@@ -152,8 +152,8 @@ fn is_readonly_subvolume(path: &std::path::Path) -> bool {
         return false;
     };
     let probe = path.join(".coppice-write-probe");
-    let refused = std::fs::write(&probe, b"x")
-        .is_err_and(|e| e.raw_os_error() == Some(libc::EROFS));
+    let refused =
+        std::fs::write(&probe, b"x").is_err_and(|e| e.raw_os_error() == Some(libc::EROFS));
     let _ = std::fs::remove_file(&probe);
     let fs_type = nix_statfs_type(path);
     md.ino() == 256 && refused && fs_type == Some(0x9123_683E)
@@ -175,7 +175,9 @@ fn snapshots_are_read_only_btrfs_subvolumes_and_deleting_removes_them() {
     let Some(_g) = shared() else { return };
     let d = daemon();
     let sbx = create(&[]);
-    sbx.sh_ok("mkdir -p /home/user/many && for i in $(seq 200); do echo $i > /home/user/many/$i; done");
+    sbx.sh_ok(
+        "mkdir -p /home/user/many && for i in $(seq 200); do echo $i > /home/user/many/$i; done",
+    );
     // Its upper is a subvolume of its own.
     let upper = d.state.join("btrfs/uppers").join(&sbx.id);
     assert_eq!(nix_statfs_type(&upper), Some(0x9123_683E), "{}", d.log());
@@ -186,20 +188,36 @@ fn snapshots_are_read_only_btrfs_subvolumes_and_deleting_removes_them() {
     );
     let snap = snapshot(&sbx, &[]);
     let id = snap["snapshot_id"].as_str().unwrap();
-    assert_eq!(snap["metadata"]["coppice.storage"], "btrfs-snapshot", "{snap}");
+    assert_eq!(
+        snap["metadata"]["coppice.storage"], "btrfs-snapshot",
+        "{snap}"
+    );
     let sv = d.state.join("btrfs/snapshots").join(id);
-    assert!(is_readonly_subvolume(&sv), "{} is not a read-only subvolume", sv.display());
-    assert_eq!(std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(), "200\n");
+    assert!(
+        is_readonly_subvolume(&sv),
+        "{} is not a read-only subvolume",
+        sv.display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(),
+        "200\n"
+    );
     // No copy was made beside it.
     assert!(!d.state.join("snapshots").join(id).join("layer").exists());
     // Writes after the snapshot stay out of it.
     sbx.sh_ok("echo later > /home/user/many/200");
-    assert_eq!(std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(), "200\n");
+    assert_eq!(
+        std::fs::read_to_string(sv.join("upper/home/user/many/200")).unwrap(),
+        "200\n"
+    );
     cli_ok(&["snapshot", "delete", id]);
     assert!(!sv.exists(), "the snapshot's subvolume is still there");
     // Killing the sandbox deletes its upper subvolume.
     drop(sbx);
-    assert!(eventually(Duration::from_secs(10), || !upper.exists()), "upper left");
+    assert!(
+        eventually(Duration::from_secs(10), || !upper.exists()),
+        "upper left"
+    );
 }
 
 /// `storage = "plain"`: a daemon without btrfs keeps working, snapshots are copies and say so.
@@ -214,19 +232,29 @@ fn plain_storage_fallback_snapshots_by_copying() {
         .unwrap()
         .keep();
     let (state, socket) = (dir.join("state"), dir.join("coppice.sock"));
-    std::fs::write(dir.join("config.toml"), "storage = \"plain\"\npool_size = 0\n").unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "storage = \"plain\"\npool_size = 0\n",
+    )
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["--socket", path_str(&socket), "serve", "--state-dir", path_str(&state)])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("COPPICE_CONFIG", dir.join("config.toml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(dir.join("daemon.log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("daemon.err")).unwrap());
+    cmd.args([
+        "--socket",
+        path_str(&socket),
+        "serve",
+        "--state-dir",
+        path_str(&state),
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .env("COPPICE_CONFIG", dir.join("config.toml"))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::fs::File::create(dir.join("daemon.log")).unwrap())
+    .stderr(std::fs::File::create(dir.join("daemon.err")).unwrap());
     let mut child = spawn_bound_to_process(cmd);
     let run = || -> Result<(), String> {
         let up = eventually(Duration::from_secs(120), || {
@@ -248,7 +276,10 @@ fn plain_storage_fallback_snapshots_by_copying() {
         };
         let sbx = ok(&["sandbox", "create", "--json"])?;
         let sid = sbx["id"].as_str().unwrap().to_string();
-        let exec = cli_at(&socket, &["exec", &sid, "--", "sh", "-c", "echo plain > /home/user/f"]);
+        let exec = cli_at(
+            &socket,
+            &["exec", &sid, "--", "sh", "-c", "echo plain > /home/user/f"],
+        );
         if exec.code != 0 {
             return Err(format!("exec: {exec:?}"));
         }
@@ -261,11 +292,18 @@ fn plain_storage_fallback_snapshots_by_copying() {
             return Err(format!("not a copy: {snap}"));
         }
         let layer = state.join("snapshots").join(&snap_id).join("layer");
-        if std::fs::read_to_string(layer.join("home/user/f")).ok().as_deref() != Some("plain\n") {
+        if std::fs::read_to_string(layer.join("home/user/f"))
+            .ok()
+            .as_deref()
+            != Some("plain\n")
+        {
             return Err(format!("{} lacks the file", layer.display()));
         }
         let forked = ok(&["sandbox", "fork", "--json", "--snapshot", &snap_id])?;
-        let fid = forked["forks"][0]["sandbox"]["id"].as_str().unwrap_or_default().to_string();
+        let fid = forked["forks"][0]["sandbox"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let cat = cli_at(&socket, &["exec", &fid, "--", "cat", "/home/user/f"]);
         cli_at(&socket, &["sandbox", "kill", &fid]);
         cli_at(&socket, &["sandbox", "kill", &sid]);
@@ -306,7 +344,17 @@ fn forks_see_the_snapshot_but_not_each_others_writes() {
     let snap = snapshot(&parent, &["--name", &format!("prep-{}", parent.id)]);
     assert_eq!(snap["kind"], "filesystem");
     assert_eq!(snap["sandbox_id"], parent.id.as_str());
-    assert!(snap["size_bytes"].as_u64().unwrap() > 0, "{snap}");
+    // A subvolume snapshot's size is counted just after it is taken.
+    let counted = || -> u64 {
+        let id = snap["snapshot_id"].as_str().unwrap();
+        let info: Value =
+            serde_json::from_str(&cli_ok(&["snapshot", "info", id, "--json"])).unwrap();
+        info["size_bytes"].as_u64().unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || counted() > 0),
+        "{snap}"
+    );
 
     // Per-fork settings through the API: fork 0 gets its own env, fork 1 its own memory.
     let (code, result) = api(
@@ -561,7 +609,10 @@ fn a_hundred_forks_fan_out_and_tear_down_leaving_nothing() {
     assert_eq!(state_mounts(), mounts0, "host mounts under the state dir");
     // Their upper subvolumes went with them.
     for id in &ids {
-        assert!(!d.state.join("btrfs/uppers").join(id).exists(), "upper of {id} left");
+        assert!(
+            !d.state.join("btrfs/uppers").join(id).exists(),
+            "upper of {id} left"
+        );
     }
     // The implicit snapshot goes with its last fork.
     let layer = d.state.join("snapshots").join(&implicit);
@@ -630,8 +681,15 @@ fn lineage_survives_a_daemon_restart() {
     // subvolumes are still there.
     assert_eq!(storage_mounts(&d.state), 1, "btrfs image mounted again");
     for s in [&s1, &s2] {
-        let sv = d.state.join("btrfs/snapshots").join(s["snapshot_id"].as_str().unwrap());
-        assert!(is_readonly_subvolume(&sv), "{} after the restart", sv.display());
+        let sv = d
+            .state
+            .join("btrfs/snapshots")
+            .join(s["snapshot_id"].as_str().unwrap());
+        assert!(
+            is_readonly_subvolume(&sv),
+            "{} after the restart",
+            sv.display()
+        );
     }
     assert_eq!(gen2.sh_ok("cat /home/user/g"), "gen0\ngen1\n");
     let lineage: Value =

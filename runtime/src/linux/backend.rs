@@ -98,7 +98,12 @@ impl LinuxBackend {
             Ok(None) => dir.join("fs"),
             Err(e) => return Err(e),
         };
-        for sub in [fs_dir.join("upper"), fs_dir.join("work"), dir.join("root"), dir.join("stage")] {
+        for sub in [
+            fs_dir.join("upper"),
+            fs_dir.join("work"),
+            dir.join("root"),
+            dir.join("stage"),
+        ] {
             std::fs::create_dir_all(&sub).ctx(|| format!("creating {}", sub.display()))?;
         }
         write_identity(&fs_dir.join("upper"), &rec.hostname, &rec.id)?;

@@ -295,7 +295,8 @@ fn setup_btrfs(cfg: &Config) -> std::result::Result<(PathBuf, String), String> {
         // Made under a temporary name: a crash mid-mkfs leaves no half-made image.
         let partial = cfg.state_dir.join("btrfs.img.partial");
         let _ = std::fs::remove_file(&partial);
-        let f = File::create(&partial).map_err(|e| format!("creating {}: {e}", partial.display()))?;
+        let f =
+            File::create(&partial).map_err(|e| format!("creating {}: {e}", partial.display()))?;
         // Sparse: only what the sandboxes write takes space on the host.
         f.set_len(cfg.btrfs_image_gib.max(1) << 30)
             .map_err(|e| format!("sizing {}: {e}", partial.display()))?;

@@ -6,5 +6,6 @@ pub mod btrfs;
 pub mod cgroup;
 pub mod net;
 pub mod netpolicy;
+pub mod nftbatch;
 pub mod seccomp;
 pub mod spawn;

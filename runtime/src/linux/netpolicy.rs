@@ -163,7 +163,8 @@ pub async fn apply(
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
-    nft_run(&policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
+    // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
+    super::nftbatch::run(policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
     // The new rules already refuse every packet the policy forbids, so the update is complete
     // here; ending the forbidden connections (a few execs) happens right after, off the
     // caller's path.
@@ -176,7 +177,7 @@ pub async fn apply(
 
 /// Removes the sandbox's chain and map entry.
 pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
-    nft_run(&policy::nft_remove(NFT_TABLE, slot, ip)).await
+    super::nftbatch::run(policy::nft_remove(NFT_TABLE, slot, ip)).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host

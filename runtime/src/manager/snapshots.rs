@@ -1,9 +1,10 @@
 //! Snapshots, forks, restore and lineage (issue 6; ARCHITECTURE decision 4).
 //!
-//! A snapshot freezes the sandbox (cgroup freezer), copies its overlay upper into a new
-//! immutable layer `<state>/snapshots/<id>/layer` (`cp -a --reflink=auto`: owners, modes,
-//! xattrs, hard links, device nodes, and so overlay's whiteouts and opaque directories), thaws
-//! it and records the layer. A snapshot's layer stack is its own layer over the layers of the
+//! A snapshot freezes the sandbox (cgroup freezer), takes a read-only btrfs snapshot of the
+//! subvolume holding its overlay upper (`<state>/btrfs/snapshots/<id>`, constant time; see
+//! `linux/btrfs.rs`), thaws it and records the layer. Without btrfs the upper is copied into
+//! `<state>/snapshots/<id>/layer` instead (`cp -a --reflink=auto`: owners, modes, xattrs, hard
+//! links, device nodes, and so overlay's whiteouts and opaque directories). A snapshot's layer stack is its own layer over the layers of the
 //! snapshot its sandbox stood on, down to the template: a fork is a new sandbox whose overlay
 //! lowers are that stack and whose upper is fresh, so N forks cost N mounts, not N copies.
 //!
@@ -81,7 +82,8 @@ pub struct SnapshotInfo {
     pub template: String,
     /// Made by a fork from a live sandbox; deleted automatically once no fork stands on it.
     pub implicit: bool,
-    /// Bytes in its own layer (the files the sandbox had changed).
+    /// Bytes in its own layer (the files the sandbox had changed). A btrfs snapshot is
+    /// counted in the background just after it is taken: 0 for the first moments.
     pub size_bytes: u64,
     /// Read-only layers a fork of it stacks (template layers included).
     pub depth: usize,
@@ -204,6 +206,10 @@ pub struct SnapState {
     pins: Mutex<HashMap<String, usize>>,
     /// Sandboxes being snapshotted or restored (one such operation at a time each).
     busy: Mutex<HashSet<String>>,
+    /// Subvolume snapshots whose size is still to be counted (off the request path: walking
+    /// 10k files takes longer than the snapshot itself), and the collector's wake-up.
+    to_size: Mutex<Vec<(String, PathBuf)>>,
+    sizing: tokio::sync::Notify,
 }
 
 struct Pin<'a> {
@@ -268,6 +274,14 @@ impl SnapState {
             id: sandbox.to_string(),
         })
     }
+}
+
+fn backend_queue_size(snap: &SnapState, id: &str, layer: PathBuf) {
+    snap.to_size
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id.to_string(), layer));
+    snap.sizing.notify_one();
 }
 
 /// Detects CRIU (`criu --version`, then `criu check`), once per process.
@@ -512,6 +526,11 @@ impl Runtime {
                 let thawed = backend.thaw(&sid);
                 let layer = layer?;
                 thawed?;
+                if subvolume {
+                    // Counted by the collector task right after: ready now, sized in moments.
+                    backend_queue_size(&self.snap, &id, layer);
+                    return Ok(0);
+                }
                 Ok(crate::templates::size_bytes(&layer))
             })
         };
@@ -997,16 +1016,38 @@ impl Runtime {
         }
     }
 
+    /// Counts the layers of snapshots taken as subvolumes and records their sizes.
+    fn count_snapshot_sizes(&self) {
+        let queued =
+            std::mem::take(&mut *self.snap.to_size.lock().unwrap_or_else(|e| e.into_inner()));
+        for (id, layer) in queued {
+            let size = crate::templates::size_bytes(&layer);
+            // A snapshot deleted meanwhile has no row left to update.
+            if let Err(e) = self.store.mark_snapshot_ready(&id, size) {
+                tracing::warn!(snapshot = %id, "recording its size: {e}");
+            }
+        }
+    }
+
     /// Runs the snapshot collector every two seconds.
     pub(super) fn spawn_snapshot_collector(self: &Arc<Self>) {
         let rt = self.clone();
         tokio::spawn(async move {
             let startup = rt.clone();
             let _ = tokio::task::spawn_blocking(move || startup.collect_snapshots(true)).await;
+            let mut next_collect = tokio::time::Instant::now() + Duration::from_secs(2);
             loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let rt = rt.clone();
-                let _ = tokio::task::spawn_blocking(move || rt.collect_snapshots(false)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_collect) => {
+                        next_collect = tokio::time::Instant::now() + Duration::from_secs(2);
+                        let rt = rt.clone();
+                        let _ = tokio::task::spawn_blocking(move || rt.collect_snapshots(false)).await;
+                    }
+                    _ = rt.snap.sizing.notified() => {
+                        let rt = rt.clone();
+                        let _ = tokio::task::spawn_blocking(move || rt.count_snapshot_sizes()).await;
+                    }
+                }
             }
         });
     }
