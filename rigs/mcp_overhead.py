@@ -50,6 +50,18 @@ import common  # noqa: E402
 from common import Api, Daemon, metric  # noqa: E402
 
 RIG = "mcp_overhead"
+# Seconds the rig's own clients spent on the MCP wire's encoding (json.dumps/json.loads of the
+# JSON-RPC messages, base64 of the file) in the current sample: the MCP wire costs the client
+# this much whatever the server does; ``measure`` subtracts it to show the server's share.
+CODEC = [0.0]
+
+
+def codec(f: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return f()
+    finally:
+        CODEC[0] += time.perf_counter() - t0
 OVERHEAD_TARGET_MS = 1.0
 RUN_TRUE_TARGET_MS = 5.0
 MIB = 1024 * 1024
@@ -143,7 +155,7 @@ class McpStdio:
         self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     def _send(self, msg: dict) -> None:
-        self.p.stdin.write(json.dumps(msg).encode() + b"\n")
+        self.p.stdin.write(codec(lambda: json.dumps(msg).encode()) + b"\n")
         self.p.stdin.flush()
 
     def request(self, method: str, params: dict) -> dict:
@@ -154,7 +166,7 @@ class McpStdio:
             line = self.p.stdout.readline()
             if not line:
                 raise McpError("coppice-mcp closed stdout")
-            msg = json.loads(line)
+            msg = codec(lambda: json.loads(line))
             if msg.get("id") == rid and ("result" in msg or "error" in msg):
                 return msg
 
@@ -193,7 +205,7 @@ class McpHttp:
         if self.session:
             h["Mcp-Session-Id"] = self.session
         h.update(extra or {})
-        self.conn.request("POST", "/mcp", body=json.dumps(msg).encode(), headers=h)
+        self.conn.request("POST", "/mcp", body=codec(lambda: json.dumps(msg).encode()), headers=h)
         return self.conn.getresponse()
 
     def notify(self, method: str) -> None:
@@ -222,7 +234,8 @@ class McpHttp:
             self.session = sid
         ctype = r.getheader("Content-Type", "")
         if ctype.startswith("application/json"):
-            return json.loads(r.read())
+            body = r.read()
+            return codec(lambda: json.loads(body))
         # SSE: events until the reply with our id; the stream then ends.
         reply = None
         data: list[bytes] = []
@@ -238,7 +251,7 @@ class McpHttp:
                 data = []
                 if not raw:  # a priming event (id only, empty data)
                     continue
-                msg = json.loads(raw)
+                msg = codec(lambda: json.loads(raw))
                 if isinstance(msg, dict) and msg.get("id") == rid and ("result" in msg or "error" in msg):
                     reply = msg
         if reply is None:
@@ -278,14 +291,14 @@ def mcp_write_read(c, path: str, data: bytes) -> Callable[[], None]:
         if w["bytes"] != len(data):
             raise RuntimeError(f"files_write: {w}")
         r = c.call("files_read", {"sandbox_id": c.sid, "path": path})
-        if r.get("kind") != "binary" or base64.b64decode(r["base64"]) != data:
+        if r.get("kind") != "binary" or codec(lambda: base64.b64decode(r["base64"])) != data:
             raise RuntimeError(f"files_read: kind {r.get('kind')}, truncated {r.get('truncated')}")
     return go
 
 
 def measure(ops: dict[str, Callable[[], None]], n: int, warmup: int) -> dict[str, dict]:
     """Interleaved: each round runs one sample of every path, in a rotating order."""
-    out = {k: {"lat_ms": [], "errors": []} for k in ops}
+    out = {k: {"lat_ms": [], "client_ms": [], "errors": []} for k in ops}
     names = list(ops)
     for _ in range(warmup):
         for k in names:
@@ -293,6 +306,7 @@ def measure(ops: dict[str, Callable[[], None]], n: int, warmup: int) -> dict[str
     for i in range(n):
         order = names[i % len(names):] + names[:i % len(names)]
         for k in order:
+            CODEC[0] = 0.0
             t0 = time.perf_counter()
             try:
                 ops[k]()
@@ -300,7 +314,13 @@ def measure(ops: dict[str, Callable[[], None]], n: int, warmup: int) -> dict[str
                 out[k]["errors"].append(f"{type(e).__name__}: {e}"[:300])
                 continue
             out[k]["lat_ms"].append((time.perf_counter() - t0) * 1000)
+            out[k]["client_ms"].append(CODEC[0] * 1000)
     return out
+
+
+def server_side(r: dict) -> list[float]:
+    """Each sample's latency minus what the rig's client spent encoding and decoding it."""
+    return [lat - c for lat, c in zip(r["lat_ms"], r["client_ms"])]
 
 
 # ---------------------------------------------------------------- report
@@ -335,6 +355,11 @@ def build_metrics(res: dict[str, dict[str, dict]]) -> list[dict]:
                 out.append(metric(f"{op}_{path}_overhead_{p}_cc1", ov, "ms",
                                   target=f"<= {OVERHEAD_TARGET_MS:g} ms" if p == "p50" else None,
                                   label=f"{path} {p} minus direct {p}"))
+            # The same without the client's own JSON/base64 work (see CODEC): the server's share.
+            srv = common.percentile(server_side(by_path[path]), 50)
+            out.append(metric(f"{op}_{path}_server_overhead_p50_cc1", srv - d50, "ms",
+                              label=f"{path} p50 of (latency minus client JSON/base64 time) minus direct p50",
+                              client_codec_p50_ms=common.percentile(by_path[path]["client_ms"], 50)))
     return out
 
 
@@ -349,8 +374,11 @@ def print_report(res: dict, metrics: list[dict]) -> None:
                 continue
             s = common.summary(r["lat_ms"])
             over = s["p50"] - d50 if s["p50"] is not None and d50 is not None and path != "direct" else None
-            rows.append([path, s["n"], s["p50"], s["p95"], s["p99"], s["max"], over, len(r["errors"])])
-        common.print_table(rows, ["path", "n", "p50", "p95", "p99", "max", "p50 - direct", "err"])
+            cl = common.percentile(r["client_ms"], 50) if path != "direct" else None
+            srv = common.percentile(server_side(r), 50) - d50 if over is not None else None
+            rows.append([path, s["n"], s["p50"], s["p95"], s["p99"], s["max"], over, cl, srv, len(r["errors"])])
+        common.print_table(rows, ["path", "n", "p50", "p95", "p99", "max", "p50 - direct", "client codec",
+                                  "server - direct", "err"])
     print(f"\n   targets: MCP overhead <= {OVERHEAD_TARGET_MS:g} ms p50; commands_run true <= "
           f"{RUN_TRUE_TARGET_MS:g} ms p50 end to end")
     misses = [m for m in metrics if m.get("target_met") is False]

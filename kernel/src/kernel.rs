@@ -26,6 +26,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// After an interrupt, how long the kernel gets to come back to idle before it is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
+/// Options added to ipykernel's command line (traitlets), each for the cost of a warm
+/// execution:
+/// - `HistoryManager.enabled=False`: IPython otherwise commits every cell to a SQLite file in
+///   the user's home (`~/.ipython/profile_default/history.sqlite`) from a thread that takes
+///   the GIL and syncs to the sandbox's overlay while the next reply is being sent; with it off
+///   the history lives in memory only (`In`, `Out`, `_`, `%history` of this kernel still work,
+///   only history across kernel restarts is lost, which a sandbox does not keep anyway).
+const IPYKERNEL_FLAGS: &[&str] = &["--HistoryManager.enabled=False"];
+
+/// Whether a kernelspec's argv starts IPython's kernel (`-m ipykernel_launcher`/`ipykernel`).
+fn is_ipykernel(argv: &[String]) -> bool {
+    argv.iter()
+        .any(|a| a == "ipykernel_launcher" || a == "ipykernel")
+}
+
 /// What it takes to start a kernel process; the launcher decides how (user, reaping).
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -126,6 +141,10 @@ impl Kernel {
             .collect();
         if argv.is_empty() {
             return Err(start_err("its kernelspec has an empty argv".into()));
+        }
+        let mut argv = argv;
+        if is_ipykernel(&argv) {
+            argv.extend(IPYKERNEL_FLAGS.iter().map(|f| f.to_string()));
         }
         let env_base = launcher.sandbox_env();
         let mut env = env_base.clone();

@@ -84,6 +84,7 @@ pub async fn run(io: TokioIo<Upgraded>) {
 async fn copy_blocking(sock: std::os::unix::net::UnixStream, early: Bytes) -> std::io::Result<()> {
     use std::io::Write;
     sock.set_nonblocking(false)?;
+    grow_buffers(&sock);
     let mut to_daemon = sock.try_clone()?;
     let mut from_daemon = sock;
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -118,6 +119,33 @@ async fn copy_blocking(sock: std::os::unix::net::UnixStream, early: Bytes) -> st
         }
     }
     Ok(())
+}
+
+/// A megabyte reply crosses the daemon socket and the stdout pipe in as few hand-offs as the
+/// kernel allows: a pipe holds 64 KiB by default, so a 1.4 MB line took ~22 wake-ups of the
+/// client and of this bridge in turn (each a scheduler round on a busy host). Best effort: a
+/// pipe is grown up to /proc/sys/fs/pipe-max-size (1 MiB by default); stdio that is not a
+/// pipe (a terminal, ssh's socket) is left alone.
+fn grow_buffers(sock: &std::os::unix::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    const PIPE: libc::c_int = 1 << 20;
+    const SOCK: libc::c_int = 4 << 20;
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO] {
+        // SAFETY: fcntl on our own stdio descriptors; fails harmlessly on non-pipes.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE) };
+    }
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a valid int option value on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCK as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
 }
 
 /// Copies until EOF, flushing after every read. Not `std::io::copy`: on Linux it splices,

@@ -319,7 +319,7 @@ impl Tools {
             return Err(files_error(status, &bytes));
         }
         let size = body.size_hint().exact().unwrap_or(0);
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(size.min(cap) as usize);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Error::Unavailable(format!("reading {path}: {e}")))?;
             if let Ok(chunk) = frame.into_data() {
@@ -431,14 +431,27 @@ impl Tools {
 
     /// The whole content of a file of at most [`MAX_READ_BYTES`], with its absolute path.
     pub async fn read_file_bytes(&self, id: &str, path: &str) -> Result<(String, Vec<u8>)> {
-        let entry = self.stat(id, path).await?;
+        // An absolute path needs no resolving first: stat and download go to the agent
+        // together (one round trip instead of two); the stat still decides what to report.
+        let (entry, downloaded) = if path.starts_with('/') {
+            let (entry, downloaded) = tokio::join!(
+                self.stat(id, path),
+                self.download(id, path, MAX_READ_BYTES + 1)
+            );
+            (entry?, Some(downloaded))
+        } else {
+            (self.stat(id, path).await?, None)
+        };
         if entry.kind == "dir" {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is a directory; list it with files_list",
                 entry.path
             )));
         }
-        let (data, size) = self.download(id, &entry.path, MAX_READ_BYTES + 1).await?;
+        let (data, size) = match downloaded {
+            Some(d) => d?,
+            None => self.download(id, &entry.path, MAX_READ_BYTES + 1).await?,
+        };
         if size > MAX_READ_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is {size} bytes, over the {MAX_READ_BYTES}-byte read limit; read parts of it with commands_run (sed -n, head, tail, xxd) or search it with files_search",

@@ -161,9 +161,18 @@ async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response 
             Ok(None) => return None,
             Err(_) => OutputLine::Keepalive,
         };
-        let done = line == OutputLine::EndOfExecution;
-        let bytes = Bytes::from(line.to_ndjson());
-        Some((Ok::<_, std::io::Error>(bytes), (!done).then_some(rx)))
+        let mut done = line == OutputLine::EndOfExecution;
+        let mut buf = line.to_ndjson();
+        // Lines already waiting go out in the same chunk: a short execution's result and
+        // end_of_execution then cost one write and one proxied frame instead of one each.
+        while !done && let Ok(next) = rx.try_recv() {
+            done = next == OutputLine::EndOfExecution;
+            buf.extend_from_slice(&next.to_ndjson());
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(buf)),
+            (!done).then_some(rx),
+        ))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
