@@ -56,6 +56,9 @@ pub struct Config {
     /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
     /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
     pub e2b_domain: Option<String>,
+    /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
+    /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
+    pub dns_upstream: Option<String>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             e2b_api_keys: Vec::new(),
             e2b_no_auth: false,
             e2b_domain: None,
+            dns_upstream: None,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod dns;
 pub mod net;
+pub mod netdomains;
 pub mod netpolicy;
 pub mod seccomp;
+pub mod sniproxy;
 pub mod spawn;

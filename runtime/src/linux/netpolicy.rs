@@ -146,6 +146,7 @@ pub async fn host_context() -> Result<HostContext> {
     Ok(HostContext {
         host_addrs,
         dns_servers,
+        ..Default::default()
     })
 }
 
@@ -163,7 +164,15 @@ pub async fn apply(
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
-    nft_run(&policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
+    super::netdomains::check_supported(policy, ctx)?;
+    // Domain-admitted addresses the new policy no longer allows go in the same transaction.
+    let prune = super::dns::prune_script(ip, policy);
+    nft_run(&(policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx) + &prune)).await?;
+    let late = super::dns::register(ip, policy);
+    if !late.is_empty() {
+        // Admitted under the old policy while the transaction ran.
+        nft_run(&late).await?;
+    }
     // The new rules already refuse every packet the policy forbids, so the update is complete
     // here; ending the forbidden connections (a few execs) happens right after, off the
     // caller's path.
@@ -176,7 +185,7 @@ pub async fn apply(
 
 /// Removes the sandbox's chain and map entry.
 pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
-    nft_run(&policy::nft_remove(NFT_TABLE, slot, ip)).await
+    nft_run(&(policy::nft_remove(NFT_TABLE, slot, ip) + &super::dns::forget(ip))).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
@@ -276,7 +285,11 @@ async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostCon
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            !policy.permits(ctx, f.dst, proto, f.dport)
+            let admitted = match f.dst {
+                IpAddr::V4(dst) => super::dns::is_admitted(ip, dst),
+                IpAddr::V6(_) => false,
+            };
+            !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();
     let pid = pid.to_string();
