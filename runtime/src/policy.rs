@@ -597,7 +597,7 @@ pub const DOMAIN_SET4: &str = "domain_admit4";
 /// Declaration of [`DOMAIN_SET4`] (idempotent, keeps its elements).
 pub fn nft_domain_set(table: &str) -> String {
     format!(
-        "table inet {table} {{ set {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }} }}\n"
+        "table inet {table} {{ set {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }}; }}\n"
     )
 }
 
@@ -1163,7 +1163,7 @@ delete chain inet coppice sbx5
         );
         let text = nft_apply("coppice", 3, Ipv4Addr::new(10, 88, 0, 5), &c, &ctx);
         assert!(text.starts_with(
-            "table inet coppice { set domain_admit4 { type ipv4_addr . ipv4_addr; flags timeout; } }\n"
+            "table inet coppice { set domain_admit4 { type ipv4_addr . ipv4_addr; flags timeout; }; }\n"
         ));
         let plain = chain_rules(&NetworkPolicy::default().check().unwrap(), &ctx);
         assert!(plain[0].contains("coppice resolver"));

@@ -456,7 +456,7 @@ pub fn nft_redirect(
         .collect();
     let mut s = crate::policy::nft_domain_set(NFT_TABLE);
     s += &format!(
-        "table inet {NFT_TABLE} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }} }}\n\
+        "table inet {NFT_TABLE} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
          flush chain inet {NFT_TABLE} domain_redirect\n\
          flush set inet {NFT_TABLE} {DOMAIN_SET4}\n"
     );

@@ -56,7 +56,7 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             tracing::warn!("domain rules unavailable: {e}");
             // A redirect left by an earlier daemon would send DNS to nobody.
             let _ = netpolicy::nft_run(&format!(
-                "table inet {t} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }} }}\n\
+                "table inet {t} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
                  flush chain inet {t} domain_redirect\n",
                 t = super::net::NFT_TABLE
             ))

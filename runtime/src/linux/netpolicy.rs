@@ -185,7 +185,13 @@ pub async fn apply(
 
 /// Removes the sandbox's chain and map entry.
 pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
-    nft_run(&(policy::nft_remove(NFT_TABLE, slot, ip) + &super::dns::forget(ip))).await
+    // Its admitted domain addresses first, on their own: a new sandbox on this address must
+    // not inherit them even if removing the chain fails.
+    let forget = super::dns::forget(ip);
+    if !forget.is_empty() {
+        nft_run(&forget).await?;
+    }
+    nft_run(&policy::nft_remove(NFT_TABLE, slot, ip)).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
