@@ -10,17 +10,35 @@ host's Debian mirror) is not part of the world. Nothing leaves the machine.
 Servers: "hello <addr>:<port>" on 80 and 8080 of every address; 198.51.100.10:9000 streams a
 line every 100 ms for as long as the connection lives; 198.51.100.10:5001 sends zeros until
 the client closes, and :5002 reads until EOF then answers "done <bytes>" (throughput).
+
+Domain rules (``up_domains``): a DNS server on 198.51.100.251:53 for the names in
+DOMAIN_NAMES, TLS servers on 443 of their addresses, and a host route to 198.51.100.40/29 (the
+daemon's SNI / Host check proxy connects there on the sandboxes' behalf).
 """
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 WORLD = "cpw-world"
 HOST_IF, WORLD_IF = "cpwh0", "cpww0"
 HOST_LINK, WORLD_LINK = "198.51.100.250", "198.51.100.251"
 TABLE, PREF = "1088", "1088"
 WORLD_ADDRS = ["198.51.100.10", "198.51.100.20", "203.0.113.20", "169.254.169.254"]
+# Domain rules: the world's DNS server (on the link address, which the host reaches directly,
+# as the daemon's resolver must) answers these names; TLS servers listen on 443 of each address.
+# The host gets a route to DOMAIN_NET: the daemon's SNI / Host check proxy connects there
+# for the sandboxes, like a host reaching the internet.
+DNS_SERVER = WORLD_LINK
+DOMAIN_NET = "198.51.100.40/29"
+DOMAIN_NAMES = {  # name: (address, TTL)
+    "api.allowed.test": ("198.51.100.41", 300),
+    "x.wild.test": ("198.51.100.42", 300),
+    "evil.test": ("198.51.100.43", 300),
+    "short.allowed.test": ("198.51.100.44", 1),
+}
+DOMAIN_ADDRS = sorted({a for a, _ in DOMAIN_NAMES.values()})
 ROUTED = ["198.51.100.0/24", "203.0.113.16/28", "169.254.169.254/32"]  # never .80 (the mirror)
 
 WORLD_SERVER = r"""
@@ -73,6 +91,78 @@ threading.Event().wait()
 """
 
 
+# DNS (UDP and TCP, A records only; other names NXDOMAIN, other types an empty answer) and
+# TLS servers ("hello tls <addr> <sni>" after the handshake). argv: cert key name=addr/ttl...
+DOMAIN_SERVER = r"""
+import socket, ssl, struct, sys, threading, time
+cert, key = sys.argv[1], sys.argv[2]
+names = {}
+for spec in sys.argv[3:]:
+    n, rest = spec.split("=")
+    a, ttl = rest.split("/")
+    names[n] = (a, int(ttl))
+def answer(q):
+    qid, flags, qd = struct.unpack(">HHH", q[:6])
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    question = q[12:i + 5]
+    name = ".".join(labels).lower()
+    hit = names.get(name)
+    rcode = 0 if hit else 3
+    an = b""
+    if hit and qtype == 1:
+        a, ttl = hit
+        an = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, ttl, 4) + socket.inet_aton(a)
+    head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1, 1 if an else 0, 0, 0)
+    return head + question + an
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((DNS, 53))
+    while True:
+        q, peer = s.recvfrom(4096)
+        try: s.sendto(answer(q), peer)
+        except Exception: pass
+def tcp_conn(c):
+    try:
+        while True:
+            h = c.recv(2)
+            if len(h) < 2: break
+            q = c.recv(struct.unpack(">H", h)[0])
+            r = answer(q); c.sendall(struct.pack(">H", len(r)) + r)
+    except OSError: pass
+    c.close()
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((DNS, 53)); s.listen(16)
+    while True:
+        c, _ = s.accept(); threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+def tls(addr):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 443)); s.listen(16)
+    def one(c):
+        seen = []
+        ctx2 = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx2.load_cert_chain(cert, key)
+        ctx2.sni_callback = lambda sock, name, _c: seen.append(name)
+        try:
+            t = ctx2.wrap_socket(c, server_side=True)
+            t.sendall(f"hello tls {addr} {seen[0] if seen else '-'}\n".encode()); t.close()
+        except Exception: c.close()
+    while True:
+        c, _ = s.accept(); threading.Thread(target=one, args=(c,), daemon=True).start()
+DNS = "%s"
+threading.Thread(target=udp, daemon=True).start()
+threading.Thread(target=tcp, daemon=True).start()
+for a in sorted({a for a, _ in names.values()}):
+    threading.Thread(target=tls, args=(a,), daemon=True).start()
+time.sleep(0.3)
+print("ready", flush=True)
+threading.Event().wait()
+""" % DNS_SERVER
+
+
 def sh(*cmd: str, check: bool = True) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if check and r.returncode != 0:
@@ -85,6 +175,7 @@ class World:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self.dproc: subprocess.Popen | None = None
 
     def up(self) -> None:
         self.down()
@@ -97,21 +188,36 @@ class World:
         sh(*w, "ip", "addr", "add", f"{WORLD_LINK}/31", "dev", WORLD_IF)
         sh(*w, "ip", "link", "set", WORLD_IF, "up")
         sh(*w, "ip", "link", "set", "lo", "up")
-        for a in WORLD_ADDRS:
+        for a in WORLD_ADDRS + DOMAIN_ADDRS:
             sh(*w, "ip", "addr", "add", f"{a}/32", "dev", "lo")
         sh(*w, "ip", "route", "add", "default", "via", HOST_LINK)
         for net in ROUTED:
             sh("ip", "route", "add", net, "via", WORLD_LINK, "dev", HOST_IF, "table", TABLE)
         sh("ip", "rule", "add", "iif", "coppice0", "lookup", TABLE, "pref", PREF)
-        self.proc = subprocess.Popen(w + ["python3", "-c", WORLD_SERVER, *WORLD_ADDRS],
+        self.proc = subprocess.Popen(w + ["python3", "-c", WORLD_SERVER, *WORLD_ADDRS, *DOMAIN_ADDRS],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
 
+    def up_domains(self, tmp: Path) -> None:
+        """Adds the DNS server, the TLS servers (self-signed certificate made here with
+        openssl) and the host's route to the domain addresses. After up()."""
+        w = ["ip", "netns", "exec", WORLD]
+        sh("ip", "route", "add", DOMAIN_NET, "via", WORLD_LINK, "dev", HOST_IF)
+        cert, key = tmp / "world-cert.pem", tmp / "world-key.pem"
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=world.test",
+           "-keyout", str(key), "-out", str(cert), "-addext",
+           "subjectAltName=" + ",".join(f"DNS:{n}" for n in DOMAIN_NAMES))
+        specs = [f"{n}={a}/{ttl}" for n, (a, ttl) in DOMAIN_NAMES.items()]
+        self.dproc = subprocess.Popen(w + ["python3", "-c", DOMAIN_SERVER, str(cert), str(key), *specs],
+                                      stdout=subprocess.PIPE, text=True)
+        assert self.dproc.stdout and self.dproc.stdout.readline().strip() == "ready"
+
     def down(self) -> None:
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        for p in (self.proc, self.dproc):
+            if p:
+                p.kill()
+                p.wait()
+        self.proc = self.dproc = None
         sh("ip", "rule", "del", "pref", PREF, check=False)
         sh("ip", "route", "flush", "table", TABLE, check=False)
         sh("ip", "link", "del", HOST_IF, check=False)

@@ -12,10 +12,12 @@ fi
 # conntrack: a network policy update ends the open connections it no longer permits.
 # btrfs-progs: mkfs.btrfs formats the sparse image that holds sandbox uppers and snapshots
 # (subvolumes) when the state dir is not on btrfs.
+# openssl: the network policy test makes its TLS servers' self-signed certificate.
 # python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
 # (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
 packages=(nftables iproute2 btrfs-progs bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
-  python3-ipykernel python3-matplotlib python3-pandas python3-pexpect)
+  python3-ipykernel python3-matplotlib python3-pandas python3-pexpect
+  openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Accept any E2B API key (local development; refused unless --listen is loopback).
     #[arg(long)]
     e2b_no_auth: bool,
+    /// Nameserver the sandboxes' DNS resolver forwards to (address or address:port);
+    /// default: the first nameserver of /etc/resolv.conf.
+    #[arg(long, env = "COPPICE_DNS_UPSTREAM")]
+    dns_upstream: Option<String>,
 }
 
 pub fn run(args: ServeArgs, socket: PathBuf) -> i32 {
@@ -107,6 +111,9 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
     cfg.e2b_api_keys.extend(args.e2b_api_keys.iter().cloned());
     if args.e2b_no_auth {
         cfg.e2b_no_auth = true;
+    }
+    if let Some(u) = &args.dns_upstream {
+        cfg.dns_upstream = Some(u.clone());
     }
     Ok(cfg)
 }

@@ -69,7 +69,8 @@ impl CoppiceMcp {
     /// connections the new policy does not permit are cut at once. Rules: allow beats deny;
     /// private ranges, the host and metadata (169.254.169.254) open only with an allow rule
     /// naming them; "air_gapped": true cuts everything, DNS included; "bandwidth_mbps" caps
-    /// each direction. Domain names are not supported yet: allow their addresses instead.
+    /// each direction; "domains" (names, "*." wildcards) are answered by Coppice's DNS and
+    /// their addresses allowed, with a TLS SNI / HTTP Host check on ports 80 and 443.
     #[tool(annotations(
         title = "Set network policy",
         read_only_hint = false,

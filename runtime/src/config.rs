@@ -63,6 +63,9 @@ pub struct Config {
     /// Size of the sparse btrfs image made when the state directory is not on btrfs, in GiB
     /// (only what sandboxes write takes host disk).
     pub btrfs_image_gib: u64,
+    /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
+    /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
+    pub dns_upstream: Option<String>,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             e2b_domain: None,
             storage: Default::default(),
             btrfs_image_gib: 64,
+            dns_upstream: None,
         }
     }
 }

@@ -37,6 +37,8 @@ pub const REJECT_CHAIN: &str = "policy_reject";
 
 /// Most rules a policy may hold (each is one nft rule evaluated in order).
 pub const MAX_RULES: usize = 256;
+/// Most domain names a policy may hold (matched in the resolver and the SNI check, not in nft).
+pub const MAX_DOMAINS: usize = 256;
 
 /// Egress and ingress rules of one sandbox. Every field is optional: `{}` is the default
 /// policy (internet allowed; host, private ranges, other sandboxes and cloud metadata denied).
@@ -55,6 +57,14 @@ pub struct NetworkPolicy {
     /// Destinations denied (checked after allow rules).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<Rule>,
+    /// Domain names the sandbox may reach, e.g. ["api.github.com", "*.pypi.org"]: lowercase
+    /// ASCII (internationalised names in their xn-- form); "*." as the first label matches
+    /// every name below it (not the name itself). With domains set, the sandbox's DNS
+    /// (through Coppice's resolver) answers only these names, and their addresses are
+    /// allowed for the answer's TTL like allow rules (on every port; TCP 80/443 also pass a
+    /// TLS SNI / HTTP Host check against this list). Useful with "default": "deny".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
     /// Cut the sandbox off entirely (no egress at all, DNS included); other rules are kept but
     /// have no effect while this is true.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -149,6 +159,8 @@ pub struct CheckedPolicy {
     pub air_gapped: bool,
     /// Bits per second, each direction.
     pub bandwidth_bps: Option<u64>,
+    /// Allowed domain names (empty: no domain rules; DNS is simply forwarded).
+    pub domains: Vec<DomainPattern>,
 }
 
 impl NetworkPolicy {
@@ -183,13 +195,14 @@ impl NetworkPolicy {
             deny: check(&self.deny, "deny")?,
             air_gapped: self.air_gapped,
             bandwidth_bps,
+            domains: check_domains(&self.domains)?,
         })
     }
 
     /// The policy behind E2B's create fields: `allow_internet_access: false` is air-gapped, or
     /// default deny when `allowOut` names exceptions; `network.allowOut` / `network.denyOut`
-    /// are CIDR or address lists (allow beats deny).
-    /// Domain names are not supported yet and are rejected with a clear error.
+    /// are CIDR or address lists (allow beats deny); domain names in `allowOut` (E2B allows
+    /// them there only) become `domains`.
     pub fn from_e2b(
         allow_internet_access: Option<bool>,
         allow_out: &[String],
@@ -204,6 +217,11 @@ impl NetworkPolicy {
                 })
                 .collect()
         };
+        let (names, addrs): (Vec<String>, Vec<String>) = allow_out
+            .iter()
+            .map(|s| s.trim().trim_end_matches('.').to_ascii_lowercase())
+            .partition(|s| looks_like_domain(s));
+        let allow_out = &addrs[..];
         let offline = allow_internet_access == Some(false);
         let p = NetworkPolicy {
             default: if offline {
@@ -213,8 +231,9 @@ impl NetworkPolicy {
             },
             allow: rules(allow_out, "allowOut")?,
             deny: rules(deny_out, "denyOut")?,
-            air_gapped: offline && allow_out.is_empty(),
+            air_gapped: offline && allow_out.is_empty() && names.is_empty(),
             bandwidth_mbps: None,
+            domains: names,
         };
         p.check()?;
         Ok(p)
@@ -261,14 +280,127 @@ fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
     }
     if s.chars().any(|c| c.is_ascii_alphabetic()) && !s.contains(':') {
         return Err(format!(
-            "'{s}' is not a CIDR or an IP address (domain names are not supported yet: resolve it \
-             and allow its addresses)"
+            "'{s}' is not a CIDR or an IP address (domain names go in \"domains\", e.g. \
+             {{\"domains\": [\"{s}\"]}})"
         ));
     }
     Err(format!(
         "'{s}' is not a CIDR or an IP address (examples: 198.51.100.0/24, 203.0.113.7, \
          2001:db8::/32)"
     ))
+}
+
+/// Whether an E2B `allowOut` entry is a domain name rather than an address or CIDR.
+pub fn looks_like_domain(s: &str) -> bool {
+    let addr = s.trim().split('/').next().unwrap_or("");
+    addr.parse::<IpAddr>().is_err()
+        && !addr.contains(':')
+        && addr.chars().any(|c| c.is_alphabetic() || c == '*')
+}
+
+/// One checked entry of `domains`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DomainPattern {
+    /// Exactly this name.
+    Exact(String),
+    /// Every name strictly below this one (`*.example.com` holds "example.com").
+    Below(String),
+}
+
+impl DomainPattern {
+    /// `name`: a DNS name as asked (any case, optional trailing dot).
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        match self {
+            DomainPattern::Exact(d) => name.eq_ignore_ascii_case(d),
+            DomainPattern::Below(d) => {
+                name.len() > d.len() + 1
+                    && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+                    && name[name.len() - d.len()..].eq_ignore_ascii_case(d)
+            }
+        }
+    }
+}
+
+impl CheckedPolicy {
+    /// Whether DNS may answer `name` and a TLS SNI / HTTP Host may name it. Without domain
+    /// rules every name passes (the policy filters by address only).
+    pub fn allows_name(&self, name: &str) -> bool {
+        self.domains.is_empty() || self.domains.iter().any(|d| d.matches(name))
+    }
+}
+
+fn check_domains(list: &[String]) -> Result<Vec<DomainPattern>> {
+    if list.len() > MAX_DOMAINS {
+        return Err(invalid(format!(
+            "a policy holds at most {MAX_DOMAINS} domains, got {}",
+            list.len()
+        )));
+    }
+    let mut out: Vec<DomainPattern> = list
+        .iter()
+        .enumerate()
+        .map(|(i, d)| check_domain(d).map_err(|e| invalid(format!("domains[{i}]: {e}"))))
+        .collect::<Result<_>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A name in canonical form (lowercase ASCII, no trailing dot, RFC 1035 lengths, LDH labels;
+/// IDNA names in their xn-- form) with an optional leading "*." label.
+fn check_domain(raw: &str) -> std::result::Result<DomainPattern, String> {
+    let (wild, name) = match raw.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let canonical = idna::domain_to_ascii(name.trim().trim_end_matches('.'))
+        .ok()
+        .filter(|c| !c.is_empty());
+    if let Some(c) = &canonical
+        && c != name
+    {
+        let star = if wild { "*." } else { "" };
+        return Err(format!(
+            "'{raw}' must be written '{star}{c}' (lowercase ASCII, no trailing dot;              internationalised names in their xn-- form)"
+        ));
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "'{raw}': a wildcard is only allowed as the whole first label, as in \"*.example.com\""
+        ));
+    }
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "'{raw}' is not a domain name (1 to 253 characters)"
+        ));
+    }
+    for label in name.split('.') {
+        let ldh = label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if label.is_empty()
+            || label.len() > 63
+            || !ldh
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err(format!(
+                "'{raw}' is not a domain name: label '{label}' must be 1-63 of a-z, 0-9, '-' \
+                 (not first or last) or '_'"
+            ));
+        }
+    }
+    if name.parse::<IpAddr>().is_ok() || name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!(
+            "'{raw}' is an address: put it in \"allow\" as a cidr"
+        ));
+    }
+    Ok(if wild {
+        DomainPattern::Below(name.to_string())
+    } else {
+        DomainPattern::Exact(name.to_string())
+    })
 }
 
 impl Port {
@@ -330,6 +462,12 @@ pub struct HostContext {
     /// Nameservers of the sandbox's resolv.conf (the host's): reachable on port 53 unless
     /// air-gapped, whatever the rules say.
     pub dns_servers: Vec<IpAddr>,
+    /// Coppice's own resolver (the bridge address, port 53), when it runs: queries to
+    /// `dns_servers` are redirected to it, so it is reachable unless air-gapped.
+    pub resolver: Option<IpAddr>,
+    /// Port of the SNI / Host check proxy on `resolver`'s address, reachable by sandboxes
+    /// with domain rules (their TCP 80/443 to domain-admitted addresses is redirected there).
+    pub sni_proxy_port: Option<u16>,
 }
 
 impl HostContext {
@@ -390,6 +528,18 @@ impl CheckedPolicy {
         if self.air_gapped {
             return false;
         }
+        let tcp_udp = matches!(proto, Some(Protocol::Tcp | Protocol::Udp));
+        if ctx.resolver == Some(ip) && tcp_udp && port == Some(53) {
+            return true;
+        }
+        if ctx.resolver == Some(ip)
+            && proto == Some(Protocol::Tcp)
+            && port.is_some()
+            && port == ctx.sni_proxy_port
+            && !self.domains.is_empty()
+        {
+            return true;
+        }
         if ctx.dns_servers.contains(&ip)
             && port == Some(53)
             && matches!(proto, Some(Protocol::Tcp | Protocol::Udp))
@@ -438,6 +588,18 @@ pub fn tbf_args(bps: u64) -> Vec<String> {
 
 // ---------------------------------------------------------------------------------------------
 // The nft compiler (pure text; loaded as one `nft -f` transaction each).
+
+/// The set of (sandbox address . destination address) pairs the resolver admitted, each with
+/// a timeout. One set for every sandbox (like the verdict map); entries of a removed sandbox
+/// are deleted with it.
+pub const DOMAIN_SET4: &str = "domain_admit4";
+
+/// Declaration of [`DOMAIN_SET4`] (idempotent, keeps its elements).
+pub fn nft_domain_set(table: &str) -> String {
+    format!(
+        "table inet {table} {{ set {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }}; }}\n"
+    )
+}
 
 /// Name of slot `slot`'s policy chain.
 pub fn chain_name(slot: u32) -> String {
@@ -490,6 +652,9 @@ pub fn nft_apply(
 ) -> String {
     let chain = chain_name(slot);
     let mut s = String::new();
+    if !policy.domains.is_empty() && !policy.air_gapped {
+        s.push_str(&nft_domain_set(table));
+    }
     let _ = writeln!(s, "table inet {table} {{ chain {chain} {{}}; }}");
     let _ = writeln!(s, "flush chain inet {table} {chain}");
     let _ = writeln!(s, "table inet {table} {{\n\tchain {chain} {{");
@@ -525,6 +690,17 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
         return vec![format!("{reject} comment \"air-gapped\"")];
     }
     let mut out = Vec::new();
+    if let Some(r) = ctx.resolver {
+        let fam = family(&IpNet::from(r));
+        out.push(format!(
+            "{fam} daddr {r} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"coppice resolver\""
+        ));
+        if let (Some(port), false) = (ctx.sni_proxy_port, policy.domains.is_empty()) {
+            out.push(format!(
+                "{fam} daddr {r} tcp dport {port} accept comment \"domain check proxy\""
+            ));
+        }
+    }
     let dns: BTreeSet<IpAddr> = ctx.dns_servers.iter().copied().collect();
     for ip in dns {
         let fam = family(&IpNet::from(ip));
@@ -542,6 +718,13 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
     out.push(format!(
         "fib daddr type local {reject} comment \"the host\""
     ));
+    if !policy.domains.is_empty() {
+        // Addresses the resolver admitted for this sandbox's allowed names (element timeout =
+        // the answer's TTL); protected ones never get there (refused above, and never admitted).
+        out.push(format!(
+            "ip saddr . ip daddr @{DOMAIN_SET4} accept comment \"domains\""
+        ));
+    }
     out.extend(broad.iter().map(|r| rule_text(r, "accept")));
     out.extend(policy.deny.iter().map(|r| rule_text(r, &reject)));
     out.push(match policy.default {
@@ -616,6 +799,7 @@ mod tests {
         HostContext {
             host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],
             dns_servers: vec!["10.255.255.53".parse().unwrap()],
+            ..Default::default()
         }
     }
 
@@ -656,7 +840,7 @@ mod tests {
                 .contains("allow[0]: '300.1.1.1/8' is not a CIDR")
         );
         assert!(
-            bad(r#"{"deny":[{"cidr":"example.com"}]}"#).contains("domain names are not supported")
+            bad(r#"{"deny":[{"cidr":"example.com"}]}"#).contains("domain names go in \"domains\"")
         );
         assert!(
             bad(r#"{"allow":[{"cidr":"1.2.3.4","ports":["90-80"]}]}"#).contains("port range 90-80")
@@ -794,7 +978,23 @@ mod tests {
             .unwrap();
         assert!(!air.permits(&c, ip("10.255.255.53"), Some(Protocol::Udp), Some(53)));
         assert!(!air.permits(&c, ip("198.51.100.1"), tcp, Some(80)));
-        assert!(NetworkPolicy::from_e2b(None, &["example.com".into()], &[]).is_err());
+        let named = NetworkPolicy::from_e2b(
+            None,
+            &[
+                "Example.com.".into(),
+                "*.wild.test".into(),
+                "1.1.1.1".into(),
+            ],
+            &["0.0.0.0/0".into()],
+        )
+        .unwrap();
+        assert_eq!(named.domains, vec!["example.com", "*.wild.test"]);
+        assert_eq!(named.allow, vec![Rule::cidr("1.1.1.1")]);
+        assert!(
+            !NetworkPolicy::from_e2b(Some(false), &["a.test".into()], &[])
+                .unwrap()
+                .air_gapped
+        );
         let offline_but = NetworkPolicy::from_e2b(Some(false), &["198.51.100.7".into()], &[])
             .unwrap()
             .check()
@@ -872,6 +1072,117 @@ delete chain inet coppice sbx5
         assert!(shared.contains(
             "meta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited"
         ));
+    }
+
+    #[test]
+    fn domains() {
+        let p: NetworkPolicy = serde_json::from_str(
+            r#"{"default":"deny","domains":["api.allowed.test","*.wild.test","xn--bcher-kva.test","_srv.a-b.test"]}"#,
+        )
+        .unwrap();
+        let c = p.check().unwrap();
+        assert!(c.allows_name("api.allowed.test"));
+        assert!(c.allows_name("API.Allowed.test."));
+        assert!(c.allows_name("x.wild.test"));
+        assert!(c.allows_name("a.b.wild.test"));
+        assert!(
+            !c.allows_name("wild.test"),
+            "a wildcard does not match its own base"
+        );
+        assert!(!c.allows_name("xwild.test"));
+        assert!(!c.allows_name("allowed.test"));
+        assert!(!c.allows_name("evil.test"));
+        assert!(!c.allows_name("api.allowed.test.evil.test"));
+        assert!(
+            NetworkPolicy::default()
+                .check()
+                .unwrap()
+                .allows_name("anything.test")
+        );
+        assert_eq!(
+            serde_json::to_value(&p).unwrap()["domains"][1],
+            serde_json::json!("*.wild.test")
+        );
+
+        let bad = |d: &str| {
+            NetworkPolicy {
+                domains: vec![d.into()],
+                ..Default::default()
+            }
+            .check()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad("Example.COM").contains("must be written 'example.com'"));
+        assert!(bad("example.com.").contains("must be written 'example.com'"));
+        assert!(bad("bücher.test").contains("'xn--bcher-kva.test'"));
+        assert!(bad("*.Wild.test").contains("'*.wild.test'"));
+        assert!(bad("a.*.test").contains("only allowed as the whole first label"));
+        assert!(bad("*").contains("domains[0]"));
+        assert!(bad("*.").contains("domains[0]"));
+        assert!(bad("-a.test").contains("label '-a'"));
+        assert!(bad(&format!("{}.test", "a".repeat(64))).contains("1-63"));
+        assert!(bad(&["abcdefghi"; 26].join(".")).contains("253"));
+        assert!(bad("a..test").contains("domains[0]"));
+        assert!(bad("1.2.3.4").contains("is an address"));
+        assert!(bad("a b.test").contains("domains[0]"));
+        let many = NetworkPolicy {
+            domains: vec!["a.test".into(); MAX_DOMAINS + 1],
+            ..Default::default()
+        };
+        assert!(
+            many.check()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 256 domains")
+        );
+
+        // The compiled chain: resolver and proxy first, admitted pairs after the protected
+        // rejections, before broad allows; no proxy rule without domains.
+        let ctx = HostContext {
+            resolver: Some(ip("10.88.0.1")),
+            sni_proxy_port: Some(15080),
+            ..ctx()
+        };
+        let rules = chain_rules(&c, &ctx);
+        assert_eq!(
+            rules[0],
+            "ip daddr 10.88.0.1 meta l4proto { tcp, udp } th dport 53 accept comment \"coppice resolver\""
+        );
+        assert_eq!(
+            rules[1],
+            "ip daddr 10.88.0.1 tcp dport 15080 accept comment \"domain check proxy\""
+        );
+        let host = rules
+            .iter()
+            .position(|r| r.contains("\"the host\""))
+            .unwrap();
+        assert_eq!(
+            rules[host + 1],
+            "ip saddr . ip daddr @domain_admit4 accept comment \"domains\""
+        );
+        let text = nft_apply("coppice", 3, Ipv4Addr::new(10, 88, 0, 5), &c, &ctx);
+        assert!(text.starts_with(
+            "table inet coppice { set domain_admit4 { type ipv4_addr . ipv4_addr; flags timeout; }; }\n"
+        ));
+        let plain = chain_rules(&NetworkPolicy::default().check().unwrap(), &ctx);
+        assert!(plain[0].contains("coppice resolver"));
+        assert!(
+            !plain
+                .iter()
+                .any(|r| r.contains("proxy") || r.contains("domain_admit4"))
+        );
+        let air = NetworkPolicy {
+            air_gapped: true,
+            ..p
+        }
+        .check()
+        .unwrap();
+        assert_eq!(chain_rules(&air, &ctx).len(), 1);
+        assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Udp), Some(53)));
+        assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(15080)));
+        assert!(!c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(22)));
+        assert!(!air.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Udp), Some(53)));
     }
 
     #[test]

@@ -12,7 +12,9 @@ Checks: default policy (internet allowed; metadata, the host's services and a si
 denied); allow/deny by CIDR and port; allow beating deny; explicit allow of metadata and of a
 host service; air gap; a live flip cutting a long-lived connection (and its conntrack entry);
 a bandwidth cap within 10% each way; policy given at create time; bad policies refused without
-changing anything; the policy kept across a daemon restart. Needs root; run it under the host lock:
+changing anything; the policy kept across a daemon restart; domain rules (Coppice's resolver
+answering only allowed names and admitting their addresses for the TTL, wildcards, the TLS SNI
+/ HTTP Host check, expiry, air gap, no other DNS server). Needs root; run it under the host lock:
 
     flock /tmp/coppice-host.lock python3 runtime/tests/network_policy.py --coppice target/release/coppice
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "rigs"))
 from common import Daemon, refuse_if_other_daemon  # noqa: E402
-from networld import World, sh  # noqa: E402
+from networld import DNS_SERVER, DOMAIN_NAMES, World, sh  # noqa: E402
 
 # Runs in a sandbox: connect, print what came back or why not.
 PROBE = r"""
@@ -87,6 +89,70 @@ else:
     s.shutdown(socket.SHUT_WR)
     got = int(s.makefile().readline().split()[1])
 print(got / (time.monotonic() - t0))
+"""
+
+
+# Runs in a sandbox: resolve a name through the system resolver (resolv.conf).
+RESOLVE = r"""
+import socket, sys
+try:
+    print("IP", socket.gethostbyname(sys.argv[1]))
+except OSError as e:
+    print("ERR", type(e).__name__, e)
+"""
+
+# Runs in a sandbox: one raw DNS query (A) over UDP to a given server; prints the rcode.
+DNSQ = r"""
+import socket, struct, sys
+server, name = sys.argv[1], sys.argv[2]
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+try:
+    s.sendto(q, (server, 53)); r = s.recv(512)
+    print("RCODE", r[3] & 15, "ANSWERS", struct.unpack(">H", r[6:8])[0])
+except socket.timeout:
+    print("TIMEOUT")
+except OSError as e:
+    print("ERR", e.errno)
+"""
+
+# Runs in a sandbox: an HTTP/1.1 request to an address with a given Host header.
+HTTP = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], 80), timeout=5); s.settimeout(5)
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {sys.argv[2]}\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        try:
+            d = s.recv(4096)
+        except ConnectionResetError:
+            # The world's server answers at once and closes without reading the request.
+            if data: break
+            raise
+        if not d: break
+        data += d
+    print("OK", data.decode(errors="replace").splitlines()[0] if data else "")
+except socket.timeout:
+    print("TIMEOUT")
+except OSError as e:
+    print("ERR", e.errno)
+"""
+
+# Runs in a sandbox: a TLS connection to an address with a given SNI (certificate not checked:
+# the world's is self-signed; the name check under test is Coppice's).
+TLS = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+try:
+    s = socket.create_connection((sys.argv[1], 443), timeout=5); s.settimeout(5)
+    t = ctx.wrap_socket(s, server_hostname=sys.argv[2] or None)
+    print("OK", t.recv(200).decode().strip())
+except socket.timeout:
+    print("TIMEOUT")
+except (OSError, ssl.SSLError) as e:
+    print("ERR", type(e).__name__)
 """
 
 
@@ -161,11 +227,13 @@ def main() -> int:
     refuse_if_other_daemon(args.wait_other)
     coppice = args.coppice.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="coppice-netpol-"))
-    daemon = Daemon(coppice, tmp / "state", pool_size=1, no_network=False, log_path=tmp / "daemon.log")
+    daemon = Daemon(coppice, tmp / "state", pool_size=1, no_network=False, log_path=tmp / "daemon.log",
+                    env={"COPPICE_DNS_UPSTREAM": f"{DNS_SERVER}:53"})
     world = World()
     t = T(coppice, daemon)
     try:
         world.up()
+        world.up_domains(tmp)
         daemon.start()
         run(t, daemon)
     finally:
@@ -329,12 +397,98 @@ def run(t: T, daemon: Daemon) -> None:
     qd = sh("tc", "qdisc", "show", "dev", c_if)
     t.check("cap kept across the restart", "tbf" in qd and "8Mbit" in qd, qd.strip())
 
+    domain_rules(t, a)
+
     print("kill removes the policy")
     t.cli("sandbox", "kill", c)
     m = sh("nft", "list", "map", "inet", "coppice", "sandbox_policy")
     t.check("map entry gone with the sandbox", f"{c_ip} :" not in m, m)
     loop_srv.close()
     any_srv.close()
+
+
+def domain_rules(t: T, plain: str) -> None:
+    """Domains through Coppice's resolver and the SNI / Host check; `plain` has no domain rules."""
+    names = DOMAIN_NAMES
+    api, wild, evil, short = (names[n][0] for n in
+                              ("api.allowed.test", "x.wild.test", "evil.test", "short.allowed.test"))
+
+    def run(sid: str, script: str, *argv: str) -> str:
+        return t.cli("exec", sid, "--", "python3", "-c", script, *argv, check=False).stdout.strip()
+
+    print("domain rules")
+    t.set(plain, {})
+    got = run(plain, RESOLVE, "evil.test")
+    t.check("no domain rules: DNS forwarded as before", got == f"IP {evil}", got)
+
+    policy = {"default": "deny", "domains": ["api.allowed.test", "*.wild.test", "short.allowed.test"]}
+    d = t.create(policy)
+    got = json.loads(t.cli("network", "get", d, "--json").stdout)["policy"]
+    t.check("domains stored and returned", got.get("domains") == policy["domains"], str(got))
+    got = run(d, RESOLVE, "api.allowed.test")
+    t.check("allowed name resolves", got == f"IP {api}", got)
+    got = run(d, HTTP, api, "api.allowed.test")
+    t.check("allowed name: HTTP connects", got == f"OK hello {api}:80", got)
+    got = run(d, TLS, api, "api.allowed.test")
+    t.check("allowed name: TLS connects", got == f"OK hello tls {api} api.allowed.test", got)
+    got = run(d, RESOLVE, "x.wild.test")
+    t.check("wildcard name resolves", got == f"IP {wild}", got)
+    got = run(d, TLS, wild, "x.wild.test")
+    t.check("wildcard name: TLS connects", got == f"OK hello tls {wild} x.wild.test", got)
+    got = run(d, RESOLVE, "wild.test")
+    t.check("a wildcard does not cover its base name", got.startswith("ERR"), got)
+
+    got = run(d, RESOLVE, "evil.test")
+    t.check("denied name does not resolve", got.startswith("ERR"), got)
+    got = run(d, DNSQ, "10.255.255.53", "evil.test")
+    t.check("denied name answered REFUSED", got == "RCODE 5 ANSWERS 0", got)
+    t.reach(d, evil, 80, False, "denied name's address by IP")
+    got = run(d, TLS, evil, "evil.test")
+    t.check("denied name's address by IP (TLS)", got.startswith(("ERR", "TIMEOUT")), got)
+    got = run(d, DNSQ, DNS_SERVER, "api.allowed.test")
+    t.check("another DNS server is not reachable", got.startswith(("ERR", "TIMEOUT")), got)
+
+    got = run(d, TLS, api, "evil.test")
+    t.check("admitted address with another SNI refused", got.startswith("ERR"), got)
+    got = run(d, TLS, api, "")
+    t.check("admitted address without SNI refused", got.startswith("ERR"), got)
+    got = run(d, HTTP, api, "evil.test")
+    t.check("admitted address with another Host: 403", got.startswith("OK HTTP/1.1 403"), got)
+
+    d_ip = json.loads(t.cli("sandbox", "info", d, "--json").stdout)["ip"]
+    got = run(d, RESOLVE, "short.allowed.test")
+    t.check("short-TTL name resolves", got == f"IP {short}", got)
+    t0 = time.monotonic()
+    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
+    t.check("admitted with a timeout", f"{d_ip} . {short} timeout" in elems, elems.strip()[-300:])
+    got = run(d, HTTP, short, "short.allowed.test")
+    t.check("short-TTL name connects at once", got == f"OK hello {short}:80", got)
+    time.sleep(max(0.0, 7.0 - (time.monotonic() - t0)))  # TTL 1 s, admitted for the 5 s minimum
+    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
+    t.check("admitted entry expired after its TTL", f"{d_ip} . {short}" not in elems, elems.strip()[-300:])
+    got = run(d, HTTP, short, "short.allowed.test")
+    t.check("expired address no longer reachable", got.startswith(("ERR", "TIMEOUT")), got)
+
+    t.set(d, {"default": "deny", "domains": ["*.wild.test"]})
+    got = run(d, RESOLVE, "api.allowed.test")
+    t.check("live update: name no longer allowed", got.startswith("ERR"), got)
+    got = run(d, HTTP, api, "api.allowed.test")
+    t.check("live update: its admitted address dropped", got.startswith(("ERR", "TIMEOUT")), got)
+    got = run(d, TLS, wild, "x.wild.test")
+    t.check("live update: still-allowed name kept", got.startswith("OK hello tls"), got)
+
+    e = t.create({"air_gapped": True, "domains": ["api.allowed.test"]})
+    got = run(e, RESOLVE, "api.allowed.test")
+    t.check("air-gapped: no DNS", got.startswith("ERR"), got)
+    got = run(e, DNSQ, "10.255.255.53", "api.allowed.test")
+    t.check("air-gapped: resolver unreachable", got.startswith(("ERR", "TIMEOUT")), got)
+
+    r = t.cli("network", "set", d, '{"domains":["Bad.Example"]}', check=False)
+    t.check("bad domain refused", r.returncode != 0 and "must be written 'bad.example'" in r.stderr, r.stderr.strip())
+    t.cli("sandbox", "kill", d)
+    t.cli("sandbox", "kill", e)
+    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
+    t.check("kill removes admitted entries", f"{d_ip} ." not in elems, elems.strip()[-300:])
 
 
 if __name__ == "__main__":

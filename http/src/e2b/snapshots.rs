@@ -220,7 +220,7 @@ pub(super) async fn fork(
 // ---------------------------------------------------------------- network
 
 /// E2B's network object at create time (`SandboxNetworkConfig`) and in `PUT .../network`
-/// (`SandboxNetworkUpdateConfig`). Only IP/CIDR egress rules are honoured; every other
+/// (`SandboxNetworkUpdateConfig`). IP/CIDR egress rules and allowOut domain names are honoured; every other
 /// field is refused when set rather than ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -245,7 +245,7 @@ fn is_domain(entry: &str) -> bool {
 }
 
 impl E2bNetwork {
-    /// Refuses what this server cannot honour: domain rules, proxies, transform rules, ...
+    /// Refuses what this server cannot honour: domain names in denyOut, proxies, transform rules, ...
     fn check(&self) -> Result<(), E2bError> {
         if let Some((k, _)) = self
             .other
@@ -257,13 +257,12 @@ impl E2bNetwork {
                  and allow_internet_access are)"
             )));
         }
-        for (field, list) in [("allowOut", &self.allow_out), ("denyOut", &self.deny_out)] {
-            if let Some(d) = list.iter().find(|e| is_domain(e)) {
-                return Err(bad(format!(
-                    "{field}: '{d}' is a domain name; this Coppice daemon filters by IP \
-                     address and CIDR block only (domain rules are not built): use addresses"
-                )));
-            }
+        // Domain names in allowOut become the policy's `domains`; E2B takes them nowhere else.
+        if let Some(d) = self.deny_out.iter().find(|e| is_domain(e)) {
+            return Err(bad(format!(
+                "denyOut: '{d}' is a domain name; denyOut takes IP addresses and CIDR blocks \
+                 (name the allowed domains in allowOut with denyOut [\"0.0.0.0/0\"] instead)"
+            )));
         }
         Ok(())
     }
@@ -283,8 +282,8 @@ impl E2bNetwork {
     }
 }
 
-/// Fields harmless to accept: E2B's defaults, and `dnsServers`, which only matters with
-/// domain rules (refused).
+/// Fields harmless to accept: E2B's defaults, and `dnsServers` (sandboxes always resolve
+/// through Coppice's own resolver, which enforces domain rules).
 fn is_default(key: &str, v: &Value) -> bool {
     matches!(
         (key, v),
@@ -321,8 +320,16 @@ mod tests {
 
     #[test]
     fn network_fields_map_or_are_refused() {
-        let n: E2bNetwork = serde_json::from_str(r#"{"allowOut":["example.com"]}"#).unwrap();
+        let n: E2bNetwork = serde_json::from_str(r#"{"denyOut":["example.com"]}"#).unwrap();
         assert!(n.policy(None).is_err());
+        let n: E2bNetwork = serde_json::from_str(
+            r#"{"allowOut":["example.com","*.pypi.org"],"denyOut":["0.0.0.0/0"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            n.policy(None).unwrap().domains,
+            vec!["example.com", "*.pypi.org"]
+        );
         let n: E2bNetwork = serde_json::from_str(r#"{"egressProxy":{"address":"x"}}"#).unwrap();
         assert!(n.policy(None).is_err());
         let n: E2bNetwork = serde_json::from_str(r#"{"allowPublicTraffic":true}"#).unwrap();

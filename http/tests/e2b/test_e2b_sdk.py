@@ -186,8 +186,8 @@ def test_bad_create_input_is_400(daemon):
     assert r.status_code == 400, "unsupported options are refused, not ignored"
     assert "egressProxy" in r.json()["message"]
     r = httpx.post(f"{url}/v2/sandboxes", headers=h,
-                   json={"templateID": "base", "network": {"allowOut": ["example.com"]}})
-    assert r.status_code == 400 and "domain" in r.json()["message"]
+                   json={"templateID": "base", "network": {"denyOut": ["example.com"]}})
+    assert r.status_code == 400 and "domain" in r.json()["message"], "names only in allowOut"
     r = httpx.get(f"{url}/v2/sandboxes?state=sleeping", headers=h)
     assert r.status_code == 400
     # Routes this daemon does not serve answer in E2B's JSON shape.
@@ -590,8 +590,11 @@ def test_network_policy_at_create_and_update(daemon):
         assert p["air_gapped"] is True and p["default"] == "deny"
         Sandbox.update_network(default.sandbox_id, {})
         assert native_policy(default.sandbox_id)["default"] == "allow", "omitted fields are cleared"
+        default.update_network({"allow_out": ["example.com", "*.pypi.org"], "deny_out": ["0.0.0.0/0"]})
+        p = native_policy(default.sandbox_id)
+        assert p["domains"] == ["example.com", "*.pypi.org"] and [r["cidr"] for r in p["deny"]] == ["0.0.0.0/0"]
         with pytest.raises(SandboxException) as e:
-            default.update_network({"allow_out": ["example.com"]})
+            default.update_network({"deny_out": ["example.com"]})
         assert "domain" in str(e.value)
         with pytest.raises(SandboxNotFoundException):
             Sandbox.update_network("nosuch", {"deny_out": ["10.0.0.0/8"]})

@@ -50,7 +50,9 @@ impl LinuxBackend {
             let net = NetConfig::default();
             net::ensure_host(&net).await?;
             netpolicy::ensure_shared().await?;
-            (Some(net), netpolicy::host_context().await?)
+            let ctx = netpolicy::host_context().await?;
+            let ctx = super::netdomains::start(cfg, &net, ctx).await?;
+            (Some(net), ctx)
         } else {
             (None, HostContext::default())
         };

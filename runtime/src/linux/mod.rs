@@ -4,8 +4,11 @@
 pub mod backend;
 pub mod btrfs;
 pub mod cgroup;
+pub mod dns;
 pub mod net;
+pub mod netdomains;
 pub mod netpolicy;
 pub mod nftbatch;
 pub mod seccomp;
+pub mod sniproxy;
 pub mod spawn;

@@ -146,6 +146,7 @@ pub async fn host_context() -> Result<HostContext> {
     Ok(HostContext {
         host_addrs,
         dns_servers,
+        ..Default::default()
     })
 }
 
@@ -163,8 +164,16 @@ pub async fn apply(
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
+    super::netdomains::check_supported(policy, ctx)?;
+    // Domain-admitted addresses the new policy no longer allows go in the same transaction.
+    let prune = super::dns::prune_script(ip, policy);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
-    super::nftbatch::run(policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
+    super::nftbatch::run(policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx) + &prune).await?;
+    let late = super::dns::register(ip, policy);
+    if !late.is_empty() {
+        // Admitted under the old policy while the transaction ran.
+        nft_run(&late).await?;
+    }
     // The new rules already refuse every packet the policy forbids, so the update is complete
     // here; ending the forbidden connections (a few execs) happens right after, off the
     // caller's path.
@@ -177,6 +186,12 @@ pub async fn apply(
 
 /// Removes the sandbox's chain and map entry.
 pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
+    // Its admitted domain addresses first, on their own: a new sandbox on this address must
+    // not inherit them even if removing the chain fails.
+    let forget = super::dns::forget(ip);
+    if !forget.is_empty() {
+        nft_run(&forget).await?;
+    }
     super::nftbatch::run(policy::nft_remove(NFT_TABLE, slot, ip)).await
 }
 
@@ -277,7 +292,11 @@ async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostCon
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            !policy.permits(ctx, f.dst, proto, f.dport)
+            let admitted = match f.dst {
+                IpAddr::V4(dst) => super::dns::is_admitted(ip, dst),
+                IpAddr::V6(_) => false,
+            };
+            !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();
     let pid = pid.to_string();

@@ -1,0 +1,82 @@
+//! Starts what domain rules need when the daemon starts: the DNS resolver ([`super::dns`]),
+//! the SNI / Host check proxy ([`super::sniproxy`]) and the nat rules that bring sandbox
+//! traffic to them. Without them (no upstream nameserver, port 53 taken on the bridge
+//! address) sandboxes keep reaching the host's nameservers directly and policies with
+//! domains are refused with a message saying why.
+
+use std::net::IpAddr;
+
+use super::net::NetConfig;
+use super::{dns, netpolicy, sniproxy};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::policy::{CheckedPolicy, HostContext};
+
+/// Starts the resolver and the proxy; returns `ctx` with them filled in (unchanged when they
+/// could not start: that is logged, and the daemon runs without domain rules).
+pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Result<HostContext> {
+    let upstream = match &cfg.dns_upstream {
+        Some(s) => dns::parse_upstream(s)?,
+        None => match dns::default_upstream() {
+            Some(u) => u,
+            None => {
+                tracing::warn!(
+                    "no nameserver in /etc/resolv.conf and no dns_upstream configured: \
+                     sandboxes get no Coppice resolver and domain rules are unavailable"
+                );
+                return Ok(ctx);
+            }
+        },
+    };
+    let gw = net.gateway;
+    let mut full = ctx.clone();
+    full.resolver = Some(IpAddr::V4(gw));
+    full.sni_proxy_port = Some(sniproxy::PROXY_PORT);
+    let started = async {
+        dns::start(
+            dns::ResolverConfig {
+                listen: gw,
+                upstream,
+            },
+            full.clone(),
+        )
+        .await?;
+        sniproxy::start(gw).await?;
+        netpolicy::nft_run(&dns::nft_redirect(
+            &net.bridge,
+            gw,
+            &ctx.dns_servers,
+            sniproxy::PROXY_PORT,
+        ))
+        .await
+    };
+    match started.await {
+        Ok(()) => Ok(full),
+        Err(e) => {
+            tracing::warn!("domain rules unavailable: {e}");
+            // A redirect left by an earlier daemon would send DNS to nobody.
+            let _ = netpolicy::nft_run(&format!(
+                "table inet {t} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
+                 flush chain inet {t} domain_redirect\n",
+                t = super::net::NFT_TABLE
+            ))
+            .await;
+            ctx.resolver = None;
+            ctx.sni_proxy_port = None;
+            Ok(ctx)
+        }
+    }
+}
+
+/// Refuses a policy with domains when the resolver is not running (it could not be enforced).
+pub fn check_supported(policy: &CheckedPolicy, ctx: &HostContext) -> Result<()> {
+    if !policy.domains.is_empty() && !policy.air_gapped && ctx.resolver.is_none() {
+        return Err(Error::Unavailable(
+            "domain rules need Coppice's DNS resolver, which is not running on this host (see \
+             the daemon log: no upstream nameserver, or port 53 on the bridge address is taken); \
+             use CIDR rules instead"
+                .into(),
+        ));
+    }
+    Ok(())
+}
