@@ -474,6 +474,7 @@ impl Runtime {
             metadata: rec.metadata.clone(),
             env: rec.env.clone(),
             ip: self.backend.ip_of(rec.slot),
+            ip6: self.backend.ip6_of(rec.slot),
             pid: rec.pid,
             hostname: rec.hostname.clone(),
         }

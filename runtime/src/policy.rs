@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 
 /// Name of the verdict map (sandbox address → `goto sbx<slot>`), declared with the table.
 pub const POLICY_MAP: &str = "sandbox_policy";
+/// The same for the sandboxes' IPv6 addresses (sandbox IPv6 address → `goto sbx<slot>`).
+pub const POLICY_MAP6: &str = "sandbox_policy6";
 /// Shared chain every rejection jumps to.
 pub const REJECT_CHAIN: &str = "policy_reject";
 
@@ -504,6 +506,25 @@ pub fn nft_apply(
     s
 }
 
+/// Lines for [`nft_apply`]'s transaction that point the sandbox's IPv6 address at its chain
+/// too: the same rules decide both families (each rule names its family).
+pub fn nft_map_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
+    let chain = chain_name(slot);
+    format!("add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}\n")
+}
+
+/// Lines that drop the IPv6 map entry (absent included), placed before [`nft_remove`]'s chain
+/// deletion in the same transaction (a chain still referenced cannot be deleted).
+pub fn nft_unmap_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
+    let chain = chain_name(slot);
+    format!(
+        "table inet {table} {{ chain {chain} {{}}; }}
+add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}
+delete element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} }}
+"
+    )
+}
+
 /// One transaction that removes slot `slot`'s chain and map entry (absent ones included).
 pub fn nft_remove(table: &str, slot: u32, sandbox_ip: Ipv4Addr) -> String {
     let chain = chain_name(slot);
@@ -862,6 +883,17 @@ add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
 delete element inet coppice sandbox_policy { 10.88.0.7 }
 flush chain inet coppice sbx5
 delete chain inet coppice sbx5
+"
+        );
+        assert_eq!(
+            nft_map_v6("coppice", 5, "fd88::7".parse().unwrap()),
+            "add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }\n"
+        );
+        assert_eq!(
+            nft_unmap_v6("coppice", 5, "fd88::7".parse().unwrap()),
+            "table inet coppice { chain sbx5 {}; }
+add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }
+delete element inet coppice sandbox_policy6 { fd88::7 }
 "
         );
         let shared = nft_shared("coppice");

@@ -8,7 +8,7 @@
 //! loaded the `nft` command is used.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, OnceLock};
 
 use futures::TryStreamExt;
@@ -159,24 +159,38 @@ pub async fn ensure_shared() -> Result<()> {
 pub async fn apply(
     slot: u32,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
     pid: Option<i32>,
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
-    nft_run(&policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx)).await?;
+    let mut script = policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx);
+    if let Some(ip6) = ip6 {
+        script.push_str(&policy::nft_map_v6(NFT_TABLE, slot, ip6));
+    }
+    nft_run(&script).await?;
     // The new rules already refuse every packet the policy forbids, so the update is complete
     // here; ending the forbidden connections (a few execs) happens right after, off the
     // caller's path.
     if let Some(pid) = pid {
         let (policy, ctx) = (policy.clone(), ctx.clone());
-        tokio::spawn(async move { cut_flows(ip, pid, &policy, &ctx).await });
+        tokio::spawn(async move {
+            cut_flows(IpAddr::V4(ip), pid, &policy, &ctx).await;
+            if let Some(ip6) = ip6 {
+                cut_flows(IpAddr::V6(ip6), pid, &policy, &ctx).await;
+            }
+        });
     }
     Ok(())
 }
 
 /// Removes the sandbox's chain and map entry.
-pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
-    nft_run(&policy::nft_remove(NFT_TABLE, slot, ip)).await
+pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()> {
+    let mut script = ip6
+        .map(|ip6| policy::nft_unmap_v6(NFT_TABLE, slot, ip6))
+        .unwrap_or_default();
+    script.push_str(&policy::nft_remove(NFT_TABLE, slot, ip));
+    nft_run(&script).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
@@ -254,9 +268,10 @@ pub fn parse_conntrack(text: &str) -> Vec<Flow> {
 /// and their conntrack entries deleted (the remote end is reset by its next packet, which
 /// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
 /// Best effort: without conntrack-tools only the rules act.
-async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     let out = match tokio::process::Command::new("conntrack")
-        .args(["-L", "-s", &ip.to_string()])
+        .args(["-L", "-f", family, "-s", &ip.to_string()])
         .output()
         .await
     {
@@ -309,7 +324,8 @@ async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostCon
     futures::future::join_all(kills).await;
     let deletes = doomed.iter().map(|f| {
         let mut cmd = tokio::process::Command::new("conntrack");
-        cmd.args(["-D", "-s", &ip.to_string(), "-d", &f.dst.to_string()]);
+        cmd.args(["-D", "-f", family, "-s", &ip.to_string()]);
+        cmd.args(["-d", &f.dst.to_string()]);
         cmd.args(["-p", &f.proto]);
         if let (Some(s), Some(d)) = (f.sport, f.dport) {
             cmd.args(["--sport", &s.to_string(), "--dport", &d.to_string()]);
