@@ -69,7 +69,9 @@ impl CoppiceMcp {
     /// connections the new policy does not permit are cut at once. Rules: allow beats deny;
     /// private ranges, the host and metadata (169.254.169.254) open only with an allow rule
     /// naming them; "air_gapped": true cuts everything, DNS included; "bandwidth_mbps" caps
-    /// each direction. Domain names are not supported yet: allow their addresses instead.
+    /// each direction; "expose": [{"port": 8000}] makes a sandbox port reachable on the host
+    /// (the host port chosen is reported back, or ask for one with "host_port"). Domain names
+    /// are not supported yet: allow their addresses instead.
     #[tool(annotations(
         title = "Set network policy",
         read_only_hint = false,

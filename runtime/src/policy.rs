@@ -65,6 +65,78 @@ pub struct NetworkPolicy {
     /// separately, e.g. 10 or 0.5; omitted: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps: Option<f64>,
+    /// Sandbox ports the daemon makes reachable from outside: it listens on the host (its
+    /// `expose_bind` address, loopback by default) and forwards each connection to the port
+    /// in the sandbox. Inbound connections to other sandbox ports stay refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<Expose>,
+}
+
+/// Most ports one sandbox may expose.
+pub const MAX_EXPOSED: usize = 64;
+
+/// One exposed inbound port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expose {
+    /// The port a server listens on inside the sandbox.
+    pub port: u16,
+    /// "tcp" (the only protocol that can be exposed); omitted: tcp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// The port on the host that forwards to it. Omitted: the daemon picks a free one and
+    /// reports it here (and keeps it across updates and restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+impl NetworkPolicy {
+    /// The same policy with the daemon-chosen host ports forgotten (for a copy of a sandbox,
+    /// which cannot listen on the ports its original holds).
+    pub fn without_host_ports(mut self) -> NetworkPolicy {
+        for e in &mut self.expose {
+            e.host_port = None;
+        }
+        self
+    }
+}
+
+/// Checks an `expose` list: tcp only, real ports, no sandbox or host port twice.
+pub fn check_expose(list: &[Expose]) -> Result<()> {
+    if list.len() > MAX_EXPOSED {
+        return Err(invalid(format!(
+            "a sandbox exposes at most {MAX_EXPOSED} ports, got {}",
+            list.len()
+        )));
+    }
+    let mut ports = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for (i, e) in list.iter().enumerate() {
+        if matches!(e.protocol, Some(p) if p != Protocol::Tcp) {
+            return Err(invalid(format!(
+                "expose[{i}]: only tcp ports can be exposed (drop \"protocol\" or use \"tcp\")"
+            )));
+        }
+        if e.port == 0 || e.host_port == Some(0) {
+            return Err(invalid(format!(
+                "expose[{i}]: ports are 1-65535 (omit host_port to let the daemon pick one)"
+            )));
+        }
+        if !ports.insert(e.port) {
+            return Err(invalid(format!(
+                "expose[{i}]: port {} is listed twice",
+                e.port
+            )));
+        }
+        if let Some(h) = e.host_port
+            && !host_ports.insert(h)
+        {
+            return Err(invalid(format!(
+                "expose[{i}]: host_port {h} is listed twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_false(b: &bool) -> bool {
@@ -179,6 +251,7 @@ impl NetworkPolicy {
                 )));
             }
         };
+        check_expose(&self.expose)?;
         Ok(CheckedPolicy {
             default: self.default,
             allow: check(&self.allow, "allow")?,
@@ -217,6 +290,7 @@ impl NetworkPolicy {
             deny: rules(deny_out, "denyOut")?,
             air_gapped: offline && allow_out.is_empty(),
             bandwidth_mbps: None,
+            expose: vec![],
         };
         p.check()?;
         Ok(p)

@@ -219,6 +219,66 @@ def run_v6(t: T, a: str, b: str) -> None:
     t.set(a, {})
 
 
+SERVE = ("setsid python3 -c 'import socket,sys;s=socket.socket();s.bind((\"0.0.0.0\",int(sys.argv[1])));s.listen();"
+         "[c.sendall(b\"port %s\\n\" % sys.argv[1].encode()) or c.close() for c,_ in iter(s.accept,None)]' {} "
+         ">/dev/null 2>&1 &")
+
+
+def connect(host: str, port: int, netns: str | None = None) -> str:
+    """What a client on the host (or in `netns`) gets from host:port: 'OK <line>' or why not."""
+    code = ("import socket,sys\ntry:\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3);"
+            "s.settimeout(3);print('OK',s.recv(100).decode().strip())\nexcept OSError as e: print('ERR',e)")
+    cmd = ["python3", "-c", code, host, str(port)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_expose(t: T) -> str:
+    """Exposed inbound ports; returns the sandbox, still exposing port 8000, for the restart."""
+    print("exposed inbound ports")
+    e = t.create({"expose": [{"port": 8000}]})
+    t.cli("exec", e, "--", "bash", "-c", SERVE.format(8000) + SERVE.format(8001))
+    time.sleep(0.5)
+    info = json.loads(t.cli("sandbox", "info", e, "--json").stdout)
+    got = json.loads(t.cli("network", "get", e, "--json").stdout)["policy"]
+    host_port = (got.get("expose") or [{}])[0].get("host_port")
+    t.check("get reports the chosen host port", isinstance(host_port, int), str(got))
+    t.check("sandbox info reports it", info.get("exposed") == [
+        {"port": 8000, "protocol": "tcp", "host": f"127.0.0.1:{host_port}"}], str(info.get("exposed")))
+    r = connect("127.0.0.1", host_port)
+    t.check("exposed port reachable from the host", r == "OK port 8000", r)
+    r = connect(info["ip"], 8001, "cpw-world")
+    t.check("unexposed port not reachable from outside", r.startswith("ERR"), r)
+    r = connect(info["ip"], 8000, "cpw-world")
+    t.check("the exposed port itself only through the daemon", r.startswith("ERR"), r)
+    asked = free_port()
+    res = t.set(e, {"expose": [{"port": 8000}, {"port": 8001, "host_port": asked}]})["policy"]["expose"]
+    t.check("set keeps the chosen port and honours the asked one",
+            res == [{"port": 8000, "protocol": "tcp", "host_port": host_port},
+                    {"port": 8001, "protocol": "tcp", "host_port": asked}], str(res))
+    r = connect("127.0.0.1", asked)
+    t.check("port asked for reachable", r == "OK port 8001", r)
+    r = t.cli("network", "set", e, json.dumps({"expose": [{"port": 8002, "host_port": host_port}]}), check=False)
+    t.check("a host port in use is refused", r.returncode != 0 and "cannot expose" in r.stderr, r.stderr.strip())
+    r = connect("127.0.0.1", asked)
+    t.check("the refusal changed nothing", r == "OK port 8001", r)
+    t.set(e, {"expose": [{"port": 8000}]})
+    r = connect("127.0.0.1", asked)
+    t.check("removal closes it", r.startswith("ERR") and "refused" in r, r)
+    r = t.cli("network", "set", e, '{"expose":[{"port":8000,"protocol":"udp"}]}', check=False)
+    t.check("udp refused", r.returncode != 0 and "only tcp" in r.stderr, r.stderr.strip())
+    return e
+
+
 def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     loop_srv, loop_port = host_server("127.0.0.1")
     any_srv, any_port = host_server("0.0.0.0")
@@ -354,6 +414,9 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     t.check("create refuses a bad policy", r.returncode != 0 and "not a CIDR" in r.stderr, r.stderr.strip())
     t.reach(c, "203.0.113.20", 80, True, "policy unchanged after refusals")
 
+    e = run_expose(t)
+    e_port = json.loads(t.cli("network", "get", e, "--json").stdout)["policy"]["expose"][0]["host_port"]
+
     print("policy kept across a daemon restart")
     t.set(a, {"deny": [{"cidr": "198.51.100.20"}]})
     want = json.loads(t.cli("network", "get", c, "--json").stdout)
@@ -371,6 +434,11 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     t.reach(a, "198.51.100.10", 80, True, "after restart: the other sandbox's default")
     qd = sh("tc", "qdisc", "show", "dev", c_if)
     t.check("cap kept across the restart", "tbf" in qd and "8Mbit" in qd, qd.strip())
+    r = connect("127.0.0.1", e_port)
+    t.check("exposed port listening again after the restart", r == "OK port 8000", r)
+    t.cli("sandbox", "kill", e)
+    r = connect("127.0.0.1", e_port)
+    t.check("kill closes the exposed port", r.startswith("ERR"), r)
 
     print("kill removes the policy")
     t.cli("sandbox", "kill", c)
