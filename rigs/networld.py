@@ -7,6 +7,9 @@ by a policy-routing rule ``iif coppice0 lookup 1088``: the host's own traffic is
 (it has no route to those addresses except the /31 of the link), and 203.0.113.80 (this
 host's Debian mirror) is not part of the world. Nothing leaves the machine.
 
+IPv6 (when the host has it): 2001:db8:10::10, 2001:db8:20::20 and fd00:ec2::254, routed the same
+way by `ip -6 rule iif coppice0 lookup 1088`.
+
 Servers: "hello <addr>:<port>" on 80 and 8080 of every address; 198.51.100.10:9000 streams a
 line every 100 ms for as long as the connection lives; 198.51.100.10:5001 sends zeros until
 the client closes, and :5002 reads until EOF then answers "done <bytes>" (throughput).
@@ -40,11 +43,17 @@ DOMAIN_NAMES = {  # name: (address, TTL)
 }
 DOMAIN_ADDRS = sorted({a for a, _ in DOMAIN_NAMES.values()})
 ROUTED = ["198.51.100.0/24", "203.0.113.16/28", "169.254.169.254/32"]  # never .80 (the mirror)
+# IPv6: the link is 2001:db8:ffff::/64 (host ::1, world ::2); servers on 2001:db8:10::10,
+# 2001:db8:20::20 and the IPv6 metadata address fd00:ec2::254.
+HOST_LINK6, WORLD_LINK6 = "2001:db8:ffff::1", "2001:db8:ffff::2"
+WORLD_ADDRS6 = ["2001:db8:10::10", "2001:db8:20::20", "fd00:ec2::254"]
+ROUTED6 = ["2001:db8:10::/48", "2001:db8:20::/48", "fd00:ec2::254/128"]
 
 WORLD_SERVER = r"""
 import socket, sys, threading, time
 def listener(addr, port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port)); s.listen(64)
     return s
 def hello(addr, port):
@@ -176,6 +185,7 @@ class World:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.dproc: subprocess.Popen | None = None
+        self.v6 = False
 
     def up(self) -> None:
         self.down()
@@ -194,7 +204,9 @@ class World:
         for net in ROUTED:
             sh("ip", "route", "add", net, "via", WORLD_LINK, "dev", HOST_IF, "table", TABLE)
         sh("ip", "rule", "add", "iif", "coppice0", "lookup", TABLE, "pref", PREF)
-        self.proc = subprocess.Popen(w + ["python3", "-c", WORLD_SERVER, *WORLD_ADDRS, *DOMAIN_ADDRS],
+        self.v6 = self._up_v6(w)
+        addrs = WORLD_ADDRS + DOMAIN_ADDRS + (WORLD_ADDRS6 if self.v6 else [])
+        self.proc = subprocess.Popen(w + ["python3", "-c", WORLD_SERVER, *addrs],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
 
@@ -212,6 +224,20 @@ class World:
                                       stdout=subprocess.PIPE, text=True)
         assert self.dproc.stdout and self.dproc.stdout.readline().strip() == "ready"
 
+    def _up_v6(self, w: list[str]) -> bool:
+        """The world's IPv6 half; False (IPv4 only) on a host without IPv6."""
+        if not Path("/proc/sys/net/ipv6/conf/all/disable_ipv6").exists():
+            return False
+        sh("ip", "addr", "add", f"{HOST_LINK6}/64", "dev", HOST_IF, "nodad")
+        sh(*w, "ip", "addr", "add", f"{WORLD_LINK6}/64", "dev", WORLD_IF, "nodad")
+        for a in WORLD_ADDRS6:
+            sh(*w, "ip", "addr", "add", f"{a}/128", "dev", "lo", "nodad")
+        sh(*w, "ip", "-6", "route", "add", "default", "via", HOST_LINK6)
+        for net in ROUTED6:
+            sh("ip", "-6", "route", "add", net, "via", WORLD_LINK6, "dev", HOST_IF, "table", TABLE)
+        sh("ip", "-6", "rule", "add", "iif", "coppice0", "lookup", TABLE, "pref", PREF)
+        return True
+
     def down(self) -> None:
         for p in (self.proc, self.dproc):
             if p:
@@ -219,6 +245,8 @@ class World:
                 p.wait()
         self.proc = self.dproc = None
         sh("ip", "rule", "del", "pref", PREF, check=False)
+        sh("ip", "-6", "rule", "del", "pref", PREF, check=False)
+        sh("ip", "-6", "route", "flush", "table", TABLE, check=False)
         sh("ip", "route", "flush", "table", TABLE, check=False)
         sh("ip", "link", "del", HOST_IF, check=False)
         sh("ip", "netns", "del", WORLD, check=False)

@@ -70,7 +70,9 @@ impl CoppiceMcp {
     /// private ranges, the host and metadata (169.254.169.254) open only with an allow rule
     /// naming them; "air_gapped": true cuts everything, DNS included; "bandwidth_mbps" caps
     /// each direction; "domains" (names, "*." wildcards) are answered by Coppice's DNS and
-    /// their addresses allowed, with a TLS SNI / HTTP Host check on ports 80 and 443.
+    /// their addresses allowed, with a TLS SNI / HTTP Host check on ports 80 and 443;
+    /// "expose": [{"port": 8000}] makes a sandbox port reachable on the host (the host port
+    /// chosen is reported back, or ask for one with "host_port").
     #[tool(annotations(
         title = "Set network policy",
         read_only_hint = false,

@@ -33,6 +33,13 @@ pub struct Config {
     pub tmpfs_size: String,
     /// Give sandboxes a network (veth on a host bridge with NAT egress).
     pub network: bool,
+    /// The sandboxes' IPv6 network as the bridge's address and prefix length (sandbox
+    /// addresses follow their slot, like the IPv4 ones); empty: IPv4 only. A host without
+    /// IPv6 runs IPv4 only whatever this says.
+    pub network_ipv6: String,
+    /// Address the daemon listens on for sandbox ports a policy exposes (loopback by
+    /// default; 0.0.0.0 makes them reachable from other machines).
+    pub expose_bind: String,
     /// Set no_new_privs in sandboxes (setuid binaries such as sudo then cannot elevate).
     /// Off by default so `user` has the passwordless sudo E2B templates promise; the seccomp
     /// profile is installed either way (docs/decisions/0006-sudo-without-no-new-privs.md).
@@ -86,6 +93,8 @@ impl Default for Config {
             },
             tmpfs_size: "256m".into(),
             network: true,
+            network_ipv6: "fd88::1/64".into(),
+            expose_bind: "127.0.0.1".into(),
             no_new_privs: false,
             seccomp: true,
             id_base: 0x1000_0000,

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod expose;
 pub mod manager;
 pub mod model;
 pub mod policy;

@@ -38,6 +38,8 @@ pub struct Runtime {
     snap: snapshots::SnapState,
     /// Serialises network policy updates (store and kernel change in the same order).
     policy_lock: tokio::sync::Mutex<()>,
+    /// Host listeners of exposed sandbox ports (policy `expose`).
+    exposer: crate::expose::Exposer,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -110,6 +112,7 @@ impl Runtime {
         let default = tokio::task::block_in_place(|| templates.ensure_default())?;
         tracing::info!(template = %default.name, elapsed = ?t0.elapsed(), "default template ready");
         let backend = Backend::new(&cfg).await?;
+        let exposer = crate::expose::Exposer::new(&cfg.expose_bind)?;
         let rt = Arc::new(Runtime {
             cfg,
             store,
@@ -120,6 +123,7 @@ impl Runtime {
             slots: tokio::sync::Mutex::new(()),
             snap: Default::default(),
             policy_lock: tokio::sync::Mutex::new(()),
+            exposer,
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -474,6 +478,8 @@ impl Runtime {
             metadata: rec.metadata.clone(),
             env: rec.env.clone(),
             ip: self.backend.ip_of(rec.slot),
+            ip6: self.backend.ip6_of(rec.slot),
+            exposed: self.exposer.ports(&rec.id),
             pid: rec.pid,
             hostname: rec.hostname.clone(),
         }
@@ -498,6 +504,7 @@ impl Runtime {
         self.pool_remove(&rec.template, id);
         self.thaw_before_destroy(&rec).await;
         self.backend.destroy(&rec).await;
+        self.exposer.close(id);
         self.store.delete(id)?;
         self.store.forget_lifecycle(id)?;
         self.store.event(Some(id), "killed", "");

@@ -80,6 +80,12 @@ pub struct SandboxInfo {
     pub env: BTreeMap<String, String>,
     /// Address of the sandbox on the host bridge.
     pub ip: Option<String>,
+    /// IPv6 address of the sandbox on the host bridge (when the host has IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
+    /// Ports of the sandbox reachable from outside through the daemon (policy `expose`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<crate::expose::ExposedPort>,
     /// Host pid of the sandbox's init (the agent).
     pub pid: Option<i32>,
     pub hostname: String,

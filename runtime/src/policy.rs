@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 
 /// Name of the verdict map (sandbox address → `goto sbx<slot>`), declared with the table.
 pub const POLICY_MAP: &str = "sandbox_policy";
+/// The same for the sandboxes' IPv6 addresses (sandbox IPv6 address → `goto sbx<slot>`).
+pub const POLICY_MAP6: &str = "sandbox_policy6";
 /// Shared chain every rejection jumps to.
 pub const REJECT_CHAIN: &str = "policy_reject";
 
@@ -73,6 +75,78 @@ pub struct NetworkPolicy {
     /// separately, e.g. 10 or 0.5; omitted: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_mbps: Option<f64>,
+    /// Sandbox ports the daemon makes reachable from outside: it listens on the host (its
+    /// `expose_bind` address, loopback by default) and forwards each connection to the port
+    /// in the sandbox. Inbound connections to other sandbox ports stay refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<Expose>,
+}
+
+/// Most ports one sandbox may expose.
+pub const MAX_EXPOSED: usize = 64;
+
+/// One exposed inbound port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expose {
+    /// The port a server listens on inside the sandbox.
+    pub port: u16,
+    /// "tcp" (the only protocol that can be exposed); omitted: tcp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// The port on the host that forwards to it. Omitted: the daemon picks a free one and
+    /// reports it here (and keeps it across updates and restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+impl NetworkPolicy {
+    /// The same policy with the daemon-chosen host ports forgotten (for a copy of a sandbox,
+    /// which cannot listen on the ports its original holds).
+    pub fn without_host_ports(mut self) -> NetworkPolicy {
+        for e in &mut self.expose {
+            e.host_port = None;
+        }
+        self
+    }
+}
+
+/// Checks an `expose` list: tcp only, real ports, no sandbox or host port twice.
+pub fn check_expose(list: &[Expose]) -> Result<()> {
+    if list.len() > MAX_EXPOSED {
+        return Err(invalid(format!(
+            "a sandbox exposes at most {MAX_EXPOSED} ports, got {}",
+            list.len()
+        )));
+    }
+    let mut ports = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for (i, e) in list.iter().enumerate() {
+        if matches!(e.protocol, Some(p) if p != Protocol::Tcp) {
+            return Err(invalid(format!(
+                "expose[{i}]: only tcp ports can be exposed (drop \"protocol\" or use \"tcp\")"
+            )));
+        }
+        if e.port == 0 || e.host_port == Some(0) {
+            return Err(invalid(format!(
+                "expose[{i}]: ports are 1-65535 (omit host_port to let the daemon pick one)"
+            )));
+        }
+        if !ports.insert(e.port) {
+            return Err(invalid(format!(
+                "expose[{i}]: port {} is listed twice",
+                e.port
+            )));
+        }
+        if let Some(h) = e.host_port
+            && !host_ports.insert(h)
+        {
+            return Err(invalid(format!(
+                "expose[{i}]: host_port {h} is listed twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_false(b: &bool) -> bool {
@@ -189,6 +263,7 @@ impl NetworkPolicy {
                 )));
             }
         };
+        check_expose(&self.expose)?;
         Ok(CheckedPolicy {
             default: self.default,
             allow: check(&self.allow, "allow")?,
@@ -234,6 +309,7 @@ impl NetworkPolicy {
             air_gapped: offline && allow_out.is_empty() && names.is_empty(),
             bandwidth_mbps: None,
             domains: names,
+            expose: vec![],
         };
         p.check()?;
         Ok(p)
@@ -669,6 +745,25 @@ pub fn nft_apply(
     s
 }
 
+/// Lines for [`nft_apply`]'s transaction that point the sandbox's IPv6 address at its chain
+/// too: the same rules decide both families (each rule names its family).
+pub fn nft_map_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
+    let chain = chain_name(slot);
+    format!("add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}\n")
+}
+
+/// Lines that drop the IPv6 map entry (absent included), placed before [`nft_remove`]'s chain
+/// deletion in the same transaction (a chain still referenced cannot be deleted).
+pub fn nft_unmap_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
+    let chain = chain_name(slot);
+    format!(
+        "table inet {table} {{ chain {chain} {{}}; }}
+add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}
+delete element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} }}
+"
+    )
+}
+
 /// One transaction that removes slot `slot`'s chain and map entry (absent ones included).
 pub fn nft_remove(table: &str, slot: u32, sandbox_ip: Ipv4Addr) -> String {
     let chain = chain_name(slot);
@@ -1062,6 +1157,17 @@ add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
 delete element inet coppice sandbox_policy { 10.88.0.7 }
 flush chain inet coppice sbx5
 delete chain inet coppice sbx5
+"
+        );
+        assert_eq!(
+            nft_map_v6("coppice", 5, "fd88::7".parse().unwrap()),
+            "add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }\n"
+        );
+        assert_eq!(
+            nft_unmap_v6("coppice", 5, "fd88::7".parse().unwrap()),
+            "table inet coppice { chain sbx5 {}; }
+add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }
+delete element inet coppice sandbox_policy6 { fd88::7 }
 "
         );
         let shared = nft_shared("coppice");

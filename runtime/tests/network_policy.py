@@ -8,7 +8,8 @@ cloud metadata address 169.254.169.254. Only the sandboxes' egress is routed int
 a policy-routing rule ``iif coppice0 lookup 1088``; the host's own traffic is unaffected
 (no host route to those addresses except the /31 of the link).
 
-Checks: default policy (internet allowed; metadata, the host's services and a sibling sandbox
+Checks (IPv4, and IPv6 when the host has it): default policy (internet allowed; metadata, the
+host's services and a sibling sandbox
 denied); allow/deny by CIDR and port; allow beating deny; explicit allow of metadata and of a
 host service; air gap; a live flip cutting a long-lived connection (and its conntrack entry);
 a bandwidth cap within 10% each way; policy given at create time; bad policies refused without
@@ -235,7 +236,7 @@ def main() -> int:
         world.up()
         world.up_domains(tmp)
         daemon.start()
-        run(t, daemon)
+        run(t, daemon, world.v6)
     finally:
         daemon.stop()
         daemon.cleanup()
@@ -249,7 +250,104 @@ def main() -> int:
     return 0
 
 
-def run(t: T, daemon: Daemon) -> None:
+def run_v6(t: T, a: str, b: str) -> None:
+    """IPv6: the same policy, enforced the same way, for the sandboxes' IPv6 addresses."""
+    print("IPv6")
+    a_info = json.loads(t.cli("sandbox", "info", a, "--json").stdout)
+    b_ip6 = json.loads(t.cli("sandbox", "info", b, "--json").stdout).get("ip6")
+    t.check("sandbox info reports an IPv6 address", bool(a_info.get("ip6")) and bool(b_ip6), str(a_info))
+    t.reach(a, "2001:db8:10::10", 80, True, "v6 internet (default policy)")
+    t.reach(a, "fd00:ec2::254", 80, False, "v6 cloud metadata")
+    t.cli("exec", b, "--", "bash", "-c",
+          "setsid python3 -c 'import socket;s=socket.socket(socket.AF_INET6);s.bind((\"::\",7001));s.listen();"
+          "[c.sendall(b\"hi6\\n\") or c.close() for c,_ in iter(s.accept,None)]' >/dev/null 2>&1 &")
+    time.sleep(0.5)
+    t.reach(b, "::1", 7001, True, "sibling's own v6 server")
+    t.reach(a, b_ip6 or "fd88::3", 7001, False, "sibling sandbox over v6")
+    t.set(a, {"default": "deny", "allow": [{"cidr": "2001:db8:10::/48", "protocol": "tcp", "ports": [80]}]})
+    t.reach(a, "2001:db8:10::10", 80, True, "v6 allowed CIDR and port")
+    t.reach(a, "2001:db8:10::10", 8080, False, "v6 allowed CIDR, other port")
+    t.reach(a, "2001:db8:20::20", 80, False, "v6 outside the allowed CIDR")
+    t.reach(a, "198.51.100.10", 80, False, "v4 under a v6-only allow list")
+    t.set(a, {"deny": [{"cidr": "2001:db8:20::20"}]})
+    t.reach(a, "2001:db8:20::20", 80, False, "v6 denied address")
+    t.reach(a, "2001:db8:10::10", 8080, True, "v6 default allow")
+    t.set(a, {"allow": [{"cidr": "2001:db8:20::/48", "ports": [8080]}], "deny": [{"cidr": "::/0"}]})
+    t.reach(a, "2001:db8:20::20", 8080, True, "v6 allow beats deny")
+    t.reach(a, "2001:db8:20::20", 80, False, "deny ::/0")
+    t.reach(a, "198.51.100.10", 80, True, "deny ::/0 leaves v4 alone")
+    t.set(a, {"allow": [{"cidr": "::/0"}]})
+    t.reach(a, "fd00:ec2::254", 80, False, "::/0 does not open v6 metadata")
+    t.reach(a, b_ip6 or "fd88::3", 7001, False, "::/0 does not open a sibling")
+    t.set(a, {"allow": [{"cidr": "fd00:ec2::254", "protocol": "tcp", "ports": [80]}]})
+    t.reach(a, "fd00:ec2::254", 80, True, "v6 metadata allowed by name")
+    t.reach(a, "fd00:ec2::254", 8080, False, "v6 metadata, other port")
+    t.set(a, {"air_gapped": True, "allow": [{"cidr": "2001:db8::/32"}]})
+    t.reach(a, "2001:db8:10::10", 80, False, "v6 air-gapped")
+    t.set(a, {})
+
+
+SERVE = ("setsid python3 -c 'import socket,sys;s=socket.socket();s.bind((\"0.0.0.0\",int(sys.argv[1])));s.listen();"
+         "[c.sendall(b\"port %s\\n\" % sys.argv[1].encode()) or c.close() for c,_ in iter(s.accept,None)]' {} "
+         ">/dev/null 2>&1 &")
+
+
+def connect(host: str, port: int, netns: str | None = None) -> str:
+    """What a client on the host (or in `netns`) gets from host:port: 'OK <line>' or why not."""
+    code = ("import socket,sys\ntry:\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3);"
+            "s.settimeout(3);print('OK',s.recv(100).decode().strip())\nexcept OSError as e: print('ERR',e)")
+    cmd = ["python3", "-c", code, host, str(port)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_expose(t: T) -> str:
+    """Exposed inbound ports; returns the sandbox, still exposing port 8000, for the restart."""
+    print("exposed inbound ports")
+    e = t.create({"expose": [{"port": 8000}]})
+    t.cli("exec", e, "--", "bash", "-c", SERVE.format(8000) + SERVE.format(8001))
+    time.sleep(0.5)
+    info = json.loads(t.cli("sandbox", "info", e, "--json").stdout)
+    got = json.loads(t.cli("network", "get", e, "--json").stdout)["policy"]
+    host_port = (got.get("expose") or [{}])[0].get("host_port")
+    t.check("get reports the chosen host port", isinstance(host_port, int), str(got))
+    t.check("sandbox info reports it", info.get("exposed") == [
+        {"port": 8000, "protocol": "tcp", "host": f"127.0.0.1:{host_port}"}], str(info.get("exposed")))
+    r = connect("127.0.0.1", host_port)
+    t.check("exposed port reachable from the host", r == "OK port 8000", r)
+    r = connect(info["ip"], 8001, "cpw-world")
+    t.check("unexposed port not reachable from outside", r.startswith("ERR"), r)
+    r = connect(info["ip"], 8000, "cpw-world")
+    t.check("the exposed port itself only through the daemon", r.startswith("ERR"), r)
+    asked = free_port()
+    res = t.set(e, {"expose": [{"port": 8000}, {"port": 8001, "host_port": asked}]})["policy"]["expose"]
+    t.check("set keeps the chosen port and honours the asked one",
+            res == [{"port": 8000, "protocol": "tcp", "host_port": host_port},
+                    {"port": 8001, "protocol": "tcp", "host_port": asked}], str(res))
+    r = connect("127.0.0.1", asked)
+    t.check("port asked for reachable", r == "OK port 8001", r)
+    r = t.cli("network", "set", e, json.dumps({"expose": [{"port": 8002, "host_port": host_port}]}), check=False)
+    t.check("a host port in use is refused", r.returncode != 0 and "cannot expose" in r.stderr, r.stderr.strip())
+    r = connect("127.0.0.1", asked)
+    t.check("the refusal changed nothing", r == "OK port 8001", r)
+    t.set(e, {"expose": [{"port": 8000}]})
+    r = connect("127.0.0.1", asked)
+    t.check("removal closes it", r.startswith("ERR") and "refused" in r, r)
+    r = t.cli("network", "set", e, '{"expose":[{"port":8000,"protocol":"udp"}]}', check=False)
+    t.check("udp refused", r.returncode != 0 and "only tcp" in r.stderr, r.stderr.strip())
+    return e
+
+
+def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     loop_srv, loop_port = host_server("127.0.0.1")
     any_srv, any_port = host_server("0.0.0.0")
     gateway = "10.88.0.1"
@@ -273,6 +371,10 @@ def run(t: T, daemon: Daemon) -> None:
     t.reach(b, "127.0.0.1", 7000, True, "sibling's own server")
     b_ip = json.loads(t.cli("sandbox", "info", b, "--json").stdout)["ip"]
     t.reach(a, b_ip, 7000, False, "sibling sandbox")
+    if v6:
+        run_v6(t, a, b)
+    else:
+        print("  (this host has no IPv6: IPv6 checks skipped)")
 
     print("allow and deny by CIDR and port")
     t.set(a, {"default": "deny", "allow": [{"cidr": "198.51.100.0/24", "protocol": "tcp", "ports": [80]}]})
@@ -364,7 +466,8 @@ def run(t: T, daemon: Daemon) -> None:
                   "bandwidth_mbps": 8})
     t.reach(c, "203.0.113.20", 80, True, "allowed at create")
     t.reach(c, "198.51.100.10", 80, False, "denied at create")
-    c_ip = json.loads(t.cli("sandbox", "info", c, "--json").stdout)["ip"]
+    c_info = json.loads(t.cli("sandbox", "info", c, "--json").stdout)
+    c_ip, c_ip6 = c_info["ip"], c_info.get("ip6")
     o = [int(x) for x in c_ip.split(".")]
     c_if = f"cps{o[2] * 256 + o[3] - 2}"
     qd = sh("tc", "qdisc", "show", "dev", c_if)
@@ -378,6 +481,9 @@ def run(t: T, daemon: Daemon) -> None:
     r = t.cli("sandbox", "create", "--network-policy", '{"allow":[{"cidr":"bad"}]}', check=False)
     t.check("create refuses a bad policy", r.returncode != 0 and "not a CIDR" in r.stderr, r.stderr.strip())
     t.reach(c, "203.0.113.20", 80, True, "policy unchanged after refusals")
+
+    e = run_expose(t)
+    e_port = json.loads(t.cli("network", "get", e, "--json").stdout)["policy"]["expose"][0]["host_port"]
 
     print("policy kept across a daemon restart")
     t.set(a, {"deny": [{"cidr": "198.51.100.20"}]})
@@ -396,6 +502,11 @@ def run(t: T, daemon: Daemon) -> None:
     t.reach(a, "198.51.100.10", 80, True, "after restart: the other sandbox's default")
     qd = sh("tc", "qdisc", "show", "dev", c_if)
     t.check("cap kept across the restart", "tbf" in qd and "8Mbit" in qd, qd.strip())
+    r = connect("127.0.0.1", e_port)
+    t.check("exposed port listening again after the restart", r == "OK port 8000", r)
+    t.cli("sandbox", "kill", e)
+    r = connect("127.0.0.1", e_port)
+    t.check("kill closes the exposed port", r.startswith("ERR"), r)
 
     domain_rules(t, a)
 
@@ -403,6 +514,9 @@ def run(t: T, daemon: Daemon) -> None:
     t.cli("sandbox", "kill", c)
     m = sh("nft", "list", "map", "inet", "coppice", "sandbox_policy")
     t.check("map entry gone with the sandbox", f"{c_ip} :" not in m, m)
+    if v6:
+        m6 = sh("nft", "list", "map", "inet", "coppice", "sandbox_policy6")
+        t.check("IPv6 map entry gone with the sandbox", f"{c_ip6} :" not in m6 and "sbx" in m6, m6)
     loop_srv.close()
     any_srv.close()
 

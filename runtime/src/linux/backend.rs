@@ -47,7 +47,20 @@ impl LinuxBackend {
         }
         let cgroups = cgroup::detect()?;
         let (net, policy_ctx) = if cfg.network {
-            let net = NetConfig::default();
+            let mut net = NetConfig::default();
+            net.ipv6 = match cfg.network_ipv6.trim() {
+                "" => None,
+                v6 => Some(net::Ipv6Subnet::parse(v6)?),
+            };
+            if net.ipv6.is_some()
+                && let Err(why) = net::prepare_ipv6_host(Path::new("/proc/sys"))
+            {
+                tracing::warn!("sandboxes get IPv4 only: {why}");
+                net.ipv6 = None;
+            }
+            if let Some(v6) = net.ipv6 {
+                tracing::info!("sandbox IPv6 network {v6} on {}", net.bridge);
+            }
             net::ensure_host(&net).await?;
             netpolicy::ensure_shared().await?;
             let ctx = netpolicy::host_context().await?;
@@ -88,6 +101,13 @@ impl LinuxBackend {
 
     pub fn ip_of(&self, slot: u32) -> Option<String> {
         self.net.as_ref().map(|n| n.sandbox_ip(slot).to_string())
+    }
+
+    pub fn ip6_of(&self, slot: u32) -> Option<String> {
+        self.net
+            .as_ref()
+            .and_then(|n| n.sandbox_ip6(slot))
+            .map(|ip| ip.to_string())
     }
 
     /// Starts the sandbox described by `rec` on `template`'s layers.
@@ -202,7 +222,8 @@ impl LinuxBackend {
         match &self.net {
             Some(n) => {
                 let ip = n.sandbox_ip(rec.slot);
-                netpolicy::apply(rec.slot, ip, rec.pid, policy, &self.policy_ctx).await
+                let ip6 = n.sandbox_ip6(rec.slot);
+                netpolicy::apply(rec.slot, ip, ip6, rec.pid, policy, &self.policy_ctx).await
             }
             None => Ok(()),
         }
@@ -257,7 +278,8 @@ impl LinuxBackend {
             tracing::warn!(sandbox = %rec.id, "removing network: {e}");
         }
         if let Some(n) = &self.net
-            && let Err(e) = netpolicy::remove(rec.slot, n.sandbox_ip(rec.slot)).await
+            && let Err(e) =
+                netpolicy::remove(rec.slot, n.sandbox_ip(rec.slot), n.sandbox_ip6(rec.slot)).await
         {
             tracing::warn!(sandbox = %rec.id, "removing network policy: {e}");
         }

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::process::Stdio;
 
@@ -93,6 +93,61 @@ pub struct NetConfig {
     pub subnet: Ipv4Subnet,
     /// The bridge's address: every sandbox's default gateway.
     pub gateway: Ipv4Addr,
+    /// IPv6 for sandboxes (the bridge's address and prefix, e.g. fd88::1/64); None: IPv4 only.
+    pub ipv6: Option<Ipv6Subnet>,
+}
+
+/// The sandboxes' IPv6 network, given as the bridge's address and the prefix length
+/// (`fd88::1/64`): sandbox addresses are `network + 2 + slot`, like the IPv4 ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Subnet {
+    pub gateway: Ipv6Addr,
+    pub prefix: u8,
+}
+
+/// The default sandbox IPv6 network: a ULA prefix, the bridge at ::1.
+pub const DEFAULT_IPV6: &str = "fd88::1/64";
+
+impl Ipv6Subnet {
+    /// Parses `fd88::1/64` (address of the bridge / prefix length, 64..=120).
+    pub fn parse(s: &str) -> Result<Ipv6Subnet> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "network_ipv6 '{s}' must be the bridge's IPv6 address and a prefix length \
+                 between 64 and 120, like {DEFAULT_IPV6} (empty: IPv4 only)"
+            ))
+        };
+        let (addr, len) = s.trim().split_once('/').ok_or_else(bad)?;
+        let gateway: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = len.parse().map_err(|_| bad())?;
+        if !(64..=120).contains(&prefix) {
+            return Err(bad());
+        }
+        let net = Ipv6Subnet { gateway, prefix };
+        if net.network() == gateway {
+            return Err(bad());
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u128 {
+        u128::MAX << (128 - u32::from(self.prefix.min(128)))
+    }
+
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.gateway) & self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.network())
+    }
+}
+
+impl fmt::Display for Ipv6Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix)
+    }
 }
 
 impl Default for NetConfig {
@@ -101,6 +156,7 @@ impl Default for NetConfig {
             bridge: "coppice0".into(),
             subnet: Ipv4Subnet::new(Ipv4Addr::new(10, 88, 0, 0), 16),
             gateway: Ipv4Addr::new(10, 88, 0, 1),
+            ipv6: Some(Ipv6Subnet::parse(DEFAULT_IPV6).expect("static")),
         }
     }
 }
@@ -129,7 +185,21 @@ pub struct SandboxNetPlan {
     pub bridge: String,
     /// Paths under `/proc/sys/` of the sandbox's netns, and their values.
     pub sysctls: &'static [(&'static str, &'static str)],
+    /// The sandbox's IPv6 address and the bridge's (its gateway), with IPv6 on.
+    pub ip6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
 }
+
+/// [`SANDBOX_SYSCTLS`] plus IPv6's: no duplicate address detection (each address is unique by
+/// construction, and DAD would hold the address back for a second) and no router
+/// advertisements (the route is static).
+pub const SANDBOX_SYSCTLS_V6: &[(&str, &str)] = &[
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+    ("net/ipv4/ping_group_range", "0 2147483647"),
+    ("net/ipv6/conf/all/accept_dad", "0"),
+    ("net/ipv6/conf/default/accept_dad", "0"),
+    ("net/ipv6/conf/all/accept_ra", "0"),
+    ("net/ipv6/conf/default/accept_ra", "0"),
+];
 
 impl NetConfig {
     /// Address of the sandbox in `slot`: slot 0 → 10.88.0.2, slot 1 → 10.88.0.3, …
@@ -141,11 +211,27 @@ impl NetConfig {
         )
     }
 
+    /// IPv6 address of the sandbox in `slot` (with IPv6 on): fd88::2 for slot 0, …
+    pub fn sandbox_ip6(&self, slot: u32) -> Option<Ipv6Addr> {
+        self.ipv6.map(|v6| {
+            Ipv6Addr::from(
+                u128::from(v6.network())
+                    .wrapping_add(2)
+                    .wrapping_add(u128::from(slot)),
+            )
+        })
+    }
+
     /// Slots that fit in the subnet (network, gateway and broadcast addresses excluded).
     pub fn max_slots(&self) -> u32 {
+        let v6 = self
+            .ipv6
+            .map(|v6| (1u64 << (128 - u32::from(v6.prefix)).min(63)).saturating_sub(3))
+            .unwrap_or(u64::MAX);
         self.subnet
             .size()
             .saturating_sub(3)
+            .min(v6)
             .min(u64::from(u32::MAX)) as u32
     }
 
@@ -169,7 +255,15 @@ impl NetConfig {
             prefix: self.subnet.prefix,
             gateway: self.gateway,
             bridge: self.bridge.clone(),
-            sysctls: SANDBOX_SYSCTLS,
+            sysctls: if self.ipv6.is_some() {
+                SANDBOX_SYSCTLS_V6
+            } else {
+                SANDBOX_SYSCTLS
+            },
+            ip6: self
+                .ipv6
+                .zip(self.sandbox_ip6(slot))
+                .map(|(v6, ip)| (ip, v6.prefix, v6.gateway)),
         })
     }
 
@@ -230,6 +324,7 @@ fn ruleset_body(cfg: &NetConfig) -> String {
         Ipv4Addr::from(u32::from(cfg.subnet.base) & cfg.subnet.mask()),
         cfg.subnet.prefix,
     );
+    let v6 = ruleset_v6(cfg);
     format!(
         r#"table inet {NFT_TABLE} {{
 	comment "Coppice sandboxes on {br} ({net}); managed by coppice, reloaded at start"
@@ -246,32 +341,69 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		type ipv4_addr : verdict
 	}}
 
+	# The same for the sandboxes' IPv6 addresses. IPv6 from a sandbox without an entry is
+	# dropped: it only flows under a policy.
+	map sandbox_policy6 {{
+		type ipv6_addr : verdict
+	}}
+
 	chain input {{
 		type filter hook input priority filter - 5; policy accept;
 		iifname != "{br}" accept
 		ct state established,related accept
+		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept comment "IPv6 neighbour discovery"
 		meta l4proto . th dport @host_services accept
 		ip saddr vmap @sandbox_policy
+		ip6 saddr vmap @sandbox_policy6
 		counter drop comment "sandbox -> host"
 	}}
 
 	chain forward {{
 		type filter hook forward priority filter - 5; policy accept;
 		iifname "{br}" ip saddr != {net} counter drop comment "spoofed source"
-		oifname "{br}" ct state established,related accept
+{v6_spoof}		oifname "{br}" ct state established,related accept
 		iifname "{br}" ip saddr vmap @sandbox_policy
-		iifname "{br}" oifname != "{br}" meta nfproto ipv4 accept
-		iifname "{br}" counter drop comment "sandbox -> sandbox via host, or ipv6"
+{v6_policy}		iifname "{br}" oifname != "{br}" meta nfproto ipv4 accept
+		iifname "{br}" counter drop comment "sandbox -> sandbox via host, or ipv6 without a policy"
 		oifname "{br}" counter drop comment "new connection into the bridge"
 	}}
 
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr {net} oifname != "{br}" counter masquerade
-	}}
+{v6_nat}	}}
 }}
-"#
+"#,
+        v6_spoof = v6.spoof,
+        v6_policy = v6.policy,
+        v6_nat = v6.nat,
     )
+}
+
+/// The IPv6 lines of the base chains (empty strings with IPv6 off).
+struct RulesetV6 {
+    spoof: String,
+    policy: String,
+    nat: String,
+}
+
+fn ruleset_v6(cfg: &NetConfig) -> RulesetV6 {
+    let br = &cfg.bridge;
+    match cfg.ipv6 {
+        None => RulesetV6 {
+            spoof: String::new(),
+            policy: String::new(),
+            nat: String::new(),
+        },
+        Some(v6) => RulesetV6 {
+            spoof: format!(
+                "\t\tiifname \"{br}\" ip6 saddr != {v6} counter drop comment \"spoofed source\"\n"
+            ),
+            // Every sandbox gets a policy chain before it starts; its chain always decides.
+            policy: format!("\t\tiifname \"{br}\" ip6 saddr vmap @sandbox_policy6\n"),
+            nat: format!("\t\tip6 saddr {v6} oifname != \"{br}\" counter masquerade\n"),
+        },
+    }
 }
 
 fn nl_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -375,6 +507,9 @@ pub async fn ensure_host(cfg: &NetConfig) -> Result<()> {
             .await
             .map_err(nl_err(format!("setting {} up", cfg.bridge)))?;
     }
+    if let Some(v6) = cfg.ipv6 {
+        ensure_bridge_v6(&h, index, &cfg.bridge, v6).await?;
+    }
     drop(h);
 
     let fwd = "/proc/sys/net/ipv4/ip_forward";
@@ -398,6 +533,83 @@ pub async fn ensure_host(cfg: &NetConfig) -> Result<()> {
         return Ok(());
     }
     load_ruleset(cfg).await
+}
+
+/// Checks that the host can give sandboxes IPv6 and turns IPv6 forwarding on; `Err` says why
+/// not (the daemon then runs IPv4 only). `proc_sys` is `/proc/sys` (a copy in tests).
+/// Forwarding makes the kernel ignore router advertisements on interfaces with `accept_ra=1`,
+/// which would drop the host's own autoconfigured addresses and default route: those
+/// interfaces are switched to `accept_ra=2` (accept them even when forwarding) first.
+pub fn prepare_ipv6_host(proc_sys: &std::path::Path) -> std::result::Result<(), String> {
+    let conf = proc_sys.join("net/ipv6/conf");
+    let read = |p: std::path::PathBuf| fs::read_to_string(&p).map(|s| s.trim().to_string());
+    match read(conf.join("all/disable_ipv6")) {
+        Err(e) => return Err(format!("the kernel has no IPv6 ({e})")),
+        Ok(v) if v != "0" => {
+            return Err("IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1)".into());
+        }
+        Ok(_) => {}
+    }
+    if read(conf.join("default/disable_ipv6")).ok().as_deref() == Some("1") {
+        return Err(
+            "new interfaces get no IPv6 on this host (net.ipv6.conf.default.disable_ipv6=1)".into(),
+        );
+    }
+    if read(conf.join("all/forwarding")).ok().as_deref() == Some("1") {
+        return Ok(());
+    }
+    let entries = fs::read_dir(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
+    for entry in entries.flatten() {
+        let ra = entry.path().join("accept_ra");
+        if entry.file_name() != "all" && read(ra.clone()).ok().as_deref() == Some("1") {
+            fs::write(&ra, "2").map_err(|e| format!("writing 2 to {}: {e}", ra.display()))?;
+        }
+    }
+    let fwd = conf.join("all/forwarding");
+    fs::write(&fwd, "1").map_err(|e| format!("writing 1 to {}: {e}", fwd.display()))
+}
+
+/// Gives the bridge its IPv6 address (no duplicate address detection: the address would stay
+/// tentative, unusable, for a second after the first sandbox joins).
+async fn ensure_bridge_v6(h: &Handle, index: u32, bridge: &str, v6: Ipv6Subnet) -> Result<()> {
+    let dad = format!("/proc/sys/net/ipv6/conf/{bridge}/accept_dad");
+    if fs::read_to_string(&dad)
+        .map(|v| v.trim() != "0")
+        .unwrap_or(false)
+    {
+        write_existing(&dad, "0")?;
+    }
+    let has = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(nl_err("listing bridge addresses"))?
+        .iter()
+        .any(|a| {
+            a.header.prefix_len == v6.prefix
+                && a.attributes.iter().any(
+                    |at| matches!(at, AddressAttribute::Address(IpAddr::V6(ip)) if *ip == v6.gateway),
+                )
+        });
+    if has {
+        return Ok(());
+    }
+    match h
+        .address()
+        .add(index, IpAddr::V6(v6.gateway), v6.prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if nl_errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(nl_err(format!(
+            "adding {}/{} to {bridge}",
+            v6.gateway, v6.prefix
+        ))(e)),
+    }
 }
 
 /// Loads [`host_ruleset`] unconditionally (flushing our rules, keeping our sets' elements);
@@ -640,6 +852,13 @@ async fn wire(plan: SandboxNetPlan, netns: OwnedFd, ns_sock: OwnedFd) -> Result<
                 "adding {}/{} to eth0",
                 plan.ip, plan.prefix
             )))?;
+        if let Some((ip6, prefix6, _)) = plan.ip6 {
+            ns.address()
+                .add(eth0, IpAddr::V6(ip6), prefix6)
+                .execute()
+                .await
+                .map_err(nl_err(format!("adding {ip6}/{prefix6} to eth0")))?;
+        }
         ns.link()
             .set(LinkUnspec::new_with_index(eth0).up().build())
             .execute()
@@ -657,7 +876,22 @@ async fn wire(plan: SandboxNetPlan, netns: OwnedFd, ns_sock: OwnedFd) -> Result<
             .map_err(nl_err(format!(
                 "adding the default route via {}",
                 plan.gateway
-            )))
+            )))?;
+        if let Some((_, _, gateway6)) = plan.ip6 {
+            ns.route()
+                .add(
+                    RouteMessageBuilder::<Ipv6Addr>::new()
+                        .gateway(gateway6)
+                        .output_interface(eth0)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl_err(format!(
+                    "adding the IPv6 default route via {gateway6}"
+                )))?;
+        }
+        Ok(())
     };
     let res = futures::try_join!(host_side, ns_side);
     if let Err(e) = res {
@@ -873,8 +1107,124 @@ mod tests {
             bridge: "br-x".into(),
             subnet: Ipv4Subnet::new(Ipv4Addr::new(172, 30, 0, 0), 20),
             gateway: Ipv4Addr::new(172, 30, 0, 1),
+            ipv6: None,
         };
         let r = host_ruleset(&c);
         assert!(r.contains("ip saddr 172.30.0.0/20 oifname != \"br-x\" counter masquerade"));
+        assert!(
+            !r.contains("iifname \"br-x\" ip6") && !r.contains("masquerade\n\t\tip6"),
+            "IPv4 only: no IPv6 is forwarded\n{r}"
+        );
+        assert!(r.contains("map sandbox_policy6"), "declared either way");
+    }
+
+    #[test]
+    fn ipv6_addresses_and_rules() {
+        let c = NetConfig::default();
+        assert_eq!(c.sandbox_ip6(0), Some("fd88::2".parse().unwrap()));
+        assert_eq!(c.sandbox_ip6(300), Some("fd88::12e".parse().unwrap()));
+        let p = c.plan(7).unwrap();
+        assert_eq!(
+            p.ip6,
+            Some(("fd88::9".parse().unwrap(), 64, "fd88::1".parse().unwrap()))
+        );
+        assert!(
+            p.sysctls
+                .contains(&("net/ipv6/conf/default/accept_dad", "0"))
+        );
+        let v4only = NetConfig {
+            ipv6: None,
+            ..NetConfig::default()
+        };
+        assert_eq!(v4only.sandbox_ip6(0), None);
+        assert_eq!(v4only.plan(0).unwrap().sysctls, SANDBOX_SYSCTLS);
+        let small = Ipv6Subnet::parse("fd99:1::1/120").unwrap();
+        assert_eq!(small.to_string(), "fd99:1::/120");
+        assert!(small.contains("fd99:1::ff".parse().unwrap()));
+        assert!(!small.contains("fd99:1::100".parse().unwrap()));
+        let c120 = NetConfig {
+            ipv6: Some(small),
+            ..NetConfig::default()
+        };
+        assert_eq!(c120.max_slots(), 253, "the smaller of the two networks");
+        for bad in [
+            "fd88::1",
+            "fd88::1/48",
+            "fd88::/64",
+            "10.0.0.1/24",
+            "fd88::1/x",
+        ] {
+            assert!(
+                Ipv6Subnet::parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("network_ipv6"),
+                "{bad}"
+            );
+        }
+        let r = host_ruleset(&c);
+        for line in [
+            "iifname \"coppice0\" ip6 saddr != fd88::/64 counter drop comment \"spoofed source\"",
+            "iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6",
+            "ip6 saddr vmap @sandbox_policy6",
+            "ip6 saddr fd88::/64 oifname != \"coppice0\" counter masquerade",
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"IPv6 neighbour discovery\"",
+        ] {
+            assert!(
+                r.lines().any(|l| l.trim() == line),
+                "missing `{line}` in:\n{r}"
+            );
+        }
+        // IPv6 is only forwarded through a policy chain (no blanket accept).
+        let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(
+            pos("ip6 saddr != fd88::/64")
+                < pos("iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6")
+        );
+        assert!(!r.contains("meta nfproto ipv6 accept"));
+    }
+
+    #[test]
+    fn ipv6_host_preparation() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("net/ipv6/conf");
+        assert!(
+            prepare_ipv6_host(dir.path())
+                .unwrap_err()
+                .contains("no IPv6")
+        );
+        let set = |path: &str, v: &str| {
+            std::fs::create_dir_all(conf.join(path).parent().unwrap()).unwrap();
+            std::fs::write(conf.join(path), v).unwrap();
+        };
+        let get = |path: &str| std::fs::read_to_string(conf.join(path)).unwrap();
+        set("all/disable_ipv6", "1\n");
+        assert!(
+            prepare_ipv6_host(dir.path())
+                .unwrap_err()
+                .contains("disabled")
+        );
+        set("all/disable_ipv6", "0\n");
+        set("default/disable_ipv6", "0\n");
+        set("all/forwarding", "0\n");
+        set("all/accept_ra", "1\n");
+        set("eth0/accept_ra", "1\n");
+        set("eth1/accept_ra", "0\n");
+        set("default/accept_ra", "1\n");
+        prepare_ipv6_host(dir.path()).unwrap();
+        assert_eq!(get("all/forwarding"), "1");
+        assert_eq!(
+            get("eth0/accept_ra"),
+            "2",
+            "RAs keep working with forwarding on"
+        );
+        assert_eq!(get("default/accept_ra"), "2");
+        assert_eq!(get("eth1/accept_ra"), "0\n", "left alone");
+        set("default/disable_ipv6", "1\n");
+        assert!(
+            prepare_ipv6_host(dir.path())
+                .unwrap_err()
+                .contains("default")
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! loaded the `nft` command is used.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, OnceLock};
 
 use futures::TryStreamExt;
@@ -160,15 +160,20 @@ pub async fn ensure_shared() -> Result<()> {
 pub async fn apply(
     slot: u32,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
     pid: Option<i32>,
     policy: &CheckedPolicy,
     ctx: &HostContext,
 ) -> Result<()> {
     super::netdomains::check_supported(policy, ctx)?;
+    let mut script = policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx);
+    if let Some(ip6) = ip6 {
+        script.push_str(&policy::nft_map_v6(NFT_TABLE, slot, ip6));
+    }
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
-    let prune = super::dns::prune_script(ip, policy);
+    script.push_str(&super::dns::prune_script(ip, policy));
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
-    super::nftbatch::run(policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx) + &prune).await?;
+    super::nftbatch::run(script).await?;
     let late = super::dns::register(ip, policy);
     if !late.is_empty() {
         // Admitted under the old policy while the transaction ran.
@@ -179,20 +184,29 @@ pub async fn apply(
     // caller's path.
     if let Some(pid) = pid {
         let (policy, ctx) = (policy.clone(), ctx.clone());
-        tokio::spawn(async move { cut_flows(ip, pid, &policy, &ctx).await });
+        tokio::spawn(async move {
+            cut_flows(IpAddr::V4(ip), pid, &policy, &ctx).await;
+            if let Some(ip6) = ip6 {
+                cut_flows(IpAddr::V6(ip6), pid, &policy, &ctx).await;
+            }
+        });
     }
     Ok(())
 }
 
 /// Removes the sandbox's chain and map entry.
-pub async fn remove(slot: u32, ip: Ipv4Addr) -> Result<()> {
+pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()> {
     // Its admitted domain addresses first, on their own: a new sandbox on this address must
     // not inherit them even if removing the chain fails.
     let forget = super::dns::forget(ip);
     if !forget.is_empty() {
         nft_run(&forget).await?;
     }
-    super::nftbatch::run(policy::nft_remove(NFT_TABLE, slot, ip)).await
+    let mut script = ip6
+        .map(|ip6| policy::nft_unmap_v6(NFT_TABLE, slot, ip6))
+        .unwrap_or_default();
+    script.push_str(&policy::nft_remove(NFT_TABLE, slot, ip));
+    super::nftbatch::run(script).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
@@ -270,9 +284,10 @@ pub fn parse_conntrack(text: &str) -> Vec<Flow> {
 /// and their conntrack entries deleted (the remote end is reset by its next packet, which
 /// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
 /// Best effort: without conntrack-tools only the rules act.
-async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     let out = match tokio::process::Command::new("conntrack")
-        .args(["-L", "-s", &ip.to_string()])
+        .args(["-L", "-f", family, "-s", &ip.to_string()])
         .output()
         .await
     {
@@ -292,9 +307,10 @@ async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostCon
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            let admitted = match f.dst {
-                IpAddr::V4(dst) => super::dns::is_admitted(ip, dst),
-                IpAddr::V6(_) => false,
+            // Domain admissions are IPv4 only (dns.rs): keyed by the sandbox's v4 address.
+            let admitted = match (ip, f.dst) {
+                (IpAddr::V4(ip), IpAddr::V4(dst)) => super::dns::is_admitted(ip, dst),
+                _ => false,
             };
             !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
@@ -329,7 +345,8 @@ async fn cut_flows(ip: Ipv4Addr, pid: i32, policy: &CheckedPolicy, ctx: &HostCon
     futures::future::join_all(kills).await;
     let deletes = doomed.iter().map(|f| {
         let mut cmd = tokio::process::Command::new("conntrack");
-        cmd.args(["-D", "-s", &ip.to_string(), "-d", &f.dst.to_string()]);
+        cmd.args(["-D", "-f", family, "-s", &ip.to_string()]);
+        cmd.args(["-d", &f.dst.to_string()]);
         cmd.args(["-p", &f.proto]);
         if let (Some(s), Some(d)) = (f.sport, f.dport) {
             cmd.args(["--sport", &s.to_string(), "--dport", &d.to_string()]);

@@ -2,7 +2,7 @@
 //! restart. The policy model and compiler are in [`crate::policy`]; the kernel work is the
 //! backend's.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
 use crate::state::SandboxRecord;
 
@@ -26,6 +26,14 @@ impl Runtime {
         let _serial = self.policy_lock.lock().await;
         let rec = self.record(id)?;
         let old = self.store.network_policy(id)?;
+        // New listeners are bound first: a host port in use fails here, changing nothing.
+        let policy = self.sync_exposed(&rec, policy).await?;
+        let restore_exposed = || async {
+            let old_expose = old.as_ref().map(|p| p.expose.clone()).unwrap_or_default();
+            if let Err(e) = self.sync_exposed_list(&rec, &old_expose).await {
+                tracing::warn!(sandbox = %rec.id, "restoring its exposed ports: {e}");
+            }
+        };
         let old_bps = old
             .clone()
             .unwrap_or_default()
@@ -41,6 +49,7 @@ impl Runtime {
         {
             self.store.set_network_policy(id, old.as_ref())?;
             let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
+            restore_exposed().await;
             return Err(e);
         }
         if let Err(e) = self.backend.apply_policy(&rec, &checked).await {
@@ -49,6 +58,7 @@ impl Runtime {
             if old_bps != checked.bandwidth_bps {
                 let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
             }
+            restore_exposed().await;
             return Err(e);
         }
         self.store.event(Some(id), "network_policy", "updated");
@@ -71,7 +81,41 @@ impl Runtime {
                 .apply_bandwidth(rec, checked.bandwidth_bps)
                 .await?;
         }
-        self.store.set_network_policy(&rec.id, policy)
+        let resolved = match policy {
+            Some(p) if !p.expose.is_empty() => Some(self.sync_exposed(rec, p.clone()).await?),
+            other => other.cloned(),
+        };
+        self.store.set_network_policy(&rec.id, resolved.as_ref())
+    }
+
+    /// Opens and closes host listeners so that exactly `policy.expose` is exposed; returns
+    /// the policy with the host ports filled in (what is stored and reported).
+    async fn sync_exposed(
+        &self,
+        rec: &SandboxRecord,
+        mut policy: NetworkPolicy,
+    ) -> Result<NetworkPolicy> {
+        policy.expose = self.sync_exposed_list(rec, &policy.expose).await?;
+        Ok(policy)
+    }
+
+    async fn sync_exposed_list(
+        &self,
+        rec: &SandboxRecord,
+        expose: &[crate::policy::Expose],
+    ) -> Result<Vec<crate::policy::Expose>> {
+        let target = match self.backend.ip_of(rec.slot) {
+            Some(ip) => ip.parse().map_err(Error::internal)?,
+            None if expose.is_empty() => return Ok(vec![]),
+            None => {
+                return Err(Error::FailedPrecondition(
+                    "sandboxes have no network on this daemon (started with --no-network): \
+                     nothing can be exposed"
+                        .into(),
+                ));
+            }
+        };
+        self.exposer.sync(&rec.id, target, expose).await
     }
 
     /// The bandwidth cap of a sandbox that has just started (its veth exists now).
@@ -111,6 +155,11 @@ impl Runtime {
             };
             if let Err(e) = applied {
                 tracing::warn!(sandbox = %rec.id, "re-applying its network policy: {e}");
+            }
+            if !policy.expose.is_empty()
+                && let Err(e) = self.sync_exposed_list(rec, &policy.expose).await
+            {
+                tracing::warn!(sandbox = %rec.id, "listening for its exposed ports again: {e}");
             }
         }
     }

@@ -806,7 +806,13 @@ impl Runtime {
             env: s.env,
             metadata: s.metadata,
             // A fork keeps the network policy of the sandbox it came from, while that is known.
-            network_policy: self.store.network_policy(&snap.sandbox_id).ok().flatten(),
+            // Its exposed ports get host ports of their own (the original holds its ones).
+            network_policy: self
+                .store
+                .network_policy(&snap.sandbox_id)
+                .ok()
+                .flatten()
+                .map(crate::policy::NetworkPolicy::without_host_ports),
         };
         // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
         // interface), hostname, machine-id, cgroup; only the lower layers differ.
