@@ -433,24 +433,32 @@ impl Runtime {
     }
 
     /// A client for the agent of a sandbox visible to callers (refused while it is paused:
-    /// its agent is frozen too and would never answer).
+    /// its agent is frozen too and would never answer). On every exec and file call: one
+    /// in-memory lookup (`StateStore::agent_route`), no database read.
     pub fn agent(&self, id: &str) -> Result<AgentClient> {
-        let rec = self.record(id)?;
-        if rec.state == SandboxState::Paused {
+        let route = self
+            .store
+            .agent_route(id)?
+            .filter(|r| !r.pooled && r.state != SandboxState::Starting)
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        if route.state == SandboxState::Paused {
             return Err(Error::Unavailable(format!(
                 "sandbox '{id}' is paused: resume it before using it"
             )));
         }
-        Ok(self.agent_of(id))
+        Ok(AgentClient::new(self.backend.agent_socket(id)).with_shared_access_token(route.token))
     }
 
     /// The host's own client: carries the sandbox's access token when it has one.
     fn agent_of(&self, id: &str) -> AgentClient {
-        let token = self.store.access_token(id).unwrap_or_else(|e| {
-            tracing::warn!(sandbox = %id, "reading the access token: {e}");
-            None
-        });
-        AgentClient::new(self.backend.agent_socket(id)).with_access_token(token)
+        let token = match self.store.agent_route(id) {
+            Ok(route) => route.and_then(|r| r.token),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "reading the access token: {e}");
+                None
+            }
+        };
+        AgentClient::new(self.backend.agent_socket(id)).with_shared_access_token(token)
     }
 
     pub fn info(&self, id: &str) -> Result<SandboxInfo> {

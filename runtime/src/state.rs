@@ -15,6 +15,8 @@ mod snapshots;
 pub use snapshots::{LineageRecord, SnapshotRecord};
 mod lifecycle;
 pub use lifecycle::OnTimeout;
+mod hot;
+pub use hot::AgentRoute;
 
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,9 @@ pub struct SandboxRecord {
 
 pub struct StateStore {
     conn: Mutex<Connection>,
+    /// In-memory answers for the per-call agent lookup (state/hot.rs); every write below that
+    /// touches a sandbox row keeps it in step.
+    hot: hot::HotIndex,
 }
 
 const SCHEMA: &str = "
@@ -105,6 +110,7 @@ impl StateStore {
         conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            hot: Default::default(),
         })
     }
 
@@ -114,6 +120,7 @@ impl StateStore {
         conn.execute_batch(lifecycle::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            hot: Default::default(),
         })
     }
 
@@ -122,7 +129,8 @@ impl StateStore {
     }
 
     pub fn insert(&self, r: &SandboxRecord) -> Result<()> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO sandboxes (id, template, state, slot, pid, pid_start, created_at_ms,
                 expires_at_ms, limits, env, metadata, hostname, pooled)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -142,46 +150,56 @@ impl StateStore {
                 r.pooled,
             ],
         )?;
+        self.hot.record_written(r);
         Ok(())
     }
 
     /// Rewrites every mutable column of an existing record.
     pub fn update(&self, r: &SandboxRecord) -> Result<()> {
-        Self::update_in(&self.conn(), r)
+        let conn = self.conn();
+        if Self::update_in(&conn, r)? {
+            self.hot.record_written(r);
+        }
+        Ok(())
     }
 
     /// `update` and an event row in one transaction (one commit on the hot path).
     pub fn update_with_event(&self, r: &SandboxRecord, kind: &str, detail: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        Self::update_in(&tx, r)?;
+        let updated = Self::update_in(&tx, r)?;
         tx.prepare_cached(
             "INSERT INTO events (at_ms, sandbox, kind, detail) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![crate::clock::now_ms(), r.id, kind, detail])?;
         tx.commit()?;
+        if updated {
+            self.hot.record_written(r);
+        }
         Ok(())
     }
 
-    fn update_in(conn: &Connection, r: &SandboxRecord) -> Result<()> {
-        conn.prepare_cached(
-            "UPDATE sandboxes SET state = ?2, pid = ?3, pid_start = ?4, expires_at_ms = ?5,
+    /// True when the row existed (and was rewritten).
+    fn update_in(conn: &Connection, r: &SandboxRecord) -> Result<bool> {
+        let changed = conn
+            .prepare_cached(
+                "UPDATE sandboxes SET state = ?2, pid = ?3, pid_start = ?4, expires_at_ms = ?5,
                 limits = ?6, env = ?7, metadata = ?8, pooled = ?9, created_at_ms = ?10
              WHERE id = ?1",
-        )?
-        .execute(params![
-            r.id,
-            r.state.as_str(),
-            r.pid,
-            r.pid_start.map(|v| v as i64),
-            r.expires_at_ms,
-            json(&r.limits),
-            json(&r.env),
-            json(&r.metadata),
-            r.pooled,
-            r.created_at_ms,
-        ])?;
-        Ok(())
+            )?
+            .execute(params![
+                r.id,
+                r.state.as_str(),
+                r.pid,
+                r.pid_start.map(|v| v as i64),
+                r.expires_at_ms,
+                json(&r.limits),
+                json(&r.env),
+                json(&r.metadata),
+                r.pooled,
+                r.created_at_ms,
+            ])?;
+        Ok(changed > 0)
     }
 
     pub fn delete(&self, id: &str) -> Result<()> {
@@ -191,6 +209,7 @@ impl StateStore {
             "DELETE FROM network_policies WHERE sandbox = ?1",
             params![id],
         )?;
+        self.hot.record_deleted(id);
         Ok(())
     }
 

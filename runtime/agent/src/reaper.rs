@@ -2,10 +2,10 @@
 //! `waitpid(-1, WNOHANG)`: statuses of children we spawned go to whoever registered them,
 //! orphans reparented to us are just discarded (otherwise they stay zombies forever).
 //!
-//! Spawning goes through [`spawn`], which holds the registry lock across `fork`+`exec` and the
-//! registration. The reaper takes the same lock around its `waitpid` loop, so a child that
-//! exits at once can never be reaped before someone is listening for its status (and std's
-//! own `waitpid` on a failed exec cannot race with ours).
+//! Spawning goes through [`spawn`] or [`spawn_with`], which hold the registry lock across the
+//! start of the child and its registration. The reaper takes the same lock around its `waitpid`
+//! loop, so a child that exits at once can never be reaped before someone is listening for its
+//! status (and the spawner's own `waitpid` on a failed exec cannot race with ours).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -89,6 +89,18 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<WaitStat
     let (tx, rx) = oneshot::channel();
     registry.insert(child.id(), tx);
     Ok((child, rx))
+}
+
+/// As [`spawn`] for a child started by `start` (which returns its pid, having reaped it
+/// itself if it failed to start).
+pub fn spawn_with(
+    start: impl FnOnce() -> io::Result<u32>,
+) -> io::Result<(u32, oneshot::Receiver<WaitStatus>)> {
+    let mut registry = children();
+    let pid = start()?;
+    let (tx, rx) = oneshot::channel();
+    registry.insert(pid, tx);
+    Ok((pid, rx))
 }
 
 /// Sends `sig` to the process group led by `pid` (to `pid` alone if it has no group of its

@@ -16,7 +16,8 @@ pub struct AgentState {
     pub env: RwLock<BTreeMap<String, String>>,
     pub default_user: String,
     /// When set, every route but /health and /files requires `X-Access-Token`.
-    pub access_token: RwLock<Option<String>>,
+    /// Shared, not copied, by the auth guard on every request.
+    pub access_token: RwLock<Option<Arc<str>>>,
     pub processes: Processes,
     pub watchers: Watchers,
 }
@@ -55,7 +56,8 @@ pub async fn post_init(
         state.env.write().expect("env lock").extend(vars);
     }
     if let Some(token) = req.access_token {
-        *state.access_token.write().expect("token lock") = Some(token).filter(|t| !t.is_empty());
+        *state.access_token.write().expect("token lock") =
+            Some(token).filter(|t| !t.is_empty()).map(Arc::from);
     }
     StatusCode::NO_CONTENT
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -33,7 +34,7 @@ pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
 pub struct AgentClient {
     socket: PathBuf,
     /// The agent's access token (envd's `X-Access-Token`), added to requests that carry none.
-    access_token: Option<String>,
+    access_token: Option<Arc<str>>,
 }
 
 /// The header envd's access token travels in.
@@ -50,6 +51,12 @@ impl AgentClient {
     /// A client that authenticates with `token` (the host's own calls to a sandbox whose
     /// agent enforces one). Proxies forward their callers' headers instead.
     pub fn with_access_token(mut self, token: Option<String>) -> Self {
+        self.access_token = token.map(Arc::from);
+        self
+    }
+
+    /// As `with_access_token`, sharing the caller's copy of the token.
+    pub fn with_shared_access_token(mut self, token: Option<Arc<str>>) -> Self {
         self.access_token = token;
         self
     }

@@ -34,11 +34,13 @@ CREATE TABLE IF NOT EXISTS sandbox_lifecycle (
 
 impl StateStore {
     pub fn set_access_token(&self, id: &str, token: &str) -> Result<()> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT INTO sandbox_lifecycle (id, access_token) VALUES (?1, ?2)
              ON CONFLICT(id) DO UPDATE SET access_token = excluded.access_token",
             params![id, token],
         )?;
+        self.hot.token_written(id, Some(token));
         Ok(())
     }
 
@@ -74,8 +76,9 @@ impl StateStore {
 
     /// Drops a sandbox's lifecycle row (with its token).
     pub fn forget_lifecycle(&self, id: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM sandbox_lifecycle WHERE id = ?1", params![id])?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM sandbox_lifecycle WHERE id = ?1", params![id])?;
+        self.hot.token_written(id, None);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 mod spawn;
 mod status;
 mod table;
+mod vfork;
 
 use std::sync::Arc;
 use std::time::Duration;

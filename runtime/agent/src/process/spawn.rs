@@ -1,14 +1,15 @@
 //! Turning a `StartRequest` into a running child: environment, cwd, credentials, stdio or PTY.
 //!
-//! std's `Command` (not tokio's, whose SIGCHLD handling would fight the PID-1 reaper) spawns
-//! the child through [`crate::reaper::spawn`]; its pipes or PTY master become async fds here.
+//! Children of `process.Process/Start` are started by [`super::vfork`] (no copy of the agent)
+//! and registered with [`crate::reaper`]; their pipes or PTY master become async fds here.
+//! Code kernels still use std's `Command` with [`prepare_as_user`] (not tokio's, whose SIGCHLD
+//! handling would fight the PID-1 reaper).
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use coppice_envd::process::{PtySize, StartRequest};
 use coppice_envd::{Code, ConnectError};
@@ -19,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
+use super::vfork::{self, SpawnPlan};
 use crate::users::{self, UserIdentity};
 
 /// PATH for children when neither the agent nor the request has one.
@@ -92,75 +94,104 @@ pub fn spawn(
         .join(" ");
     let start_error = |e: std::io::Error| start_error(&user_cmd, e);
 
-    let mut cmd = Command::new(&req.process.cmd);
-    cmd.args(&req.process.args)
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd);
+    let mut plan = SpawnPlan::new(
+        &req.process.cmd,
+        req.process.args.iter().map(String::as_str),
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        cwd,
+    )
+    .map_err(start_error)?;
 
+    // The child's ends stay open here until it has exec'd (it gets dups), then are dropped so
+    // that EOF/hangup reach the agent once the child side closes.
     let pty = req.pty.map(|p| p.size.unwrap_or(DEFAULT_PTY_SIZE));
-    let master = match pty {
+    let (child_ends, io) = match pty {
         Some(size) => {
             let (master, slave) = open_pty(size).map_err(start_error)?;
-            cmd.stdin(Stdio::from(slave.try_clone().map_err(start_error)?))
-                .stdout(Stdio::from(slave.try_clone().map_err(start_error)?))
-                .stderr(Stdio::from(slave));
-            Some(master)
+            plan.stdio = [slave.as_raw_fd(); 3];
+            plan.controlling_tty = true;
+            (vec![slave], Io::Pty(master))
         }
         None => {
-            let stdin = if req.stdin == Some(false) {
-                Stdio::null()
+            let (stdin_child, stdin) = if req.stdin == Some(false) {
+                let null = rustix::fs::open(
+                    c"/dev/null",
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| start_error(e.into()))?;
+                (null, None)
             } else {
-                Stdio::piped()
+                let (r, w) = cloexec_pipe().map_err(start_error)?;
+                (r, Some(w))
             };
-            cmd.stdin(stdin)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            None
+            let (stdout, stdout_child) = cloexec_pipe().map_err(start_error)?;
+            let (stderr, stderr_child) = cloexec_pipe().map_err(start_error)?;
+            plan.stdio = [
+                stdin_child.as_raw_fd(),
+                stdout_child.as_raw_fd(),
+                stderr_child.as_raw_fd(),
+            ];
+            (
+                vec![stdin_child, stdout_child, stderr_child],
+                Io::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+            )
         }
     };
 
-    // Resolved here, not in the child: after fork only async-signal-safe calls are allowed.
+    // Resolved here, not in the child: the child may only make raw system calls.
     // A non-root agent (development) cannot switch users; its children run as itself.
-    let credentials = Uid::effective().is_root().then(|| Credentials {
-        uid: Uid::from_raw(user.uid),
-        gid: Gid::from_raw(user.gid),
-        groups: supplementary_groups(user),
+    plan.credentials = Uid::effective().is_root().then(|| {
+        let groups = users::groups(user)
+            .into_iter()
+            .map(|g| g as libc::gid_t)
+            .collect();
+        (user.uid, user.gid, groups)
     });
-    let controlling_tty = pty.is_some();
-    // SAFETY: the closure only makes raw syscalls (no allocation, no locks) on data owned by it.
-    unsafe {
-        cmd.pre_exec(move || child_setup(credentials.as_ref(), controlling_tty));
-    }
 
-    let (mut child, exit) = crate::reaper::spawn(&mut cmd).map_err(start_error)?;
-    // Drop our copies of the PTY slave so the master sees EOF once the child side closes.
-    drop(cmd);
-    let pid = child.id();
+    let (pid, exit) = crate::reaper::spawn_with(|| vfork::spawn(&plan)).map_err(start_error)?;
+    drop(child_ends);
 
-    let io = match master {
-        Some(master) => {
+    let io = match io {
+        Io::Pty(master) => {
             rustix::io::ioctl_fionbio(&master, true).map_err(|e| internal(e.into()))?;
             // SAFETY: the OwnedFd is moved into the AsyncFd and stays open as long as it lives.
             let master = unsafe { AsyncFd::register(master) }.map_err(|e| internal(e.into()))?;
             ChildIo::Pty(master)
         }
-        None => {
-            let stdin = match child.stdin.take() {
-                Some(s) => Some(pipe::Sender::from_owned_fd(OwnedFd::from(s)).map_err(internal)?),
+        Io::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => ChildIo::Pipes {
+            stdin: match stdin {
+                Some(s) => Some(pipe::Sender::from_owned_fd(s).map_err(internal)?),
                 None => None,
-            };
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let stderr = child.stderr.take().expect("stderr is piped");
-            ChildIo::Pipes {
-                stdin,
-                stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout)).map_err(internal)?,
-                stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr)).map_err(internal)?,
-            }
-        }
+            },
+            stdout: pipe::Receiver::from_owned_fd(stdout).map_err(internal)?,
+            stderr: pipe::Receiver::from_owned_fd(stderr).map_err(internal)?,
+        },
     };
-    // `child` is dropped without waiting: the reaper owns its exit status.
     Ok(Spawned { pid, exit, io })
+}
+
+/// The agent's ends of a child's stdio before they are registered with tokio.
+enum Io {
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty(OwnedFd),
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// Makes `cmd` start like every child of the agent (own session, OOM score reset, signals
@@ -169,7 +200,7 @@ pub fn prepare_as_user(cmd: &mut Command, user: &UserIdentity) {
     let credentials = Uid::effective().is_root().then(|| Credentials {
         uid: Uid::from_raw(user.uid),
         gid: Gid::from_raw(user.gid),
-        groups: supplementary_groups(user),
+        groups: users::groups(user).into_iter().map(Gid::from_raw).collect(),
     });
     // SAFETY: the closure only makes raw syscalls (no allocation, no locks) on data owned by it.
     unsafe {
@@ -190,15 +221,6 @@ fn start_error(user_cmd: &str, e: std::io::Error) -> ConnectError {
         _ => Code::InvalidArgument,
     };
     ConnectError::new(code, format!("error starting process '{user_cmd}': {e}"))
-}
-
-/// The user's groups from /etc/group, including the primary one.
-fn supplementary_groups(user: &UserIdentity) -> Vec<Gid> {
-    let gid = Gid::from_raw(user.gid);
-    CString::new(user.name.as_str())
-        .ok()
-        .and_then(|name| nix::unistd::getgrouplist(&name, gid).ok())
-        .unwrap_or_else(|| vec![gid])
 }
 
 /// A PTY pair with the given size; both ends close-on-exec (the child gets dups of the slave).
