@@ -3,13 +3,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use coppice_envd::AgentClient;
 use coppice_envd::client::{BoxBody, full_body};
 use coppice_envd::connect::{EnvelopeDecoder, encode_envelope};
 use coppice_envd::filesystem::{
@@ -23,57 +21,13 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
+mod common;
+use common::Agent;
+
 const FS: &str = "filesystem.Filesystem";
 const MB50: usize = 50 * 1024 * 1024;
 
-/// A running agent on a socket in its own scratch directory; killed on drop.
-struct Agent {
-    child: Child,
-    client: AgentClient,
-    /// Scratch directory for the test's files (world-traversable, so `user` can work in it).
-    dir: PathBuf,
-}
-
 impl Agent {
-    async fn start(default_user: &str) -> Agent {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "coppice-fs-it-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("work")).unwrap();
-        std::fs::set_permissions(
-            dir.join("work"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
-        let socket = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_coppice-agent"))
-            .arg("--listen")
-            .arg(&socket)
-            .arg("--default-user")
-            .arg(default_user)
-            .env("COPPICE_AGENT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the agent");
-        // Owned by `Agent` at once, so a failed start is still killed and reaped on drop.
-        let agent = Agent {
-            child,
-            client: AgentClient::new(&socket),
-            dir: dir.join("work"),
-        };
-        for _ in 0..200 {
-            if agent.client.healthy().await {
-                return agent;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("agent did not become healthy");
-    }
-
     fn path(&self, rel: &str) -> String {
         self.dir.join(rel).to_string_lossy().into_owned()
     }
@@ -161,16 +115,6 @@ impl Agent {
                 std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
             })
             .count()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
     }
 }
 
@@ -269,7 +213,7 @@ fn multipart(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[tokio::test]
 async fn stat_make_dir_move_list_remove() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
 
     // MakeDir creates parents; a second time is already_exists.
     let d = agent.path("a/b/c");
@@ -407,7 +351,7 @@ async fn stat_make_dir_move_list_remove() {
 
 #[tokio::test]
 async fn files_50mb_round_trips_stream_without_buffering() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
     let baseline = agent.peak_rss_kib();
 
     // application/octet-stream, streamed from a generator.
@@ -458,7 +402,7 @@ async fn files_50mb_round_trips_stream_without_buffering() {
 
 #[tokio::test]
 async fn files_details_multi_part_gzip_metadata_and_errors() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
 
     // Several parts without `?path=`: each filename is its target.
     let a = agent.path("multi/a.txt");
@@ -561,7 +505,7 @@ fn xattr_supported(path: &str) -> bool {
 #[tokio::test]
 async fn default_user_owns_writes_and_relative_paths_use_home() {
     let (uid, home) = ensure_user();
-    let agent = Agent::start("user").await;
+    let agent = Agent::launch("user", "warn").await;
     let home_s = home.to_string_lossy().into_owned();
     let tag = format!("coppice-it-{}", std::process::id());
 
@@ -681,7 +625,7 @@ fn is_event(msg: &WatchDirResponse, name: &str, kind: EventType) -> bool {
 
 #[tokio::test]
 async fn watch_dir_streams_events_recursively_until_disconnect() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
     let root = agent.path("");
     let idle_fds = agent.inotify_fds();
     let mut stream = agent
@@ -751,7 +695,7 @@ async fn watch_dir_streams_events_recursively_until_disconnect() {
 
 #[tokio::test]
 async fn watch_dir_wire_format_keepalive_and_errors() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
     let root = agent.path("");
     // Raw request to set keepalive-ping-interval and read the exact content type.
     let req = Request::post(format!("/{FS}/WatchDir"))
@@ -836,7 +780,7 @@ async fn watch_dir_wire_format_keepalive_and_errors() {
 
 #[tokio::test]
 async fn polled_watcher_reports_events_since_last_call() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
     let root = agent.path("");
     let w: CreateWatcherResponse = agent
         .call("CreateWatcher", json!({ "path": root, "recursive": true }))
@@ -907,7 +851,7 @@ impl Drop for Mount {
 
 #[tokio::test]
 async fn disk_full_is_507() {
-    let agent = Agent::start("root").await;
+    let agent = Agent::launch("root", "warn").await;
     let small = PathBuf::from(agent.path("small"));
     std::fs::create_dir(&small).unwrap();
     // A 1 MiB tmpfs; skipped where mounting is not allowed.

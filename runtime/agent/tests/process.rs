@@ -1,15 +1,13 @@
 //! `process.Process` end to end: the real agent binary on a unix socket, real processes.
 //! Tests run as root (the agent switches users and becomes a child subreaper).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coppice_envd::connect::{EndStream, EnvelopeDecoder, STREAM_CONTENT_TYPE, encode_envelope};
 use coppice_envd::process::{EndEvent, ProcessEvent, ProcessEventMessage};
-use coppice_envd::{AgentClient, Code, ConnectError};
+use coppice_envd::{Code, ConnectError};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
@@ -18,49 +16,10 @@ use serde_json::{Value, json};
 const ROOT: &str = "Basic cm9vdDo="; // base64("root:")
 const USER: &str = "Basic dXNlcjo="; // base64("user:")
 
-/// A running agent on its own socket; killed on drop.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    client: AgentClient,
-}
+mod common;
+use common::Agent;
 
 impl Agent {
-    async fn launch(default_user: &str) -> Agent {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "coppice-agent-process-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("agent.sock");
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_coppice-agent"))
-            .arg("--listen")
-            .arg(&socket)
-            .args(["--default-user", default_user])
-            .env("COPPICE_AGENT_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent binary starts");
-        let client = AgentClient::new(&socket);
-        let agent = Agent { child, dir, client };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.client.healthy().await {
-            assert!(Instant::now() < deadline, "agent did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        agent
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// A server-streaming call with extra headers; Err is a unary-style error (status, error).
     async fn stream(
         &self,
@@ -115,14 +74,6 @@ impl Agent {
         self.client
             .unary(&format!("process.Process/{method}"), &msg)
             .await
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -304,7 +255,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn start_streams_output_and_exit_codes() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
 
     let ok = agent.run("echo hi").await;
     assert!(ok.pid > 0);
@@ -349,7 +300,7 @@ async fn start_streams_output_and_exit_codes() {
 
 #[tokio::test]
 async fn output_streams_before_the_process_ends() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let started = Instant::now();
     let mut events = agent
         .start(json!({"process": {"cmd": "/bin/bash", "args": ["-c", "echo first; sleep 2; echo second >&2"]}}))
@@ -373,7 +324,7 @@ async fn output_streams_before_the_process_ends() {
 
 #[tokio::test]
 async fn env_vars_layer_sandbox_and_request() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     // Sandbox-wide env, as the host sets it through /init.
     let req = Request::post("/init")
         .header("host", "agent")
@@ -404,7 +355,7 @@ async fn env_vars_layer_sandbox_and_request() {
 
 #[tokio::test]
 async fn cwd_defaults_to_home_and_bad_cwd_is_rejected() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     assert_eq!(agent.run("pwd").await.stdout(), "/root\n");
 
     let out = agent
@@ -432,7 +383,7 @@ async fn cwd_defaults_to_home_and_bad_cwd_is_rejected() {
 #[tokio::test]
 async fn runs_as_the_default_user_or_root_when_asked() {
     ensure_user_exists();
-    let agent = Agent::launch("user").await;
+    let agent = Agent::launch("user", "debug").await;
     let script = json!({"process": {"cmd": "/bin/bash", "args": ["-c", "id -un; id -u; id -G; echo $HOME; pwd"]}});
 
     let as_default = agent
@@ -477,7 +428,7 @@ async fn runs_as_the_default_user_or_root_when_asked() {
 
 #[tokio::test]
 async fn stdin_takes_input_and_closes() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut cat = agent
         .start(json!({"process": {"cmd": "/bin/cat"}, "tag": "cat"}))
         .await;
@@ -527,7 +478,7 @@ async fn stdin_takes_input_and_closes() {
 
 #[tokio::test]
 async fn stream_input_writes_each_envelope_as_it_arrives() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut cat = agent.start(json!({"process": {"cmd": "/bin/cat"}})).await;
     let pid = cat.expect_start().await;
 
@@ -580,7 +531,7 @@ async fn stream_input_writes_each_envelope_as_it_arrives() {
 
 #[tokio::test]
 async fn signals_reach_the_process_group() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut sleeper = agent
         .start(json!({"process": {"cmd": "/bin/sleep", "args": ["30"]}}))
         .await;
@@ -634,7 +585,7 @@ async fn signals_reach_the_process_group() {
 
 #[tokio::test]
 async fn connect_watches_a_running_or_finished_process() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut first = agent
         .start(json!({
             "process": {"cmd": "/bin/bash", "args": ["-c", "read line; echo got $line; sleep 0.3; echo bye"]},
@@ -690,7 +641,7 @@ async fn connect_watches_a_running_or_finished_process() {
 
 #[tokio::test]
 async fn list_shows_running_processes_with_tags_and_survives_disconnects() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut events = agent
         .start(json!({
             "process": {"cmd": "/bin/sleep", "args": ["30"], "envs": {"K": "V"}},
@@ -741,7 +692,7 @@ async fn list_shows_running_processes_with_tags_and_survives_disconnects() {
 
 #[tokio::test]
 async fn pty_sessions_take_input_and_resize() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut shell = agent
         .start(json!({
             "process": {
@@ -796,7 +747,7 @@ async fn pty_sessions_take_input_and_resize() {
 
 #[tokio::test]
 async fn connect_timeout_kills_the_process() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let started = Instant::now();
     let mut events = agent
         .stream(
@@ -835,7 +786,7 @@ async fn connect_timeout_kills_the_process() {
 
 #[tokio::test]
 async fn keepalives_fill_silences() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let out = agent
         .stream(
             "Start",
@@ -852,7 +803,7 @@ async fn keepalives_fill_silences() {
 
 #[tokio::test]
 async fn a_missing_binary_fails_the_start() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let Err((status, err)) = agent
         .stream(
             "Start",
@@ -877,7 +828,7 @@ async fn a_missing_binary_fails_the_start() {
 
 #[tokio::test]
 async fn orphans_are_reaped() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     // The shell exits at once; its background sleep is orphaned and comes to the agent.
     let out = agent.run("sleep 2 & echo $!").await;
     let orphan: u32 = out.stdout().trim().parse().unwrap();
@@ -899,7 +850,7 @@ async fn orphans_are_reaped() {
 
 #[tokio::test]
 async fn connect_timeout_on_connect_ends_only_the_stream() {
-    let agent = Agent::launch("root").await;
+    let agent = Agent::launch("root", "debug").await;
     let mut events = agent
         .start(json!({"process": {"cmd": "/bin/sleep", "args": ["30"]}}))
         .await;

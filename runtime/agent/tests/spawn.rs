@@ -5,53 +5,19 @@
 //! Tests run as root.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+use coppice_envd::ConnectError;
 use coppice_envd::process::{DataEvent, ProcessEvent, ProcessEventMessage};
-use coppice_envd::{AgentClient, ConnectError};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    client: AgentClient,
-}
+mod common;
+use common::Agent;
 
 impl Agent {
-    async fn launch() -> Agent {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "coppice-agent-spawn-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("agent.sock");
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_coppice-agent"))
-            .arg("--listen")
-            .arg(&socket)
-            .args(["--default-user", "root"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent binary starts");
-        let client = AgentClient::new(&socket);
-        let agent = Agent { child, dir, client };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.client.healthy().await {
-            assert!(Instant::now() < deadline, "agent did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        agent
-    }
-
     /// Runs a Start request to its end: (stdout, stderr, exit code), or the start error.
     async fn run_as(
         &self,
@@ -89,18 +55,6 @@ impl Agent {
     async fn run(&self, process: Value) -> Result<(String, String, i32), ConnectError> {
         self.run_as(process, "").await
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) {
@@ -119,7 +73,7 @@ fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn programs_are_searched_in_the_path_of_the_childs_environment() {
-    let agent = Agent::launch().await;
+    let agent = Agent::launch("root", "warn").await;
     let bin = agent.dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     write_file(
@@ -163,7 +117,7 @@ async fn programs_are_searched_in_the_path_of_the_childs_environment() {
 
 #[tokio::test]
 async fn scripts_without_an_interpreter_line_run_with_sh_and_bad_files_fail() {
-    let agent = Agent::launch().await;
+    let agent = Agent::launch("root", "warn").await;
     let script = agent.dir.join("plain-script");
     write_file(&script, "echo from sh: $0 $1\n", 0o755);
     let (out, _, code) = agent
@@ -197,7 +151,7 @@ async fn scripts_without_an_interpreter_line_run_with_sh_and_bad_files_fail() {
 
 #[tokio::test]
 async fn children_start_clean_signals_session_descriptors_and_oom_score() {
-    let agent = Agent::launch().await;
+    let agent = Agent::launch("root", "warn").await;
     // The host protects the agent (-998) where it may; either way its children must start at
     // the default. Raising needs no privilege, so this works on any host.
     std::fs::write(format!("/proc/{}/oom_score_adj", agent.pid()), "500").unwrap();
@@ -269,7 +223,7 @@ async fn children_start_clean_signals_session_descriptors_and_oom_score() {
 
 #[tokio::test]
 async fn concurrent_starts_each_get_their_own_output() {
-    let agent = Agent::launch().await;
+    let agent = Agent::launch("root", "warn").await;
     let runs = (0..40).map(|i| {
         let agent = &agent;
         async move {
@@ -289,7 +243,7 @@ async fn concurrent_starts_each_get_their_own_output() {
 async fn user_lookups_see_passwd_changes() {
     const NAME: &str = "coppice-spawn-t";
     let _ = Command::new("userdel").arg(NAME).status();
-    let agent = Agent::launch().await;
+    let agent = Agent::launch("root", "warn").await;
     let id = json!({"cmd": "/usr/bin/id", "args": ["-u"]});
     let err = agent.run_as(id.clone(), NAME).await.unwrap_err();
     assert_eq!(err.message, format!("user '{NAME}' does not exist"));
