@@ -1022,6 +1022,16 @@ fn write_existing(path: &str, value: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every line of `want` stands, trimmed, as a whole line of the ruleset `r`.
+    fn assert_has_lines(r: &str, want: &[&str]) {
+        for line in want {
+            assert!(
+                r.lines().any(|l| l.trim() == *line),
+                "missing `{line}` in:\n{r}"
+            );
+        }
+    }
+
     #[test]
     fn names_and_addresses_from_slots() {
         let c = NetConfig::default();
@@ -1077,24 +1087,22 @@ mod tests {
         assert_eq!(r.matches("table inet").count(), 2, "one table only:\n{r}");
         assert!(r.contains("iifname \"coppice0\" ip saddr vmap @sandbox_policy"));
         assert!(r.contains("type ipv4_addr : verdict"));
-        for line in [
-            "type filter hook input priority filter - 5; policy accept;",
-            "iifname != \"coppice0\" accept",
-            "meta l4proto . th dport @host_services accept",
-            "counter drop comment \"sandbox -> host\"",
-            "type filter hook forward priority filter - 5; policy accept;",
-            "iifname \"coppice0\" ip saddr != 10.88.0.0/16 counter drop comment \"spoofed source\"",
-            "oifname \"coppice0\" ct state established,related accept",
-            "iifname \"coppice0\" oifname != \"coppice0\" meta nfproto ipv4 accept",
-            "oifname \"coppice0\" counter drop comment \"new connection into the bridge\"",
-            "type nat hook postrouting priority srcnat; policy accept;",
-            "ip saddr 10.88.0.0/16 oifname != \"coppice0\" counter masquerade",
-        ] {
-            assert!(
-                r.lines().any(|l| l.trim() == line),
-                "missing `{line}` in:\n{r}"
-            );
-        }
+        assert_has_lines(
+            &r,
+            &[
+                "type filter hook input priority filter - 5; policy accept;",
+                "iifname != \"coppice0\" accept",
+                "meta l4proto . th dport @host_services accept",
+                "counter drop comment \"sandbox -> host\"",
+                "type filter hook forward priority filter - 5; policy accept;",
+                "iifname \"coppice0\" ip saddr != 10.88.0.0/16 counter drop comment \"spoofed source\"",
+                "oifname \"coppice0\" ct state established,related accept",
+                "iifname \"coppice0\" oifname != \"coppice0\" meta nfproto ipv4 accept",
+                "oifname \"coppice0\" counter drop comment \"new connection into the bridge\"",
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ip saddr 10.88.0.0/16 oifname != \"coppice0\" counter masquerade",
+            ],
+        );
         // Input: host traffic leaves first, then established, then the drop.
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s}"));
         assert!(pos("iifname != \"coppice0\" accept") < pos("ct state established,related accept"));
@@ -1163,18 +1171,16 @@ mod tests {
             );
         }
         let r = host_ruleset(&c);
-        for line in [
-            "iifname \"coppice0\" ip6 saddr != fd88::/64 counter drop comment \"spoofed source\"",
-            "iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6",
-            "ip6 saddr vmap @sandbox_policy6",
-            "ip6 saddr fd88::/64 oifname != \"coppice0\" counter masquerade",
-            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"IPv6 neighbour discovery\"",
-        ] {
-            assert!(
-                r.lines().any(|l| l.trim() == line),
-                "missing `{line}` in:\n{r}"
-            );
-        }
+        assert_has_lines(
+            &r,
+            &[
+                "iifname \"coppice0\" ip6 saddr != fd88::/64 counter drop comment \"spoofed source\"",
+                "iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6",
+                "ip6 saddr vmap @sandbox_policy6",
+                "ip6 saddr fd88::/64 oifname != \"coppice0\" counter masquerade",
+                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"IPv6 neighbour discovery\"",
+            ],
+        );
         // IPv6 is only forwarded through a policy chain (no blanket accept).
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s}"));
         assert!(
