@@ -61,7 +61,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
 
@@ -79,26 +78,8 @@ CLIENTS = Path(os.environ.get("COPPICE_TEST_CLIENTS", "/opt/coppice-test-clients
 TOKEN = "test-" + uuid.uuid4().hex
 SEQUENCE_TOOLS = {"sandbox_create", "commands_run", "files_write", "files_read", "sandbox_kill"}
 
-passed = 0
-failed: list[str] = []
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(what)
-
-
-async def case(name: str, fn, *args) -> None:
-    global passed
-    t0 = time.monotonic()
-    try:
-        await fn(*args)
-        passed += 1
-        print(f"ok   {name} ({time.monotonic() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure and go on
-        failed.append(name)
-        print(f"FAIL {name}: {e!r}", flush=True)
-        traceback.print_exc()
+import cases  # noqa: E402
+from cases import case, check, failed  # noqa: E402
 
 
 # ------------------------------------------------------------------ the daemon
@@ -625,7 +606,7 @@ async def main() -> None:
             print(f"logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {len(failed)} failed")
+    print(f"{cases.passed} passed, {len(failed)} failed")
     if failed:
         print("failed: " + "; ".join(failed))
         sys.exit(1)

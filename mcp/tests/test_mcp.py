@@ -60,26 +60,8 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
 
-passed = 0
-failed: list[str] = []
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(what)
-
-
-async def case(name: str, fn, *args) -> None:
-    global passed
-    t0 = time.monotonic()
-    try:
-        await fn(*args)
-        passed += 1
-        print(f"ok   {name} ({time.monotonic() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure and go on
-        failed.append(name)
-        print(f"FAIL {name}: {e!r}", flush=True)
-        traceback.print_exc()
+import cases  # noqa: E402
+from cases import case, check, failed  # noqa: E402
 
 
 async def call(client: Client, tool: str, args: dict, **kw):
@@ -731,7 +713,7 @@ async def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"daemon log kept in {tmp / 'daemon.log'}")
-    print(f"{passed} passed, {len(failed)} failed")
+    print(f"{cases.passed} passed, {len(failed)} failed")
     if failed:
         print("failed: " + "; ".join(failed))
         sys.exit(1)

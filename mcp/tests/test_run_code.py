@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import anyio
@@ -36,26 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "rigs"))
 from common import Daemon  # noqa: E402
 
-passed = 0
-failed: list[str] = []
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise AssertionError(what)
-
-
-async def case(name: str, fn, *args) -> None:
-    global passed
-    t0 = time.monotonic()
-    try:
-        await fn(*args)
-        passed += 1
-        print(f"ok   {name} ({time.monotonic() - t0:.1f}s)", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure and go on
-        failed.append(name)
-        print(f"FAIL {name}: {e!r}", flush=True)
-        traceback.print_exc()
+import cases  # noqa: E402
+from cases import case, check, failed  # noqa: E402
 
 
 # ------------------------------------------------------------------ the E2B wire format
@@ -431,7 +412,7 @@ async def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"daemon log kept in {tmp / 'daemon.log'}")
-    print(f"{passed} passed, {len(failed)} failed")
+    print(f"{cases.passed} passed, {len(failed)} failed")
     if failed:
         print("failed: " + "; ".join(failed))
         sys.exit(1)
