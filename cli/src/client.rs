@@ -22,24 +22,8 @@ pub enum SandboxCmd {
     Create {
         #[arg(long)]
         template: Option<String>,
-        /// Memory limit, e.g. 512M or 2G.
-        #[arg(long)]
-        memory: Option<String>,
-        /// CPU quota in cores, e.g. 0.5 or 2.
-        #[arg(long)]
-        cpus: Option<f64>,
-        /// Maximum number of tasks.
-        #[arg(long)]
-        pids: Option<u64>,
-        /// Lifetime, e.g. 300s or 10m.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<std::time::Duration>,
-        /// Environment for every process, K=V (repeatable).
-        #[arg(long = "env", value_parser = key_value)]
-        env: Vec<(String, String)>,
-        /// Metadata, k=v (repeatable).
-        #[arg(long = "meta", value_parser = key_value)]
-        meta: Vec<(String, String)>,
+        #[command(flatten)]
+        spec: SandboxSpec,
         /// Network policy from the start: JSON text, a file holding it, or - (see
         /// `coppice network set --help`).
         #[arg(long = "network-policy")]
@@ -151,6 +135,50 @@ pub enum TemplateCmd {
     },
 }
 
+/// Limits, lifetime, environment and metadata of a new sandbox: `sandbox create` and
+/// `sandbox fork` take the same flags and send the same request fields.
+#[derive(Args)]
+pub struct SandboxSpec {
+    /// Memory limit, e.g. 512M or 2G.
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU quota in cores, e.g. 0.5 or 2.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Maximum number of tasks.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// Lifetime, e.g. 300s or 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Environment for every process, K=V (repeatable).
+    #[arg(long = "env", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Metadata, k=v (repeatable).
+    #[arg(long = "meta", value_parser = key_value)]
+    meta: Vec<(String, String)>,
+}
+
+impl SandboxSpec {
+    fn into_json(self) -> serde_json::Map<String, Value> {
+        let Value::Object(body) = json!({
+            "memory": self.memory, "cpus": self.cpus, "pids": self.pids,
+            "timeout_secs": self.timeout.map(|t| t.as_secs_f64()),
+            "env": string_map(self.env), "metadata": string_map(self.meta),
+        }) else {
+            unreachable!("json! of an object literal")
+        };
+        body
+    }
+}
+
+fn string_map(items: Vec<(String, String)>) -> serde_json::Map<String, Value> {
+    items
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -206,12 +234,7 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
         SandboxCmd::Lineage { id, json } => return snapshots::lineage(id, json, d).await,
         SandboxCmd::Create {
             template,
-            memory,
-            cpus,
-            pids,
-            timeout,
-            env,
-            meta,
+            spec,
             network_policy,
             json,
         } => {
@@ -219,13 +242,10 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
                 .as_deref()
                 .map(network::read_policy)
                 .transpose()?;
-            let body = json!({
-                "network_policy": network_policy,
-                "template": template, "memory": memory, "cpus": cpus, "pids": pids,
-                "timeout_secs": timeout.map(|t| t.as_secs_f64()),
-                "env": env.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),
-                "metadata": meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),
-            });
+            let mut body = spec.into_json();
+            body.insert("template".into(), json!(template));
+            body.insert("network_policy".into(), json!(network_policy));
+            let body = Value::Object(body);
             let info = d.json("POST", "/api/v1/sandboxes", Some(body)).await?;
             print_value(&info, json, |v| {
                 println!("{}", v["id"].as_str().unwrap_or_default())

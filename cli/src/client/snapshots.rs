@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Daemon, Failure, human_size, key_value, print_value};
+use super::{Daemon, Failure, SandboxSpec, human_size, key_value, print_value, string_map};
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
@@ -56,30 +56,10 @@ pub struct ForkArgs {
     /// Number of forks, 1-100.
     #[arg(long, default_value_t = 1)]
     count: u32,
-    #[arg(long)]
-    memory: Option<String>,
-    #[arg(long)]
-    cpus: Option<f64>,
-    #[arg(long)]
-    pids: Option<u64>,
-    /// Lifetime of each fork, e.g. 300s or 10m.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<std::time::Duration>,
-    /// Environment for every fork, K=V (repeatable).
-    #[arg(long = "env", value_parser = key_value)]
-    env: Vec<(String, String)>,
-    /// Metadata of every fork, k=v (repeatable).
-    #[arg(long = "meta", value_parser = key_value)]
-    meta: Vec<(String, String)>,
+    #[command(flatten)]
+    spec: SandboxSpec,
     #[arg(long)]
     json: bool,
-}
-
-fn map(items: Vec<(String, String)>) -> serde_json::Map<String, Value> {
-    items
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect()
 }
 
 pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failure> {
@@ -94,7 +74,7 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
             let body = json!({
                 "name": name,
                 "kind": if memory_state { "memory" } else { "filesystem" },
-                "metadata": map(meta),
+                "metadata": string_map(meta),
             });
             let info = d
                 .json(
@@ -153,11 +133,9 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
 
 /// Prints one fork id per line (errors on stderr); exits 1 when any fork failed.
 pub(super) async fn fork(a: ForkArgs, d: &Daemon) -> Result<i32, Failure> {
-    let body = json!({
-        "count": a.count, "memory": a.memory, "cpus": a.cpus, "pids": a.pids,
-        "timeout_secs": a.timeout.map(|t| t.as_secs_f64()),
-        "env": map(a.env), "metadata": map(a.meta),
-    });
+    let mut body = a.spec.into_json();
+    body.insert("count".into(), json!(a.count));
+    let body = Value::Object(body);
     let path = match (&a.sandbox, &a.snapshot) {
         (Some(s), None) => format!("/api/v1/sandboxes/{s}/fork"),
         (None, Some(s)) => format!("/api/v1/snapshots/{s}/fork"),
