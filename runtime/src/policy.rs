@@ -787,9 +787,11 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(r) = ctx.resolver {
         let fam = family(&IpNet::from(r));
-        out.push(format!(
-            "{fam} daddr {r} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"coppice resolver\""
-        ));
+        for proto in ["tcp", "udp"] {
+            out.push(format!(
+                "{fam} daddr {r} meta l4proto {proto} th dport 53 accept comment \"coppice resolver\""
+            ));
+        }
         if let (Some(port), false) = (ctx.sni_proxy_port, policy.domains.is_empty()) {
             out.push(format!(
                 "{fam} daddr {r} tcp dport {port} accept comment \"domain check proxy\""
@@ -799,15 +801,17 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
     let dns: BTreeSet<IpAddr> = ctx.dns_servers.iter().copied().collect();
     for ip in dns {
         let fam = family(&IpNet::from(ip));
-        out.push(format!(
-            "{fam} daddr {ip} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"resolver\""
-        ));
+        for proto in ["tcp", "udp"] {
+            out.push(format!(
+                "{fam} daddr {ip} meta l4proto {proto} th dport 53 accept comment \"resolver\""
+            ));
+        }
     }
     let (specific, broad): (Vec<_>, Vec<_>) = policy
         .allow
         .iter()
         .partition(|r| ctx.is_protected_net(&r.net));
-    out.extend(specific.iter().map(|r| rule_text(r, "accept")));
+    out.extend(specific.iter().flat_map(|r| rule_texts(r, "accept")));
     out.push(format!("ip daddr @protected4 {reject}"));
     out.push(format!("ip6 daddr @protected6 {reject}"));
     out.push(format!(
@@ -820,8 +824,8 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
             "ip saddr . ip daddr @{DOMAIN_SET4} accept comment \"domains\""
         ));
     }
-    out.extend(broad.iter().map(|r| rule_text(r, "accept")));
-    out.extend(policy.deny.iter().map(|r| rule_text(r, &reject)));
+    out.extend(broad.iter().flat_map(|r| rule_texts(r, "accept")));
+    out.extend(policy.deny.iter().flat_map(|r| rule_texts(r, &reject)));
     out.push(match policy.default {
         DefaultAction::Allow => "accept comment \"default allow\"".to_string(),
         DefaultAction::Deny => format!("{reject} comment \"default deny\""),
@@ -836,38 +840,45 @@ fn family(net: &IpNet) -> &'static str {
     }
 }
 
-fn rule_text(r: &CheckedRule, verdict: &str) -> String {
-    let mut s = format!("{} daddr {}", family(&r.net), net_text(&r.net));
-    match (r.protocol, r.ports.is_empty()) {
-        (Some(Protocol::Icmp), _) => s.push_str(match r.net {
-            IpNet::V4(_) => " meta l4proto icmp",
-            IpNet::V6(_) => " meta l4proto ipv6-icmp",
-        }),
-        (Some(Protocol::Tcp), _) => s.push_str(" meta l4proto tcp"),
-        (Some(Protocol::Udp), _) => s.push_str(" meta l4proto udp"),
-        (None, false) => s.push_str(" meta l4proto { tcp, udp }"),
-        (None, true) => {}
-    }
-    if !r.ports.is_empty() {
-        let ports: Vec<String> = r
-            .ports
-            .iter()
-            .map(|(lo, hi)| {
-                if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}-{hi}")
-                }
-            })
-            .collect();
-        if ports.len() == 1 {
-            let _ = write!(s, " th dport {}", ports[0]);
-        } else {
-            let _ = write!(s, " th dport {{ {} }}", ports.join(", "));
+/// One policy rule as nft rules: one per protocol and port range, never an anonymous set
+/// (`{ tcp, udp }`, `{ 80, 443 }`). libnftables lists every set of the table before each
+/// transaction, anonymous ones included, so sets in per-sandbox chains made a policy update's
+/// cost grow with the number of sandboxes (~5 ms at 1000 against ~0.8 ms without them).
+fn rule_texts(r: &CheckedRule, verdict: &str) -> Vec<String> {
+    let daddr = format!("{} daddr {}", family(&r.net), net_text(&r.net));
+    let protos: &[&str] = match (r.protocol, r.ports.is_empty()) {
+        (Some(Protocol::Icmp), _) => match r.net {
+            IpNet::V4(_) => &["icmp"],
+            IpNet::V6(_) => &["ipv6-icmp"],
+        },
+        (Some(Protocol::Tcp), _) => &["tcp"],
+        (Some(Protocol::Udp), _) => &["udp"],
+        (None, false) => &["tcp", "udp"],
+        (None, true) => return vec![format!("{daddr} {verdict}")],
+    };
+    let ports: Vec<String> = r
+        .ports
+        .iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                format!(" th dport {lo}")
+            } else {
+                format!(" th dport {lo}-{hi}")
+            }
+        })
+        .collect();
+    let ports = if ports.is_empty() {
+        vec![String::new()]
+    } else {
+        ports
+    };
+    let mut out = Vec::with_capacity(protos.len() * ports.len());
+    for proto in protos {
+        for port in &ports {
+            out.push(format!("{daddr} meta l4proto {proto}{port} {verdict}"));
         }
     }
-    let _ = write!(s, " {verdict}");
-    s
+    out
 }
 
 /// `0.0.0.0/0` is written as a range nft accepts in every version.
@@ -1121,13 +1132,16 @@ table inet coppice { chain sbx5 {}; }
 flush chain inet coppice sbx5
 table inet coppice {
 	chain sbx5 {
-		ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept comment \"resolver\"
+		ip daddr 10.255.255.53 meta l4proto tcp th dport 53 accept comment \"resolver\"
+		ip daddr 10.255.255.53 meta l4proto udp th dport 53 accept comment \"resolver\"
 		ip daddr 10.9.0.0/16 accept
 		ip daddr @protected4 goto policy_reject
 		ip6 daddr @protected6 goto policy_reject
 		fib daddr type local goto policy_reject comment \"the host\"
-		ip daddr 198.51.100.0/24 meta l4proto tcp th dport { 443, 8000-8100 } accept
-		ip6 daddr 2001:db8::/32 meta l4proto { tcp, udp } th dport 80 accept
+		ip daddr 198.51.100.0/24 meta l4proto tcp th dport 443 accept
+		ip daddr 198.51.100.0/24 meta l4proto tcp th dport 8000-8100 accept
+		ip6 daddr 2001:db8::/32 meta l4proto tcp th dport 80 accept
+		ip6 daddr 2001:db8::/32 meta l4proto udp th dport 80 accept
 		ip daddr 203.0.113.7 meta l4proto icmp accept
 		ip daddr 0.0.0.0-255.255.255.255 meta l4proto udp goto policy_reject
 		goto policy_reject comment \"default deny\"
@@ -1252,12 +1266,12 @@ delete element inet coppice sandbox_policy6 { fd88::7 }
         };
         let rules = chain_rules(&c, &ctx);
         assert_eq!(
-            rules[0],
-            "ip daddr 10.88.0.1 meta l4proto { tcp, udp } th dport 53 accept comment \"coppice resolver\""
-        );
-        assert_eq!(
-            rules[1],
-            "ip daddr 10.88.0.1 tcp dport 15080 accept comment \"domain check proxy\""
+            rules[..3],
+            [
+                "ip daddr 10.88.0.1 meta l4proto tcp th dport 53 accept comment \"coppice resolver\"",
+                "ip daddr 10.88.0.1 meta l4proto udp th dport 53 accept comment \"coppice resolver\"",
+                "ip daddr 10.88.0.1 tcp dport 15080 accept comment \"domain check proxy\"",
+            ]
         );
         let host = rules
             .iter()

@@ -279,25 +279,48 @@ pub fn parse_conntrack(text: &str) -> Vec<Flow> {
         .collect()
 }
 
+/// The host's conntrack entries whose original source is `ip`. Read from
+/// /proc/net/nf_conntrack where the kernel has it: an update then costs no process (a
+/// `conntrack -L` exec per update took several ms of a 2-core host's CPU, and back-to-back
+/// updates queued behind it). None when neither source is available.
+async fn flows_from(ip: IpAddr) -> Option<Vec<Flow>> {
+    let from_proc =
+        tokio::task::spawn_blocking(|| std::fs::read_to_string("/proc/net/nf_conntrack"))
+            .await
+            .ok()
+            .and_then(Result::ok);
+    if let Some(text) = from_proc {
+        let mine = text.lines().filter(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("src="))
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                == Some(ip)
+        });
+        return Some(parse_conntrack(&mine.collect::<Vec<_>>().join("\n")));
+    }
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
+    match tokio::process::Command::new("conntrack")
+        .args(["-L", "-f", family, "-s", &ip.to_string()])
+        .output()
+        .await
+    {
+        Ok(out) => Some(parse_conntrack(&String::from_utf8_lossy(&out.stdout))),
+        Err(e) => {
+            tracing::debug!("conntrack not available ({e}); open flows end on their next packet");
+            None
+        }
+    }
+}
+
 /// Ends the sandbox's connections that `policy` no longer permits, busy or idle: their sockets
 /// in the sandbox are destroyed (`ss -K` in its netns: the program sees ECONNABORTED at once)
 /// and their conntrack entries deleted (the remote end is reset by its next packet, which
 /// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
 /// Best effort: without conntrack-tools only the rules act.
 async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
-    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
-    let out = match tokio::process::Command::new("conntrack")
-        .args(["-L", "-f", family, "-s", &ip.to_string()])
-        .output()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::debug!("conntrack not available ({e}); open flows end on their next packet");
-            return;
-        }
+    let Some(flows) = flows_from(ip).await else {
+        return;
     };
-    let flows = parse_conntrack(&String::from_utf8_lossy(&out.stdout));
     let doomed: Vec<&Flow> = flows
         .iter()
         .filter(|f| {
@@ -343,6 +366,7 @@ async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostConte
         async move { cmd.status().await }
     });
     futures::future::join_all(kills).await;
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     let deletes = doomed.iter().map(|f| {
         let mut cmd = tokio::process::Command::new("conntrack");
         cmd.args(["-D", "-f", family, "-s", &ip.to_string()]);
