@@ -70,7 +70,8 @@ impl CoppiceMcp {
     /// private ranges, the host and metadata (169.254.169.254) open only with an allow rule
     /// naming them; "air_gapped": true cuts everything, DNS included; "bandwidth_mbps" caps
     /// each direction; "domains" (names, "*." wildcards) are answered by Coppice's DNS and
-    /// their addresses allowed, with a TLS SNI / HTTP Host check on ports 80 and 443;
+    /// their addresses opened on TCP 80 and 443 through a TLS SNI / HTTP Host check (other
+    /// ports to them need an allow rule);
     /// "expose": [{"port": 8000}] makes a sandbox port reachable on the host (the host port
     /// chosen is reported back, or ask for one with "host_port").
     #[tool(annotations(

@@ -545,6 +545,8 @@ def domain_rules(t: T, plain: str) -> None:
     t.check("allowed name: HTTP connects", got == f"OK hello {api}:80", got)
     got = run(d, TLS, api, "api.allowed.test")
     t.check("allowed name: TLS connects", got == f"OK hello tls {api} api.allowed.test", got)
+    # Only 80 and 443 carry a name to check: other ports of an admitted address need a CIDR rule.
+    t.reach(d, api, 8080, False, "admitted address on a port without a name check")
     got = run(d, RESOLVE, "x.wild.test")
     t.check("wildcard name resolves", got == f"IP {wild}", got)
     got = run(d, TLS, wild, "x.wild.test")
