@@ -338,8 +338,9 @@ fn forks_see_the_snapshot_but_not_each_others_writes() {
     // opaque directory (a template directory removed and made again).
     parent
         .root_ok("rm /etc/issue && rm -rf /etc/apt && mkdir /etc/apt && echo mine > /etc/apt/only");
-    // A process that keeps counting: the parent must run on through snapshot and fork.
-    parent.sh_ok("nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &");
+    // A process that keeps counting: the parent must run on through snapshot and fork. It
+    // renames each value into place, so a reader never sees the file empty mid-write.
+    parent.sh_ok("nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count.t; mv /tmp/count.t /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &");
     let pid = parent.pid();
     let snap = snapshot(&parent, &["--name", &format!("prep-{}", parent.id)]);
     assert_eq!(snap["kind"], "filesystem");

@@ -796,17 +796,21 @@ async fn wire(plan: SandboxNetPlan, netns: OwnedFd, ns_sock: OwnedFd) -> Result<
     })?;
 
     // veth: host end joins the bridge and comes up; the peer is born inside the netns as eth0.
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(plan.sandbox_if)
-        .setns_by_fd(netns.as_raw_fd())
-        .build();
+    let peer = single_queue(
+        LinkMessageBuilder::<LinkUnspec>::new()
+            .name(plan.sandbox_if)
+            .setns_by_fd(netns.as_raw_fd()),
+    )
+    .build();
     let veth = || {
-        LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(plan.host_if.clone())
-            .controller(bridge.header.index)
-            .up()
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.clone())))
-            .build()
+        single_queue(
+            LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(plan.host_if.clone())
+                .controller(bridge.header.index)
+                .up()
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.clone()))),
+        )
+        .build()
     };
     match host.link().add(veth()).execute().await {
         Ok(()) => {}
@@ -904,6 +908,15 @@ async fn wire(plan: SandboxNetPlan, netns: OwnedFd, ns_sock: OwnedFd) -> Result<
         host_if: plan.host_if,
         netns,
     })
+}
+
+/// One TX and one RX queue, asked for explicitly. Without these attributes veth is created
+/// with a queue per possible CPU and then trimmed to one (`veth_init_queues`), and trimming a
+/// registered device waits for an RCU grace period while holding RTNL: every other netlink
+/// change on the host (other sandboxes' creates and deletes) queued behind it at cc=50.
+fn single_queue<T>(b: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+    b.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
 }
 
 /// Creates a netns on a dedicated thread (so no pooled thread is left inside it): unshare,

@@ -249,7 +249,7 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
     use nix::mount::{MsFlags, mount};
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
-        fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
+        fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
     };
 
     let idmapped = |path: &Path, readonly: bool| -> Result<OwnedFd, String> {
@@ -305,6 +305,11 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
         .map_err(|e| format!("overlay upperdir: {e}"))?;
     fsconfig_set_string(ovl.as_fd(), "workdir", fs.join("work"))
         .map_err(|e| format!("overlay workdir: {e}"))?;
+    // No syncs to the upper: a sandbox's writable layer does not outlive a host crash (its
+    // processes are gone then and recovery removes it), and snapshots take btrfs snapshots,
+    // which flush the upper's data themselves. Without it every sandbox teardown (overlay
+    // shutdown syncs its upper) committed a btrfs transaction, serialising kills and starts.
+    fsconfig_set_flag(ovl.as_fd(), "volatile").map_err(|e| format!("overlay volatile: {e}"))?;
     // Overlay does all its internal work (work dir, copy-up) with the mounter's credentials,
     // which must be inside the idmapping: create it as the sandbox's root id, caps kept.
     with_fs_ids(plan.id_base, || fsconfig_create(ovl.as_fd()))
@@ -323,8 +328,10 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
     .map_err(|e| format!("attaching root at {:?}: {e}", plan.root_dir))?;
-    nix::mount::umount2(stage, nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detaching scratch mounts: {e}"))?;
+    // The scratch mounts are not detached here: each umount waits for an RCU grace period
+    // (namespace_unlock), which serialised concurrent starts. They live only in the helper's
+    // private namespace and in the child's copy of it, outside the new root: the child's
+    // detach of the old root after pivot_root drops them with everything else.
 
     let root = &plan.root_dir;
     let owner = format!("uid={},gid={}", plan.id_base, plan.id_base);

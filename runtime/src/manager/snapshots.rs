@@ -509,7 +509,7 @@ impl Runtime {
             let sid = sandbox_id.to_string();
             let id = id.clone();
             let frozen_for = &mut frozen_for;
-            tokio::task::block_in_place(move || -> Result<u64> {
+            tokio::task::block_in_place(move || -> Result<(u64, Option<PathBuf>)> {
                 if !subvolume {
                     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
                 }
@@ -527,15 +527,14 @@ impl Runtime {
                 let layer = layer?;
                 thawed?;
                 if subvolume {
-                    // Counted by the collector task right after: ready now, sized in moments.
-                    backend_queue_size(&self.snap, &id, layer);
-                    return Ok(0);
+                    // Counted by the collector task once the row is marked ready (below).
+                    return Ok((0, Some(layer)));
                 }
-                Ok(crate::templates::size_bytes(&layer))
+                Ok((crate::templates::size_bytes(&layer), None))
             })
         };
-        let size = match copied {
-            Ok(size) => size,
+        let (size, to_size) = match copied {
+            Ok(sized) => sized,
             Err(e) => {
                 self.remove_snapshot_files_now(&id);
                 self.store.delete_snapshot(&id)?;
@@ -543,6 +542,11 @@ impl Runtime {
             }
         };
         self.store.mark_snapshot_ready(&id, size)?;
+        // Only now: queued earlier, the collector could record the real size first and this
+        // row's `ready` write above would then reset it to 0 for good (a flaky test's cause).
+        if let Some(layer) = to_size {
+            backend_queue_size(&self.snap, &id, layer);
+        }
         self.store.event(
             Some(sandbox_id),
             "snapshot",
