@@ -4,6 +4,7 @@
 //! lookups seeing passwd changes. The real agent binary on a unix socket, real processes.
 //! Tests run as root.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -191,34 +192,45 @@ async fn children_start_clean_signals_session_descriptors_and_oom_score() {
     // Only stdin, stdout and stderr are passed on (ls itself opens the directory as fd 3), plus
     // whatever the agent itself inherited without close-on-exec from whoever launched it (in
     // this test: the test runner's descriptors); none of the agent's own sockets and pipes.
+    // The agent's descriptors are read before and after the run, so one that comes or goes
+    // meanwhile (other tests run in the same process) is judged by either reading.
+    let before = inheritable_fds(agent.pid());
     let (fds, _, _) = agent
         .run(json!({"cmd": "/bin/ls", "args": ["/proc/self/fd"]}))
         .await
         .unwrap();
-    let mut expected = vec![0, 1, 2, 3];
-    for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid())).unwrap() {
-        let fd: i32 = entry
-            .unwrap()
-            .file_name()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", agent.pid()))
-            .unwrap_or_default();
+    let after = inheritable_fds(agent.pid());
+    let got: BTreeSet<i32> = fds
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .filter(|&fd| fd > 3)
+        .collect();
+    let must: BTreeSet<i32> = before.intersection(&after).copied().collect();
+    let may: BTreeSet<i32> = before.union(&after).copied().collect();
+    assert!(
+        must.is_subset(&got) && got.is_subset(&may),
+        "child fds {got:?}; agent's inheritable fds before {before:?}, after {after:?}"
+    );
+}
+
+/// The descriptors above 3 that `pid` holds without close-on-exec.
+fn inheritable_fds(pid: u32) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_str().unwrap().parse::<i32>() else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
         let flags = info
             .lines()
             .find_map(|l| l.strip_prefix("flags:"))
             .map(|f| i32::from_str_radix(f.trim(), 8).unwrap())
             .unwrap_or(libc::O_CLOEXEC);
         if fd > 3 && flags & libc::O_CLOEXEC == 0 {
-            expected.push(fd);
+            out.insert(fd);
         }
     }
-    expected.sort();
-    let mut got: Vec<i32> = fds.split_whitespace().map(|f| f.parse().unwrap()).collect();
-    got.sort();
-    assert_eq!(got, expected);
+    out
 }
 
 #[tokio::test]
