@@ -394,6 +394,12 @@ pub struct SandboxView {
     pub metadata: BTreeMap<String, String>,
     /// Address on the host bridge, when the sandbox has a network.
     pub ip: Option<String>,
+    /// IPv6 address on the host bridge, when the host has IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
+    /// Sandbox ports reachable from the host through the daemon (network policy "expose").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<coppice_runtime::expose::ExposedPort>,
     pub hostname: String,
 }
 
@@ -410,6 +416,8 @@ impl From<SandboxInfo> for SandboxView {
             pids: i.limits.pids,
             metadata: i.metadata,
             ip: i.ip,
+            ip6: i.ip6,
+            exposed: i.exposed,
             hostname: i.hostname,
         }
     }

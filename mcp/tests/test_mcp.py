@@ -403,6 +403,12 @@ async def t_network_policy(c: Client) -> None:
     r = await call(c, "commands_run", {"sandbox_id": sid, "cmd": "python3 -c \"import socket;socket.create_connection(('198.51.100.10',80),timeout=2)\" 2>&1 | tail -1"})
     check("refused" in r["stdout"].lower() or "unreachable" in r["stdout"].lower() or "timed out" in r["stdout"].lower(),
           f"air-gapped sandbox cannot connect: {r}")
+    s = await call(c, "network_policy_set", {"sandbox_id": sid, "policy": {"expose": [{"port": 8000}]}})
+    host = s["policy"]["expose"][0].get("host_port")
+    info = (await call(c, "sandbox_info", {"sandbox_id": sid}))["sandbox"]
+    check([(e["port"], e["protocol"]) for e in info.get("exposed", [])] == [(8000, "tcp")]
+          and info["exposed"][0]["host"].endswith(f":{host}"), f"exposed port in sandbox_info: {info}")
+    check("ip6" not in info or info["ip6"].startswith("fd88:"), f"ip6 in sandbox_info: {info}")
     await call(c, "sandbox_kill", {"sandbox_id": sid})
 
 

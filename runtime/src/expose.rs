@@ -31,7 +31,7 @@ impl Drop for Listener {
 }
 
 /// An exposed port as reported in sandbox info.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExposedPort {
     /// The port inside the sandbox.
     pub port: u16,
