@@ -58,20 +58,22 @@ def ip_of(slot: int) -> str:
 
 
 def fake_chain(slot: int) -> str:
-    """One absent sandbox's entry, shaped like the daemon's compiled default-deny policy."""
-    c = f"sbx{slot}"
-    return (f"table inet coppice {{ chain {c} {{}}; }}\nflush chain inet coppice {c}\n"
+    """One absent sandbox's entry: the transaction the daemon runs for its compiled default-deny
+    policy (runtime/src/policy.rs nft_apply): its chain, its map element, no exemptions."""
+    c, ip = f"sbx{slot}", ip_of(slot)
+    return (f"table inet coppice {{ chain {c} {{}}; chain {c}_exempt {{}}; }}\n"
+            f"flush chain inet coppice {c}\nflush chain inet coppice {c}_exempt\n"
             f"table inet coppice {{\n\tchain {c} {{\n"
-            f"\t\tip daddr 10.88.0.1 meta l4proto tcp th dport 53 accept\n"
-            f"\t\tip daddr 10.88.0.1 meta l4proto udp th dport 53 accept\n"
             f"\t\tip daddr 198.51.100.0/24 meta l4proto tcp th dport 80 accept\n"
             f"\t\tip daddr 198.51.100.0/24 meta l4proto tcp th dport 443 accept\n"
-            f"\t\tip daddr @protected4 goto policy_reject\n"
-            f"\t\tip6 daddr @protected6 goto policy_reject\n"
-            f"\t\tfib daddr type local goto policy_reject\n"
             f"\t\tip daddr 203.0.113.0/24 accept\n"
-            f"\t\tgoto policy_reject\n\t}}\n}}\n"
-            f"add element inet coppice sandbox_policy {{ {ip_of(slot)} : goto {c} }}\n")
+            f"\t\tgoto policy_reject comment \"default deny\"\n\t}}\n}}\n"
+            f"add element inet coppice sandbox_policy {{ {ip} : goto {c} }}\n"
+            f"add element inet coppice sandbox_exempt {{ {ip} : jump {c}_exempt }}\n"
+            f"delete element inet coppice sandbox_exempt {{ {ip} }}\n"
+            f"delete chain inet coppice {c}_exempt\n"
+            f"add element inet coppice airgapped4 {{ {ip} }}\n"
+            f"delete element inet coppice airgapped4 {{ {ip} }}\n")
 
 
 def remove_fake(slots: list[int]) -> None:

@@ -15,9 +15,12 @@
 //! 7. `default` decides (allow or deny).
 //!
 //! Rejections are TCP resets / ICMP admin-prohibited, so a denied connection fails at once.
-//! The compiled form is one nft chain per sandbox (`sbx<slot>`) in the shared `inet coppice`
-//! table, reached through the verdict map `sandbox_policy` keyed by the sandbox's address, and
-//! every packet (not just new connections) goes through it, so a replaced chain applies to open
+//! The compiled form lives in the shared `inet coppice` table. Steps 1, 2 and 4 are the same
+//! for every sandbox and sit in two shared chains (`sandbox_egress`, `sandbox_to_host`); step 3
+//! is a per-sandbox chain `sbx<slot>_exempt` (only when the policy has such rules) reached
+//! through the verdict map `sandbox_exempt`, steps 5–7 the per-sandbox chain `sbx<slot>`
+//! reached through `sandbox_policy`, both maps keyed by the sandbox's address. Every packet
+//! (not just new connections) goes through them, so a replaced chain applies to open
 //! connections at the moment of the commit.
 
 use std::collections::BTreeSet;
@@ -34,8 +37,18 @@ use crate::error::{Error, Result};
 pub const POLICY_MAP: &str = "sandbox_policy";
 /// The same for the sandboxes' IPv6 addresses (sandbox IPv6 address → `goto sbx<slot>`).
 pub const POLICY_MAP6: &str = "sandbox_policy6";
+/// Verdict maps of exemptions (sandbox address → `jump sbx<slot>_exempt`), for sandboxes
+/// whose policy opens protected destinations or has domains.
+pub const EXEMPT_MAP: &str = "sandbox_exempt";
+pub const EXEMPT_MAP6: &str = "sandbox_exempt6";
+/// Addresses of air-gapped sandboxes, rejected before anything else.
+pub const AIRGAP_SET: &str = "airgapped4";
+pub const AIRGAP_SET6: &str = "airgapped6";
 /// Shared chain every rejection jumps to.
 pub const REJECT_CHAIN: &str = "policy_reject";
+/// Shared chains the base chains jump to for sandbox traffic through the host and to it.
+pub const EGRESS_CHAIN: &str = "sandbox_egress";
+pub const HOST_CHAIN: &str = "sandbox_to_host";
 
 /// Most rules a policy may hold (each is one nft rule evaluated in order).
 pub const MAX_RULES: usize = 256;
@@ -678,14 +691,27 @@ pub fn nft_domain_set(table: &str) -> String {
     )
 }
 
-/// Name of slot `slot`'s policy chain.
+/// Name of slot `slot`'s policy chain (reached by `goto` from [`POLICY_MAP`]; always decides).
 pub fn chain_name(slot: u32) -> String {
     format!("sbx{slot}")
 }
 
-/// Objects every sandbox chain uses: the protected-range sets and the reject chain. Idempotent
-/// (declare, flush, fill), applied once when the daemon starts.
-pub fn nft_shared(table: &str) -> String {
+/// Name of slot `slot`'s exemption chain (reached by `jump` from [`EXEMPT_MAP`]; accepts or
+/// returns): its allow rules naming protected destinations and the domain proxy. Only
+/// sandboxes that have such rules have one.
+pub fn exempt_chain_name(slot: u32) -> String {
+    format!("sbx{slot}_exempt")
+}
+
+/// What every sandbox's traffic goes through, applied once when the daemon starts (declare,
+/// flush, fill; idempotent): the protected-range sets, the reject chain, the per-sandbox maps
+/// and sets, and the two shared chains the base chains jump to.
+///
+/// The shared part of every policy (air gap, resolvers, protected ranges, the host) lives in
+/// these shared chains rather than in each sandbox's chain because the kernel validates every
+/// chain reachable from a base chain on each commit that adds rules: with 1000 sandboxes, ten
+/// shared rules copied into each chain made that walk most of an update's cost.
+pub fn nft_shared(table: &str, ctx: &HostContext) -> String {
     let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = protected_ranges()
         .into_iter()
         .partition(|n| matches!(n, IpNet::V4(_)));
@@ -695,107 +721,62 @@ pub fn nft_shared(table: &str) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let rules = |v: Vec<String>| {
+        v.iter()
+            .map(|r| format!("\t\t{r}\n"))
+            .collect::<String>()
+    };
     format!(
         "table inet {table} {{
-	set protected4 {{ type ipv4_addr; flags interval; auto-merge; }}
-	set protected6 {{ type ipv6_addr; flags interval; auto-merge; }}
-	chain {REJECT_CHAIN} {{}}
+\tset protected4 {{ type ipv4_addr; flags interval; auto-merge; }}
+\tset protected6 {{ type ipv6_addr; flags interval; auto-merge; }}
+\tset {AIRGAP_SET} {{ type ipv4_addr; }}
+\tset {AIRGAP_SET6} {{ type ipv6_addr; }}
+\tmap {POLICY_MAP} {{ type ipv4_addr : verdict; }}
+\tmap {POLICY_MAP6} {{ type ipv6_addr : verdict; }}
+\tmap {EXEMPT_MAP} {{ type ipv4_addr : verdict; }}
+\tmap {EXEMPT_MAP6} {{ type ipv6_addr : verdict; }}
+\tchain {REJECT_CHAIN} {{}}
+\tchain {EGRESS_CHAIN} {{}}
+\tchain {HOST_CHAIN} {{}}
 }}
 flush set inet {table} protected4
 flush set inet {table} protected6
 flush chain inet {table} {REJECT_CHAIN}
+flush chain inet {table} {EGRESS_CHAIN}
+flush chain inet {table} {HOST_CHAIN}
 table inet {table} {{
-	set protected4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}
-	set protected6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}
-	chain {REJECT_CHAIN} {{
-		meta l4proto tcp reject with tcp reset
-		reject with icmpx admin-prohibited
-	}}
+\tset protected4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}
+\tset protected6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {} }} }}
+\tchain {REJECT_CHAIN} {{
+\t\tmeta l4proto tcp reject with tcp reset
+\t\treject with icmpx admin-prohibited
+\t}}
+\tchain {EGRESS_CHAIN} {{
+{}\t}}
+\tchain {HOST_CHAIN} {{
+{}\t}}
 }}
 ",
         list(&v4),
-        list(&v6)
+        list(&v6),
+        rules(egress_rules(ctx)),
+        rules(to_host_rules(ctx)),
     )
 }
 
-/// One transaction that replaces slot `slot`'s chain with `policy` and points the sandbox's
-/// address at it. The kernel swaps the whole batch at once: no packet sees half a policy.
-pub fn nft_apply(
-    table: &str,
-    slot: u32,
-    sandbox_ip: Ipv4Addr,
-    policy: &CheckedPolicy,
-    ctx: &HostContext,
-) -> String {
-    let chain = chain_name(slot);
-    let mut s = String::new();
-    if !policy.domains.is_empty() && !policy.air_gapped {
-        s.push_str(&nft_domain_set(table));
-    }
-    let _ = writeln!(s, "table inet {table} {{ chain {chain} {{}}; }}");
-    let _ = writeln!(s, "flush chain inet {table} {chain}");
-    let _ = writeln!(s, "table inet {table} {{\n\tchain {chain} {{");
-    for rule in chain_rules(policy, ctx) {
-        let _ = writeln!(s, "\t\t{rule}");
-    }
-    let _ = writeln!(s, "\t}}\n}}");
-    let _ = writeln!(
-        s,
-        "add element inet {table} {POLICY_MAP} {{ {sandbox_ip} : goto {chain} }}"
-    );
-    s
-}
-
-/// Lines for [`nft_apply`]'s transaction that point the sandbox's IPv6 address at its chain
-/// too: the same rules decide both families (each rule names its family).
-pub fn nft_map_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
-    let chain = chain_name(slot);
-    format!("add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}\n")
-}
-
-/// Lines that drop the IPv6 map entry (absent included), placed before [`nft_remove`]'s chain
-/// deletion in the same transaction (a chain still referenced cannot be deleted).
-pub fn nft_unmap_v6(table: &str, slot: u32, sandbox_ip6: Ipv6Addr) -> String {
-    let chain = chain_name(slot);
-    format!(
-        "table inet {table} {{ chain {chain} {{}}; }}
-add element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} : goto {chain} }}
-delete element inet {table} {POLICY_MAP6} {{ {sandbox_ip6} }}
-"
-    )
-}
-
-/// One transaction that removes slot `slot`'s chain and map entry (absent ones included).
-pub fn nft_remove(table: &str, slot: u32, sandbox_ip: Ipv4Addr) -> String {
-    let chain = chain_name(slot);
-    format!(
-        "table inet {table} {{ chain {chain} {{}}; }}
-add element inet {table} {POLICY_MAP} {{ {sandbox_ip} : goto {chain} }}
-delete element inet {table} {POLICY_MAP} {{ {sandbox_ip} }}
-flush chain inet {table} {chain}
-delete chain inet {table} {chain}
-"
-    )
-}
-
-/// The rules of one sandbox chain, in evaluation order; the last one always decides, so the
-/// chain never falls through to the base chain.
-pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
+/// Rules every sandbox passes first, in both shared chains: the air gap, then the resolvers.
+fn common_rules(ctx: &HostContext) -> Vec<String> {
     let reject = format!("goto {REJECT_CHAIN}");
-    if policy.air_gapped {
-        return vec![format!("{reject} comment \"air-gapped\"")];
-    }
-    let mut out = Vec::new();
+    let mut out = vec![
+        format!("ip saddr @{AIRGAP_SET} {reject} comment \"air-gapped\""),
+        format!("ip6 saddr @{AIRGAP_SET6} {reject} comment \"air-gapped\""),
+    ];
     if let Some(r) = ctx.resolver {
         let fam = family(&IpNet::from(r));
         for proto in ["tcp", "udp"] {
             out.push(format!(
                 "{fam} daddr {r} meta l4proto {proto} th dport 53 accept comment \"coppice resolver\""
-            ));
-        }
-        if let (Some(port), false) = (ctx.sni_proxy_port, policy.domains.is_empty()) {
-            out.push(format!(
-                "{fam} daddr {r} tcp dport {port} accept comment \"domain check proxy\""
             ));
         }
     }
@@ -808,26 +789,167 @@ pub fn chain_rules(policy: &CheckedPolicy, ctx: &HostContext) -> Vec<String> {
             ));
         }
     }
-    let (specific, broad): (Vec<_>, Vec<_>) = policy
-        .allow
-        .iter()
-        .partition(|r| ctx.is_protected_net(&r.net));
-    out.extend(specific.iter().flat_map(|r| rule_texts(r, "accept")));
+    out.push(format!("ip saddr vmap @{EXEMPT_MAP}"));
+    out.push(format!("ip6 saddr vmap @{EXEMPT_MAP6}"));
+    out
+}
+
+/// The shared chain for traffic a sandbox sends through the host (steps 1–4 of the evaluation
+/// order, then its own chain). It returns only for a sandbox without a policy entry.
+pub fn egress_rules(ctx: &HostContext) -> Vec<String> {
+    let reject = format!("goto {REJECT_CHAIN}");
+    let mut out = common_rules(ctx);
     out.push(format!("ip daddr @protected4 {reject}"));
     out.push(format!("ip6 daddr @protected6 {reject}"));
     out.push(format!(
         "fib daddr type local {reject} comment \"the host\""
     ));
+    out.push(format!("ip saddr vmap @{POLICY_MAP}"));
+    out.push(format!("ip6 saddr vmap @{POLICY_MAP6}"));
+    out
+}
+
+/// The shared chain for traffic a sandbox sends to the host itself: the host is protected, so
+/// only the resolvers and a sandbox's exemptions reach it.
+pub fn to_host_rules(ctx: &HostContext) -> Vec<String> {
+    let mut out = common_rules(ctx);
+    out.push(format!("goto {REJECT_CHAIN} comment \"the host\""));
+    out
+}
+
+/// One transaction that replaces slot `slot`'s chains with `policy` and points the sandbox's
+/// addresses at them. The kernel swaps the whole batch at once: no packet sees half a policy.
+/// Elements are added before they are deleted so that every delete is valid whatever the
+/// previous policy was (a restart, a failed earlier update).
+pub fn nft_apply(
+    table: &str,
+    slot: u32,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    policy: &CheckedPolicy,
+    ctx: &HostContext,
+) -> String {
+    let rules = sandbox_rules(policy, ctx);
+    let chain = chain_name(slot);
+    let exempt = exempt_chain_name(slot);
+    let addrs = SandboxAddrs { ip, ip6 };
+    let mut s = String::new();
+    if !policy.domains.is_empty() && !policy.air_gapped {
+        s.push_str(&nft_domain_set(table));
+    }
+    let _ = writeln!(s, "table inet {table} {{ chain {chain} {{}}; chain {exempt} {{}}; }}");
+    let _ = writeln!(s, "flush chain inet {table} {chain}");
+    let _ = writeln!(s, "flush chain inet {table} {exempt}");
+    write_chain(&mut s, table, &chain, &rules.policy);
+    addrs.add(&mut s, table, POLICY_MAP, POLICY_MAP6, &format!(" : goto {chain}"));
+    addrs.add(&mut s, table, EXEMPT_MAP, EXEMPT_MAP6, &format!(" : jump {exempt}"));
+    if rules.exempt.is_empty() {
+        addrs.delete(&mut s, table, EXEMPT_MAP, EXEMPT_MAP6);
+        let _ = writeln!(s, "delete chain inet {table} {exempt}");
+    } else {
+        write_chain(&mut s, table, &exempt, &rules.exempt);
+    }
+    addrs.add(&mut s, table, AIRGAP_SET, AIRGAP_SET6, "");
+    if !policy.air_gapped {
+        addrs.delete(&mut s, table, AIRGAP_SET, AIRGAP_SET6);
+    }
+    s
+}
+
+/// One transaction that removes slot `slot`'s chains and elements (absent ones included).
+pub fn nft_remove(table: &str, slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> String {
+    let chain = chain_name(slot);
+    let exempt = exempt_chain_name(slot);
+    let addrs = SandboxAddrs { ip, ip6 };
+    let mut s = format!("table inet {table} {{ chain {chain} {{}}; chain {exempt} {{}}; }}\n");
+    addrs.add(&mut s, table, POLICY_MAP, POLICY_MAP6, &format!(" : goto {chain}"));
+    addrs.delete(&mut s, table, POLICY_MAP, POLICY_MAP6);
+    addrs.add(&mut s, table, EXEMPT_MAP, EXEMPT_MAP6, &format!(" : jump {exempt}"));
+    addrs.delete(&mut s, table, EXEMPT_MAP, EXEMPT_MAP6);
+    addrs.add(&mut s, table, AIRGAP_SET, AIRGAP_SET6, "");
+    addrs.delete(&mut s, table, AIRGAP_SET, AIRGAP_SET6);
+    for c in [&chain, &exempt] {
+        let _ = writeln!(s, "flush chain inet {table} {c}");
+        let _ = writeln!(s, "delete chain inet {table} {c}");
+    }
+    s
+}
+
+/// A sandbox's addresses, for its elements in the per-family maps and sets.
+struct SandboxAddrs {
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+}
+
+impl SandboxAddrs {
+    fn add(&self, s: &mut String, table: &str, v4: &str, v6: &str, value: &str) {
+        let _ = writeln!(s, "add element inet {table} {v4} {{ {}{value} }}", self.ip);
+        if let Some(ip6) = self.ip6 {
+            let _ = writeln!(s, "add element inet {table} {v6} {{ {ip6}{value} }}");
+        }
+    }
+
+    fn delete(&self, s: &mut String, table: &str, v4: &str, v6: &str) {
+        let _ = writeln!(s, "delete element inet {table} {v4} {{ {} }}", self.ip);
+        if let Some(ip6) = self.ip6 {
+            let _ = writeln!(s, "delete element inet {table} {v6} {{ {ip6} }}");
+        }
+    }
+}
+
+fn write_chain(s: &mut String, table: &str, chain: &str, rules: &[String]) {
+    let _ = writeln!(s, "table inet {table} {{\n\tchain {chain} {{");
+    for rule in rules {
+        let _ = writeln!(s, "\t\t{rule}");
+    }
+    let _ = writeln!(s, "\t}}\n}}");
+}
+
+/// The rules of one sandbox's two chains, in evaluation order.
+#[derive(Debug, Default, PartialEq)]
+pub struct SandboxRules {
+    /// Step 3: accepts for protected destinations the policy names (and the domain proxy);
+    /// falls through to the shared chain otherwise.
+    pub exempt: Vec<String>,
+    /// Steps 5–7; the last rule always decides.
+    pub policy: Vec<String>,
+}
+
+pub fn sandbox_rules(policy: &CheckedPolicy, ctx: &HostContext) -> SandboxRules {
+    let reject = format!("goto {REJECT_CHAIN}");
+    if policy.air_gapped {
+        return SandboxRules {
+            exempt: vec![],
+            policy: vec![format!("{reject} comment \"air-gapped\"")],
+        };
+    }
+    let mut exempt = Vec::new();
+    if let (Some(r), Some(port), false) =
+        (ctx.resolver, ctx.sni_proxy_port, policy.domains.is_empty())
+    {
+        let fam = family(&IpNet::from(r));
+        exempt.push(format!(
+            "{fam} daddr {r} tcp dport {port} accept comment \"domain check proxy\""
+        ));
+    }
+    let (specific, broad): (Vec<_>, Vec<_>) = policy
+        .allow
+        .iter()
+        .partition(|r| ctx.is_protected_net(&r.net));
+    exempt.extend(specific.iter().flat_map(|r| rule_texts(r, "accept")));
     // Addresses admitted for this sandbox's allowed names get no rule here: their TCP 80 and
     // 443 are DNATed to the name-checking proxy before this chain (accepted above), and any
     // other port or protocol to them would carry no name to check, so it needs a CIDR rule.
-    out.extend(broad.iter().flat_map(|r| rule_texts(r, "accept")));
+    let mut out: Vec<String> = broad.iter().flat_map(|r| rule_texts(r, "accept")).collect();
     out.extend(policy.deny.iter().flat_map(|r| rule_texts(r, &reject)));
     out.push(match policy.default {
         DefaultAction::Allow => "accept comment \"default allow\"".to_string(),
         DefaultAction::Deny => format!("{reject} comment \"default deny\""),
     });
-    out
+    SandboxRules {
+        exempt,
+        policy: out,
+    }
 }
 
 fn family(net: &IpNet) -> &'static str {
@@ -1121,20 +1243,16 @@ mod tests {
             "coppice",
             5,
             Ipv4Addr::new(10, 88, 0, 7),
+            None,
             &p.check().unwrap(),
             &ctx(),
         );
         let want = "\
-table inet coppice { chain sbx5 {}; }
+table inet coppice { chain sbx5 {}; chain sbx5_exempt {}; }
 flush chain inet coppice sbx5
+flush chain inet coppice sbx5_exempt
 table inet coppice {
 	chain sbx5 {
-		ip daddr 10.255.255.53 meta l4proto tcp th dport 53 accept comment \"resolver\"
-		ip daddr 10.255.255.53 meta l4proto udp th dport 53 accept comment \"resolver\"
-		ip daddr 10.9.0.0/16 accept
-		ip daddr @protected4 goto policy_reject
-		ip6 daddr @protected6 goto policy_reject
-		fib daddr type local goto policy_reject comment \"the host\"
 		ip daddr 198.51.100.0/24 meta l4proto tcp th dport 443 accept
 		ip daddr 198.51.100.0/24 meta l4proto tcp th dport 8000-8100 accept
 		ip6 daddr 2001:db8::/32 meta l4proto tcp th dport 80 accept
@@ -1145,8 +1263,31 @@ table inet coppice {
 	}
 }
 add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
+add element inet coppice sandbox_exempt { 10.88.0.7 : jump sbx5_exempt }
+table inet coppice {
+	chain sbx5_exempt {
+		ip daddr 10.9.0.0/16 accept
+	}
+}
+add element inet coppice airgapped4 { 10.88.0.7 }
+delete element inet coppice airgapped4 { 10.88.0.7 }
 ";
         assert_eq!(text, want);
+
+        // Without exemptions (and with IPv6) the exemption chain and entries are removed.
+        let open = NetworkPolicy::default().check().unwrap();
+        let ip6: Ipv6Addr = "fd88::7".parse().unwrap();
+        let text = nft_apply("coppice", 5, Ipv4Addr::new(10, 88, 0, 7), Some(ip6), &open, &ctx());
+        assert!(text.contains(
+            "add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }
+add element inet coppice sandbox_exempt { 10.88.0.7 : jump sbx5_exempt }
+add element inet coppice sandbox_exempt6 { fd88::7 : jump sbx5_exempt }
+delete element inet coppice sandbox_exempt { 10.88.0.7 }
+delete element inet coppice sandbox_exempt6 { fd88::7 }
+delete chain inet coppice sbx5_exempt
+"
+        ), "{text}");
+        assert!(text.ends_with("delete element inet coppice airgapped6 { fd88::7 }\n"));
 
         let air = NetworkPolicy {
             air_gapped: true,
@@ -1155,33 +1296,40 @@ add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
         .check()
         .unwrap();
         assert_eq!(
-            chain_rules(&air, &ctx()),
-            vec!["goto policy_reject comment \"air-gapped\""]
+            sandbox_rules(&air, &ctx()),
+            SandboxRules {
+                exempt: vec![],
+                policy: vec!["goto policy_reject comment \"air-gapped\"".to_string()],
+            }
         );
-        let default = chain_rules(&NetworkPolicy::default().check().unwrap(), &ctx());
-        assert_eq!(default.last().unwrap(), "accept comment \"default allow\"");
+        let text = nft_apply("coppice", 5, Ipv4Addr::new(10, 88, 0, 7), None, &air, &ctx());
+        assert!(text.ends_with("add element inet coppice airgapped4 { 10.88.0.7 }\n"));
+        let default = sandbox_rules(&open, &ctx());
+        assert_eq!(default.policy, vec!["accept comment \"default allow\""]);
+        assert!(default.exempt.is_empty());
 
         assert_eq!(
-            nft_remove("coppice", 5, Ipv4Addr::new(10, 88, 0, 7)),
-            "table inet coppice { chain sbx5 {}; }
+            nft_remove("coppice", 5, Ipv4Addr::new(10, 88, 0, 7), Some(ip6)),
+            "table inet coppice { chain sbx5 {}; chain sbx5_exempt {}; }
 add element inet coppice sandbox_policy { 10.88.0.7 : goto sbx5 }
+add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }
 delete element inet coppice sandbox_policy { 10.88.0.7 }
+delete element inet coppice sandbox_policy6 { fd88::7 }
+add element inet coppice sandbox_exempt { 10.88.0.7 : jump sbx5_exempt }
+add element inet coppice sandbox_exempt6 { fd88::7 : jump sbx5_exempt }
+delete element inet coppice sandbox_exempt { 10.88.0.7 }
+delete element inet coppice sandbox_exempt6 { fd88::7 }
+add element inet coppice airgapped4 { 10.88.0.7 }
+add element inet coppice airgapped6 { fd88::7 }
+delete element inet coppice airgapped4 { 10.88.0.7 }
+delete element inet coppice airgapped6 { fd88::7 }
 flush chain inet coppice sbx5
 delete chain inet coppice sbx5
+flush chain inet coppice sbx5_exempt
+delete chain inet coppice sbx5_exempt
 "
         );
-        assert_eq!(
-            nft_map_v6("coppice", 5, "fd88::7".parse().unwrap()),
-            "add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }\n"
-        );
-        assert_eq!(
-            nft_unmap_v6("coppice", 5, "fd88::7".parse().unwrap()),
-            "table inet coppice { chain sbx5 {}; }
-add element inet coppice sandbox_policy6 { fd88::7 : goto sbx5 }
-delete element inet coppice sandbox_policy6 { fd88::7 }
-"
-        );
-        let shared = nft_shared("coppice");
+        let shared = nft_shared("coppice", &ctx());
         assert!(shared.contains(
             "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16"
         ));
@@ -1189,6 +1337,31 @@ delete element inet coppice sandbox_policy6 { fd88::7 }
         assert!(shared.contains(
             "meta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited"
         ));
+        // The shared order: air gap, resolvers, exemptions, protected, the host, the sandbox.
+        let egress = egress_rules(&ctx());
+        assert_eq!(
+            egress,
+            [
+                "ip saddr @airgapped4 goto policy_reject comment \"air-gapped\"",
+                "ip6 saddr @airgapped6 goto policy_reject comment \"air-gapped\"",
+                "ip daddr 10.255.255.53 meta l4proto tcp th dport 53 accept comment \"resolver\"",
+                "ip daddr 10.255.255.53 meta l4proto udp th dport 53 accept comment \"resolver\"",
+                "ip saddr vmap @sandbox_exempt",
+                "ip6 saddr vmap @sandbox_exempt6",
+                "ip daddr @protected4 goto policy_reject",
+                "ip6 daddr @protected6 goto policy_reject",
+                "fib daddr type local goto policy_reject comment \"the host\"",
+                "ip saddr vmap @sandbox_policy",
+                "ip6 saddr vmap @sandbox_policy6",
+            ]
+        );
+        let to_host = to_host_rules(&ctx());
+        assert_eq!(to_host[..6], egress[..6]);
+        assert_eq!(
+            to_host[6..],
+            ["goto policy_reject comment \"the host\""]
+        );
+        assert!(shared.contains(&format!("\tchain sandbox_egress {{\n\t\t{}\n", egress[0])));
     }
 
     #[test]
@@ -1261,37 +1434,36 @@ delete element inet coppice sandbox_policy6 { fd88::7 }
             sni_proxy_port: Some(15080),
             ..ctx()
         };
-        let rules = chain_rules(&c, &ctx);
+        let rules = sandbox_rules(&c, &ctx);
         assert_eq!(
-            rules[..3],
+            rules.exempt,
+            ["ip daddr 10.88.0.1 tcp dport 15080 accept comment \"domain check proxy\""]
+        );
+        assert_eq!(
+            egress_rules(&ctx)[2..4],
             [
                 "ip daddr 10.88.0.1 meta l4proto tcp th dport 53 accept comment \"coppice resolver\"",
                 "ip daddr 10.88.0.1 meta l4proto udp th dport 53 accept comment \"coppice resolver\"",
-                "ip daddr 10.88.0.1 tcp dport 15080 accept comment \"domain check proxy\"",
             ]
         );
         assert!(
-            !rules.iter().any(|r| r.contains(DOMAIN_SET4)),
+            !rules.policy.iter().any(|r| r.contains(DOMAIN_SET4)),
             "admitted addresses are reached only through the proxy: {rules:?}"
         );
-        let text = nft_apply("coppice", 3, Ipv4Addr::new(10, 88, 0, 5), &c, &ctx);
+        let text = nft_apply("coppice", 3, Ipv4Addr::new(10, 88, 0, 5), None, &c, &ctx);
         assert!(text.starts_with(
             "table inet coppice { set domain_admit4 { type ipv4_addr . ipv4_addr; flags timeout; }; }\n"
         ));
-        let plain = chain_rules(&NetworkPolicy::default().check().unwrap(), &ctx);
-        assert!(plain[0].contains("coppice resolver"));
-        assert!(
-            !plain
-                .iter()
-                .any(|r| r.contains("proxy") || r.contains("domain_admit4"))
-        );
+        let plain = sandbox_rules(&NetworkPolicy::default().check().unwrap(), &ctx);
+        assert!(plain.exempt.is_empty(), "no proxy rule without domains");
+        assert!(!plain.policy.iter().any(|r| r.contains("domain_admit4")));
         let air = NetworkPolicy {
             air_gapped: true,
             ..p
         }
         .check()
         .unwrap();
-        assert_eq!(chain_rules(&air, &ctx).len(), 1);
+        assert!(sandbox_rules(&air, &ctx).exempt.is_empty());
         assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Udp), Some(53)));
         assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(15080)));
         assert!(!c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(22)));

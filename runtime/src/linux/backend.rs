@@ -62,9 +62,9 @@ impl LinuxBackend {
                 tracing::info!("sandbox IPv6 network {v6} on {}", net.bridge);
             }
             net::ensure_host(&net).await?;
-            netpolicy::ensure_shared().await?;
             let ctx = netpolicy::host_context().await?;
             let ctx = super::netdomains::start(cfg, &net, ctx).await?;
+            netpolicy::ensure_shared(&ctx).await?;
             (Some(net), ctx)
         } else {
             (None, HostContext::default())

@@ -335,16 +335,13 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		type inet_proto . inet_service
 	}}
 
-	# Network policy: sandbox address -> `goto sbx<slot>`, that sandbox's policy chain
-	# (filled by crate::policy; a sandbox without an entry gets the rules below only).
-	map sandbox_policy {{
-		type ipv4_addr : verdict
+	# Network policy (filled by crate::policy, with the maps and sets they use): every
+	# sandbox's traffic through the host, and to it, goes through these shared chains, which
+	# end in that sandbox's own chain. A sandbox without a policy entry returns from
+	# sandbox_egress to the rules below; IPv6 from it is dropped (it only flows under a policy).
+	chain {egress} {{
 	}}
-
-	# The same for the sandboxes' IPv6 addresses. IPv6 from a sandbox without an entry is
-	# dropped: it only flows under a policy.
-	map sandbox_policy6 {{
-		type ipv6_addr : verdict
+	chain {to_host} {{
 	}}
 
 	chain input {{
@@ -353,8 +350,7 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		ct state established,related accept
 		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept comment "IPv6 neighbour discovery"
 		meta l4proto . th dport @host_services accept
-		ip saddr vmap @sandbox_policy
-		ip6 saddr vmap @sandbox_policy6
+		jump {to_host}
 		counter drop comment "sandbox -> host"
 	}}
 
@@ -362,8 +358,8 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		type filter hook forward priority filter - 5; policy accept;
 		iifname "{br}" ip saddr != {net} counter drop comment "spoofed source"
 {v6_spoof}		oifname "{br}" ct state established,related accept
-		iifname "{br}" ip saddr vmap @sandbox_policy
-{v6_policy}		iifname "{br}" oifname != "{br}" meta nfproto ipv4 accept
+		iifname "{br}" jump {egress}
+		iifname "{br}" oifname != "{br}" meta nfproto ipv4 accept
 		iifname "{br}" counter drop comment "sandbox -> sandbox via host, or ipv6 without a policy"
 		oifname "{br}" counter drop comment "new connection into the bridge"
 	}}
@@ -375,15 +371,15 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 }}
 "#,
         v6_spoof = v6.spoof,
-        v6_policy = v6.policy,
         v6_nat = v6.nat,
+        egress = crate::policy::EGRESS_CHAIN,
+        to_host = crate::policy::HOST_CHAIN,
     )
 }
 
 /// The IPv6 lines of the base chains (empty strings with IPv6 off).
 struct RulesetV6 {
     spoof: String,
-    policy: String,
     nat: String,
 }
 
@@ -392,15 +388,12 @@ fn ruleset_v6(cfg: &NetConfig) -> RulesetV6 {
     match cfg.ipv6 {
         None => RulesetV6 {
             spoof: String::new(),
-            policy: String::new(),
             nat: String::new(),
         },
         Some(v6) => RulesetV6 {
             spoof: format!(
                 "\t\tiifname \"{br}\" ip6 saddr != {v6} counter drop comment \"spoofed source\"\n"
             ),
-            // Every sandbox gets a policy chain before it starts; its chain always decides.
-            policy: format!("\t\tiifname \"{br}\" ip6 saddr vmap @sandbox_policy6\n"),
             nat: format!("\t\tip6 saddr {v6} oifname != \"{br}\" counter masquerade\n"),
         },
     }
@@ -1098,8 +1091,9 @@ mod tests {
         ));
         assert!(!r.contains("flush table"), "policy chains survive a reload");
         assert_eq!(r.matches("table inet").count(), 2, "one table only:\n{r}");
-        assert!(r.contains("iifname \"coppice0\" ip saddr vmap @sandbox_policy"));
-        assert!(r.contains("type ipv4_addr : verdict"));
+        assert!(r.contains("iifname \"coppice0\" jump sandbox_egress"));
+        assert!(r.contains("\t\tjump sandbox_to_host\n\t\tcounter drop"));
+        assert!(r.contains("chain sandbox_egress {\n\t}"), "declared empty:\n{r}");
         assert_has_lines(
             &r,
             &[
@@ -1136,7 +1130,6 @@ mod tests {
             !r.contains("iifname \"br-x\" ip6") && !r.contains("masquerade\n\t\tip6"),
             "IPv4 only: no IPv6 is forwarded\n{r}"
         );
-        assert!(r.contains("map sandbox_policy6"), "declared either way");
     }
 
     #[test]
@@ -1188,8 +1181,6 @@ mod tests {
             &r,
             &[
                 "iifname \"coppice0\" ip6 saddr != fd88::/64 counter drop comment \"spoofed source\"",
-                "iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6",
-                "ip6 saddr vmap @sandbox_policy6",
                 "ip6 saddr fd88::/64 oifname != \"coppice0\" counter masquerade",
                 "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept comment \"IPv6 neighbour discovery\"",
             ],
@@ -1198,7 +1189,7 @@ mod tests {
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s}"));
         assert!(
             pos("ip6 saddr != fd88::/64")
-                < pos("iifname \"coppice0\" ip6 saddr vmap @sandbox_policy6")
+                < pos("iifname \"coppice0\" jump sandbox_egress")
         );
         assert!(!r.contains("meta nfproto ipv6 accept"));
     }

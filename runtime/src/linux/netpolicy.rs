@@ -150,9 +150,10 @@ pub async fn host_context() -> Result<HostContext> {
     })
 }
 
-/// Loads the objects every sandbox chain uses (idempotent; after [`net::ensure_host`]).
-pub async fn ensure_shared() -> Result<()> {
-    nft_run(&policy::nft_shared(NFT_TABLE)).await
+/// Loads the shared chains, maps and sets every sandbox's policy uses (idempotent; after
+/// [`net::ensure_host`], with the final host context: it holds the resolver rules).
+pub async fn ensure_shared(ctx: &HostContext) -> Result<()> {
+    nft_run(&policy::nft_shared(NFT_TABLE, ctx)).await
 }
 
 /// Makes `policy` the one in force for the sandbox at `ip` (slot `slot`, init `pid` once
@@ -166,10 +167,7 @@ pub async fn apply(
     ctx: &HostContext,
 ) -> Result<()> {
     super::netdomains::check_supported(policy, ctx)?;
-    let mut script = policy::nft_apply(NFT_TABLE, slot, ip, policy, ctx);
-    if let Some(ip6) = ip6 {
-        script.push_str(&policy::nft_map_v6(NFT_TABLE, slot, ip6));
-    }
+    let mut script = policy::nft_apply(NFT_TABLE, slot, ip, ip6, policy, ctx);
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
     script.push_str(&super::dns::prune_script(ip, policy));
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
@@ -194,7 +192,7 @@ pub async fn apply(
     Ok(())
 }
 
-/// Removes the sandbox's chain and map entry.
+/// Removes the sandbox's chains and map and set entries.
 pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()> {
     // Its admitted domain addresses first, on their own: a new sandbox on this address must
     // not inherit them even if removing the chain fails.
@@ -202,11 +200,7 @@ pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()
     if !forget.is_empty() {
         nft_run(&forget).await?;
     }
-    let mut script = ip6
-        .map(|ip6| policy::nft_unmap_v6(NFT_TABLE, slot, ip6))
-        .unwrap_or_default();
-    script.push_str(&policy::nft_remove(NFT_TABLE, slot, ip));
-    super::nftbatch::run(script).await
+    super::nftbatch::run(policy::nft_remove(NFT_TABLE, slot, ip, ip6)).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
