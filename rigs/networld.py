@@ -101,7 +101,8 @@ threading.Event().wait()
 
 
 # DNS (UDP and TCP, A records only; other names NXDOMAIN, other types an empty answer) and
-# TLS servers ("hello tls <addr> <sni>" after the handshake). argv: cert key name=addr/ttl...
+# TLS servers ("hello tls <addr> <sni>" after the handshake, then a "tick" line every 100 ms
+# for a client that sends "stream"). argv: cert key name=addr/ttl...
 DOMAIN_SERVER = r"""
 import socket, ssl, struct, sys, threading, time
 cert, key = sys.argv[1], sys.argv[2]
@@ -157,7 +158,15 @@ def tls(addr):
         ctx2.sni_callback = lambda sock, name, _c: seen.append(name)
         try:
             t = ctx2.wrap_socket(c, server_side=True)
-            t.sendall(f"hello tls {addr} {seen[0] if seen else '-'}\n".encode()); t.close()
+            t.sendall(f"hello tls {addr} {seen[0] if seen else '-'}\n".encode())
+            # A client that asks for it within 0.3 s gets a line every 100 ms until it goes.
+            t.settimeout(0.3)
+            try: wants = t.recv(16).startswith(b"stream")
+            except Exception: wants = False
+            t.settimeout(None)
+            while wants:
+                t.sendall(b"tick\n"); time.sleep(0.1)
+            t.close()
         except Exception: c.close()
     while True:
         c, _ = s.accept(); threading.Thread(target=one, args=(c,), daemon=True).start()

@@ -156,6 +156,29 @@ except (OSError, ssl.SSLError) as e:
     print("ERR", type(e).__name__)
 """
 
+# Runs in a sandbox: a TLS connection (address, SNI) that asks the world's server for a tick
+# every 100 ms, printing each until the connection ends and how.
+TLS_STREAM = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection((sys.argv[1], 443), timeout=5)
+t = ctx.wrap_socket(s, server_hostname=sys.argv[2]); t.settimeout(5)
+print("HELLO", t.recv(200).decode().strip(), flush=True)
+t.sendall(b"stream\n")
+n = 0
+try:
+    while True:
+        d = t.recv(100)
+        if not d:
+            print("END eof", flush=True); break
+        n += d.count(b"\n")
+        print("TICK", n, flush=True)
+except socket.timeout:
+    print("END timeout", flush=True)
+except (OSError, ssl.SSLError) as e:
+    print("END error", type(e).__name__, flush=True)
+"""
+
 
 class T:
     def __init__(self, coppice: Path, daemon: Daemon) -> None:
@@ -585,7 +608,26 @@ def domain_rules(t: T, plain: str) -> None:
     got = run(d, HTTP, short, "short.allowed.test")
     t.check("expired address no longer reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
+    # A connection relayed by the name-checking proxy ends when its name is dropped.
+    proc = subprocess.Popen([str(t.coppice), "--socket", str(t.d.socket), "exec", d, "--",
+                             "python3", "-u", "-c", TLS_STREAM, api, "api.allowed.test"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout
+    lines = [proc.stdout.readline().strip() for _ in range(4)]
+    t.check("proxied stream flowing before the update",
+            lines[0].startswith("HELLO hello tls") and all(x.startswith("TICK") for x in lines[1:]), str(lines))
+    t0 = time.monotonic()
     t.set(d, {"default": "deny", "domains": ["*.wild.test"]})
+    end = ""
+    for line in proc.stdout:
+        if line.startswith("END"):
+            end = line.strip()
+            break
+    took = time.monotonic() - t0
+    proc.wait(timeout=30)
+    print(f"       (the proxied stream ended {took * 1000:.0f} ms after the call: {end})")
+    t.check("proxied stream cut when its name is dropped", end.startswith(("END error", "END eof")), end)
+    t.check("proxied stream cut within a second", took < 1.0, f"{took:.2f}s")
     got = run(d, RESOLVE, "api.allowed.test")
     t.check("live update: name no longer allowed", got.startswith("ERR"), got)
     got = run(d, HTTP, api, "api.allowed.test")
