@@ -9,6 +9,7 @@ pub mod net;
 pub mod netdomains;
 pub mod netpolicy;
 pub mod nftbatch;
+pub mod nftwire;
 pub mod seccomp;
 pub mod sniproxy;
 pub mod spawn;

@@ -1093,7 +1093,10 @@ mod tests {
         assert_eq!(r.matches("table inet").count(), 2, "one table only:\n{r}");
         assert!(r.contains("iifname \"coppice0\" jump sandbox_egress"));
         assert!(r.contains("\t\tjump sandbox_to_host\n\t\tcounter drop"));
-        assert!(r.contains("chain sandbox_egress {\n\t}"), "declared empty:\n{r}");
+        assert!(
+            r.contains("chain sandbox_egress {\n\t}"),
+            "declared empty:\n{r}"
+        );
         assert_has_lines(
             &r,
             &[
@@ -1187,10 +1190,7 @@ mod tests {
         );
         // IPv6 is only forwarded through a policy chain (no blanket accept).
         let pos = |s: &str| r.find(s).unwrap_or_else(|| panic!("{s}"));
-        assert!(
-            pos("ip6 saddr != fd88::/64")
-                < pos("iifname \"coppice0\" jump sandbox_egress")
-        );
+        assert!(pos("ip6 saddr != fd88::/64") < pos("iifname \"coppice0\" jump sandbox_egress"));
         assert!(!r.contains("meta nfproto ipv6 accept"));
     }
 

@@ -1,11 +1,13 @@
-//! The network policy executor on Linux: loads what [`crate::policy`] compiles into the
+//! The network policy executor on Linux: puts what [`crate::policy`] compiles into the
 //! `inet coppice` table (one transaction per update) and cuts the open connections an update
 //! no longer permits (conntrack).
 //!
-//! Transactions go through libnftables in-process (dlopen of `libnftables.so.1`, which the
-//! `nft` command itself links): ~0.3 ms instead of ~10 ms for an `nft -f` exec, which is
-//! what keeps a policy update flat and fast with many sandboxes. When the library cannot be
-//! loaded the `nft` command is used.
+//! A sandbox's own transaction (its chains, rules and map elements) is sent over netlink by
+//! [`super::nftwire`], at a cost that does not grow with the number of sandboxes. The shared
+//! objects, loaded once at start, and the resolver's admissions go through libnftables
+//! in-process (dlopen of `libnftables.so.1`, which the `nft` command itself links): ~0.3 ms
+//! instead of ~10 ms for an `nft -f` exec. When the library cannot be loaded the `nft`
+//! command is used.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,7 +18,7 @@ use netlink_packet_route::address::AddressAttribute;
 
 use super::net::{self, NFT_TABLE};
 use crate::error::{Error, Result};
-use crate::policy::{self, CheckedPolicy, HostContext, Protocol};
+use crate::policy::{self, CheckedPolicy, HostContext, Protocol, SandboxAddrs};
 
 /// An nftables context from libnftables, used by one thread at a time.
 struct LibNft {
@@ -167,11 +169,11 @@ pub async fn apply(
     ctx: &HostContext,
 ) -> Result<()> {
     super::netdomains::check_supported(policy, ctx)?;
-    let mut script = policy::nft_apply(NFT_TABLE, slot, ip, ip6, policy, ctx);
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
-    script.push_str(&super::dns::prune_script(ip, policy));
+    let dropped = super::dns::pruned(ip, policy);
+    let ops = policy::apply_ops(slot, SandboxAddrs { ip, ip6 }, policy, ctx, &dropped);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
-    super::nftbatch::run(script).await?;
+    super::nftbatch::run(ops).await?;
     let late = super::dns::register(ip, policy);
     if !late.is_empty() {
         // Admitted under the old policy while the transaction ran.
@@ -200,7 +202,7 @@ pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()
     if !forget.is_empty() {
         nft_run(&forget).await?;
     }
-    super::nftbatch::run(policy::nft_remove(NFT_TABLE, slot, ip, ip6)).await
+    super::nftbatch::run(policy::remove_ops(slot, SandboxAddrs { ip, ip6 })).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host

@@ -1,4 +1,4 @@
-//! Group commit of the per-sandbox nft transactions (issue 6: fork fan-out).
+//! Group commit of the per-sandbox nft transactions (sent by linux/nftwire.rs) (issue 6: fork fan-out).
 //!
 //! Every start and teardown of a networked sandbox runs one nftables transaction (its policy
 //! chain and map element). A commit costs tens of milliseconds on a busy host whatever its
@@ -14,32 +14,31 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::netpolicy::nft_run;
 use crate::error::{Error, Result};
+use crate::policy::NftOp;
 
-type Job = (String, oneshot::Sender<Result<()>>);
+type Job = (Vec<NftOp>, oneshot::Sender<Result<()>>);
 
 /// Queued scripts, and whether a worker is draining the queue.
 static QUEUE: Mutex<(Vec<Job>, bool)> = Mutex::new((Vec::new(), false));
 
-/// Runs `script` as (part of) one nft transaction; returns once it is committed.
-pub async fn run(script: String) -> Result<()> {
+/// Runs `ops` as (part of) one nft transaction; returns once it is committed.
+pub async fn run(ops: Vec<NftOp>) -> Result<()> {
     let (tx, rx) = oneshot::channel();
     let start_worker = {
         let mut q = QUEUE.lock().unwrap_or_else(|e| e.into_inner());
-        q.0.push((script, tx));
+        q.0.push((ops, tx));
         !std::mem::replace(&mut q.1, true)
     };
     if start_worker {
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || drain(&handle));
+        tokio::task::spawn_blocking(drain);
     }
     rx.await
         .map_err(|_| Error::internal("the nft batch worker ended early"))?
 }
 
 /// Commits batches until the queue is empty.
-fn drain(handle: &tokio::runtime::Handle) {
+fn drain() {
     loop {
         let jobs = {
             let mut q = QUEUE.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,16 +53,19 @@ fn drain(handle: &tokio::runtime::Handle) {
                 scripts = jobs.len(),
                 "one nft transaction for several sandboxes"
             );
-            let all: Vec<&str> = jobs.iter().map(|(s, _)| s.as_str()).collect();
-            if handle.block_on(nft_run(&all.join("\n"))).is_ok() {
+            let all: Vec<NftOp> = jobs
+                .iter()
+                .flat_map(|(ops, _)| ops.iter().cloned())
+                .collect();
+            if super::nftwire::run(&all).is_ok() {
                 for (_, tx) in jobs {
                     let _ = tx.send(Ok(()));
                 }
                 continue;
             }
         }
-        for (script, tx) in jobs {
-            let _ = tx.send(handle.block_on(nft_run(&script)));
+        for (ops, tx) in jobs {
+            let _ = tx.send(super::nftwire::run(&ops));
         }
     }
 }
