@@ -883,3 +883,36 @@ async fn connect_timeout_on_connect_ends_only_the_stream() {
     assert_eq!(out.end().status, "signal: killed");
     assert!(out.stream_error.is_none());
 }
+
+#[tokio::test]
+async fn idle_connections_are_reused_and_a_killed_agent_fails_cleanly() {
+    let mut agent = Agent::launch("root", "warn").await;
+    let socket = agent.client.socket().to_path_buf();
+    let pooled = || coppice_envd::client::idle_connections(&socket);
+    eventually("the health check's connection is idle", || pooled() == 1).await;
+    // Sequential calls, from the client and from a new client for the same agent, go on the
+    // one idle connection: there is never a second one.
+    for _ in 0..5 {
+        assert_eq!(agent.run("true").await.end.unwrap().exit_code, 0);
+        assert!(agent.unary("List", json!({})).await.is_ok());
+        assert!(coppice_envd::AgentClient::new(&socket).healthy().await);
+        eventually("the connection is idle again", || pooled() == 1).await;
+    }
+    // While a stream holds a connection, another call opens a second one; both end up idle.
+    let events = agent.start(json!({"process": {"cmd": "/bin/sleep", "args": ["0.3"]}}));
+    let events = events.await;
+    assert!(agent.unary("List", json!({})).await.is_ok());
+    assert_eq!(events.collect().await.end.unwrap().exit_code, 0);
+    eventually("both connections idle", || pooled() == 2).await;
+
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let t0 = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), agent.unary("List", json!({})))
+        .await
+        .expect("a call to a dead agent returns instead of hanging")
+        .unwrap_err();
+    assert_eq!(err.code, Code::Unavailable, "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(pooled(), 0, "closed connections are dropped");
+}

@@ -1,10 +1,12 @@
 //! Client for an agent's envd API over its unix socket: unary calls, server streams and raw
-//! requests (for proxies). One HTTP/1.1 connection per request: a unix connect costs
-//! microseconds, and it keeps long-lived streams from blocking other calls.
+//! requests (for proxies). Requests reuse idle keep-alive HTTP/1.1 connections to the same
+//! agent (a fresh connect + handshake was a third of a `/health` round trip); a request finding
+//! none idle opens one, so long-lived streams never hold up other calls.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use futures::Stream;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -65,7 +68,9 @@ impl AgentClient {
         &self.socket
     }
 
-    /// Sends one request on a fresh connection and returns the streaming response.
+    /// Sends one request, on an idle connection to the agent when there is one, and returns
+    /// the streaming response. The connection goes back to the idle ones once the response
+    /// body has been read to its end (a body dropped early closes it).
     pub async fn send(
         &self,
         mut req: Request<BoxBody>,
@@ -75,6 +80,27 @@ impl AgentClient {
             && let Ok(v) = http::HeaderValue::from_str(token)
         {
             req.headers_mut().insert(ACCESS_TOKEN_HEADER, v);
+        }
+        while let Some(mut sender) = idle::take(&self.socket) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    idle::give_back_when_ready(self.socket.clone(), sender);
+                    return Ok(resp);
+                }
+                // Closed while idle (the agent restarted or ended): the request was not
+                // sent, so it can go on another connection.
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        // Its siblings are most likely dead too.
+                        idle::drop_all(&self.socket);
+                        return Err(ConnectError::new(
+                            Code::Unavailable,
+                            format!("agent request failed: {}", e.error()),
+                        ));
+                    }
+                },
+            }
         }
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             ConnectError::new(Code::Unavailable, format!("sandbox agent unreachable: {e}"))
@@ -87,10 +113,11 @@ impl AgentClient {
                 tracing::debug!("agent connection ended: {e}");
             }
         });
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ConnectError::new(Code::Unavailable, format!("agent request failed: {e}")))
+        let resp = sender.send_request(req).await.map_err(|e| {
+            ConnectError::new(Code::Unavailable, format!("agent request failed: {e}"))
+        })?;
+        idle::give_back_when_ready(self.socket.clone(), sender);
+        Ok(resp)
     }
 
     /// `GET /health` answered with 2xx.
@@ -183,6 +210,68 @@ impl AgentClient {
         })
     }
 }
+
+/// Idle keep-alive connections, per agent socket, shared by every `AgentClient` (clones and
+/// new clients for the same sandbox alike).
+mod idle {
+    use super::*;
+
+    /// Idle connections kept per agent; more are closed.
+    const MAX_IDLE: usize = 4;
+
+    type Pool = HashMap<PathBuf, Vec<SendRequest<BoxBody>>>;
+
+    fn pool() -> std::sync::MutexGuard<'static, Pool> {
+        static POOL: std::sync::LazyLock<Mutex<Pool>> = std::sync::LazyLock::new(Default::default);
+        POOL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection to `socket` that can take a request now.
+    pub(super) fn take(socket: &Path) -> Option<SendRequest<BoxBody>> {
+        let mut pool = pool();
+        let list = pool.get_mut(socket)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        pool.remove(socket);
+        None
+    }
+
+    pub(super) fn drop_all(socket: &Path) {
+        pool().remove(socket);
+    }
+
+    /// Puts `sender` back once its connection is ready for another request (its response
+    /// has been read); a connection that closes instead is dropped.
+    pub(super) fn give_back_when_ready(socket: PathBuf, mut sender: SendRequest<BoxBody>) {
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut pool = pool();
+            // Sockets of ended sandboxes leave closed connections behind: drop them now and then.
+            if pool.len() > 64 {
+                pool.retain(|_, list| {
+                    list.retain(|s| !s.is_closed());
+                    !list.is_empty()
+                });
+            }
+            let list = pool.entry(socket).or_default();
+            if list.len() < MAX_IDLE {
+                list.push(sender);
+            }
+        });
+    }
+
+    /// How many idle connections to `socket` are kept (for tests).
+    pub fn count(socket: &Path) -> usize {
+        pool().get(socket).map_or(0, |l| l.len())
+    }
+}
+
+pub use idle::count as idle_connections;
 
 /// Decodes a non-200 Connect (or plain) error body.
 pub fn error_from_body(status: StatusCode, bytes: &[u8]) -> ConnectError {
