@@ -100,7 +100,7 @@ threading.Event().wait()
 """
 
 
-# DNS (UDP and TCP, A records only; other names NXDOMAIN, other types an empty answer) and
+# DNS (UDP and TCP, A and AAAA records; other names NXDOMAIN, other types an empty answer) and
 # TLS servers ("hello tls <addr> <sni>" after the handshake, then a "tick" line every 100 ms
 # for a client that sends "stream"). argv: cert key name=addr/ttl...
 DOMAIN_SERVER = r"""
@@ -125,6 +125,10 @@ def answer(q):
     if hit and qtype == 1:
         a, ttl = hit
         an = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, ttl, 4) + socket.inet_aton(a)
+    if hit and qtype == 28:  # every name also has 2001:db8:10::<last byte of its IPv4>
+        a, ttl = hit
+        a6 = socket.inet_pton(socket.AF_INET6, "2001:db8:10::" + format(int(a.split(".")[-1]), "x"))
+        an = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, ttl, 16) + a6
     head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1, 1 if an else 0, 0, 0)
     return head + question + an
 def udp():

@@ -102,12 +102,14 @@ except OSError as e:
     print("ERR", type(e).__name__, e)
 """
 
-# Runs in a sandbox: one raw DNS query (A) over UDP to a given server; prints the rcode.
+# Runs in a sandbox: one raw DNS query (A, or the type given third) over UDP to a given server;
+# prints the rcode and the number of answers.
 DNSQ = r"""
 import socket, struct, sys
 server, name = sys.argv[1], sys.argv[2]
+qtype = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", qtype, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
 try:
     s.sendto(q, (server, 53)); r = s.recv(512)
@@ -557,6 +559,8 @@ def domain_rules(t: T, plain: str) -> None:
     t.set(plain, {})
     got = run(plain, RESOLVE, "evil.test")
     t.check("no domain rules: DNS forwarded as before", got == f"IP {evil}", got)
+    got = run(plain, DNSQ, "10.255.255.53", "evil.test", "28")
+    t.check("no domain rules: AAAA answered as upstream", got == "RCODE 0 ANSWERS 1", got)
 
     policy = {"default": "deny", "domains": ["api.allowed.test", "*.wild.test", "short.allowed.test"]}
     d = t.create(policy)
@@ -564,6 +568,8 @@ def domain_rules(t: T, plain: str) -> None:
     t.check("domains stored and returned", got.get("domains") == policy["domains"], str(got))
     got = run(d, RESOLVE, "api.allowed.test")
     t.check("allowed name resolves", got == f"IP {api}", got)
+    got = run(d, DNSQ, "10.255.255.53", "api.allowed.test", "28")
+    t.check("allowed name: IPv6 addresses withheld (admissions are IPv4)", got == "RCODE 0 ANSWERS 0", got)
     got = run(d, HTTP, api, "api.allowed.test")
     t.check("allowed name: HTTP connects", got == f"OK hello {api}:80", got)
     got = run(d, TLS, api, "api.allowed.test")

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::RData;
+use hickory_proto::rr::{RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -354,8 +354,33 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     if policy.domains.is_empty() {
         return Some(answer);
     }
-    let Ok(parsed) = Message::from_vec(&answer) else {
+    let Ok(mut parsed) = Message::from_vec(&answer) else {
         return error_answer(&msg, ResponseCode::ServFail);
+    };
+    // Domain admissions are IPv4 (the proxy and its redirect are): an IPv6 address of an
+    // allowed name would be unreachable under a deny default, so clients are not offered one
+    // and connect over IPv4 at once instead of after a refused IPv6 attempt.
+    let answer = if parsed
+        .answers()
+        .iter()
+        .chain(parsed.additionals())
+        .any(|r| r.record_type() == RecordType::AAAA)
+    {
+        let keep = |v: Vec<hickory_proto::rr::Record>| {
+            v.into_iter()
+                .filter(|r| r.record_type() != RecordType::AAAA)
+                .collect()
+        };
+        let answers = keep(parsed.take_answers());
+        let additionals = keep(parsed.take_additionals());
+        parsed.insert_answers(answers);
+        parsed.insert_additionals(additionals);
+        match parsed.to_vec() {
+            Ok(v) => v,
+            Err(_) => return error_answer(&msg, ResponseCode::ServFail),
+        }
+    } else {
+        answer
     };
     let addrs: Vec<(Ipv4Addr, u32)> = parsed
         .answers()
