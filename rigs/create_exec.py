@@ -37,6 +37,8 @@ REFERENCES = {
 }
 KEY_REFERENCE = "bwrap"
 UNPOOLED_RATIO_TARGET = 2.5  # unpooled p50 / bwrap p50
+UNPOOLED_P50_CC1_TARGET_MS = 15.0
+CC50_P95_TARGET_MS = 150.0
 POOLED_P50_CC1_TARGET_MS = 3.0
 IDLE_MEM_TARGET_MIB = 2.0
 
@@ -264,6 +266,11 @@ def build_metrics(refs: dict, cop: dict, mem: dict | None, levels: list[int]) ->
                 target = None
                 if mode == "pooled" and cc == 1 and p == "p50":
                     target = f"<= {POOLED_P50_CC1_TARGET_MS:g} ms"
+                if mode == "unpooled" and cc == 1 and p == "p50":
+                    target = f"<= {UNPOOLED_P50_CC1_TARGET_MS:g} ms"
+                if cc == 50 and p == "p95":
+                    # Issue 2's "cc=50 p95 <= 150 ms", shown on both paths.
+                    target = f"<= {CC50_P95_TARGET_MS:g} ms"
                 ref = refval(KEY_REFERENCE, cc, p)
                 out.append(metric(
                     f"{mode}_create_exec_{p}_cc{cc}", common.percentile(r["lat_ms"], pct[p]), "ms",

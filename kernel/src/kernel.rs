@@ -33,7 +33,14 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 ///   the GIL and syncs to the sandbox's overlay while the next reply is being sent; with it off
 ///   the history lives in memory only (`In`, `Out`, `_`, `%history` of this kernel still work,
 ///   only history across kernel restarts is lost, which a sandbox does not keep anyway).
-const IPYKERNEL_FLAGS: &[&str] = &["--HistoryManager.enabled=False"];
+/// - `Kernel._execute_sleep=0`: ipykernel sleeps 0.5 ms (plus timer slack) after every
+///   execution before it sends the reply, a workaround for clients that take the reply as
+///   the end of output. This client takes the iopub `idle` status as the end, which ipykernel
+///   publishes after every output of the request, so the sleep only adds latency.
+const IPYKERNEL_FLAGS: &[&str] = &[
+    "--HistoryManager.enabled=False",
+    "--Kernel._execute_sleep=0",
+];
 
 /// Whether a kernelspec's argv starts IPython's kernel (`-m ipykernel_launcher`/`ipykernel`).
 fn is_ipykernel(argv: &[String]) -> bool {

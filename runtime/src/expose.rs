@@ -20,8 +20,17 @@ use crate::policy::{Expose, Protocol};
 /// One open listener: sandbox port → host address.
 struct Listener {
     host: SocketAddr,
-    /// Accept loop and its relays (dropping the handle's task aborts them all).
-    task: tokio::task::AbortHandle,
+    /// Accept loop and its relays (aborting the task ends them all).
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Aborts the accept loop and waits until its task is dropped, so the port is closed (and
+    /// every relayed connection reset) when this returns, not at the runtime's next turn.
+    async fn shut(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for Listener {
@@ -91,13 +100,7 @@ impl Exposer {
                         .local_addr()
                         .map_err(Error::io("reading the listener's address"))?;
                     let task = tokio::spawn(relay(listener, SocketAddr::new(target, e.port)));
-                    fresh.insert(
-                        e.port,
-                        Listener {
-                            host,
-                            task: task.abort_handle(),
-                        },
-                    );
+                    fresh.insert(e.port, Listener { host, task });
                     host
                 }
             };
@@ -107,21 +110,35 @@ impl Exposer {
                 host_port: Some(host.port()),
             });
         }
-        let mut open = self.lock();
-        let mine = open.entry(id.to_string()).or_default();
-        mine.retain(|port, _| {
-            resolved.iter().any(|r| r.port == *port) && !fresh.contains_key(port)
-        });
-        mine.extend(fresh);
-        if mine.is_empty() {
-            open.remove(id);
+        let removed: Vec<Listener> = {
+            let mut open = self.lock();
+            let mine = open.entry(id.to_string()).or_default();
+            let gone: Vec<u16> = mine
+                .keys()
+                .filter(|port| {
+                    !resolved.iter().any(|r| r.port == **port) || fresh.contains_key(port)
+                })
+                .copied()
+                .collect();
+            let removed = gone.iter().filter_map(|p| mine.remove(p)).collect();
+            mine.extend(fresh);
+            if mine.is_empty() {
+                open.remove(id);
+            }
+            removed
+        };
+        for l in removed {
+            l.shut().await;
         }
         Ok(resolved)
     }
 
     /// Closes every listener of sandbox `id` (it is gone).
-    pub fn close(&self, id: &str) {
-        self.lock().remove(id);
+    pub async fn close(&self, id: &str) {
+        let removed = self.lock().remove(id).unwrap_or_default();
+        for (_, l) in removed {
+            l.shut().await;
+        }
     }
 
     /// Sandbox `id`'s open listeners, by sandbox port.

@@ -512,7 +512,7 @@ impl Runtime {
         self.pool_remove(&rec.template, id);
         self.thaw_before_destroy(&rec).await;
         self.backend.destroy(&rec).await;
-        self.exposer.close(id);
+        self.exposer.close(id).await;
         self.store.delete(id)?;
         self.store.forget_lifecycle(id)?;
         self.store.event(Some(id), "killed", "");

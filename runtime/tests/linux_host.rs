@@ -585,3 +585,109 @@ async fn net_host_and_sandboxes() {
         assert!(!std::path::Path::new(&format!("/sys/class/net/{}", cfg.bridge)).exists());
     }
 }
+
+/// Runs `script` with the `nft` command (in the calling thread's network namespace).
+fn nft_load(script: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f failed:\n{script}");
+}
+
+#[test]
+fn nft_batches_over_netlink() {
+    use coppice_runtime::linux::nftwire;
+    use coppice_runtime::policy::{self, HostContext, NetworkPolicy, Rule, SandboxAddrs};
+    if !root_or_skip("nft_batches_over_netlink") {
+        return;
+    }
+    // In a network namespace of this thread's own: the host's table is not touched.
+    std::thread::spawn(|| {
+        // SAFETY: unshare of the calling thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let ctx = HostContext {
+            resolver: Some("10.88.0.1".parse().unwrap()),
+            sni_proxy_port: Some(15080),
+            dns_servers: vec!["10.255.255.53".parse().unwrap()],
+            ..Default::default()
+        };
+        nft_load(&policy::nft_shared("coppice", &ctx));
+        let mut conn = nftwire::Conn::open().unwrap();
+        let addrs = SandboxAddrs {
+            ip: Ipv4Addr::new(10, 88, 0, 7),
+            ip6: Some("fd88::7".parse().unwrap()),
+        };
+        let p = NetworkPolicy {
+            default: policy::DefaultAction::Deny,
+            allow: vec![
+                Rule::tcp("198.51.100.0/24", &[443]),
+                Rule::cidr("10.9.0.0/16"),
+                Rule::cidr("2001:db8::/32"),
+            ],
+            deny: vec![Rule::cidr("0.0.0.0/0")],
+            domains: vec!["api.allowed.test".into()],
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        let ops = policy::apply_ops(5, addrs, &p, &ctx, &[]);
+        conn.run(&ops).unwrap();
+        let list = |what: &[&str]| {
+            let out = Command::new("nft").args(what).output().unwrap();
+            assert!(out.status.success(), "nft {what:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        // What the kernel holds, as nft itself decodes it: the same rules as the text form.
+        let chain = list(&["list", "chain", "inet", "coppice", "sbx5"]);
+        println!("{chain}");
+        for want in [
+            "ip daddr 198.51.100.0/24 tcp dport 443 accept",
+            "ip6 daddr 2001:db8::/32 accept",
+            "goto policy_reject",
+            "comment \"default deny\"",
+        ] {
+            assert!(chain.contains(want), "{want:?} in\n{chain}");
+        }
+        let exempt = list(&["list", "chain", "inet", "coppice", "sbx5_exempt"]);
+        println!("{exempt}");
+        assert!(exempt.contains("ip daddr 10.9.0.0/16 accept"), "{exempt}");
+        assert!(
+            exempt.contains("ip daddr 10.88.0.1 tcp dport 15080 accept"),
+            "{exempt}"
+        );
+        let map = list(&["list", "map", "inet", "coppice", "sandbox_policy6"]);
+        assert!(map.contains("fd88::7 : goto sbx5"), "{map}");
+        // Applying again (an update) is valid whatever is already there.
+        conn.run(&ops).unwrap();
+
+        // A refused op fails the whole batch, names the op, and leaves the socket usable.
+        let bad = vec![
+            policy::NftOp::FlushChain("sbx5".into()),
+            policy::NftOp::DelChain("no-such-chain".into()),
+        ];
+        let t = Instant::now();
+        let err = conn.run(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("delete chain inet coppice no-such-chain"),
+            "{err}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(
+            list(&["list", "chain", "inet", "coppice", "sbx5"]).contains("tcp dport 443"),
+            "the flush in the failed batch did not happen"
+        );
+        conn.run(&policy::remove_ops(5, addrs)).unwrap();
+        let table = list(&["list", "table", "inet", "coppice"]);
+        assert!(!table.contains("sbx5"), "{table}");
+    })
+    .join()
+    .unwrap();
+}

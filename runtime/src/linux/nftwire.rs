@@ -360,16 +360,18 @@ fn encode(ops: &[NftOp], seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
     b.finish()
 }
 
-struct Conn {
+/// A netfilter netlink socket, bound to the network namespace of the thread that opened it.
+pub struct Conn {
     sock: Socket,
     seq: u32,
 }
 
-fn conn() -> Result<&'static Mutex<Conn>> {
-    static CONN: OnceLock<std::result::Result<Mutex<Conn>, String>> = OnceLock::new();
-    CONN.get_or_init(|| {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-        sock.bind_auto().map_err(|e| e.to_string())?;
+impl Conn {
+    pub fn open() -> Result<Conn> {
+        let err =
+            |e: std::io::Error| Error::Internal(format!("opening a netfilter netlink socket: {e}"));
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(err)?;
+        sock.bind_auto().map_err(err)?;
         // A reply that never comes must not hang the daemon.
         let tv = libc::timeval {
             tv_sec: 5,
@@ -385,73 +387,80 @@ fn conn() -> Result<&'static Mutex<Conn>> {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
         }
-        Ok(Mutex::new(Conn { sock, seq: 1 }))
-    })
-    .as_ref()
-    .map_err(|e| Error::Internal(format!("opening a netfilter netlink socket: {e}")))
-}
-
-/// Runs `ops` as one nf_tables transaction: all of them or none. Blocking (a few syscalls).
-pub fn run(ops: &[NftOp]) -> Result<()> {
-    if ops.is_empty() {
-        return Ok(());
+        Ok(Conn { sock, seq: 1 })
     }
-    let mut c = conn()?.lock().unwrap_or_else(|e| e.into_inner());
-    let (buf, acked) = encode(ops, c.seq);
-    c.seq = c.seq.wrapping_add(acked.len() as u32 + 2);
-    c.sock
-        .send(&buf, 0)
-        .map_err(|e| Error::Internal(format!("sending an nf_tables batch: {e}")))?;
-    // Every acknowledged message gets one reply: 0, or the error that aborted the batch.
-    let mut pending = acked.len();
-    let mut first_err: Option<String> = None;
-    let mut rx = Vec::with_capacity(16 * 1024);
-    while pending > 0 {
-        rx.clear();
-        let n = match c.sock.recv(&mut rx, 0) {
-            Ok(n) => n,
-            Err(e) if first_err.is_some() => {
-                tracing::debug!("nf_tables replies after an error: {e}");
-                break;
-            }
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "reading nf_tables replies ({pending} missing): {e}"
-                )));
-            }
-        };
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(rx[off..off + 4].try_into().expect("4 bytes")) as usize;
-            let ty = u16::from_ne_bytes(rx[off + 4..off + 6].try_into().expect("2 bytes"));
-            if len < 16 || off + len > n {
-                break;
-            }
-            if ty == NLMSG_ERROR && len >= 20 {
-                pending = pending.saturating_sub(1);
-                let errno = i32::from_ne_bytes(rx[off + 16..off + 20].try_into().expect("4"));
-                if errno != 0 && first_err.is_none() {
-                    // The header of the failed message follows the error code.
-                    let seq = rx
-                        .get(off + 28..off + 32)
-                        .map(|b| u32::from_ne_bytes(b.try_into().expect("4")))
-                        .unwrap_or(0);
-                    let what = acked
-                        .iter()
-                        .find(|(s, _)| *s == seq)
-                        .map(|(_, w)| w.as_str())
-                        .unwrap_or("the batch");
-                    let err = std::io::Error::from_raw_os_error(-errno);
-                    first_err = Some(format!("{what}: {err}"));
+
+    /// Runs `ops` as one nf_tables transaction: all of them or none. Blocking (a few
+    /// syscalls). The error names the op the kernel refused and why.
+    pub fn run(&mut self, ops: &[NftOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (buf, acked) = encode(ops, self.seq);
+        self.seq = self.seq.wrapping_add(acked.len() as u32 + 2);
+        self.sock
+            .send(&buf, 0)
+            .map_err(|e| Error::Internal(format!("sending an nf_tables batch: {e}")))?;
+        // Every acknowledged message gets one reply: 0, or the error that aborted the batch.
+        // Replies are matched by sequence number, so a stray one from an earlier batch that
+        // gave up waiting is skipped, not counted.
+        let mut pending: Vec<u32> = acked.iter().map(|(seq, _)| *seq).collect();
+        let mut first_err: Option<String> = None;
+        let mut rx = Vec::with_capacity(16 * 1024);
+        while !pending.is_empty() {
+            rx.clear();
+            let n = match self.sock.recv(&mut rx, 0) {
+                Ok(n) => n,
+                Err(e) if first_err.is_some() => {
+                    tracing::debug!("nf_tables replies after an error: {e}");
+                    break;
                 }
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "reading nf_tables replies ({} missing): {e}",
+                        pending.len()
+                    )));
+                }
+            };
+            let mut off = 0;
+            while off + 16 <= n {
+                let word = |at: usize| u32::from_ne_bytes(rx[at..at + 4].try_into().expect("4"));
+                let len = word(off) as usize;
+                let ty = u16::from_ne_bytes(rx[off + 4..off + 6].try_into().expect("2"));
+                let seq = word(off + 8);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                if ty == NLMSG_ERROR && len >= 20 && pending.contains(&seq) {
+                    pending.retain(|s| *s != seq);
+                    let errno = word(off + 16) as i32;
+                    if errno != 0 && first_err.is_none() {
+                        let what = acked
+                            .iter()
+                            .find(|(s, _)| *s == seq)
+                            .map_or("the batch", |(_, w)| w.as_str());
+                        let err = std::io::Error::from_raw_os_error(-errno);
+                        first_err = Some(format!("{what}: {err}"));
+                    }
+                }
+                off += (len + 3) & !3;
             }
-            off += (len + 3) & !3;
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(Error::Internal(format!("nft transaction failed: {e}"))),
         }
     }
-    match first_err {
-        None => Ok(()),
-        Some(e) => Err(Error::Internal(format!("nft transaction failed: {e}"))),
-    }
+}
+
+/// Runs `ops` as one transaction on the daemon's socket (opened on first use).
+pub fn run(ops: &[NftOp]) -> Result<()> {
+    static CONN: OnceLock<std::result::Result<Mutex<Conn>, String>> = OnceLock::new();
+    let conn = CONN
+        .get_or_init(|| Conn::open().map(Mutex::new).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Internal(e.clone()))?;
+    conn.lock().unwrap_or_else(|e| e.into_inner()).run(ops)
 }
 
 #[cfg(test)]
