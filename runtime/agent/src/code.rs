@@ -174,9 +174,16 @@ async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response 
             (!done).then_some(rx),
         ))
     });
+    // The response head waits for the first chunk (at most KEEPALIVE, when a keepalive line
+    // is due anyway): head and output then leave in one write, and every hop (the daemon's
+    // proxy, its tools) wakes once for them instead of twice. For a short execution the first
+    // chunk is the whole output, end_of_execution included.
+    let mut stream = Box::pin(stream);
+    let first = futures::StreamExt::next(&mut stream).await;
+    let body = futures::StreamExt::chain(futures::stream::iter(first), stream);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(body))
         .expect("static response")
 }
 
