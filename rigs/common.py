@@ -517,16 +517,17 @@ def rmdir_retry(d: Path, timeout: float = 5.0) -> None:
 
 
 def unmount_storage(state_dir: Path) -> None:
-    """Detaches the daemon's loop-mounted btrfs image (`<state>/btrfs`, sandbox uppers and
-    snapshots), which stays mounted when the daemon stops; the loop device goes with it."""
-    target = str(state_dir / "btrfs")
+    """Detaches what the daemon mounts in its state dir and leaves mounted when it stops (live
+    sandboxes use them): the loop-mounted btrfs image (`<state>/btrfs`, sandbox uppers and
+    snapshots; the loop device goes with it) and the tmpfs of sandbox directories
+    (`<state>/sandboxes`)."""
     try:
-        mounted = any(line.split(" ")[4] == target
-                      for line in Path("/proc/self/mountinfo").read_text().splitlines())
+        mounts = {line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
     except OSError:
         return
-    if mounted:
-        subprocess.run(["umount", "-l", target], check=False)
+    for target in (str(state_dir / "btrfs"), str(state_dir / "sandboxes")):
+        if target in mounts:
+            subprocess.run(["umount", "-l", target], check=False)
 
 
 def upper_dir(state_dir: Path, sid: str) -> Path:

@@ -124,8 +124,9 @@ fn memory_cgroups() -> usize {
         .unwrap_or(0)
 }
 
-/// Host mounts under this daemon's state dir: only its btrfs image at `<state>/btrfs`, which
-/// does not change as sandboxes come and go (sandbox mounts live in sandbox namespaces).
+/// Host mounts under this daemon's state dir: only its btrfs image at `<state>/btrfs` and the
+/// tmpfs at `<state>/sandboxes`, which do not change as sandboxes come and go (sandbox mounts
+/// live in sandbox namespaces).
 fn state_mounts() -> usize {
     let state = DAEMON.get().unwrap().state.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")

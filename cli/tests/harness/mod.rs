@@ -257,22 +257,25 @@ extern "C" fn cleanup_at_exit() {
                 eprintln!("the daemon's log is in {}", kept.display());
             }
         }
-        // The daemon's loop-mounted btrfs image (sandbox uppers) stays mounted when it stops
-        // (live sandboxes use it); detach it before removing the state dir.
+        // The daemon's loop-mounted btrfs image (sandbox uppers) and its tmpfs of sandbox
+        // directories stay mounted when it stops (live sandboxes use them); detach them
+        // before removing the state dir.
         unmount_storage(&d.state);
         let _ = std::fs::remove_dir_all(&d.dir);
     });
 }
 
-/// Lazily unmounts `<state>/btrfs` when it is a mount (the loop device goes with it).
+/// Lazily unmounts `<state>/btrfs` (the loop device goes with it) and `<state>/sandboxes`
+/// when they are mounts.
 pub fn unmount_storage(state: &Path) {
-    let target = state.join("btrfs");
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path_str(&target)));
-    if mounted {
-        let _ = Command::new("umount").arg("-l").arg(&target).status();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in [state.join("btrfs"), state.join("sandboxes")] {
+        if mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(path_str(&target)))
+        {
+            let _ = Command::new("umount").arg("-l").arg(&target).status();
+        }
     }
 }
 

@@ -65,7 +65,7 @@ async fn start(
     let (proc, watcher) = state
         .processes
         .launch(&state, req.process, req.tag, spawned, timeout);
-    tracing::info!(pid = proc.pid, cmd = %proc.config.cmd, user = %user.name, "process started");
+    tracing::debug!(pid = proc.pid, cmd = %proc.config.cmd, user = %user.name, "process started");
     Ok(event_stream(
         proc.pid,
         watcher,
