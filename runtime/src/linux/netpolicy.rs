@@ -171,10 +171,11 @@ pub async fn apply(
     super::netdomains::check_supported(policy, ctx)?;
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
     let dropped = super::dns::pruned(ip, policy);
-    let ops = policy::apply_ops(slot, SandboxAddrs { ip, ip6 }, policy, ctx, &dropped);
+    let addrs = SandboxAddrs { ip, ip6 };
+    let ops = policy::apply_ops(slot, addrs, policy, ctx, &dropped);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
     super::nftbatch::run(ops).await?;
-    let late = super::dns::register(ip, policy);
+    let late = super::dns::register(addrs, policy);
     if !late.is_empty() {
         // Admitted under the old policy while the transaction ran.
         nft_run(&late).await?;
@@ -185,9 +186,9 @@ pub async fn apply(
     if let Some(pid) = pid {
         let (policy, ctx) = (policy.clone(), ctx.clone());
         tokio::spawn(async move {
-            cut_flows(IpAddr::V4(ip), pid, &policy, &ctx).await;
+            cut_flows(ip, IpAddr::V4(ip), pid, &policy, &ctx).await;
             if let Some(ip6) = ip6 {
-                cut_flows(IpAddr::V6(ip6), pid, &policy, &ctx).await;
+                cut_flows(ip, IpAddr::V6(ip6), pid, &policy, &ctx).await;
             }
         });
     }
@@ -312,8 +313,15 @@ async fn flows_from(ip: IpAddr) -> Option<Vec<Flow>> {
 /// in the sandbox are destroyed (`ss -K` in its netns: the program sees ECONNABORTED at once)
 /// and their conntrack entries deleted (the remote end is reset by its next packet, which
 /// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
-/// Best effort: without conntrack-tools only the rules act.
-async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+/// Best effort: without conntrack-tools only the rules act. `sandbox`: the sandbox's IPv4
+/// address (the registry's key), `ip`: its address of the family being cut.
+async fn cut_flows(
+    sandbox: Ipv4Addr,
+    ip: IpAddr,
+    pid: i32,
+    policy: &CheckedPolicy,
+    ctx: &HostContext,
+) {
     let Some(flows) = flows_from(ip).await else {
         return;
     };
@@ -326,11 +334,7 @@ async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostConte
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            // Domain admissions are IPv4 only (dns.rs): keyed by the sandbox's v4 address.
-            let admitted = match (ip, f.dst) {
-                (IpAddr::V4(ip), IpAddr::V4(dst)) => super::dns::is_admitted(ip, dst),
-                _ => false,
-            };
+            let admitted = super::dns::is_admitted(sandbox, f.dst);
             !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();
