@@ -535,7 +535,7 @@ pub fn protected_ranges() -> Vec<IpNet> {
         "::/128", // unspecified: a connect to it reaches the connecting host itself
         "::1/128",
         "::ffff:0:0/96", // v4-mapped: would reach the IPv4 ranges above
-        "fc00::/7", // unique local, incl. the metadata address fd00:ec2::254
+        "fc00::/7",      // unique local, incl. the metadata address fd00:ec2::254
         "fe80::/10",
         "ff00::/8",
     ]
@@ -1568,9 +1568,9 @@ delete chain inet coppice sbx5_exempt
             "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16"
         ));
         assert!(shared.contains("fc00::/7, fe80::/10"));
-        assert!(shared.contains(
-            "\tset domain_admit6 { type ipv6_addr . ipv6_addr; flags timeout; }\n"
-        ));
+        assert!(
+            shared.contains("\tset domain_admit6 { type ipv6_addr . ipv6_addr; flags timeout; }\n")
+        );
         assert!(shared.contains(
             "meta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited"
         ));
@@ -1724,7 +1724,14 @@ delete chain inet coppice sbx5_exempt
         assert!(ctx().is_protected_addr(IpAddr::V6(METADATA_V6)));
         assert!(ctx().is_protected_addr(IpAddr::V4(METADATA_V4)));
         // What a name must never open over IPv6 either (AAAA answers, dns.rs).
-        for a in ["::", "::1", "::ffff:10.0.0.1", "fd88::3", "fe80::1", "ff02::1"] {
+        for a in [
+            "::",
+            "::1",
+            "::ffff:10.0.0.1",
+            "fd88::3",
+            "fe80::1",
+            "ff02::1",
+        ] {
             assert!(ctx().is_protected_addr(ip(a)), "{a}");
         }
         assert!(!ctx().is_protected_addr(ip("2001:db8:10::29")));

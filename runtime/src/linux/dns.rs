@@ -227,7 +227,11 @@ async fn admit(sandbox: Ipv4Addr, name: &str, addrs: &[(IpAddr, u32)]) -> Result
             let Some(key) = entry.addrs.admission(dst) else {
                 continue;
             };
-            let set = if dst.is_ipv4() { DOMAIN_SET4 } else { DOMAIN_SET6 };
+            let set = if dst.is_ipv4() {
+                DOMAIN_SET4
+            } else {
+                DOMAIN_SET6
+            };
             if ctx.is_protected_addr(dst) {
                 tracing::info!(%sandbox, %dst, name, "not admitting a protected address");
                 continue;
@@ -410,9 +414,9 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     let answer = if !v6
         && parsed
             .answers()
-        .iter()
-        .chain(parsed.additionals())
-        .any(|r| r.record_type() == RecordType::AAAA)
+            .iter()
+            .chain(parsed.additionals())
+            .any(|r| r.record_type() == RecordType::AAAA)
     {
         let keep = |v: Vec<hickory_proto::rr::Record>| {
             v.into_iter()
@@ -631,9 +635,11 @@ mod tests {
             "add element inet coppice domain_admit4 { 10.88.200.9 . 198.51.100.2 }\n\
              delete element inet coppice domain_admit4 { 10.88.200.9 . 198.51.100.2 }\n"
         ));
-        assert!(gone.contains(
-            "delete element inet coppice domain_admit6 { fd88::c8:9 . 2001:db8::2 }\n"
-        ));
+        assert!(
+            gone.contains(
+                "delete element inet coppice domain_admit6 { fd88::c8:9 . 2001:db8::2 }\n"
+            )
+        );
         assert!(!is_admitted(sbx, ip("2001:db8::2")));
         assert_eq!(sandbox_of(ip("fd88::c8:9")), None);
         assert_eq!(forget(sbx), "");

@@ -340,17 +340,9 @@ async fn cut_flows(
         .collect();
     let pid = pid.to_string();
     let kills = doomed.iter().filter(|f| f.proto == "tcp").map(|f| {
+        let dst = ss_addr(f.dst);
         let mut cmd = tokio::process::Command::new("nsenter");
-        cmd.args([
-            "-t",
-            &pid,
-            "-n",
-            "--",
-            "ss",
-            "-K",
-            "dst",
-            &f.dst.to_string(),
-        ]);
+        cmd.args(["-t", &pid, "-n", "--", "ss", "-K", "dst", &dst]);
         if let (Some(s), Some(d)) = (f.sport, f.dport) {
             cmd.args([
                 "dport",
@@ -385,9 +377,26 @@ async fn cut_flows(
     }
 }
 
+/// An address as `ss` filters take it: IPv6 in brackets (bare, its colons read as a port).
+fn ss_addr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ss_filter_addresses() {
+        assert_eq!(ss_addr("198.51.100.10".parse().unwrap()), "198.51.100.10");
+        assert_eq!(
+            ss_addr("2001:db8:10::29".parse().unwrap()),
+            "[2001:db8:10::29]"
+        );
+    }
 
     #[test]
     fn conntrack_lines() {
@@ -408,5 +417,16 @@ mod tests {
         );
         assert_eq!(flows[1].dport, Some(53));
         assert_eq!((flows[2].proto.as_str(), flows[2].dport), ("icmp", None));
+        // /proc/net/nf_conntrack writes IPv6 addresses in full.
+        let v6 = "ipv6     10 tcp      6 431999 ESTABLISHED src=fd88:0000:0000:0000:0000:0000:0000:0004 dst=2001:0db8:0010:0000:0000:0000:0000:0029 sport=40000 dport=443 src=fd88:0000:0000:0000:0000:0000:0000:0001 dst=fd88:0000:0000:0000:0000:0000:0000:0004 sport=15080 dport=40000 [ASSURED] mark=0 zone=0 use=2\n";
+        assert_eq!(
+            parse_conntrack(v6),
+            [Flow {
+                proto: "tcp".into(),
+                dst: "2001:db8:10::29".parse().unwrap(),
+                sport: Some(40000),
+                dport: Some(443)
+            }]
+        );
     }
 }

@@ -493,7 +493,11 @@ mod tests {
         let first = word(0);
         let len = word(first);
         let ty = u16::from_ne_bytes(buf[first + 4..first + 6].try_into().unwrap());
-        assert_eq!(first + len + word(first + len), buf.len(), "begin, one, end");
+        assert_eq!(
+            first + len + word(first + len),
+            buf.len(),
+            "begin, one, end"
+        );
         (ty, buf[first + 20..first + len].to_vec())
     }
 
@@ -522,7 +526,8 @@ mod tests {
             want.str(NFTA_SET_ELEM_LIST_SET, set);
             let v = want_key.len() as u16;
             let hdr = |len: u16, ty: u16| [len.to_ne_bytes(), ty.to_ne_bytes()].concat();
-            want.0.extend(hdr(4 + 4 + 4 + 4 + v, nested(NFTA_SET_ELEM_LIST_ELEMENTS)));
+            want.0
+                .extend(hdr(4 + 4 + 4 + 4 + v, nested(NFTA_SET_ELEM_LIST_ELEMENTS)));
             want.0.extend(hdr(4 + 4 + 4 + v, nested(NFTA_LIST_ELEM)));
             want.0.extend(hdr(4 + 4 + v, nested(NFTA_SET_ELEM_KEY)));
             want.0.extend(hdr(4 + v, NFTA_DATA_VALUE));
