@@ -665,7 +665,7 @@ def domain_rules(t: T, plain: str, v6: bool) -> None:
                 break
         took = time.monotonic() - t0
         proc.wait(timeout=30)
-        print(f"       ({v}the proxied stream ended {took * 1000:.0f} ms after the call: {end})")
+        print(f"       ({v or 'v4 '}proxied stream ended {took * 1000:.0f} ms after the call: {end})")
         t.check(f"{v}proxied stream cut when its name is dropped", end.startswith(("END error", "END eof")), end)
         t.check(f"{v}proxied stream cut within a second", took < 1.0, f"{took:.2f}s")
     for fam in fams:
