@@ -404,13 +404,27 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     if policy.domains.is_empty() {
         return Some(answer);
     }
-    let Ok(mut parsed) = Message::from_vec(&answer) else {
+    let Some((answer, addrs)) = plan_answer(answer, admits_v6(sandbox)) else {
         return error_answer(&msg, ResponseCode::ServFail);
     };
-    // Without an IPv6 address (or the proxy's IPv6 side) an IPv6 address of an allowed name
-    // could not be admitted, so it would be unreachable under a deny default: clients are not
-    // offered one and connect over IPv4 at once instead of after a refused IPv6 attempt.
-    let v6 = admits_v6(sandbox);
+    if !addrs.is_empty()
+        && let Err(e) = admit(sandbox, &name, &addrs).await
+    {
+        // An answer whose addresses cannot be reached would only mislead.
+        tracing::warn!(%sandbox, name, "admitting addresses: {e}");
+        return error_answer(&msg, ResponseCode::ServFail);
+    }
+    Some(answer)
+}
+
+/// What an upstream answer to a sandbox with domain rules becomes: the bytes to send back and
+/// the (address, TTL) pairs to admit first. `v6`: whether the sandbox's IPv6 side can be
+/// admitted to. None: the answer does not parse.
+fn plan_answer(answer: Vec<u8>, v6: bool) -> Option<(Vec<u8>, Vec<(IpAddr, u32)>)> {
+    let mut parsed = Message::from_vec(&answer).ok()?;
+    // Without it an IPv6 address of an allowed name could not be admitted, so it would be
+    // unreachable under a deny default: clients are not offered one and connect over IPv4 at
+    // once instead of after a refused IPv6 attempt.
     let answer = if !v6
         && parsed
             .answers()
@@ -427,14 +441,12 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
         let additionals = keep(parsed.take_additionals());
         parsed.insert_answers(answers);
         parsed.insert_additionals(additionals);
-        match parsed.to_vec() {
-            Ok(v) => v,
-            Err(_) => return error_answer(&msg, ResponseCode::ServFail),
-        }
+        parsed.to_vec().ok()?
     } else {
+        // Unchanged, byte for byte.
         answer
     };
-    let addrs: Vec<(IpAddr, u32)> = parsed
+    let addrs = parsed
         .answers()
         .iter()
         .filter_map(|r| match r.data() {
@@ -443,14 +455,7 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
             _ => None,
         })
         .collect();
-    if !addrs.is_empty()
-        && let Err(e) = admit(sandbox, &name, &addrs).await
-    {
-        // An answer whose addresses cannot be reached would only mislead.
-        tracing::warn!(%sandbox, name, "admitting addresses: {e}");
-        return error_answer(&msg, ResponseCode::ServFail);
-    }
-    Some(answer)
+    Some((answer, addrs))
 }
 
 fn error_answer(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
@@ -643,6 +648,41 @@ mod tests {
         assert!(!is_admitted(sbx, ip("2001:db8::2")));
         assert_eq!(sandbox_of(ip("fd88::c8:9")), None);
         assert_eq!(forget(sbx), "");
+    }
+
+    #[test]
+    fn answers_keep_aaaa_only_with_ipv6() {
+        use hickory_proto::rr::rdata::{A, AAAA};
+        use hickory_proto::rr::{Name, Record};
+        let name = Name::from_ascii("api.allowed.test.").unwrap();
+        let mut m = Message::new();
+        m.set_id(7).set_message_type(MessageType::Response);
+        m.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(198, 51, 100, 41)),
+        ));
+        m.add_answer(Record::from_rdata(
+            name,
+            60,
+            RData::AAAA(AAAA("2001:db8:10::29".parse().unwrap())),
+        ));
+        let bytes = m.to_vec().unwrap();
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 41));
+        let v6 = "2001:db8:10::29".parse::<IpAddr>().unwrap();
+
+        let (out, addrs) = plan_answer(bytes.clone(), true).unwrap();
+        assert_eq!(out, bytes, "forwarded unchanged");
+        assert_eq!(addrs, [(v4, 300), (v6, 60)]);
+
+        let (out, addrs) = plan_answer(bytes, false).unwrap();
+        let back = Message::from_vec(&out).unwrap();
+        assert_eq!(back.id(), 7);
+        assert_eq!(back.answers().len(), 1, "AAAA withheld without IPv6");
+        assert_eq!(back.answers()[0].record_type(), RecordType::A);
+        assert_eq!(addrs, [(v4, 300)]);
+
+        assert!(plan_answer(vec![1, 2, 3], true).is_none());
     }
 
     #[test]

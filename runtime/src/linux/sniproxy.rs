@@ -7,9 +7,9 @@
 //! ClientHello's server_name, or the HTTP/1 Host header), checks it against the sandbox's
 //! domain list, then connects to the original destination (SO_ORIGINAL_DST, or
 //! IP6T_SO_ORIGINAL_DST for IPv6: it listens on the bridge's addresses of both families) and
-//! splices the two sockets. So an address admitted for `api.allowed.test` cannot be used to reach another
-//! name served from the same address. A refused name ends the connection: TLS gets nothing
-//! (no alert we could sign), HTTP gets a 403 with a one-line reason.
+//! splices the two sockets. So an address admitted for `api.allowed.test` cannot be used to
+//! reach another name served from the same address. A refused name ends the connection: TLS
+//! gets nothing (no alert we could sign), HTTP gets a 403 with a one-line reason.
 //!
 //! The ClientHello is parsed with `tls-parser` and the request head with `httparse`; only
 //! the original-destination getsockopt is written here.
