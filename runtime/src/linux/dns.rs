@@ -417,10 +417,13 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     Some(answer)
 }
 
+/// (address, TTL) pairs of an answer, to admit.
+type Admissions = Vec<(IpAddr, u32)>;
+
 /// What an upstream answer to a sandbox with domain rules becomes: the bytes to send back and
-/// the (address, TTL) pairs to admit first. `v6`: whether the sandbox's IPv6 side can be
-/// admitted to. None: the answer does not parse.
-fn plan_answer(answer: Vec<u8>, v6: bool) -> Option<(Vec<u8>, Vec<(IpAddr, u32)>)> {
+/// the addresses to admit first. `v6`: whether the sandbox's IPv6 side can be admitted to.
+/// None: the answer does not parse.
+fn plan_answer(answer: Vec<u8>, v6: bool) -> Option<(Vec<u8>, Admissions)> {
     let mut parsed = Message::from_vec(&answer).ok()?;
     // Without it an IPv6 address of an allowed name could not be admitted, so it would be
     // unreachable under a deny default: clients are not offered one and connect over IPv4 at
