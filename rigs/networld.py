@@ -15,8 +15,9 @@ line every 100 ms for as long as the connection lives; 198.51.100.10:5001 sends 
 the client closes, and :5002 reads until EOF then answers "done <bytes>" (throughput).
 
 Domain rules (``up_domains``): a DNS server on 198.51.100.251:53 for the names in
-DOMAIN_NAMES, TLS servers on 443 of their addresses, and a host route to 198.51.100.40/29 (the
-daemon's SNI / Host check proxy connects there on the sandboxes' behalf).
+DOMAIN_NAMES (A and AAAA records) and REBIND_NAMES, TLS servers on 443 of their addresses, and
+host routes to 198.51.100.40/29 and 2001:db8:10::28/125 (the daemon's SNI / Host check proxy
+connects there on the sandboxes' behalf).
 """
 
 from __future__ import annotations
@@ -35,13 +36,18 @@ WORLD_ADDRS = ["198.51.100.10", "198.51.100.20", "203.0.113.20", "169.254.169.25
 # for the sandboxes, like a host reaching the internet.
 DNS_SERVER = WORLD_LINK
 DOMAIN_NET = "198.51.100.40/29"
-DOMAIN_NAMES = {  # name: (address, TTL)
-    "api.allowed.test": ("198.51.100.41", 300),
-    "x.wild.test": ("198.51.100.42", 300),
-    "evil.test": ("198.51.100.43", 300),
-    "short.allowed.test": ("198.51.100.44", 1),
+DOMAIN_NET6 = "2001:db8:10::28/125"
+DOMAIN_NAMES = {  # name: (address, TTL, IPv6 address)
+    "api.allowed.test": ("198.51.100.41", 300, "2001:db8:10::29"),
+    "x.wild.test": ("198.51.100.42", 300, "2001:db8:10::2a"),
+    "evil.test": ("198.51.100.43", 300, "2001:db8:10::2b"),
+    "short.allowed.test": ("198.51.100.44", 1, "2001:db8:10::2c"),
 }
-DOMAIN_ADDRS = sorted({a for a, _ in DOMAIN_NAMES.values()})
+# Names whose answers are protected addresses (the metadata ones, which the world serves on
+# port 80): DNS rebinding, which must not open them.
+REBIND_NAMES = {"inside.allowed.test": ("169.254.169.254", 300, "fd00:ec2::254")}
+DOMAIN_ADDRS = sorted({a for a, _, _ in DOMAIN_NAMES.values()})
+DOMAIN_ADDRS6 = sorted({a for _, _, a in DOMAIN_NAMES.values()})
 ROUTED = ["198.51.100.0/24", "203.0.113.16/28", "169.254.169.254/32"]  # never .80 (the mirror)
 # IPv6: the link is 2001:db8:ffff::/64 (host ::1, world ::2); servers on 2001:db8:10::10,
 # 2001:db8:20::20 and the IPv6 metadata address fd00:ec2::254.
@@ -102,15 +108,15 @@ threading.Event().wait()
 
 # DNS (UDP and TCP, A and AAAA records; other names NXDOMAIN, other types an empty answer) and
 # TLS servers ("hello tls <addr> <sni>" after the handshake, then a "tick" line every 100 ms
-# for a client that sends "stream"). argv: cert key name=addr/ttl...
+# for a client that sends "stream"). argv: cert key tls-addr,... name=addr/ttl/addr6...
 DOMAIN_SERVER = r"""
 import socket, ssl, struct, sys, threading, time
-cert, key = sys.argv[1], sys.argv[2]
+cert, key, tls_addrs = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 names = {}
-for spec in sys.argv[3:]:
+for spec in sys.argv[4:]:
     n, rest = spec.split("=")
-    a, ttl = rest.split("/")
-    names[n] = (a, int(ttl))
+    a, ttl, a6 = rest.split("/")
+    names[n] = (a, int(ttl), a6)
 def answer(q):
     qid, flags, qd = struct.unpack(">HHH", q[:6])
     i, labels = 12, []
@@ -123,12 +129,11 @@ def answer(q):
     rcode = 0 if hit else 3
     an = b""
     if hit and qtype == 1:
-        a, ttl = hit
+        a, ttl, _ = hit
         an = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, ttl, 4) + socket.inet_aton(a)
-    if hit and qtype == 28:  # every name also has 2001:db8:10::<last byte of its IPv4>
-        a, ttl = hit
-        a6 = socket.inet_pton(socket.AF_INET6, "2001:db8:10::" + format(int(a.split(".")[-1]), "x"))
-        an = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, ttl, 16) + a6
+    if hit and qtype == 28:
+        _, ttl, a6 = hit
+        an = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, ttl, 16) + socket.inet_pton(socket.AF_INET6, a6)
     head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1, 1 if an else 0, 0, 0)
     return head + question + an
 def udp():
@@ -154,7 +159,8 @@ def tcp():
         c, _ = s.accept(); threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
 def tls(addr):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, 443)); s.listen(16)
     def one(c):
         seen = []
@@ -177,7 +183,7 @@ def tls(addr):
 DNS = "%s"
 threading.Thread(target=udp, daemon=True).start()
 threading.Thread(target=tcp, daemon=True).start()
-for a in sorted({a for a, _ in names.values()}):
+for a in tls_addrs:
     threading.Thread(target=tls, args=(a,), daemon=True).start()
 time.sleep(0.3)
 print("ready", flush=True)
@@ -218,7 +224,7 @@ class World:
             sh("ip", "route", "add", net, "via", WORLD_LINK, "dev", HOST_IF, "table", TABLE)
         sh("ip", "rule", "add", "iif", "coppice0", "lookup", TABLE, "pref", PREF)
         self.v6 = self._up_v6(w)
-        addrs = WORLD_ADDRS + DOMAIN_ADDRS + (WORLD_ADDRS6 if self.v6 else [])
+        addrs = WORLD_ADDRS + DOMAIN_ADDRS + (WORLD_ADDRS6 + DOMAIN_ADDRS6 if self.v6 else [])
         self.proc = subprocess.Popen(w + ["python3", "-c", WORLD_SERVER, *addrs],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
@@ -228,12 +234,15 @@ class World:
         openssl) and the host's route to the domain addresses. After up()."""
         w = ["ip", "netns", "exec", WORLD]
         sh("ip", "route", "add", DOMAIN_NET, "via", WORLD_LINK, "dev", HOST_IF)
+        if self.v6:
+            sh("ip", "-6", "route", "add", DOMAIN_NET6, "via", WORLD_LINK6, "dev", HOST_IF)
         cert, key = tmp / "world-cert.pem", tmp / "world-key.pem"
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=world.test",
            "-keyout", str(key), "-out", str(cert), "-addext",
            "subjectAltName=" + ",".join(f"DNS:{n}" for n in DOMAIN_NAMES))
-        specs = [f"{n}={a}/{ttl}" for n, (a, ttl) in DOMAIN_NAMES.items()]
-        self.dproc = subprocess.Popen(w + ["python3", "-c", DOMAIN_SERVER, str(cert), str(key), *specs],
+        specs = [f"{n}={a}/{ttl}/{a6}" for n, (a, ttl, a6) in {**DOMAIN_NAMES, **REBIND_NAMES}.items()]
+        tls = ",".join(DOMAIN_ADDRS + (DOMAIN_ADDRS6 if self.v6 else []))
+        self.dproc = subprocess.Popen(w + ["python3", "-c", DOMAIN_SERVER, str(cert), str(key), tls, *specs],
                                       stdout=subprocess.PIPE, text=True)
         assert self.dproc.stdout and self.dproc.stdout.readline().strip() == "ready"
 
@@ -243,7 +252,7 @@ class World:
             return False
         sh("ip", "addr", "add", f"{HOST_LINK6}/64", "dev", HOST_IF, "nodad")
         sh(*w, "ip", "addr", "add", f"{WORLD_LINK6}/64", "dev", WORLD_IF, "nodad")
-        for a in WORLD_ADDRS6:
+        for a in WORLD_ADDRS6 + DOMAIN_ADDRS6:
             sh(*w, "ip", "addr", "add", f"{a}/128", "dev", "lo", "nodad")
         sh(*w, "ip", "-6", "route", "add", "default", "via", HOST_LINK6)
         for net in ROUTED6:

@@ -532,9 +532,10 @@ pub fn protected_ranges() -> Vec<IpNet> {
         "192.168.0.0/16",
         "224.0.0.0/4",
         "240.0.0.0/4",
+        "::/128", // unspecified: a connect to it reaches the connecting host itself
         "::1/128",
-        "::ffff:0:0/96",
-        "fc00::/7", // unique local, incl. the metadata address fd00:ec2::254
+        "::ffff:0:0/96", // v4-mapped: would reach the IPv4 ranges above
+        "fc00::/7",      // unique local, incl. the metadata address fd00:ec2::254
         "fe80::/10",
         "ff00::/8",
     ]
@@ -557,6 +558,9 @@ pub struct HostContext {
     /// Port of the SNI / Host check proxy on `resolver`'s address, reachable by sandboxes
     /// with domain rules (their TCP 80/443 to domain-admitted addresses is redirected there).
     pub sni_proxy_port: Option<u16>,
+    /// The bridge's IPv6 address when the proxy also listens there (same port): IPv6
+    /// addresses of allowed names are admitted only then, for the sandbox's IPv6 address.
+    pub sni_proxy6: Option<Ipv6Addr>,
 }
 
 impl HostContext {
@@ -621,7 +625,7 @@ impl CheckedPolicy {
         if ctx.resolver == Some(ip) && tcp_udp && port == Some(53) {
             return true;
         }
-        if ctx.resolver == Some(ip)
+        if (ctx.resolver == Some(ip) || ctx.sni_proxy6.map(IpAddr::V6) == Some(ip))
             && proto == Some(Protocol::Tcp)
             && port.is_some()
             && port == ctx.sni_proxy_port
@@ -682,11 +686,14 @@ pub fn tbf_args(bps: u64) -> Vec<String> {
 /// a timeout. One set for every sandbox (like the verdict map); entries of a removed sandbox
 /// are deleted with it.
 pub const DOMAIN_SET4: &str = "domain_admit4";
+/// Its IPv6 twin: (sandbox IPv6 address . destination IPv6 address), from AAAA answers.
+pub const DOMAIN_SET6: &str = "domain_admit6";
 
-/// Declaration of [`DOMAIN_SET4`] (idempotent, keeps its elements).
+/// Declaration of [`DOMAIN_SET4`] and [`DOMAIN_SET6`] (idempotent, keeps their elements).
 pub fn nft_domain_set(table: &str) -> String {
     format!(
-        "table inet {table} {{ set {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }}; }}\n"
+        "table inet {table} {{ set {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }}; \
+         set {DOMAIN_SET6} {{ type ipv6_addr . ipv6_addr; flags timeout; }}; }}\n"
     )
 }
 
@@ -732,6 +739,7 @@ pub fn nft_shared(table: &str, ctx: &HostContext) -> String {
 \tmap {EXEMPT_MAP} {{ type ipv4_addr : verdict; }}
 \tmap {EXEMPT_MAP6} {{ type ipv6_addr : verdict; }}
 \tset {DOMAIN_SET4} {{ type ipv4_addr . ipv4_addr; flags timeout; }}
+\tset {DOMAIN_SET6} {{ type ipv6_addr . ipv6_addr; flags timeout; }}
 \tchain {REJECT_CHAIN} {{}}
 \tchain {EGRESS_CHAIN} {{}}
 \tchain {HOST_CHAIN} {{}}
@@ -814,7 +822,8 @@ pub fn to_host_rules(ctx: &HostContext) -> Vec<String> {
 }
 
 /// One transaction that replaces slot `slot`'s chains with `policy` and points the sandbox's
-/// addresses at them (`dropped`: pairs of [`DOMAIN_SET4`] the new policy no longer admits).
+/// addresses at them (`dropped`: pairs of [`DOMAIN_SET4`] / [`DOMAIN_SET6`] the new policy no
+/// longer admits, as [`SandboxAddrs::admission`] keys them).
 /// The kernel swaps the whole batch at once: no packet sees half a policy. Elements are added
 /// before they are deleted so that every delete is valid whatever the previous policy was (a
 /// restart, a failed earlier update).
@@ -823,7 +832,7 @@ pub fn apply_ops(
     addrs: SandboxAddrs,
     policy: &CheckedPolicy,
     ctx: &HostContext,
-    dropped: &[(Ipv4Addr, Ipv4Addr)],
+    dropped: &[ElemKey],
 ) -> Vec<NftOp> {
     let rules = sandbox_rules(policy, ctx);
     let chain = chain_name(slot);
@@ -858,17 +867,16 @@ pub fn apply_ops(
     if !policy.air_gapped {
         addrs.delete(&mut ops, AIRGAP_SET, AIRGAP_SET6);
     }
-    for &(s, d) in dropped {
-        let key = ElemKey::Pair(s, d);
+    for &key in dropped {
+        let Some(set) = key.domain_set() else {
+            continue;
+        };
         ops.push(NftOp::AddElem {
-            set: DOMAIN_SET4,
+            set,
             key,
             data: ElemData::None,
         });
-        ops.push(NftOp::DelElem {
-            set: DOMAIN_SET4,
-            key,
-        });
+        ops.push(NftOp::DelElem { set, key });
     }
     ops
 }
@@ -933,6 +941,19 @@ pub enum ElemKey {
     Addr(IpAddr),
     /// `ipv4_addr . ipv4_addr`, as in [`DOMAIN_SET4`].
     Pair(Ipv4Addr, Ipv4Addr),
+    /// `ipv6_addr . ipv6_addr`, as in [`DOMAIN_SET6`].
+    Pair6(Ipv6Addr, Ipv6Addr),
+}
+
+impl ElemKey {
+    /// The domain-admission set a pair belongs to (None for a plain address).
+    pub fn domain_set(&self) -> Option<&'static str> {
+        match self {
+            ElemKey::Pair(..) => Some(DOMAIN_SET4),
+            ElemKey::Pair6(..) => Some(DOMAIN_SET6),
+            ElemKey::Addr(_) => None,
+        }
+    }
 }
 
 /// The value of a map element.
@@ -1016,6 +1037,7 @@ impl std::fmt::Display for ElemKey {
         match self {
             ElemKey::Addr(a) => write!(f, "{a}"),
             ElemKey::Pair(a, b) => write!(f, "{a} . {b}"),
+            ElemKey::Pair6(a, b) => write!(f, "{a} . {b}"),
         }
     }
 }
@@ -1046,6 +1068,15 @@ pub struct SandboxAddrs {
 }
 
 impl SandboxAddrs {
+    /// The admission-set element that lets this sandbox reach `dst` through the domain proxy:
+    /// keyed by its address of `dst`'s family (None: an IPv6 destination, no IPv6 address).
+    pub fn admission(&self, dst: IpAddr) -> Option<ElemKey> {
+        match dst {
+            IpAddr::V4(d) => Some(ElemKey::Pair(self.ip, d)),
+            IpAddr::V6(d) => self.ip6.map(|s| ElemKey::Pair6(s, d)),
+        }
+    }
+
     fn keys(&self) -> impl Iterator<Item = ElemKey> {
         std::iter::once(IpAddr::V4(self.ip))
             .chain(self.ip6.map(IpAddr::V6))
@@ -1100,12 +1131,13 @@ pub fn sandbox_rules(policy: &CheckedPolicy, ctx: &HostContext) -> SandboxRules 
     if let (Some(r), Some(port), false) =
         (ctx.resolver, ctx.sni_proxy_port, policy.domains.is_empty())
     {
-        exempt.push(NftRule {
-            daddr: Some(IpNet::from(r)),
+        let proxies = std::iter::once(r).chain(ctx.sni_proxy6.map(IpAddr::V6));
+        exempt.extend(proxies.map(|addr| NftRule {
+            daddr: Some(IpNet::from(addr)),
             l4proto: Some(IPPROTO_TCP),
             dport: Some((port, port)),
             ..NftRule::new(Verdict::Accept, "domain check proxy")
-        });
+        }));
     }
     let (specific, broad): (Vec<_>, Vec<_>) = policy
         .allow
@@ -1456,7 +1488,15 @@ delete element inet coppice airgapped4 { 10.88.0.7 }
             ip6: Some(ip6),
             ..v4
         };
-        let dropped = [(v4.ip, Ipv4Addr::new(198, 51, 100, 42))];
+        let dropped: Vec<ElemKey> = ["198.51.100.42", "2001:db8:10::2a"]
+            .iter()
+            .filter_map(|d| both.admission(ip(d)))
+            .collect();
+        assert_eq!(
+            v4.admission(ip("2001:db8:10::2a")),
+            None,
+            "no IPv6 admission without an IPv6 address"
+        );
         let got = text(apply_ops(5, both, &open, &ctx(), &dropped));
         assert!(
             got.contains(
@@ -1474,6 +1514,8 @@ delete chain inet coppice sbx5_exempt
             "delete element inet coppice airgapped6 { fd88::7 }
 add element inet coppice domain_admit4 { 10.88.0.7 . 198.51.100.42 }
 delete element inet coppice domain_admit4 { 10.88.0.7 . 198.51.100.42 }
+add element inet coppice domain_admit6 { fd88::7 . 2001:db8:10::2a }
+delete element inet coppice domain_admit6 { fd88::7 . 2001:db8:10::2a }
 "
         ));
 
@@ -1526,6 +1568,9 @@ delete chain inet coppice sbx5_exempt
             "elements = { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16"
         ));
         assert!(shared.contains("fc00::/7, fe80::/10"));
+        assert!(
+            shared.contains("\tset domain_admit6 { type ipv6_addr . ipv6_addr; flags timeout; }\n")
+        );
         assert!(shared.contains(
             "meta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited"
         ));
@@ -1621,6 +1666,7 @@ delete chain inet coppice sbx5_exempt
         let ctx = HostContext {
             resolver: Some(ip("10.88.0.1")),
             sni_proxy_port: Some(15080),
+            sni_proxy6: Some("fd88::1".parse().unwrap()),
             ..ctx()
         };
         let rules = sandbox_rules(&c, &ctx);
@@ -1631,9 +1677,15 @@ delete chain inet coppice sbx5_exempt
                 .map(|r| r.to_string())
                 .collect::<Vec<_>>(),
             [
-                "ip daddr 10.88.0.1 meta l4proto tcp th dport 15080 accept comment \"domain check proxy\""
+                "ip daddr 10.88.0.1 meta l4proto tcp th dport 15080 accept comment \"domain check proxy\"",
+                "ip6 daddr fd88::1 meta l4proto tcp th dport 15080 accept comment \"domain check proxy\""
             ]
         );
+        let v4_only = HostContext {
+            sni_proxy6: None,
+            ..ctx.clone()
+        };
+        assert_eq!(sandbox_rules(&c, &v4_only).exempt.len(), 1);
         assert_eq!(
             egress_rules(&ctx)[2..4],
             [
@@ -1657,6 +1709,8 @@ delete chain inet coppice sbx5_exempt
         assert!(sandbox_rules(&air, &ctx).exempt.is_empty());
         assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Udp), Some(53)));
         assert!(c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(15080)));
+        assert!(c.permits(&ctx, ip("fd88::1"), Some(Protocol::Tcp), Some(15080)));
+        assert!(!c.permits(&ctx, ip("fd88::1"), Some(Protocol::Udp), Some(53)));
         assert!(!c.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Tcp), Some(22)));
         assert!(!air.permits(&ctx, ip("10.88.0.1"), Some(Protocol::Udp), Some(53)));
     }
@@ -1669,5 +1723,17 @@ delete chain inet coppice sbx5_exempt
         );
         assert!(ctx().is_protected_addr(IpAddr::V6(METADATA_V6)));
         assert!(ctx().is_protected_addr(IpAddr::V4(METADATA_V4)));
+        // What a name must never open over IPv6 either (AAAA answers, dns.rs).
+        for a in [
+            "::",
+            "::1",
+            "::ffff:10.0.0.1",
+            "fd88::3",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            assert!(ctx().is_protected_addr(ip(a)), "{a}");
+        }
+        assert!(!ctx().is_protected_addr(ip("2001:db8:10::29")));
     }
 }

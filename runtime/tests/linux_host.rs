@@ -616,6 +616,7 @@ fn nft_batches_over_netlink() {
         let ctx = HostContext {
             resolver: Some("10.88.0.1".parse().unwrap()),
             sni_proxy_port: Some(15080),
+            sni_proxy6: Some("fd88::1".parse().unwrap()),
             dns_servers: vec!["10.255.255.53".parse().unwrap()],
             ..Default::default()
         };
@@ -663,10 +664,38 @@ fn nft_batches_over_netlink() {
             exempt.contains("ip daddr 10.88.0.1 tcp dport 15080 accept"),
             "{exempt}"
         );
+        assert!(
+            exempt.contains("ip6 daddr fd88::1 tcp dport 15080 accept"),
+            "{exempt}"
+        );
         let map = list(&["list", "map", "inet", "coppice", "sandbox_policy6"]);
         assert!(map.contains("fd88::7 : goto sbx5"), "{map}");
         // Applying again (an update) is valid whatever is already there.
         conn.run(&ops).unwrap();
+
+        // Domain admissions of both families, as the kernel and nft read them back; an update
+        // that drops them deletes them in its own transaction.
+        let admitted: Vec<policy::ElemKey> = ["198.51.100.41", "2001:db8:10::29"]
+            .iter()
+            .map(|d| addrs.admission(d.parse().unwrap()).unwrap())
+            .collect();
+        let adds: Vec<policy::NftOp> = admitted
+            .iter()
+            .map(|&key| policy::NftOp::AddElem {
+                set: key.domain_set().unwrap(),
+                key,
+                data: policy::ElemData::None,
+            })
+            .collect();
+        conn.run(&adds).unwrap();
+        let set4 = || list(&["list", "set", "inet", "coppice", policy::DOMAIN_SET4]);
+        let set6 = || list(&["list", "set", "inet", "coppice", policy::DOMAIN_SET6]);
+        assert!(set4().contains("10.88.0.7 . 198.51.100.41"), "{}", set4());
+        assert!(set6().contains("fd88::7 . 2001:db8:10::29"), "{}", set6());
+        conn.run(&policy::apply_ops(5, addrs, &p, &ctx, &admitted))
+            .unwrap();
+        assert!(!set4().contains("198.51.100.41"), "{}", set4());
+        assert!(!set6().contains("2001:db8:10::29"), "{}", set6());
 
         // A refused op fails the whole batch, names the op, and leaves the socket usable.
         let bad = vec![

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "rigs"))
 from common import Daemon, refuse_if_other_daemon  # noqa: E402
-from networld import DNS_SERVER, DOMAIN_NAMES, World, sh  # noqa: E402
+from networld import DNS_SERVER, DOMAIN_NAMES, REBIND_NAMES, World, sh  # noqa: E402
 
 # Runs in a sandbox: connect, print what came back or why not.
 PROBE = r"""
@@ -93,11 +93,13 @@ print(got / (time.monotonic() - t0))
 """
 
 
-# Runs in a sandbox: resolve a name through the system resolver (resolv.conf).
+# Runs in a sandbox: resolve a name through the system resolver (resolv.conf); IPv4, or IPv6
+# (AAAA) when the second argument is "6".
 RESOLVE = r"""
 import socket, sys
+fam = socket.AF_INET6 if sys.argv[2:] == ["6"] else socket.AF_INET
 try:
-    print("IP", socket.gethostbyname(sys.argv[1]))
+    print("IP", socket.getaddrinfo(sys.argv[1], None, fam)[0][4][0])
 except OSError as e:
     print("ERR", type(e).__name__, e)
 """
@@ -533,7 +535,7 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     r = connect("127.0.0.1", e_port)
     t.check("kill closes the exposed port", r.startswith("ERR"), r)
 
-    domain_rules(t, a)
+    domain_rules(t, a, v6)
 
     print("kill removes the policy")
     t.cli("sandbox", "kill", c)
@@ -546,100 +548,137 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     any_srv.close()
 
 
-def domain_rules(t: T, plain: str) -> None:
-    """Domains through Coppice's resolver and the SNI / Host check; `plain` has no domain rules."""
-    names = DOMAIN_NAMES
-    api, wild, evil, short = (names[n][0] for n in
-                              ("api.allowed.test", "x.wild.test", "evil.test", "short.allowed.test"))
+def domain_rules(t: T, plain: str, v6: bool) -> None:
+    """Domains through Coppice's resolver and the SNI / Host check; `plain` has no domain rules.
+    The name checks run for IPv4 (A records) and, with IPv6, for IPv6 (AAAA records)."""
+    fams = ["4", "6"] if v6 else ["4"]
+    # Per family: the index of the address in DOMAIN_NAMES, the admission set, a label.
+    at, admit_set, tag = {"4": 0, "6": 2}, {"4": "domain_admit4", "6": "domain_admit6"}, {"4": "", "6": "v6 "}
 
     def run(sid: str, script: str, *argv: str) -> str:
         return t.cli("exec", sid, "--", "python3", "-c", script, *argv, check=False).stdout.strip()
 
+    def addr(name: str, fam: str) -> str:
+        return {**DOMAIN_NAMES, **REBIND_NAMES}[name][at[fam]]
+
+    def admitted(fam: str) -> str:
+        return sh("nft", "list", "set", "inet", "coppice", admit_set[fam])
+
     print("domain rules")
     t.set(plain, {})
+    evil = addr("evil.test", "4")
     got = run(plain, RESOLVE, "evil.test")
     t.check("no domain rules: DNS forwarded as before", got == f"IP {evil}", got)
     got = run(plain, DNSQ, "10.255.255.53", "evil.test", "28")
     t.check("no domain rules: AAAA answered as upstream", got == "RCODE 0 ANSWERS 1", got)
 
-    policy = {"default": "deny", "domains": ["api.allowed.test", "*.wild.test", "short.allowed.test"]}
+    policy = {"default": "deny",
+              "domains": ["api.allowed.test", "*.wild.test", "short.allowed.test", "inside.allowed.test"]}
     d = t.create(policy)
+    d_info = json.loads(t.cli("sandbox", "info", d, "--json").stdout)
+    me = {"4": d_info["ip"], "6": d_info.get("ip6")}
     got = json.loads(t.cli("network", "get", d, "--json").stdout)["policy"]
     t.check("domains stored and returned", got.get("domains") == policy["domains"], str(got))
-    got = run(d, RESOLVE, "api.allowed.test")
-    t.check("allowed name resolves", got == f"IP {api}", got)
     got = run(d, DNSQ, "10.255.255.53", "api.allowed.test", "28")
-    t.check("allowed name: IPv6 addresses withheld (admissions are IPv4)", got == "RCODE 0 ANSWERS 0", got)
-    got = run(d, HTTP, api, "api.allowed.test")
-    t.check("allowed name: HTTP connects", got == f"OK hello {api}:80", got)
-    got = run(d, TLS, api, "api.allowed.test")
-    t.check("allowed name: TLS connects", got == f"OK hello tls {api} api.allowed.test", got)
-    # Only 80 and 443 carry a name to check: other ports of an admitted address need a CIDR rule.
-    t.reach(d, api, 8080, False, "admitted address on a port without a name check")
-    got = run(d, RESOLVE, "x.wild.test")
-    t.check("wildcard name resolves", got == f"IP {wild}", got)
-    got = run(d, TLS, wild, "x.wild.test")
-    t.check("wildcard name: TLS connects", got == f"OK hello tls {wild} x.wild.test", got)
-    got = run(d, RESOLVE, "wild.test")
-    t.check("a wildcard does not cover its base name", got.startswith("ERR"), got)
+    want = "RCODE 0 ANSWERS 1" if v6 else "RCODE 0 ANSWERS 0"
+    t.check("allowed name: AAAA answered (withheld only without IPv6)", got == want, got)
+    for fam in fams:
+        v = tag[fam]
+        api, wild, evil = (addr(n, fam) for n in ("api.allowed.test", "x.wild.test", "evil.test"))
+        got = run(d, RESOLVE, "api.allowed.test", fam)
+        t.check(f"{v}allowed name resolves", got == f"IP {api}", got)
+        elems = admitted(fam)
+        t.check(f"{v}admitted before the answer", f"{me[fam]} . {api} timeout" in elems, elems.strip()[-300:])
+        got = run(d, HTTP, api, "api.allowed.test")
+        t.check(f"{v}allowed name: HTTP connects", got == f"OK hello {api}:80", got)
+        got = run(d, TLS, api, "api.allowed.test")
+        t.check(f"{v}allowed name: TLS connects", got == f"OK hello tls {api} api.allowed.test", got)
+        # Only 80 and 443 carry a name to check: other ports of an admitted address need a CIDR rule.
+        t.reach(d, api, 8080, False, f"{v}admitted address on a port without a name check")
+        got = run(d, RESOLVE, "x.wild.test", fam)
+        t.check(f"{v}wildcard name resolves", got == f"IP {wild}", got)
+        got = run(d, TLS, wild, "x.wild.test")
+        t.check(f"{v}wildcard name: TLS connects", got == f"OK hello tls {wild} x.wild.test", got)
+        got = run(d, RESOLVE, "wild.test", fam)
+        t.check(f"{v}a wildcard does not cover its base name", got.startswith("ERR"), got)
+        got = run(d, RESOLVE, "evil.test", fam)
+        t.check(f"{v}denied name does not resolve", got.startswith("ERR"), got)
+        t.reach(d, evil, 80, False, f"{v}denied name's address by IP")
+        got = run(d, TLS, evil, "evil.test")
+        t.check(f"{v}denied name's address by IP (TLS)", got.startswith(("ERR", "TIMEOUT")), got)
+        # The same address, another name: the proxy's SNI / Host check refuses it.
+        got = run(d, TLS, api, "evil.test")
+        t.check(f"{v}admitted address with another SNI refused", got.startswith("ERR"), got)
+        got = run(d, TLS, api, "")
+        t.check(f"{v}admitted address without SNI refused", got.startswith("ERR"), got)
+        got = run(d, HTTP, api, "evil.test")
+        t.check(f"{v}admitted address with another Host: 403", got.startswith("OK HTTP/1.1 403"), got)
+        # DNS rebinding: an allowed name answering a protected address does not open it.
+        inside = addr("inside.allowed.test", fam)
+        got = run(d, RESOLVE, "inside.allowed.test", fam)
+        t.check(f"{v}protected address in an answer passed on", got == f"IP {inside}", got)
+        elems = admitted(fam)
+        t.check(f"{v}protected address not admitted", f". {inside}" not in elems, elems.strip()[-300:])
+        got = run(d, HTTP, inside, "inside.allowed.test")
+        t.check(f"{v}protected address not reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
-    got = run(d, RESOLVE, "evil.test")
-    t.check("denied name does not resolve", got.startswith("ERR"), got)
     got = run(d, DNSQ, "10.255.255.53", "evil.test")
     t.check("denied name answered REFUSED", got == "RCODE 5 ANSWERS 0", got)
-    t.reach(d, evil, 80, False, "denied name's address by IP")
-    got = run(d, TLS, evil, "evil.test")
-    t.check("denied name's address by IP (TLS)", got.startswith(("ERR", "TIMEOUT")), got)
     got = run(d, DNSQ, DNS_SERVER, "api.allowed.test")
     t.check("another DNS server is not reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
-    got = run(d, TLS, api, "evil.test")
-    t.check("admitted address with another SNI refused", got.startswith("ERR"), got)
-    got = run(d, TLS, api, "")
-    t.check("admitted address without SNI refused", got.startswith("ERR"), got)
-    got = run(d, HTTP, api, "evil.test")
-    t.check("admitted address with another Host: 403", got.startswith("OK HTTP/1.1 403"), got)
-
-    d_ip = json.loads(t.cli("sandbox", "info", d, "--json").stdout)["ip"]
+    short = addr("short.allowed.test", "4")
     got = run(d, RESOLVE, "short.allowed.test")
     t.check("short-TTL name resolves", got == f"IP {short}", got)
     t0 = time.monotonic()
-    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
-    t.check("admitted with a timeout", f"{d_ip} . {short} timeout" in elems, elems.strip()[-300:])
+    elems = admitted("4")
+    t.check("admitted with a timeout", f"{me['4']} . {short} timeout" in elems, elems.strip()[-300:])
     got = run(d, HTTP, short, "short.allowed.test")
     t.check("short-TTL name connects at once", got == f"OK hello {short}:80", got)
     time.sleep(max(0.0, 7.0 - (time.monotonic() - t0)))  # TTL 1 s, admitted for the 5 s minimum
-    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
-    t.check("admitted entry expired after its TTL", f"{d_ip} . {short}" not in elems, elems.strip()[-300:])
+    elems = admitted("4")
+    t.check("admitted entry expired after its TTL", f"{me['4']} . {short}" not in elems, elems.strip()[-300:])
     got = run(d, HTTP, short, "short.allowed.test")
     t.check("expired address no longer reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
-    # A connection relayed by the name-checking proxy ends when its name is dropped.
-    proc = subprocess.Popen([str(t.coppice), "--socket", str(t.d.socket), "exec", d, "--",
-                             "python3", "-u", "-c", TLS_STREAM, api, "api.allowed.test"],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout
-    lines = [proc.stdout.readline().strip() for _ in range(4)]
-    t.check("proxied stream flowing before the update",
-            lines[0].startswith("HELLO hello tls") and all(x.startswith("TICK") for x in lines[1:]), str(lines))
+    # A connection relayed by the name-checking proxy ends when its name is dropped (one per
+    # family, at once), and the name's admissions go with it.
+    procs = {}
+    for fam in fams:
+        procs[fam] = subprocess.Popen([str(t.coppice), "--socket", str(t.d.socket), "exec", d, "--", "python3",
+                                       "-u", "-c", TLS_STREAM, addr("api.allowed.test", fam), "api.allowed.test"],
+                                      stdout=subprocess.PIPE, text=True)
+    for fam, proc in procs.items():
+        assert proc.stdout
+        lines = [proc.stdout.readline().strip() for _ in range(4)]
+        t.check(f"{tag[fam]}proxied stream flowing before the update",
+                lines[0].startswith("HELLO hello tls") and all(x.startswith("TICK") for x in lines[1:]), str(lines))
     t0 = time.monotonic()
     t.set(d, {"default": "deny", "domains": ["*.wild.test"]})
-    end = ""
-    for line in proc.stdout:
-        if line.startswith("END"):
-            end = line.strip()
-            break
-    took = time.monotonic() - t0
-    proc.wait(timeout=30)
-    print(f"       (the proxied stream ended {took * 1000:.0f} ms after the call: {end})")
-    t.check("proxied stream cut when its name is dropped", end.startswith(("END error", "END eof")), end)
-    t.check("proxied stream cut within a second", took < 1.0, f"{took:.2f}s")
-    got = run(d, RESOLVE, "api.allowed.test")
-    t.check("live update: name no longer allowed", got.startswith("ERR"), got)
-    got = run(d, HTTP, api, "api.allowed.test")
-    t.check("live update: its admitted address dropped", got.startswith(("ERR", "TIMEOUT")), got)
-    got = run(d, TLS, wild, "x.wild.test")
-    t.check("live update: still-allowed name kept", got.startswith("OK hello tls"), got)
+    for fam, proc in procs.items():
+        v = tag[fam]
+        assert proc.stdout
+        end = ""
+        for line in proc.stdout:
+            if line.startswith("END"):
+                end = line.strip()
+                break
+        took = time.monotonic() - t0
+        proc.wait(timeout=30)
+        print(f"       ({v or 'v4 '}proxied stream ended {took * 1000:.0f} ms after the call: {end})")
+        t.check(f"{v}proxied stream cut when its name is dropped", end.startswith(("END error", "END eof")), end)
+        t.check(f"{v}proxied stream cut within a second", took < 1.0, f"{took:.2f}s")
+    for fam in fams:
+        v, api, wild = tag[fam], addr("api.allowed.test", fam), addr("x.wild.test", fam)
+        got = run(d, RESOLVE, "api.allowed.test", fam)
+        t.check(f"{v}live update: name no longer allowed", got.startswith("ERR"), got)
+        elems = admitted(fam)
+        t.check(f"{v}live update: its admission deleted", f"{me[fam]} . {api}" not in elems
+                and f"{me[fam]} . {wild}" in elems, elems.strip()[-300:])
+        got = run(d, HTTP, api, "api.allowed.test")
+        t.check(f"{v}live update: its admitted address dropped", got.startswith(("ERR", "TIMEOUT")), got)
+        got = run(d, TLS, wild, "x.wild.test")
+        t.check(f"{v}live update: still-allowed name kept", got.startswith("OK hello tls"), got)
 
     e = t.create({"air_gapped": True, "domains": ["api.allowed.test"]})
     got = run(e, RESOLVE, "api.allowed.test")
@@ -651,9 +690,9 @@ def domain_rules(t: T, plain: str) -> None:
     t.check("bad domain refused", r.returncode != 0 and "must be written 'bad.example'" in r.stderr, r.stderr.strip())
     t.cli("sandbox", "kill", d)
     t.cli("sandbox", "kill", e)
-    elems = sh("nft", "list", "set", "inet", "coppice", "domain_admit4")
-    t.check("kill removes admitted entries", f"{d_ip} ." not in elems, elems.strip()[-300:])
-
+    for fam in fams:
+        elems = admitted(fam)
+        t.check(f"{tag[fam]}kill removes admitted entries", f"{me[fam]} ." not in elems, elems.strip()[-300:])
 
 if __name__ == "__main__":
     sys.exit(main())

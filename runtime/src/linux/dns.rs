@@ -8,9 +8,10 @@
 //!
 //! - no domain rules: the query is forwarded to the upstream as it is (today's behaviour);
 //! - domain rules: a name outside the list is answered REFUSED; an allowed one is forwarded,
-//!   and every A record of the answer is admitted into `domain_admit4` as (sandbox . address)
-//!   with the record's TTL as the element timeout, before the answer is returned (so the
-//!   sandbox's first connect already finds it);
+//!   and every A record of the answer is admitted into `domain_admit4` as (sandbox . address),
+//!   every AAAA record into `domain_admit6` as (sandbox's IPv6 address . address), with the
+//!   record's TTL as the element timeout, before the answer is returned (so the sandbox's
+//!   first connect already finds it); a sandbox without IPv6 gets no AAAA records;
 //! - air-gapped sandboxes get nothing (nft already rejects their packets; this is the second
 //!   lock), and unknown sources get REFUSED.
 //!
@@ -26,7 +27,7 @@
 //! hickory-proto does the part that must not be hand-written: parsing and building messages.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::net::NFT_TABLE;
 use crate::error::{Error, Result};
-use crate::policy::{CheckedPolicy, DOMAIN_SET4, HostContext, Protocol};
+use crate::policy::{
+    CheckedPolicy, DOMAIN_SET4, DOMAIN_SET6, ElemData, ElemKey, HostContext, NftOp, Protocol,
+    SandboxAddrs,
+};
 
 /// Shortest time an admitted address stays in the allow set. DNS answers with TTL 0 or 1 are
 /// common (load balancers, CDNs); admitting for that long would let the entry expire between
@@ -54,12 +58,21 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
 /// What the resolver and the SNI proxy know about one sandbox.
 struct Entry {
     policy: CheckedPolicy,
-    /// Admitted destination → (when it expires, the names it was admitted for).
-    admitted: HashMap<Ipv4Addr, (Instant, Vec<String>)>,
+    addrs: SandboxAddrs,
+    /// Admitted destination (IPv4 or IPv6) → (when it expires, the names it was admitted for).
+    admitted: HashMap<IpAddr, (Instant, Vec<String>)>,
 }
 
-fn registry() -> &'static Mutex<HashMap<Ipv4Addr, Entry>> {
-    static REG: OnceLock<Mutex<HashMap<Ipv4Addr, Entry>>> = OnceLock::new();
+/// Sandboxes by IPv4 address (what DNS queries come from), and the IPv6 index the proxy
+/// needs for connections from a sandbox's IPv6 address.
+#[derive(Default)]
+struct Registry {
+    sandboxes: HashMap<Ipv4Addr, Entry>,
+    by_ip6: HashMap<Ipv6Addr, Ipv4Addr>,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static REG: OnceLock<Mutex<Registry>> = OnceLock::new();
     REG.get_or_init(Default::default)
 }
 
@@ -68,24 +81,25 @@ fn host_ctx() -> &'static OnceLock<HostContext> {
     &CTX
 }
 
-fn lock() -> std::sync::MutexGuard<'static, HashMap<Ipv4Addr, Entry>> {
+fn lock() -> std::sync::MutexGuard<'static, Registry> {
     registry().lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn pair(sandbox: Ipv4Addr, dst: Ipv4Addr) -> String {
-    format!("{sandbox} . {dst}")
-}
-
-/// nft lines that delete (sandbox . dst) whether or not the kernel still holds it (expired
-/// elements are gone; `add` first makes the `delete` always valid, as in `nft_remove`).
-fn delete_lines(sandbox: Ipv4Addr, dsts: impl IntoIterator<Item = Ipv4Addr>) -> String {
+/// nft lines that delete the sandbox's admissions of `dsts` whether or not the kernel still
+/// holds them (expired elements are gone; `add` first makes the `delete` always valid, as in
+/// `nft_remove`).
+fn delete_lines(addrs: SandboxAddrs, dsts: impl IntoIterator<Item = IpAddr>) -> String {
     let mut s = String::new();
-    for d in dsts {
-        let p = pair(sandbox, d);
-        s += &format!(
-            "add element inet {NFT_TABLE} {DOMAIN_SET4} {{ {p} }}\n\
-             delete element inet {NFT_TABLE} {DOMAIN_SET4} {{ {p} }}\n"
-        );
+    for key in dsts.into_iter().filter_map(|d| addrs.admission(d)) {
+        let Some(set) = key.domain_set() else {
+            continue;
+        };
+        let add = NftOp::AddElem {
+            set,
+            key,
+            data: ElemData::None,
+        };
+        s += &format!("{add}\n{}\n", NftOp::DelElem { set, key });
     }
     if !s.is_empty() {
         s.insert_str(0, &crate::policy::nft_domain_set(NFT_TABLE));
@@ -93,119 +107,155 @@ fn delete_lines(sandbox: Ipv4Addr, dsts: impl IntoIterator<Item = Ipv4Addr>) -> 
     s
 }
 
+fn keeps(policy: &CheckedPolicy, names: &[String]) -> bool {
+    !policy.air_gapped && !policy.domains.is_empty() && names.iter().any(|n| policy.allows_name(n))
+}
+
 /// Records `policy` as the sandbox's (after its nft transaction succeeded) and returns an nft
 /// script removing admitted addresses whose names it no longer allows (empty when none).
-pub fn register(sandbox: Ipv4Addr, policy: &CheckedPolicy) -> String {
-    let mut reg = lock();
-    let entry = reg.entry(sandbox).or_insert_with(|| Entry {
+pub fn register(addrs: SandboxAddrs, policy: &CheckedPolicy) -> String {
+    let mut guard = lock();
+    let reg = &mut *guard;
+    let entry = reg.sandboxes.entry(addrs.ip).or_insert_with(|| Entry {
         policy: policy.clone(),
+        addrs,
         admitted: HashMap::new(),
     });
+    if let Some(old) = entry.addrs.ip6.filter(|_| entry.addrs.ip6 != addrs.ip6) {
+        reg.by_ip6.remove(&old);
+    }
+    if let Some(ip6) = addrs.ip6 {
+        reg.by_ip6.insert(ip6, addrs.ip);
+    }
     entry.policy = policy.clone();
-    let keep = |names: &Vec<String>| {
-        !policy.air_gapped
-            && !policy.domains.is_empty()
-            && names.iter().any(|n| policy.allows_name(n))
-    };
-    let stale: Vec<Ipv4Addr> = entry
+    entry.addrs = addrs;
+    let stale: Vec<IpAddr> = entry
         .admitted
         .iter()
-        .filter(|(_, (_, names))| !keep(names))
+        .filter(|(_, (_, names))| !keeps(policy, names))
         .map(|(ip, _)| *ip)
         .collect();
     for ip in &stale {
         entry.admitted.remove(ip);
     }
-    delete_lines(sandbox, stale)
+    delete_lines(addrs, stale)
 }
 
-/// The admitted (sandbox, address) pairs to delete when the policy of `sandbox` is replaced by
-/// `policy`: those it no longer allows, so the swap and their removal are one transaction.
-pub fn pruned(sandbox: Ipv4Addr, policy: &CheckedPolicy) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+/// The admission elements to delete when the policy of `sandbox` is replaced by `policy`:
+/// those it no longer allows, so the swap and their removal are one transaction.
+pub fn pruned(sandbox: Ipv4Addr, policy: &CheckedPolicy) -> Vec<ElemKey> {
     let reg = lock();
-    let Some(entry) = reg.get(&sandbox) else {
+    let Some(entry) = reg.sandboxes.get(&sandbox) else {
         return Vec::new();
     };
     entry
         .admitted
         .iter()
-        .filter(|(_, (_, names))| {
-            policy.air_gapped
-                || policy.domains.is_empty()
-                || !names.iter().any(|n| policy.allows_name(n))
-        })
-        .map(|(ip, _)| (sandbox, *ip))
+        .filter(|(_, (_, names))| !keeps(policy, names))
+        .filter_map(|(ip, _)| entry.addrs.admission(*ip))
         .collect()
 }
 
 /// Forgets a removed sandbox; returns the nft lines deleting what was admitted for it (a new
-/// sandbox on the same address must not inherit them).
+/// sandbox on the same addresses must not inherit them).
 pub fn forget(sandbox: Ipv4Addr) -> String {
-    match lock().remove(&sandbox) {
-        Some(e) => delete_lines(sandbox, e.admitted.into_keys()),
-        None => String::new(),
+    let mut reg = lock();
+    let Some(e) = reg.sandboxes.remove(&sandbox) else {
+        return String::new();
+    };
+    if let Some(ip6) = e.addrs.ip6 {
+        reg.by_ip6.remove(&ip6);
     }
+    delete_lines(e.addrs, e.admitted.into_keys())
 }
 
 /// Whether `dst` is currently admitted for `sandbox` by one of its allowed names.
-pub fn is_admitted(sandbox: Ipv4Addr, dst: Ipv4Addr) -> bool {
+pub fn is_admitted(sandbox: Ipv4Addr, dst: IpAddr) -> bool {
     let now = Instant::now();
     lock()
+        .sandboxes
         .get(&sandbox)
         .and_then(|e| e.admitted.get(&dst))
         .is_some_and(|(until, _)| *until > now)
 }
 
+/// The sandbox (by its IPv4 address) a connection from `src`, of either family, comes from.
+pub fn sandbox_of(src: IpAddr) -> Option<Ipv4Addr> {
+    let reg = lock();
+    match src {
+        IpAddr::V4(ip) => reg.sandboxes.contains_key(&ip).then_some(ip),
+        IpAddr::V6(ip) => reg.by_ip6.get(&ip).copied(),
+    }
+}
+
 /// The policy of the sandbox at `ip`, if it is one of ours.
 pub fn policy_of(ip: Ipv4Addr) -> Option<CheckedPolicy> {
-    lock().get(&ip).map(|e| e.policy.clone())
+    lock().sandboxes.get(&ip).map(|e| e.policy.clone())
+}
+
+/// Whether the sandbox's IPv6 side can be admitted to: it has an IPv6 address and the proxy
+/// listens on the bridge's.
+fn admits_v6(sandbox: Ipv4Addr) -> bool {
+    let proxy6 = host_ctx().get().is_some_and(|c| c.sni_proxy6.is_some());
+    proxy6
+        && lock()
+            .sandboxes
+            .get(&sandbox)
+            .is_some_and(|e| e.addrs.ip6.is_some())
 }
 
 /// Admits `addrs` (address, TTL) for `sandbox` because they answered `name`: one nft
 /// transaction, then the registry. Addresses the policy already allows by address (CIDR
-/// rules: reached directly, without the SNI check) and protected ones (private ranges,
-/// metadata, the host: a name never opens them) are skipped.
-async fn admit(sandbox: Ipv4Addr, name: &str, addrs: &[(Ipv4Addr, u32)]) -> Result<()> {
+/// rules: reached directly, without the SNI check) and protected ones (private and unique
+/// local ranges, loopback, link-local, metadata, v4-mapped, the host: a name never opens
+/// them) are skipped, in both families.
+async fn admit(sandbox: Ipv4Addr, name: &str, addrs: &[(IpAddr, u32)]) -> Result<()> {
     let ctx = host_ctx().get().cloned().unwrap_or_default();
     let now = Instant::now();
     let mut script = String::new();
     let mut planned = Vec::new();
     {
         let reg = lock();
-        let Some(entry) = reg.get(&sandbox) else {
+        let Some(entry) = reg.sandboxes.get(&sandbox) else {
             return Ok(());
         };
-        for &(ip, ttl) in addrs {
-            let dst = IpAddr::V4(ip);
+        let direct = CheckedPolicy {
+            domains: vec![],
+            ..entry.policy.clone()
+        };
+        for &(dst, ttl) in addrs {
+            let Some(key) = entry.addrs.admission(dst) else {
+                continue;
+            };
+            let set = if dst.is_ipv4() {
+                DOMAIN_SET4
+            } else {
+                DOMAIN_SET6
+            };
             if ctx.is_protected_addr(dst) {
-                tracing::info!(%sandbox, %ip, name, "not admitting a protected address");
+                tracing::info!(%sandbox, %dst, name, "not admitting a protected address");
                 continue;
             }
-            let by_cidr = [80, 443].iter().all(|p| {
-                let direct = CheckedPolicy {
-                    domains: vec![],
-                    ..entry.policy.clone()
-                };
-                direct.permits(&ctx, dst, Some(Protocol::Tcp), Some(*p))
-            });
+            let by_cidr = [80, 443]
+                .iter()
+                .all(|p| direct.permits(&ctx, dst, Some(Protocol::Tcp), Some(*p)));
             if by_cidr {
                 continue;
             }
             let ttl = Duration::from_secs(ttl.into()).clamp(MIN_ADMIT, MAX_ADMIT);
             let until = entry
                 .admitted
-                .get(&ip)
+                .get(&dst)
                 .map_or(now + ttl, |(u, _)| (*u).max(now + ttl));
             let secs = (until - now).as_secs().max(1);
-            let p = pair(sandbox, ip);
             // add (if absent), delete, add with the new timeout: one transaction, so the pair
             // is never missing, and the timeout is reset on every nft version.
             script += &format!(
-                "add element inet {NFT_TABLE} {DOMAIN_SET4} {{ {p} }}\n\
-                 delete element inet {NFT_TABLE} {DOMAIN_SET4} {{ {p} }}\n\
-                 add element inet {NFT_TABLE} {DOMAIN_SET4} {{ {p} timeout {secs}s }}\n"
+                "add element inet {NFT_TABLE} {set} {{ {key} }}\n\
+                 delete element inet {NFT_TABLE} {set} {{ {key} }}\n\
+                 add element inet {NFT_TABLE} {set} {{ {key} timeout {secs}s }}\n"
             );
-            planned.push((ip, until));
+            planned.push((dst, until));
         }
     }
     if planned.is_empty() {
@@ -213,7 +263,7 @@ async fn admit(sandbox: Ipv4Addr, name: &str, addrs: &[(Ipv4Addr, u32)]) -> Resu
     }
     super::netpolicy::nft_run(&(crate::policy::nft_domain_set(NFT_TABLE) + &script)).await?;
     let mut reg = lock();
-    if let Some(entry) = reg.get_mut(&sandbox) {
+    if let Some(entry) = reg.sandboxes.get_mut(&sandbox) {
         entry.admitted.retain(|_, (u, _)| *u > now);
         for (ip, until) in planned {
             let slot = entry.admitted.entry(ip).or_insert((until, vec![]));
@@ -354,17 +404,36 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     if policy.domains.is_empty() {
         return Some(answer);
     }
-    let Ok(mut parsed) = Message::from_vec(&answer) else {
+    let Some((answer, addrs)) = plan_answer(answer, admits_v6(sandbox)) else {
         return error_answer(&msg, ResponseCode::ServFail);
     };
-    // Domain admissions are IPv4 (the proxy and its redirect are): an IPv6 address of an
-    // allowed name would be unreachable under a deny default, so clients are not offered one
-    // and connect over IPv4 at once instead of after a refused IPv6 attempt.
-    let answer = if parsed
-        .answers()
-        .iter()
-        .chain(parsed.additionals())
-        .any(|r| r.record_type() == RecordType::AAAA)
+    if !addrs.is_empty()
+        && let Err(e) = admit(sandbox, &name, &addrs).await
+    {
+        // An answer whose addresses cannot be reached would only mislead.
+        tracing::warn!(%sandbox, name, "admitting addresses: {e}");
+        return error_answer(&msg, ResponseCode::ServFail);
+    }
+    Some(answer)
+}
+
+/// (address, TTL) pairs of an answer, to admit.
+type Admissions = Vec<(IpAddr, u32)>;
+
+/// What an upstream answer to a sandbox with domain rules becomes: the bytes to send back and
+/// the addresses to admit first. `v6`: whether the sandbox's IPv6 side can be admitted to.
+/// None: the answer does not parse.
+fn plan_answer(answer: Vec<u8>, v6: bool) -> Option<(Vec<u8>, Admissions)> {
+    let mut parsed = Message::from_vec(&answer).ok()?;
+    // Without it an IPv6 address of an allowed name could not be admitted, so it would be
+    // unreachable under a deny default: clients are not offered one and connect over IPv4 at
+    // once instead of after a refused IPv6 attempt.
+    let answer = if !v6
+        && parsed
+            .answers()
+            .iter()
+            .chain(parsed.additionals())
+            .any(|r| r.record_type() == RecordType::AAAA)
     {
         let keep = |v: Vec<hickory_proto::rr::Record>| {
             v.into_iter()
@@ -375,29 +444,21 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
         let additionals = keep(parsed.take_additionals());
         parsed.insert_answers(answers);
         parsed.insert_additionals(additionals);
-        match parsed.to_vec() {
-            Ok(v) => v,
-            Err(_) => return error_answer(&msg, ResponseCode::ServFail),
-        }
+        parsed.to_vec().ok()?
     } else {
+        // Unchanged, byte for byte.
         answer
     };
-    let addrs: Vec<(Ipv4Addr, u32)> = parsed
+    let addrs = parsed
         .answers()
         .iter()
         .filter_map(|r| match r.data() {
-            RData::A(a) => Some((a.0, r.ttl())),
+            RData::A(a) => Some((IpAddr::V4(a.0), r.ttl())),
+            RData::AAAA(a) if v6 => Some((IpAddr::V6(a.0), r.ttl())),
             _ => None,
         })
         .collect();
-    if !addrs.is_empty()
-        && let Err(e) = admit(sandbox, &name, &addrs).await
-    {
-        // An answer whose addresses cannot be reached would only mislead.
-        tracing::warn!(%sandbox, name, "admitting addresses: {e}");
-        return error_answer(&msg, ResponseCode::ServFail);
-    }
-    Some(answer)
+    Some((answer, addrs))
 }
 
 fn error_answer(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
@@ -469,10 +530,12 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddr> {
 /// The nat rules that bring sandbox DNS and domain-admitted web traffic to the daemon: a base
 /// chain of its own in the shared table (declared, flushed, filled: idempotent), and the
 /// admitted-pairs set (flushed: after a restart the registry is empty, and sandboxes resolve
-/// again). `dns_servers`: the nameservers sandboxes' resolv.conf names.
+/// again). `dns_servers`: the nameservers sandboxes' resolv.conf names; `gateway6`: the
+/// bridge's IPv6 address when the proxy listens there.
 pub fn nft_redirect(
     bridge: &str,
     gateway: Ipv4Addr,
+    gateway6: Option<Ipv6Addr>,
     dns_servers: &[IpAddr],
     proxy_port: u16,
 ) -> String {
@@ -487,7 +550,8 @@ pub fn nft_redirect(
     s += &format!(
         "table inet {NFT_TABLE} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
          flush chain inet {NFT_TABLE} domain_redirect\n\
-         flush set inet {NFT_TABLE} {DOMAIN_SET4}\n"
+         flush set inet {NFT_TABLE} {DOMAIN_SET4}\n\
+         flush set inet {NFT_TABLE} {DOMAIN_SET6}\n"
     );
     if !v4.is_empty() {
         s += &format!(
@@ -498,6 +562,11 @@ pub fn nft_redirect(
     s += &format!(
         "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip saddr . ip daddr @{DOMAIN_SET4} tcp dport {{ 80, 443 }} dnat ip to {gateway}:{proxy_port} comment \"domain check proxy\"\n"
     );
+    if let Some(gw6) = gateway6 {
+        s += &format!(
+            "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip6 saddr . ip6 daddr @{DOMAIN_SET6} tcp dport {{ 80, 443 }} dnat ip6 to [{gw6}]:{proxy_port} comment \"domain check proxy\"\n"
+        );
+    }
     s
 }
 
@@ -521,7 +590,11 @@ mod tests {
 
     #[test]
     fn registry_prunes_names_no_longer_allowed() {
-        let sbx = Ipv4Addr::new(10, 88, 200, 9);
+        let addrs = SandboxAddrs {
+            ip: Ipv4Addr::new(10, 88, 200, 9),
+            ip6: Some("fd88::c8:9".parse().unwrap()),
+        };
+        let sbx = addrs.ip;
         let p = |d: &[&str]| {
             NetworkPolicy {
                 domains: d.iter().map(|s| s.to_string()).collect(),
@@ -530,34 +603,89 @@ mod tests {
             .check()
             .unwrap()
         };
-        assert_eq!(register(sbx, &p(&["a.test", "*.b.test"])), "");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(register(addrs, &p(&["a.test", "*.b.test"])), "");
+        assert_eq!(sandbox_of(ip("fd88::c8:9")), Some(sbx));
+        assert_eq!(sandbox_of(IpAddr::V4(sbx)), Some(sbx));
+        assert_eq!(sandbox_of(ip("fd88::c8:10")), None);
         {
             let mut reg = lock();
-            let e = reg.get_mut(&sbx).unwrap();
+            let e = reg.sandboxes.get_mut(&sbx).unwrap();
             let later = Instant::now() + Duration::from_secs(60);
-            e.admitted.insert(
-                Ipv4Addr::new(198, 51, 100, 1),
-                (later, vec!["a.test".into()]),
-            );
-            e.admitted.insert(
-                Ipv4Addr::new(198, 51, 100, 2),
-                (later, vec!["x.b.test".into()]),
-            );
+            for (dst, name) in [
+                ("198.51.100.1", "a.test"),
+                ("2001:db8::1", "a.test"),
+                ("198.51.100.2", "x.b.test"),
+                ("2001:db8::2", "x.b.test"),
+            ] {
+                e.admitted.insert(ip(dst), (later, vec![name.into()]));
+            }
         }
-        assert!(is_admitted(sbx, Ipv4Addr::new(198, 51, 100, 1)));
+        assert!(is_admitted(sbx, ip("198.51.100.1")));
+        assert!(is_admitted(sbx, ip("2001:db8::1")));
         let next = p(&["*.b.test"]);
+        let mut gone = pruned(sbx, &next);
+        gone.sort_by_key(|k| k.to_string());
         assert_eq!(
-            pruned(sbx, &next),
-            [(sbx, Ipv4Addr::new(198, 51, 100, 1))],
-            "only the address of the name no longer allowed"
+            gone,
+            [
+                ElemKey::Pair(sbx, "198.51.100.1".parse().unwrap()),
+                ElemKey::Pair6(addrs.ip6.unwrap(), "2001:db8::1".parse().unwrap()),
+            ],
+            "only the addresses of the name no longer allowed, each in its family's set"
         );
-        register(sbx, &next);
-        assert!(!is_admitted(sbx, Ipv4Addr::new(198, 51, 100, 1)));
-        assert!(is_admitted(sbx, Ipv4Addr::new(198, 51, 100, 2)));
+        register(addrs, &next);
+        assert!(!is_admitted(sbx, ip("198.51.100.1")));
+        assert!(!is_admitted(sbx, ip("2001:db8::1")));
+        assert!(is_admitted(sbx, ip("2001:db8::2")));
         let gone = forget(sbx);
-        assert!(gone.contains("198.51.100.2"));
-        assert!(!is_admitted(sbx, Ipv4Addr::new(198, 51, 100, 2)));
+        assert!(gone.contains(
+            "add element inet coppice domain_admit4 { 10.88.200.9 . 198.51.100.2 }\n\
+             delete element inet coppice domain_admit4 { 10.88.200.9 . 198.51.100.2 }\n"
+        ));
+        assert!(
+            gone.contains(
+                "delete element inet coppice domain_admit6 { fd88::c8:9 . 2001:db8::2 }\n"
+            )
+        );
+        assert!(!is_admitted(sbx, ip("2001:db8::2")));
+        assert_eq!(sandbox_of(ip("fd88::c8:9")), None);
         assert_eq!(forget(sbx), "");
+    }
+
+    #[test]
+    fn answers_keep_aaaa_only_with_ipv6() {
+        use hickory_proto::rr::rdata::{A, AAAA};
+        use hickory_proto::rr::{Name, Record};
+        let name = Name::from_ascii("api.allowed.test.").unwrap();
+        let mut m = Message::new();
+        m.set_id(7).set_message_type(MessageType::Response);
+        m.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(198, 51, 100, 41)),
+        ));
+        m.add_answer(Record::from_rdata(
+            name,
+            60,
+            RData::AAAA(AAAA("2001:db8:10::29".parse().unwrap())),
+        ));
+        let bytes = m.to_vec().unwrap();
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 41));
+        let v6 = "2001:db8:10::29".parse::<IpAddr>().unwrap();
+
+        let (out, addrs) = plan_answer(bytes.clone(), true).unwrap();
+        assert_eq!(out, bytes, "forwarded unchanged");
+        assert_eq!(addrs, [(v4, 300), (v6, 60)]);
+
+        let (out, addrs) = plan_answer(bytes, false).unwrap();
+        let back = Message::from_vec(&out).unwrap();
+        assert_eq!(back.id(), 7);
+        assert_eq!(back.answers().len(), 1, "AAAA withheld without IPv6");
+        assert_eq!(back.answers()[0].record_type(), RecordType::A);
+        assert_eq!(addrs, [(v4, 300)]);
+
+        assert!(plan_answer(vec![1, 2, 3], true).is_none());
     }
 
     #[test]
@@ -565,6 +693,7 @@ mod tests {
         let s = nft_redirect(
             "coppice0",
             Ipv4Addr::new(10, 88, 0, 1),
+            Some("fd88::1".parse().unwrap()),
             &["10.255.255.53".parse().unwrap(), "fe80::1".parse().unwrap()],
             15080,
         );
@@ -572,5 +701,11 @@ mod tests {
         assert!(s.contains(
             "ip saddr . ip daddr @domain_admit4 tcp dport { 80, 443 } dnat ip to 10.88.0.1:15080"
         ));
+        assert!(s.contains(
+            "ip6 saddr . ip6 daddr @domain_admit6 tcp dport { 80, 443 } dnat ip6 to [fd88::1]:15080"
+        ));
+        assert!(s.contains("flush set inet coppice domain_admit6\n"));
+        let v4 = nft_redirect("coppice0", Ipv4Addr::new(10, 88, 0, 1), None, &[], 15080);
+        assert!(!v4.contains("dnat ip6"), "{v4}");
     }
 }

@@ -33,6 +33,15 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
     full.resolver = Some(IpAddr::V4(gw));
     full.sni_proxy_port = Some(sniproxy::PROXY_PORT);
     let started = async {
+        sniproxy::start(IpAddr::V4(gw)).await?;
+        // IPv6 admissions need the proxy on the bridge's IPv6 address; without it domain
+        // rules stay IPv4 (AAAA records withheld) rather than unavailable.
+        if let Some(v6) = net.ipv6 {
+            match sniproxy::start(IpAddr::V6(v6.gateway)).await {
+                Ok(()) => full.sni_proxy6 = Some(v6.gateway),
+                Err(e) => tracing::warn!("domain rules are IPv4 only: {e}"),
+            }
+        }
         dns::start(
             dns::ResolverConfig {
                 listen: gw,
@@ -41,10 +50,10 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             full.clone(),
         )
         .await?;
-        sniproxy::start(gw).await?;
         netpolicy::nft_run(&dns::nft_redirect(
             &net.bridge,
             gw,
+            full.sni_proxy6,
             &ctx.dns_servers,
             sniproxy::PROXY_PORT,
         ))
@@ -63,6 +72,7 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             .await;
             ctx.resolver = None;
             ctx.sni_proxy_port = None;
+            ctx.sni_proxy6 = None;
             Ok(ctx)
         }
     }

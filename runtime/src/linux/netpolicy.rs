@@ -171,10 +171,11 @@ pub async fn apply(
     super::netdomains::check_supported(policy, ctx)?;
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
     let dropped = super::dns::pruned(ip, policy);
-    let ops = policy::apply_ops(slot, SandboxAddrs { ip, ip6 }, policy, ctx, &dropped);
+    let addrs = SandboxAddrs { ip, ip6 };
+    let ops = policy::apply_ops(slot, addrs, policy, ctx, &dropped);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
     super::nftbatch::run(ops).await?;
-    let late = super::dns::register(ip, policy);
+    let late = super::dns::register(addrs, policy);
     if !late.is_empty() {
         // Admitted under the old policy while the transaction ran.
         nft_run(&late).await?;
@@ -185,9 +186,9 @@ pub async fn apply(
     if let Some(pid) = pid {
         let (policy, ctx) = (policy.clone(), ctx.clone());
         tokio::spawn(async move {
-            cut_flows(IpAddr::V4(ip), pid, &policy, &ctx).await;
+            cut_flows(ip, IpAddr::V4(ip), pid, &policy, &ctx).await;
             if let Some(ip6) = ip6 {
-                cut_flows(IpAddr::V6(ip6), pid, &policy, &ctx).await;
+                cut_flows(ip, IpAddr::V6(ip6), pid, &policy, &ctx).await;
             }
         });
     }
@@ -312,8 +313,15 @@ async fn flows_from(ip: IpAddr) -> Option<Vec<Flow>> {
 /// in the sandbox are destroyed (`ss -K` in its netns: the program sees ECONNABORTED at once)
 /// and their conntrack entries deleted (the remote end is reset by its next packet, which
 /// finds no NAT entry). The rules alone already refuse every further packet of such a flow.
-/// Best effort: without conntrack-tools only the rules act.
-async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostContext) {
+/// Best effort: without conntrack-tools only the rules act. `sandbox`: the sandbox's IPv4
+/// address (the registry's key), `ip`: its address of the family being cut.
+async fn cut_flows(
+    sandbox: Ipv4Addr,
+    ip: IpAddr,
+    pid: i32,
+    policy: &CheckedPolicy,
+    ctx: &HostContext,
+) {
     let Some(flows) = flows_from(ip).await else {
         return;
     };
@@ -326,27 +334,15 @@ async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostConte
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            // Domain admissions are IPv4 only (dns.rs): keyed by the sandbox's v4 address.
-            let admitted = match (ip, f.dst) {
-                (IpAddr::V4(ip), IpAddr::V4(dst)) => super::dns::is_admitted(ip, dst),
-                _ => false,
-            };
+            let admitted = super::dns::is_admitted(sandbox, f.dst);
             !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();
     let pid = pid.to_string();
     let kills = doomed.iter().filter(|f| f.proto == "tcp").map(|f| {
+        let dst = ss_addr(f.dst);
         let mut cmd = tokio::process::Command::new("nsenter");
-        cmd.args([
-            "-t",
-            &pid,
-            "-n",
-            "--",
-            "ss",
-            "-K",
-            "dst",
-            &f.dst.to_string(),
-        ]);
+        cmd.args(["-t", &pid, "-n", "--", "ss", "-K", "dst", &dst]);
         if let (Some(s), Some(d)) = (f.sport, f.dport) {
             cmd.args([
                 "dport",
@@ -381,9 +377,26 @@ async fn cut_flows(ip: IpAddr, pid: i32, policy: &CheckedPolicy, ctx: &HostConte
     }
 }
 
+/// An address as `ss` filters take it: IPv6 in brackets (bare, its colons read as a port).
+fn ss_addr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ss_filter_addresses() {
+        assert_eq!(ss_addr("198.51.100.10".parse().unwrap()), "198.51.100.10");
+        assert_eq!(
+            ss_addr("2001:db8:10::29".parse().unwrap()),
+            "[2001:db8:10::29]"
+        );
+    }
 
     #[test]
     fn conntrack_lines() {
@@ -404,5 +417,16 @@ mod tests {
         );
         assert_eq!(flows[1].dport, Some(53));
         assert_eq!((flows[2].proto.as_str(), flows[2].dport), ("icmp", None));
+        // /proc/net/nf_conntrack writes IPv6 addresses in full.
+        let v6 = "ipv6     10 tcp      6 431999 ESTABLISHED src=fd88:0000:0000:0000:0000:0000:0000:0004 dst=2001:0db8:0010:0000:0000:0000:0000:0029 sport=40000 dport=443 src=fd88:0000:0000:0000:0000:0000:0000:0001 dst=fd88:0000:0000:0000:0000:0000:0000:0004 sport=15080 dport=40000 [ASSURED] mark=0 zone=0 use=2\n";
+        assert_eq!(
+            parse_conntrack(v6),
+            [Flow {
+                proto: "tcp".into(),
+                dst: "2001:db8:10::29".parse().unwrap(),
+                sport: Some(40000),
+                dport: Some(443)
+            }]
+        );
     }
 }

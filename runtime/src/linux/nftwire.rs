@@ -258,6 +258,8 @@ fn elements(a: &mut Attrs, set: &str, key: &ElemKey, data: Option<&ElemData>) {
                 ElemKey::Addr(IpAddr::V6(ip)) => ip.octets().to_vec(),
                 // Concatenations: each field padded to a 4-byte register.
                 ElemKey::Pair(s, d) => [s.octets(), d.octets()].concat(),
+                // 16-byte fields are already register-aligned.
+                ElemKey::Pair6(s, d) => [s.octets(), d.octets()].concat(),
             };
             e.data(NFTA_SET_ELEM_KEY, &bytes);
             match data {
@@ -483,6 +485,66 @@ mod tests {
             NFTA_RULE_EXPRESSIONS | NLA_F_NESTED
         );
         assert_eq!(&b.0[4..9], &[5, 0, 7, 0, 1]);
+    }
+
+    /// The attribute payloads of the one message between the batch markers.
+    fn only_message(buf: &[u8]) -> (u16, Vec<u8>) {
+        let word = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        let first = word(0);
+        let len = word(first);
+        let ty = u16::from_ne_bytes(buf[first + 4..first + 6].try_into().unwrap());
+        assert_eq!(
+            first + len + word(first + len),
+            buf.len(),
+            "begin, one, end"
+        );
+        (ty, buf[first + 20..first + len].to_vec())
+    }
+
+    #[test]
+    fn domain_admission_elements() {
+        use crate::policy::{DOMAIN_SET4, DOMAIN_SET6, SandboxAddrs};
+        let addrs = SandboxAddrs {
+            ip: "10.88.0.7".parse().unwrap(),
+            ip6: Some("fd88::7".parse().unwrap()),
+        };
+        let nested = |ty: u16| ty | NLA_F_NESTED;
+        for (dst, set) in [
+            ("198.51.100.41", DOMAIN_SET4),
+            ("2001:db8:10::29", DOMAIN_SET6),
+        ] {
+            let key = addrs.admission(dst.parse().unwrap()).unwrap();
+            assert_eq!(key.domain_set(), Some(set));
+            let want_key: Vec<u8> = match key {
+                ElemKey::Pair(s, d) => [s.octets(), d.octets()].concat(),
+                ElemKey::Pair6(s, d) => [s.octets(), d.octets()].concat(),
+                ElemKey::Addr(_) => unreachable!(),
+            };
+            // table, set, then elements > element > key > value (key bytes, no padding).
+            let mut want = Attrs::default();
+            want.str(NFTA_SET_ELEM_LIST_TABLE, "coppice");
+            want.str(NFTA_SET_ELEM_LIST_SET, set);
+            let v = want_key.len() as u16;
+            let hdr = |len: u16, ty: u16| [len.to_ne_bytes(), ty.to_ne_bytes()].concat();
+            want.0
+                .extend(hdr(4 + 4 + 4 + 4 + v, nested(NFTA_SET_ELEM_LIST_ELEMENTS)));
+            want.0.extend(hdr(4 + 4 + 4 + v, nested(NFTA_LIST_ELEM)));
+            want.0.extend(hdr(4 + 4 + v, nested(NFTA_SET_ELEM_KEY)));
+            want.0.extend(hdr(4 + v, NFTA_DATA_VALUE));
+            want.0.extend(&want_key);
+            let del = NftOp::DelElem { set, key };
+            let (ty, attrs) = only_message(&encode(&[del], 1).0);
+            assert_eq!(ty, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM);
+            assert_eq!(attrs, want.0, "{dst}");
+            let add = NftOp::AddElem {
+                set,
+                key,
+                data: ElemData::None,
+            };
+            let (ty, attrs) = only_message(&encode(&[add], 1).0);
+            assert_eq!(ty, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM);
+            assert_eq!(attrs, want.0, "{dst}");
+        }
     }
 
     #[test]

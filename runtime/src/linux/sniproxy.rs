@@ -5,15 +5,16 @@
 //! to CIDR-allowed addresses are never admitted, so they go straight out. For each connection
 //! this reads the first bytes the client sends, takes the name it asks for (the TLS
 //! ClientHello's server_name, or the HTTP/1 Host header), checks it against the sandbox's
-//! domain list, then connects to the original destination (SO_ORIGINAL_DST) and splices the
-//! two sockets. So an address admitted for `api.allowed.test` cannot be used to reach another
-//! name served from the same address. A refused name ends the connection: TLS gets nothing
-//! (no alert we could sign), HTTP gets a 403 with a one-line reason.
+//! domain list, then connects to the original destination (SO_ORIGINAL_DST, or
+//! IP6T_SO_ORIGINAL_DST for IPv6: it listens on the bridge's addresses of both families) and
+//! splices the two sockets. So an address admitted for `api.allowed.test` cannot be used to
+//! reach another name served from the same address. A refused name ends the connection: TLS
+//! gets nothing (no alert we could sign), HTTP gets a 403 with a one-line reason.
 //!
 //! The ClientHello is parsed with `tls-parser` and the request head with `httparse`; only
-//! SO_ORIGINAL_DST (one getsockopt) is written here.
+//! the original-destination getsockopt is written here.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -32,8 +33,8 @@ const MAX_PEEK: usize = 16 * 1024 + 5;
 const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the proxy on `listen`:[`PROXY_PORT`] and serves in the background.
-pub async fn start(listen: Ipv4Addr) -> Result<()> {
+/// Binds the proxy on `listen`:[`PROXY_PORT`] and serves in the background (once per family).
+pub async fn start(listen: IpAddr) -> Result<()> {
     let addr = SocketAddr::from((listen, PROXY_PORT));
     let l = TcpListener::bind(addr).await.map_err(Error::io(format!(
         "binding the domain check proxy to {addr}"
@@ -136,7 +137,10 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// The destination the sandbox connected to before nft redirected it here.
-fn original_dst(conn: &TcpStream) -> std::io::Result<SocketAddrV4> {
+fn original_dst(conn: &TcpStream) -> std::io::Result<SocketAddr> {
+    if conn.local_addr()?.is_ipv6() {
+        return original_dst6(conn).map(SocketAddr::V6);
+    }
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: a valid socket fd and an out-buffer of the size passed; SO_ORIGINAL_DST fills a
@@ -153,14 +157,42 @@ fn original_dst(conn: &TcpStream) -> std::io::Result<SocketAddrV4> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(SocketAddrV4::new(
+    Ok(SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
         u16::from_be(addr.sin_port),
+    )))
+}
+
+/// The same for an IPv6 connection: ip6tables' option number at the IPv6 level, which the
+/// kernel's nat answers for nft's dnat too.
+fn original_dst6(conn: &TcpStream) -> std::io::Result<SocketAddrV6> {
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: a valid socket fd and an out-buffer of the size passed; IP6T_SO_ORIGINAL_DST
+    // fills a sockaddr_in6 for IPv6 connections that went through nat.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IP6T_SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in6).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(SocketAddrV6::new(
+        Ipv6Addr::from(addr.sin6_addr.s6_addr),
+        u16::from_be(addr.sin6_port),
+        0,
+        0,
     ))
 }
 
 async fn serve(mut conn: TcpStream, from: SocketAddr) -> std::io::Result<()> {
-    let IpAddr::V4(sandbox) = from.ip() else {
+    // Either of the sandbox's addresses; the registry knows it by its IPv4 one.
+    let Some(sandbox) = dns::sandbox_of(from.ip()) else {
         return Ok(());
     };
     let dst = original_dst(&conn)?;
@@ -169,7 +201,7 @@ async fn serve(mut conn: TcpStream, from: SocketAddr) -> std::io::Result<()> {
     let Some(policy) = dns::policy_of(sandbox) else {
         return Ok(());
     };
-    if policy.air_gapped || policy.domains.is_empty() || !dns::is_admitted(sandbox, *dst.ip()) {
+    if policy.air_gapped || policy.domains.is_empty() || !dns::is_admitted(sandbox, dst.ip()) {
         tracing::debug!(%sandbox, %dst, "domain check proxy: destination not admitted");
         return Ok(());
     }
