@@ -50,11 +50,9 @@ except OSError as e:
     print("ERR", e.errno)
 """
 
-# Runs in a sandbox: read the stream, say when it ends and how.
-STREAM = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-s.settimeout(5)
+# The tail of the stream readers below: read `s` line by line, say when it ends and how
+# (ssl.SSLError is an OSError).
+READ_TO_END = r"""
 n = 0
 try:
     while True:
@@ -66,8 +64,15 @@ try:
 except socket.timeout:
     print("END timeout", flush=True)
 except OSError as e:
-    print("END error", e.errno, flush=True)
+    print("END error", type(e).__name__, e.errno, flush=True)
 """
+
+# Runs in a sandbox: read the stream, say when it ends and how.
+STREAM = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.settimeout(5)
+""" + READ_TO_END
 
 
 # Runs in a sandbox: download N bytes (5001) or upload them (5002); prints bytes per second.
@@ -166,22 +171,10 @@ TLS_STREAM = r"""
 import socket, ssl, sys
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 s = socket.create_connection((sys.argv[1], 443), timeout=5)
-t = ctx.wrap_socket(s, server_hostname=sys.argv[2]); t.settimeout(5)
-print("HELLO", t.recv(200).decode().strip(), flush=True)
-t.sendall(b"stream\n")
-n = 0
-try:
-    while True:
-        d = t.recv(100)
-        if not d:
-            print("END eof", flush=True); break
-        n += d.count(b"\n")
-        print("TICK", n, flush=True)
-except socket.timeout:
-    print("END timeout", flush=True)
-except (OSError, ssl.SSLError) as e:
-    print("END error", type(e).__name__, flush=True)
-"""
+s = ctx.wrap_socket(s, server_hostname=sys.argv[2]); s.settimeout(5)
+print("HELLO", s.recv(200).decode().strip(), flush=True)
+s.sendall(b"stream\n")
+""" + READ_TO_END
 
 
 class T:
