@@ -42,18 +42,25 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
                 Err(e) => tracing::warn!("domain rules are IPv4 only: {e}"),
             }
         }
-        dns::start(
-            dns::ResolverConfig {
-                listen: gw,
-                upstream,
-            },
-            full.clone(),
-        )
-        .await?;
+        let mut listeners = vec![dns::bind(IpAddr::V4(gw)).await?];
+        if let Some(v6) = net.ipv6 {
+            match dns::bind(IpAddr::V6(v6.gateway)).await {
+                Ok(l) => {
+                    listeners.push(l);
+                    full.resolver6 = Some(v6.gateway);
+                }
+                // Closed rather than open around the resolver (see open_dns_servers).
+                Err(e) => tracing::warn!(
+                    "IPv6 nameservers are not reachable from sandboxes (they use the IPv4 ones): {e}"
+                ),
+            }
+        }
+        dns::serve(listeners, upstream, full.clone());
         netpolicy::nft_run(&dns::nft_redirect(
             &net.bridge,
             gw,
             full.sni_proxy6,
+            full.resolver6,
             &ctx.dns_servers,
             sniproxy::PROXY_PORT,
         ))
@@ -73,6 +80,7 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             ctx.resolver = None;
             ctx.sni_proxy_port = None;
             ctx.sni_proxy6 = None;
+            ctx.resolver6 = None;
             Ok(ctx)
         }
     }
