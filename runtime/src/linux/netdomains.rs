@@ -49,10 +49,7 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
                     listeners.push(l);
                     full.resolver6 = Some(v6.gateway);
                 }
-                // Closed rather than open around the resolver (see open_dns_servers).
-                Err(e) => tracing::warn!(
-                    "IPv6 nameservers are not reachable from sandboxes (they use the IPv4 ones): {e}"
-                ),
+                Err(e) => warn_no_resolver6(&ctx.dns_servers, &e),
             }
         }
         dns::serve(listeners, upstream, full.clone());
@@ -83,6 +80,23 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             ctx.resolver6 = None;
             Ok(ctx)
         }
+    }
+}
+
+/// Says what the resolver missing on IPv6 costs: the host's IPv6 nameservers are then closed
+/// to sandboxes rather than open around it (`HostContext::open_dns_servers`).
+fn warn_no_resolver6(dns_servers: &[IpAddr], e: &Error) {
+    let v4 = dns_servers.iter().any(IpAddr::is_ipv4);
+    match (dns_servers.iter().any(IpAddr::is_ipv6), v4) {
+        (false, _) => tracing::warn!("the DNS resolver listens on IPv4 only: {e}"),
+        (true, true) => tracing::warn!(
+            "the host's IPv6 nameservers are closed to sandboxes (they fall back to its IPv4 \
+             ones): the DNS resolver cannot listen on IPv6 to redirect them: {e}"
+        ),
+        (true, false) => tracing::warn!(
+            "sandboxes get no DNS: the host's nameservers are all IPv6 and the DNS resolver \
+             cannot listen on IPv6 to redirect them: {e}"
+        ),
     }
 }
 
