@@ -14,7 +14,8 @@ Servers: "hello <addr>:<port>" on 80 and 8080 of every address; 198.51.100.10:90
 line every 100 ms for as long as the connection lives; 198.51.100.10:5001 sends zeros until
 the client closes, and :5002 reads until EOF then answers "done <bytes>" (throughput).
 
-Domain rules (``up_domains``): a DNS server on 198.51.100.251:53 for the names in
+Domain rules (``up_domains``): a DNS server on 198.51.100.251:53 (and 2001:db8:ffff::2:53
+with IPv6) for the names in
 DOMAIN_NAMES (A and AAAA records) and REBIND_NAMES, TLS servers on 443 of their addresses, and
 host routes to 198.51.100.40/29 and 2001:db8:10::28/125 (the daemon's SNI / Host check proxy
 connects there on the sandboxes' behalf).
@@ -53,6 +54,8 @@ ROUTED = ["198.51.100.0/24", "203.0.113.16/28", "169.254.169.254/32"]  # never .
 # 2001:db8:20::20 and the IPv6 metadata address fd00:ec2::254.
 HOST_LINK6, WORLD_LINK6 = "2001:db8:ffff::1", "2001:db8:ffff::2"
 WORLD_ADDRS6 = ["2001:db8:10::10", "2001:db8:20::20", "fd00:ec2::254"]
+# The same DNS server over IPv6, for a host whose resolv.conf lists an IPv6 nameserver.
+DNS_SERVER6 = WORLD_LINK6
 ROUTED6 = ["2001:db8:10::/48", "2001:db8:20::/48", "fd00:ec2::254/128"]
 
 WORLD_SERVER = r"""
@@ -108,12 +111,12 @@ threading.Event().wait()
 
 # DNS (UDP and TCP, A and AAAA records; other names NXDOMAIN, other types an empty answer) and
 # TLS servers ("hello tls <addr> <sni>" after the handshake, then a "tick" line every 100 ms
-# for a client that sends "stream"). argv: cert key tls-addr,... name=addr/ttl/addr6...
+# for a client that sends "stream"). argv: cert key tls-addr,... dns-addr,... name=addr/ttl/addr6...
 DOMAIN_SERVER = r"""
 import socket, ssl, struct, sys, threading, time
-cert, key, tls_addrs = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+cert, key, tls_addrs, dns_addrs = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
 names = {}
-for spec in sys.argv[4:]:
+for spec in sys.argv[5:]:
     n, rest = spec.split("=")
     a, ttl, a6 = rest.split("/")
     names[n] = (a, int(ttl), a6)
@@ -136,9 +139,11 @@ def answer(q):
         an = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, ttl, 16) + socket.inet_pton(socket.AF_INET6, a6)
     head = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1, 1 if an else 0, 0, 0)
     return head + question + an
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((DNS, 53))
+def fam(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+def udp(addr):
+    s = socket.socket(fam(addr), socket.SOCK_DGRAM)
+    s.bind((addr, 53))
     while True:
         q, peer = s.recvfrom(4096)
         try: s.sendto(answer(q), peer)
@@ -152,14 +157,14 @@ def tcp_conn(c):
             r = answer(q); c.sendall(struct.pack(">H", len(r)) + r)
     except OSError: pass
     c.close()
-def tcp():
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((DNS, 53)); s.listen(16)
+def tcp(addr):
+    s = socket.socket(fam(addr)); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 53)); s.listen(16)
     while True:
         c, _ = s.accept(); threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
 def tls(addr):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s = socket.socket(fam(addr))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, 443)); s.listen(16)
     def one(c):
@@ -180,15 +185,15 @@ def tls(addr):
         except Exception: c.close()
     while True:
         c, _ = s.accept(); threading.Thread(target=one, args=(c,), daemon=True).start()
-DNS = "%s"
-threading.Thread(target=udp, daemon=True).start()
-threading.Thread(target=tcp, daemon=True).start()
+for a in dns_addrs:
+    threading.Thread(target=udp, args=(a,), daemon=True).start()
+    threading.Thread(target=tcp, args=(a,), daemon=True).start()
 for a in tls_addrs:
     threading.Thread(target=tls, args=(a,), daemon=True).start()
 time.sleep(0.3)
 print("ready", flush=True)
 threading.Event().wait()
-""" % DNS_SERVER
+"""
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -242,7 +247,8 @@ class World:
            "subjectAltName=" + ",".join(f"DNS:{n}" for n in DOMAIN_NAMES))
         specs = [f"{n}={a}/{ttl}/{a6}" for n, (a, ttl, a6) in {**DOMAIN_NAMES, **REBIND_NAMES}.items()]
         tls = ",".join(DOMAIN_ADDRS + (DOMAIN_ADDRS6 if self.v6 else []))
-        self.dproc = subprocess.Popen(w + ["python3", "-c", DOMAIN_SERVER, str(cert), str(key), tls, *specs],
+        dns = ",".join([DNS_SERVER] + ([DNS_SERVER6] if self.v6 else []))
+        self.dproc = subprocess.Popen(w + ["python3", "-c", DOMAIN_SERVER, str(cert), str(key), tls, dns, *specs],
                                       stdout=subprocess.PIPE, text=True)
         assert self.dproc.stdout and self.dproc.stdout.readline().strip() == "ready"
 

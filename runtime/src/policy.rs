@@ -561,6 +561,9 @@ pub struct HostContext {
     /// The bridge's IPv6 address when the proxy also listens there (same port): IPv6
     /// addresses of allowed names are admitted only then, for the sandbox's IPv6 address.
     pub sni_proxy6: Option<Ipv6Addr>,
+    /// The bridge's IPv6 address when the resolver also listens there (port 53): queries to
+    /// the IPv6 `dns_servers` are redirected to it.
+    pub resolver6: Option<Ipv6Addr>,
 }
 
 impl HostContext {
@@ -572,6 +575,25 @@ impl HostContext {
 
     pub fn is_protected_addr(&self, ip: IpAddr) -> bool {
         protected_ranges().iter().any(|r| r.contains(&ip)) || self.host_addrs.contains(&ip)
+    }
+
+    /// The `dns_servers` sandboxes may reach on port 53. With the resolver running, an IPv6
+    /// one is left out when the resolver has no IPv6 address to redirect it to: open, it
+    /// would answer any name to a sandbox with domain rules (its clients fall back to the
+    /// next nameserver, redirected ones).
+    pub fn open_dns_servers(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v6_redirected = self.resolver.is_none() || self.resolver6.is_some();
+        self.dns_servers
+            .iter()
+            .copied()
+            .filter(move |ip| ip.is_ipv4() || v6_redirected)
+    }
+
+    /// Coppice's resolver addresses (the bridge's, port 53).
+    fn resolvers(&self) -> impl Iterator<Item = IpAddr> {
+        self.resolver
+            .into_iter()
+            .chain(self.resolver6.map(IpAddr::V6))
     }
 }
 
@@ -622,7 +644,7 @@ impl CheckedPolicy {
             return false;
         }
         let tcp_udp = matches!(proto, Some(Protocol::Tcp | Protocol::Udp));
-        if ctx.resolver == Some(ip) && tcp_udp && port == Some(53) {
+        if tcp_udp && port == Some(53) && ctx.resolvers().any(|r| r == ip) {
             return true;
         }
         if (ctx.resolver == Some(ip) || ctx.sni_proxy6.map(IpAddr::V6) == Some(ip))
@@ -633,10 +655,7 @@ impl CheckedPolicy {
         {
             return true;
         }
-        if ctx.dns_servers.contains(&ip)
-            && port == Some(53)
-            && matches!(proto, Some(Protocol::Tcp | Protocol::Udp))
-        {
+        if tcp_udp && port == Some(53) && ctx.open_dns_servers().any(|d| d == ip) {
             return true;
         }
         let (specific, broad): (Vec<_>, Vec<_>) = self
@@ -776,7 +795,7 @@ fn common_rules(ctx: &HostContext) -> Vec<String> {
         format!("ip saddr @{AIRGAP_SET} {reject} comment \"air-gapped\""),
         format!("ip6 saddr @{AIRGAP_SET6} {reject} comment \"air-gapped\""),
     ];
-    if let Some(r) = ctx.resolver {
+    for r in ctx.resolvers() {
         let fam = family(&IpNet::from(r));
         for proto in ["tcp", "udp"] {
             out.push(format!(
@@ -784,7 +803,7 @@ fn common_rules(ctx: &HostContext) -> Vec<String> {
             ));
         }
     }
-    let dns: BTreeSet<IpAddr> = ctx.dns_servers.iter().copied().collect();
+    let dns: BTreeSet<IpAddr> = ctx.open_dns_servers().collect();
     for ip in dns {
         let fam = family(&IpNet::from(ip));
         for proto in ["tcp", "udp"] {
@@ -1596,6 +1615,69 @@ delete chain inet coppice sbx5_exempt
         assert_eq!(to_host[..6], egress[..6]);
         assert_eq!(to_host[6..], ["goto policy_reject comment \"the host\""]);
         assert!(shared.contains(&format!("\tchain sandbox_egress {{\n\t\t{}\n", egress[0])));
+    }
+
+    #[test]
+    fn ipv6_nameservers_only_through_the_resolver() {
+        let ns6 = ip("2001:db8:ffff::2");
+        let base = HostContext {
+            dns_servers: vec![ip("10.255.255.53"), ns6],
+            ..ctx()
+        };
+        let with_resolver = HostContext {
+            resolver: Some(ip("10.88.0.1")),
+            resolver6: Some("fd88::1".parse().unwrap()),
+            ..base.clone()
+        };
+        // The IPv6 listener did not start: the IPv6 nameserver would be a way around it.
+        let v4_resolver = HostContext {
+            resolver6: None,
+            ..with_resolver.clone()
+        };
+        let dns_rules = |c: &HostContext| {
+            egress_rules(c)
+                .into_iter()
+                .filter(|r| r.contains("dport 53"))
+                .collect::<Vec<_>>()
+        };
+        let ns6_rules = [
+            "ip6 daddr 2001:db8:ffff::2 meta l4proto tcp th dport 53 accept comment \"resolver\"",
+            "ip6 daddr 2001:db8:ffff::2 meta l4proto udp th dport 53 accept comment \"resolver\"",
+        ];
+        assert_eq!(dns_rules(&base)[2..], ns6_rules, "no resolver: as before");
+        assert_eq!(
+            dns_rules(&with_resolver)[..4],
+            [
+                "ip daddr 10.88.0.1 meta l4proto tcp th dport 53 accept comment \"coppice resolver\"",
+                "ip daddr 10.88.0.1 meta l4proto udp th dport 53 accept comment \"coppice resolver\"",
+                "ip6 daddr fd88::1 meta l4proto tcp th dport 53 accept comment \"coppice resolver\"",
+                "ip6 daddr fd88::1 meta l4proto udp th dport 53 accept comment \"coppice resolver\"",
+            ]
+        );
+        assert_eq!(dns_rules(&with_resolver)[6..], ns6_rules);
+        let v4_only = dns_rules(&v4_resolver);
+        assert_eq!(v4_only.len(), 4, "{v4_only:?}");
+        assert!(
+            v4_only.iter().all(|r| r.starts_with("ip daddr")),
+            "{v4_only:?}"
+        );
+
+        // permits() agrees, for every sandbox (a domain-rule one included) and both protocols.
+        let deny = NetworkPolicy {
+            default: DefaultAction::Deny,
+            domains: vec!["api.allowed.test".into()],
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        let gw6 = ip("fd88::1");
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let p = |c: &HostContext, dst| deny.permits(c, dst, Some(proto), Some(53));
+            assert!(p(&base, ns6) && p(&with_resolver, ns6) && !p(&v4_resolver, ns6));
+            assert!(p(&with_resolver, gw6) && !p(&v4_resolver, gw6) && !p(&base, gw6));
+            assert!(p(&v4_resolver, ip("10.255.255.53")) && p(&v4_resolver, ip("10.88.0.1")));
+            assert!(!deny.permits(&with_resolver, gw6, Some(proto), Some(54)));
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ host service; air gap; a live flip cutting a long-lived connection (and its conn
 a bandwidth cap within 10% each way; policy given at create time; bad policies refused without
 changing anything; the policy kept across a daemon restart; domain rules (Coppice's resolver
 answering only allowed names and admitting their addresses for the TTL, wildcards, the TLS SNI
-/ HTTP Host check, expiry, air gap, no other DNS server). Needs root; run it under the host lock:
+/ HTTP Host check, expiry, air gap, no other DNS server, the host's IPv6 nameserver redirected
+to the resolver too). Needs root; run it under the host lock:
 
     flock /tmp/coppice-host.lock python3 runtime/tests/network_policy.py --coppice target/release/coppice
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "rigs"))
 from common import Daemon, refuse_if_other_daemon  # noqa: E402
-from networld import DNS_SERVER, DOMAIN_NAMES, REBIND_NAMES, World, sh  # noqa: E402
+from networld import DNS_SERVER, DNS_SERVER6, DOMAIN_NAMES, REBIND_NAMES, World, sh  # noqa: E402
 
 # Runs in a sandbox: connect, print what came back or why not.
 PROBE = r"""
@@ -109,7 +110,8 @@ except OSError as e:
     print("ERR", type(e).__name__, e)
 """
 
-# Runs in a sandbox: one raw DNS query (A, or the type given third) over UDP to a given server;
+# Runs in a sandbox: one raw DNS query (A, or the type given third) over UDP to a given server
+# (either family);
 # prints the rcode and the number of answers.
 DNSQ = r"""
 import socket, struct, sys
@@ -117,7 +119,7 @@ server, name = sys.argv[1], sys.argv[2]
 qtype = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
 q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", qtype, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
 try:
     s.sendto(q, (server, 53)); r = s.recv(512)
     print("RCODE", r[3] & 15, "ANSWERS", struct.unpack(">H", r[6:8])[0])
@@ -252,15 +254,19 @@ def main() -> int:
                     env={"COPPICE_DNS_UPSTREAM": f"{DNS_SERVER}:53"})
     world = World()
     t = T(coppice, daemon)
+    made: list[Path] = []
     try:
         world.up()
         world.up_domains(tmp)
+        made = ipv6_nameserver(world.v6)
         daemon.start()
-        run(t, daemon, world.v6)
+        run(t, daemon, world.v6, bool(made))
     finally:
         daemon.stop()
         daemon.cleanup()
         world.down()
+        for p in made:
+            p.unlink() if p.is_file() else p.rmdir()
     print(f"\n{t.passed} passed, {len(t.failures)} failed")
     for f in t.failures:
         print("  FAILED:", f)
@@ -268,6 +274,24 @@ def main() -> int:
         print(f"daemon log: {tmp / 'daemon.log'}")
         return 1
     return 0
+
+
+# Where the daemon also reads the host's nameservers (systemd-resolved's upstream list); this
+# host's resolv.conf is left alone.
+RESOLVED_CONF = Path("/run/systemd/resolve/resolv.conf")
+
+
+def ipv6_nameserver(v6: bool) -> list[Path]:
+    """Makes the daemon see the world's IPv6 DNS server as one of the host's nameservers, by
+    writing RESOLVED_CONF (only where the host has none); returns what it made, to remove in
+    this order (empty: not done)."""
+    if not v6 or RESOLVED_CONF.exists():
+        print("  (no IPv6, or a real systemd-resolved: IPv6 nameserver checks skipped)")
+        return []
+    made = [RESOLVED_CONF] + [d for d in (RESOLVED_CONF.parent, RESOLVED_CONF.parent.parent) if not d.exists()]
+    RESOLVED_CONF.parent.mkdir(parents=True, exist_ok=True)
+    RESOLVED_CONF.write_text(f"# coppice network_policy.py test\nnameserver {DNS_SERVER6}\n")
+    return made
 
 
 def run_v6(t: T, a: str, b: str) -> None:
@@ -367,7 +391,7 @@ def run_expose(t: T) -> str:
     return e
 
 
-def run(t: T, daemon: Daemon, v6: bool = False) -> None:
+def run(t: T, daemon: Daemon, v6: bool = False, ns6: bool = False) -> None:
     loop_srv, loop_port = host_server("127.0.0.1")
     any_srv, any_port = host_server("0.0.0.0")
     gateway = "10.88.0.1"
@@ -528,7 +552,7 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     r = connect("127.0.0.1", e_port)
     t.check("kill closes the exposed port", r.startswith("ERR"), r)
 
-    domain_rules(t, a, v6)
+    domain_rules(t, a, v6, ns6)
 
     print("kill removes the policy")
     t.cli("sandbox", "kill", c)
@@ -541,9 +565,10 @@ def run(t: T, daemon: Daemon, v6: bool = False) -> None:
     any_srv.close()
 
 
-def domain_rules(t: T, plain: str, v6: bool) -> None:
+def domain_rules(t: T, plain: str, v6: bool, ns6: bool) -> None:
     """Domains through Coppice's resolver and the SNI / Host check; `plain` has no domain rules.
-    The name checks run for IPv4 (A records) and, with IPv6, for IPv6 (AAAA records)."""
+    The name checks run for IPv4 (A records) and, with IPv6, for IPv6 (AAAA records); `ns6`:
+    the daemon's nameservers include DNS_SERVER6, whose queries must reach the resolver too."""
     fams = ["4", "6"] if v6 else ["4"]
     # Per family: the index of the address in DOMAIN_NAMES, the admission set, a label.
     at, admit_set, tag = {"4": 0, "6": 2}, {"4": "domain_admit4", "6": "domain_admit6"}, {"4": "", "6": "v6 "}
@@ -564,6 +589,11 @@ def domain_rules(t: T, plain: str, v6: bool) -> None:
     t.check("no domain rules: DNS forwarded as before", got == f"IP {evil}", got)
     got = run(plain, DNSQ, "10.255.255.53", "evil.test", "28")
     t.check("no domain rules: AAAA answered as upstream", got == "RCODE 0 ANSWERS 1", got)
+    # The host's nameservers, both families, as the sandbox would ask them.
+    nameservers = ["10.255.255.53"] + ([DNS_SERVER6] if ns6 else [])
+    if ns6:
+        got = run(plain, DNSQ, DNS_SERVER6, "evil.test")
+        t.check("no domain rules: the IPv6 nameserver answers", got == "RCODE 0 ANSWERS 1", got)
 
     policy = {"default": "deny",
               "domains": ["api.allowed.test", "*.wild.test", "short.allowed.test", "inside.allowed.test"]}
@@ -615,8 +645,10 @@ def domain_rules(t: T, plain: str, v6: bool) -> None:
         got = run(d, HTTP, inside, "inside.allowed.test")
         t.check(f"{v}protected address not reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
-    got = run(d, DNSQ, "10.255.255.53", "evil.test")
-    t.check("denied name answered REFUSED", got == "RCODE 5 ANSWERS 0", got)
+    for ns in nameservers:
+        # The world's server would answer it: REFUSED comes from Coppice's resolver.
+        got = run(d, DNSQ, ns, "evil.test")
+        t.check(f"denied name answered REFUSED (nameserver {ns})", got == "RCODE 5 ANSWERS 0", got)
     got = run(d, DNSQ, DNS_SERVER, "api.allowed.test")
     t.check("another DNS server is not reachable", got.startswith(("ERR", "TIMEOUT")), got)
 
@@ -633,6 +665,18 @@ def domain_rules(t: T, plain: str, v6: bool) -> None:
     t.check("admitted entry expired after its TTL", f"{me['4']} . {short}" not in elems, elems.strip()[-300:])
     got = run(d, HTTP, short, "short.allowed.test")
     t.check("expired address no longer reachable", got.startswith(("ERR", "TIMEOUT")), got)
+    if ns6:
+        # Through the IPv6 nameserver: the query reaches the resolver over IPv6, attributed to
+        # the sandbox's IPv6 address, and both families' answers are admitted again.
+        for qtype, fam in (("1", "4"), ("28", "6")):
+            dst = addr("short.allowed.test", fam)
+            got = run(d, DNSQ, DNS_SERVER6, "short.allowed.test", qtype)
+            t.check(f"IPv6 nameserver: allowed name answered ({'AAAA' if fam == '6' else 'A'})",
+                    got == "RCODE 0 ANSWERS 1", got)
+            elems = admitted(fam)
+            t.check(f"IPv6 nameserver: {dst} admitted", f"{me[fam]} . {dst} timeout" in elems, elems.strip()[-300:])
+            got = run(d, HTTP, dst, "short.allowed.test")
+            t.check(f"IPv6 nameserver: {dst} connects", got == f"OK hello {dst}:80", got)
 
     # A connection relayed by the name-checking proxy ends when its name is dropped (one per
     # family, at once), and the name's admissions go with it.
@@ -676,8 +720,9 @@ def domain_rules(t: T, plain: str, v6: bool) -> None:
     e = t.create({"air_gapped": True, "domains": ["api.allowed.test"]})
     got = run(e, RESOLVE, "api.allowed.test")
     t.check("air-gapped: no DNS", got.startswith("ERR"), got)
-    got = run(e, DNSQ, "10.255.255.53", "api.allowed.test")
-    t.check("air-gapped: resolver unreachable", got.startswith(("ERR", "TIMEOUT")), got)
+    for ns in nameservers:
+        got = run(e, DNSQ, ns, "api.allowed.test")
+        t.check(f"air-gapped: resolver unreachable (nameserver {ns})", got.startswith(("ERR", "TIMEOUT")), got)
 
     r = t.cli("network", "set", d, '{"domains":["Bad.Example"]}', check=False)
     t.check("bad domain refused", r.returncode != 0 and "must be written 'bad.example'" in r.stderr, r.stderr.strip())

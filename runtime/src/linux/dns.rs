@@ -1,10 +1,11 @@
 //! The host-side DNS resolver behind domain rules (docs/decisions/0008-network-domains.md).
 //!
 //! Sandboxes keep the resolv.conf their template was built with (the host's nameservers); nft
-//! redirects their port-53 traffic to those nameservers here, on the bridge address (see
-//! [`nft_redirect`]), so no template rebuild is needed and a sandbox cannot pick a different
-//! path to the same servers. The asker is identified by its source address (spoofing is
-//! impossible: the sandbox cannot change its address, and the bridge drops foreign sources).
+//! redirects their port-53 traffic to those nameservers here, on the bridge's address of the
+//! same family (see [`nft_redirect`]), so no template rebuild is needed and a sandbox cannot
+//! pick a different path to the same servers. The asker is identified by its source address,
+//! IPv4 or IPv6 (spoofing is impossible: the sandbox cannot change its addresses, and the
+//! bridge drops foreign sources).
 //!
 //! - no domain rules: the query is forwarded to the upstream as it is (today's behaviour);
 //! - domain rules: a name outside the list is answered REFUSED; an allowed one is forwarded,
@@ -280,59 +281,63 @@ async fn admit(sandbox: Ipv4Addr, name: &str, addrs: &[(IpAddr, u32)]) -> Result
 // ---------------------------------------------------------------------------------------------
 // The server.
 
-/// Where the resolver listens and forwards.
-#[derive(Debug, Clone)]
-pub struct ResolverConfig {
-    /// The bridge address (every sandbox's gateway), port 53.
-    pub listen: Ipv4Addr,
-    /// The nameserver queries are forwarded to.
-    pub upstream: SocketAddr,
+/// The resolver's UDP and TCP port 53 on one address, bound but not served yet.
+pub struct Listener {
+    addr: SocketAddr,
+    udp: UdpSocket,
+    tcp: TcpListener,
 }
 
-/// Binds UDP and TCP port 53 on the bridge address and serves in the background. `ctx` is
-/// what protected addresses and CIDR rules are judged against.
-pub async fn start(cfg: ResolverConfig, ctx: HostContext) -> Result<()> {
-    let _ = host_ctx().set(ctx);
-    let addr = SocketAddr::from((cfg.listen, 53));
+/// Binds UDP and TCP port 53 on `ip` (the bridge's address of one family).
+pub async fn bind(ip: IpAddr) -> Result<Listener> {
+    let addr = SocketAddr::new(ip, 53);
     let udp = UdpSocket::bind(addr)
         .await
         .map_err(Error::io(format!("binding the DNS resolver to udp {addr}")))?;
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(Error::io(format!("binding the DNS resolver to tcp {addr}")))?;
-    let udp = Arc::new(udp);
-    let upstream = cfg.upstream;
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let (n, from) = match udp.recv_from(&mut buf).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!("resolver recv: {e}");
-                    continue;
-                }
-            };
-            let query = buf[..n].to_vec();
-            let udp = udp.clone();
-            tokio::spawn(async move {
-                if let Some(answer) = handle(&query, from.ip(), upstream, false).await {
-                    let _ = udp.send_to(&answer, from).await;
-                }
-            });
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            match tcp.accept().await {
-                Ok((conn, from)) => {
-                    tokio::spawn(serve_tcp(conn, from.ip(), upstream));
-                }
-                Err(e) => tracing::debug!("resolver accept: {e}"),
+    Ok(Listener { addr, udp, tcp })
+}
+
+/// Serves queries arriving on `listeners` in the background, forwarding to `upstream`. `ctx`
+/// (final: with the addresses that did bind) is what protected addresses and CIDR rules are
+/// judged against.
+pub fn serve(listeners: Vec<Listener>, upstream: SocketAddr, ctx: HostContext) {
+    let _ = host_ctx().set(ctx);
+    for Listener { addr, udp, tcp } in listeners {
+        let udp = Arc::new(udp);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let (n, from) = match udp.recv_from(&mut buf).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!("resolver recv: {e}");
+                        continue;
+                    }
+                };
+                let query = buf[..n].to_vec();
+                let udp = udp.clone();
+                tokio::spawn(async move {
+                    if let Some(answer) = handle(&query, from.ip(), upstream, false).await {
+                        let _ = udp.send_to(&answer, from).await;
+                    }
+                });
             }
-        }
-    });
-    tracing::info!(%addr, %upstream, "DNS resolver for sandboxes listening");
-    Ok(())
+        });
+        tokio::spawn(async move {
+            loop {
+                match tcp.accept().await {
+                    Ok((conn, from)) => {
+                        tokio::spawn(serve_tcp(conn, from.ip(), upstream));
+                    }
+                    Err(e) => tracing::debug!("resolver accept: {e}"),
+                }
+            }
+        });
+        tracing::info!(%addr, %upstream, "DNS resolver for sandboxes listening");
+    }
 }
 
 async fn serve_tcp(mut conn: TcpStream, from: IpAddr, upstream: SocketAddr) {
@@ -372,10 +377,8 @@ async fn handle(query: &[u8], from: IpAddr, upstream: SocketAddr, tcp: bool) -> 
     if msg.message_type() != MessageType::Query {
         return None;
     }
-    let IpAddr::V4(sandbox) = from else {
-        return error_answer(&msg, ResponseCode::Refused);
-    };
-    let Some(policy) = policy_of(sandbox) else {
+    // Over either family: a sandbox's IPv6 address maps to the same entry.
+    let Some((sandbox, policy)) = sandbox_of(from).and_then(|s| Some((s, policy_of(s)?))) else {
         return error_answer(&msg, ResponseCode::Refused);
     };
     if policy.air_gapped {
@@ -530,22 +533,23 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddr> {
 /// The nat rules that bring sandbox DNS and domain-admitted web traffic to the daemon: a base
 /// chain of its own in the shared table (declared, flushed, filled: idempotent), and the
 /// admitted-pairs set (flushed: after a restart the registry is empty, and sandboxes resolve
-/// again). `dns_servers`: the nameservers sandboxes' resolv.conf names; `gateway6`: the
-/// bridge's IPv6 address when the proxy listens there.
+/// again). `dns_servers`: the nameservers sandboxes' resolv.conf names; `proxy6` and
+/// `resolver6`: the bridge's IPv6 address when the proxy, the resolver, listens there.
 pub fn nft_redirect(
     bridge: &str,
     gateway: Ipv4Addr,
-    gateway6: Option<Ipv6Addr>,
+    proxy6: Option<Ipv6Addr>,
+    resolver6: Option<Ipv6Addr>,
     dns_servers: &[IpAddr],
     proxy_port: u16,
 ) -> String {
-    let v4: Vec<String> = dns_servers
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v) => Some(v.to_string()),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = dns_servers.iter().partition(|ip| ip.is_ipv4());
+    let list = |v: &[IpAddr]| {
+        v.iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut s = crate::policy::nft_domain_set(NFT_TABLE);
     s += &format!(
         "table inet {NFT_TABLE} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
@@ -556,13 +560,21 @@ pub fn nft_redirect(
     if !v4.is_empty() {
         s += &format!(
             "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {gateway}:53 comment \"sandbox DNS to the coppice resolver\"\n",
-            v4.join(", ")
+            list(&v4)
+        );
+    }
+    // Without `resolver6` the IPv6 nameservers stay out of the chains' accepted list
+    // (`HostContext::open_dns_servers`): nothing to redirect.
+    if let (Some(gw6), false) = (resolver6, v6.is_empty()) {
+        s += &format!(
+            "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip6 daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to [{gw6}]:53 comment \"sandbox DNS to the coppice resolver\"\n",
+            list(&v6)
         );
     }
     s += &format!(
         "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip saddr . ip daddr @{DOMAIN_SET4} tcp dport {{ 80, 443 }} dnat ip to {gateway}:{proxy_port} comment \"domain check proxy\"\n"
     );
-    if let Some(gw6) = gateway6 {
+    if let Some(gw6) = proxy6 {
         s += &format!(
             "add rule inet {NFT_TABLE} domain_redirect iifname \"{bridge}\" ip6 saddr . ip6 daddr @{DOMAIN_SET6} tcp dport {{ 80, 443 }} dnat ip6 to [{gw6}]:{proxy_port} comment \"domain check proxy\"\n"
         );
@@ -688,16 +700,104 @@ mod tests {
         assert!(plan_answer(vec![1, 2, 3], true).is_none());
     }
 
+    /// A query for `name` (type A), as a client sends it.
+    fn query(name: &str) -> Vec<u8> {
+        use hickory_proto::op::Query;
+        use hickory_proto::rr::Name;
+        let mut m = Message::new();
+        m.set_id(0x4242).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    fn rcode(answer: &[u8]) -> ResponseCode {
+        Message::from_vec(answer).unwrap().response_code()
+    }
+
+    #[tokio::test]
+    async fn queries_over_ipv6_are_attributed_like_ipv4() {
+        // A real upstream on loopback: NOERROR without records (nothing to admit, so no nft).
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = up.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::new();
+                r.set_id(q.id()).set_message_type(MessageType::Response);
+                r.add_queries(q.queries().to_vec());
+                let _ = up.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        let sbx = |n: u8| SandboxAddrs {
+            ip: Ipv4Addr::new(10, 88, 201, n),
+            ip6: Some(format!("fd88::c9:{n}").parse().unwrap()),
+        };
+        let (plain, doms, gapped) = (sbx(2), sbx(3), sbx(4));
+        let policy = |p: NetworkPolicy| p.check().unwrap();
+        register(plain, &policy(NetworkPolicy::default()));
+        register(
+            doms,
+            &policy(NetworkPolicy {
+                domains: vec!["api.allowed.test".into()],
+                ..Default::default()
+            }),
+        );
+        register(
+            gapped,
+            &policy(NetworkPolicy {
+                air_gapped: true,
+                ..Default::default()
+            }),
+        );
+        let ask = |name: &str, from: IpAddr| {
+            let q = query(name);
+            async move { handle(&q, from, upstream, false).await }
+        };
+        for v6 in [false, true] {
+            let of = |a: SandboxAddrs| match a.ip6 {
+                Some(ip6) if v6 => IpAddr::V6(ip6),
+                _ => IpAddr::V4(a.ip),
+            };
+            let code = async |name, a| ask(name, of(a)).await.map(|r| rcode(&r));
+            let fam = if v6 { "v6" } else { "v4" };
+            assert_eq!(
+                code("evil.test.", plain).await,
+                Some(ResponseCode::NoError),
+                "{fam}"
+            );
+            let allowed = code("api.allowed.test.", doms).await;
+            assert_eq!(allowed, Some(ResponseCode::NoError), "{fam}");
+            let outside = code("evil.test.", doms).await;
+            assert_eq!(outside, Some(ResponseCode::Refused), "{fam}");
+            assert_eq!(code("evil.test.", gapped).await, None, "{fam}: air gap");
+        }
+        for unknown in ["10.88.201.99", "fd88::c9:99", "2001:db8::c9:2"] {
+            let got = ask("evil.test.", unknown.parse().unwrap()).await.unwrap();
+            assert_eq!(rcode(&got), ResponseCode::Refused, "{unknown}");
+        }
+        for a in [plain, doms, gapped] {
+            forget(a.ip);
+        }
+    }
+
     #[test]
     fn redirect_rules() {
-        let s = nft_redirect(
-            "coppice0",
-            Ipv4Addr::new(10, 88, 0, 1),
-            Some("fd88::1".parse().unwrap()),
-            &["10.255.255.53".parse().unwrap(), "fe80::1".parse().unwrap()],
-            15080,
-        );
+        let gw6 = Some("fd88::1".parse().unwrap());
+        let servers = [
+            "10.255.255.53".parse().unwrap(),
+            "2001:db8:ffff::2".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+        ];
+        let rules = |proxy6, resolver6| {
+            let gw = Ipv4Addr::new(10, 88, 0, 1);
+            nft_redirect("coppice0", gw, proxy6, resolver6, &servers, 15080)
+        };
+        let s = rules(gw6, gw6);
         assert!(s.contains("ip daddr { 10.255.255.53 } meta l4proto { tcp, udp } th dport 53 dnat ip to 10.88.0.1:53"));
+        assert!(s.contains(
+            "iifname \"coppice0\" ip6 daddr { 2001:db8:ffff::2, fe80::1 } meta l4proto { tcp, udp } th dport 53 dnat ip6 to [fd88::1]:53"
+        ));
         assert!(s.contains(
             "ip saddr . ip daddr @domain_admit4 tcp dport { 80, 443 } dnat ip to 10.88.0.1:15080"
         ));
@@ -705,7 +805,14 @@ mod tests {
             "ip6 saddr . ip6 daddr @domain_admit6 tcp dport { 80, 443 } dnat ip6 to [fd88::1]:15080"
         ));
         assert!(s.contains("flush set inet coppice domain_admit6\n"));
-        let v4 = nft_redirect("coppice0", Ipv4Addr::new(10, 88, 0, 1), None, &[], 15080);
+        let v4 = rules(None, None);
         assert!(!v4.contains("dnat ip6"), "{v4}");
+        // Each IPv6 listener gets its own redirect only.
+        let proxy6 = rules(gw6, None);
+        assert!(!proxy6.contains("dport 53 dnat ip6"), "{proxy6}");
+        assert!(proxy6.contains("dport { 80, 443 } dnat ip6"), "{proxy6}");
+        let dns6 = rules(None, gw6);
+        assert!(dns6.contains("dport 53 dnat ip6 to [fd88::1]:53"), "{dns6}");
+        assert!(!dns6.contains("dport { 80, 443 } dnat ip6"), "{dns6}");
     }
 }

@@ -42,18 +42,22 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
                 Err(e) => tracing::warn!("domain rules are IPv4 only: {e}"),
             }
         }
-        dns::start(
-            dns::ResolverConfig {
-                listen: gw,
-                upstream,
-            },
-            full.clone(),
-        )
-        .await?;
+        let mut listeners = vec![dns::bind(IpAddr::V4(gw)).await?];
+        if let Some(v6) = net.ipv6 {
+            match dns::bind(IpAddr::V6(v6.gateway)).await {
+                Ok(l) => {
+                    listeners.push(l);
+                    full.resolver6 = Some(v6.gateway);
+                }
+                Err(e) => warn_no_resolver6(&ctx.dns_servers, &e),
+            }
+        }
+        dns::serve(listeners, upstream, full.clone());
         netpolicy::nft_run(&dns::nft_redirect(
             &net.bridge,
             gw,
             full.sni_proxy6,
+            full.resolver6,
             &ctx.dns_servers,
             sniproxy::PROXY_PORT,
         ))
@@ -73,8 +77,26 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
             ctx.resolver = None;
             ctx.sni_proxy_port = None;
             ctx.sni_proxy6 = None;
+            ctx.resolver6 = None;
             Ok(ctx)
         }
+    }
+}
+
+/// Says what the resolver missing on IPv6 costs: the host's IPv6 nameservers are then closed
+/// to sandboxes rather than open around it (`HostContext::open_dns_servers`).
+fn warn_no_resolver6(dns_servers: &[IpAddr], e: &Error) {
+    let v4 = dns_servers.iter().any(IpAddr::is_ipv4);
+    match (dns_servers.iter().any(IpAddr::is_ipv6), v4) {
+        (false, _) => tracing::warn!("the DNS resolver listens on IPv4 only: {e}"),
+        (true, true) => tracing::warn!(
+            "the host's IPv6 nameservers are closed to sandboxes (they fall back to its IPv4 \
+             ones): the DNS resolver cannot listen on IPv6 to redirect them: {e}"
+        ),
+        (true, false) => tracing::warn!(
+            "sandboxes get no DNS: the host's nameservers are all IPv6 and the DNS resolver \
+             cannot listen on IPv6 to redirect them: {e}"
+        ),
     }
 }
 
