@@ -795,20 +795,13 @@ fn common_rules(ctx: &HostContext) -> Vec<String> {
         format!("ip saddr @{AIRGAP_SET} {reject} comment \"air-gapped\""),
         format!("ip6 saddr @{AIRGAP_SET6} {reject} comment \"air-gapped\""),
     ];
-    for r in ctx.resolvers() {
-        let fam = family(&IpNet::from(r));
-        for proto in ["tcp", "udp"] {
-            out.push(format!(
-                "{fam} daddr {r} meta l4proto {proto} th dport 53 accept comment \"coppice resolver\""
-            ));
-        }
-    }
+    let resolvers = ctx.resolvers().map(|ip| (ip, "coppice resolver"));
     let dns: BTreeSet<IpAddr> = ctx.open_dns_servers().collect();
-    for ip in dns {
+    for (ip, what) in resolvers.chain(dns.into_iter().map(|ip| (ip, "resolver"))) {
         let fam = family(&IpNet::from(ip));
         for proto in ["tcp", "udp"] {
             out.push(format!(
-                "{fam} daddr {ip} meta l4proto {proto} th dport 53 accept comment \"resolver\""
+                "{fam} daddr {ip} meta l4proto {proto} th dport 53 accept comment \"{what}\""
             ));
         }
     }

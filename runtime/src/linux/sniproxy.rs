@@ -139,55 +139,43 @@ fn strip_port(host: &str) -> &str {
 /// The destination the sandbox connected to before nft redirected it here.
 fn original_dst(conn: &TcpStream) -> std::io::Result<SocketAddr> {
     if conn.local_addr()?.is_ipv6() {
-        return original_dst6(conn).map(SocketAddr::V6);
+        // ip6tables' option number at the IPv6 level, which the kernel's nat answers for nft's
+        // dnat too.
+        let a: libc::sockaddr_in6 = sockaddr_opt(conn, libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST)?;
+        return Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(a.sin6_addr.s6_addr),
+            u16::from_be(a.sin6_port),
+            0,
+            0,
+        )));
     }
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a valid socket fd and an out-buffer of the size passed; SO_ORIGINAL_DST fills a
-    // sockaddr_in for IPv4 connections that went through nat.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let a: libc::sockaddr_in = sockaddr_opt(conn, libc::SOL_IP, libc::SO_ORIGINAL_DST)?;
     Ok(SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
+        Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+        u16::from_be(a.sin_port),
     )))
 }
 
-/// The same for an IPv6 connection: ip6tables' option number at the IPv6 level, which the
-/// kernel's nat answers for nft's dnat too.
-fn original_dst6(conn: &TcpStream) -> std::io::Result<SocketAddrV6> {
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    // SAFETY: a valid socket fd and an out-buffer of the size passed; IP6T_SO_ORIGINAL_DST
-    // fills a sockaddr_in6 for IPv6 connections that went through nat.
+/// A socket option whose value is a socket address (`T`: `sockaddr_in` or `sockaddr_in6`).
+fn sockaddr_opt<T: Copy>(conn: &TcpStream, level: i32, name: i32) -> std::io::Result<T> {
+    // SAFETY: T is a C socket address struct, for which all zero bytes are a valid value.
+    let mut addr: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: a valid socket fd and an out-buffer of the size passed; the original-destination
+    // options fill it for connections that went through nat.
     let rc = unsafe {
         libc::getsockopt(
             conn.as_raw_fd(),
-            libc::SOL_IPV6,
-            libc::IP6T_SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in6).cast(),
+            level,
+            name,
+            (&mut addr as *mut T).cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(SocketAddrV6::new(
-        Ipv6Addr::from(addr.sin6_addr.s6_addr),
-        u16::from_be(addr.sin6_port),
-        0,
-        0,
-    ))
+    Ok(addr)
 }
 
 async fn serve(mut conn: TcpStream, from: SocketAddr) -> std::io::Result<()> {
