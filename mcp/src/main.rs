@@ -103,9 +103,13 @@ async fn embedded(args: Args) -> anyhow::Result<()> {
         inner: tokio::io::stdin(),
         eof: Some(eof_tx),
     };
-    let stdin = coppice_mcp::stdio::LimitLines::new(stdin, coppice_mcp::stdio::MAX_MESSAGE_BYTES);
+    let transport = coppice_mcp::stdio::LineTransport::new(
+        stdin,
+        tokio::io::stdout(),
+        coppice_mcp::stdio::MAX_MESSAGE_BYTES,
+    );
     let service = CoppiceMcp::new(state.clone())
-        .serve((stdin, tokio::io::stdout()))
+        .serve(transport)
         .await
         .map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
     // rmcp drains in-flight calls for up to 5 s after EOF; we give it a moment, then kill
