@@ -440,7 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_at_the_limit_pass() {
-        let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}}");
+        let line = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
         let (got, _) = received(format!("{line}\n").into_bytes(), line.len()).await;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["method"], "ping");
