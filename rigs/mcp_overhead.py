@@ -22,6 +22,10 @@ clients (one persistent pipe or HTTP/1.1 connection, ``json`` from the stdlib), 
 figures are the server side's cost, not an SDK's; every reply is checked (exit code 0,
 bytes equal).
 
+Reference: ``write_read_1mib_codec_floor_p50``, the JSON and base64 work of one write+read
+(parse the request, decode, encode, serialize the reply) timed in-process by
+``coppice-mcp --codec-floor`` in the same run: the part of the server's share no server can skip.
+
 Targets (issue 3): MCP overhead over the direct call <= 1 ms at p50; ``commands_run true``
 <= 5 ms p50 end to end.
 
@@ -363,7 +367,17 @@ def build_metrics(res: dict[str, dict[str, dict]]) -> list[dict]:
     return out
 
 
-def print_report(res: dict, metrics: list[dict]) -> None:
+def codec_floor(mcp_bin: Path) -> dict | None:
+    """The JSON/base64 work no server can skip for one 1 MiB write+read, timed in-process by
+    ``coppice-mcp --codec-floor`` (None with a binary that lacks the flag)."""
+    try:
+        out = subprocess.run([str(mcp_bin), "--codec-floor"], capture_output=True, text=True, timeout=120)
+        return json.loads(out.stdout) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def print_report(res: dict, metrics: list[dict], floor: dict | None = None) -> None:
     for op, by_path in res.items():
         print(f"\n== {op} (ms)")
         d50 = common.percentile(by_path["direct"]["lat_ms"], 50)
@@ -379,6 +393,10 @@ def print_report(res: dict, metrics: list[dict]) -> None:
             rows.append([path, s["n"], s["p50"], s["p95"], s["p99"], s["max"], over, cl, srv, len(r["errors"])])
         common.print_table(rows, ["path", "n", "p50", "p95", "p99", "max", "p50 - direct", "client codec",
                                   "server - direct", "err"])
+    if floor:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in (floor.get("parts_p50_ms") or {}).items())
+        print(f"\n   codec floor (JSON + base64 of one 1 MiB write+read, in-process): p50 {floor['p50_ms']:.2f} ms"
+              f" ({parts}); the server's share above includes it")
     print(f"\n   targets: MCP overhead <= {OVERHEAD_TARGET_MS:g} ms p50; commands_run true <= "
           f"{RUN_TRUE_TARGET_MS:g} ms p50 end to end")
     misses = [m for m in metrics if m.get("target_met") is False]
@@ -423,6 +441,7 @@ def main() -> int:
     notes: list[str] = []
     ok = False
     res: dict[str, dict] = {}
+    floor: dict | None = None
     contention: list[dict] = []
     try:
         daemon.start()
@@ -447,6 +466,7 @@ def main() -> int:
             "mcp_http": mcp_write_read(modern, "rig/http.bin", data),
             "mcp_http_legacy": mcp_write_read(legacy, "rig/legacy.bin", data),
         }, io_samples, max(1, warmup // 3))
+        floor = codec_floor(mcp_bin)
         for op, by_path in res.items():
             for path, r in by_path.items():
                 if r["errors"]:
@@ -471,8 +491,13 @@ def main() -> int:
             for f in (log, log.with_suffix(".mcp-stderr")):
                 f.unlink(missing_ok=True)
     metrics = build_metrics(res) if res.get("run_true") and res.get("write_read_1mib") else []
+    if metrics and floor:
+        metrics.append(metric("write_read_1mib_codec_floor_p50", floor["p50_ms"], "ms",
+                              label="in-process JSON parse + base64 decode + base64 encode + JSON serialize "
+                                    "of one 1 MiB write+read (coppice-mcp --codec-floor), same run",
+                              parts_p50_ms=floor.get("parts_p50_ms"), n=floor.get("samples")))
     if metrics:
-        print_report(res, metrics)
+        print_report(res, metrics, floor)
     path = common.write_results(RIG, started, metrics, {
         "config": {"samples": samples, "io_samples": io_samples, "warmup": warmup, "quick": a.quick,
                    "network": not a.no_network, "file_bytes": MIB, "paths": PATHS,

@@ -432,6 +432,16 @@ impl Runtime {
         }
     }
 
+    /// Whether `id` is a sandbox visible to callers, as [`Runtime::info`] would find it, from
+    /// the in-memory index (no database read: the MCP tools check this on every call).
+    pub fn check_visible(&self, id: &str) -> Result<()> {
+        self.store
+            .agent_route(id)?
+            .filter(|r| !r.pooled && r.state != SandboxState::Starting)
+            .map(|_| ())
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))
+    }
+
     /// A client for the agent of a sandbox visible to callers (refused while it is paused:
     /// its agent is frozen too and would never answer). On every exec and file call: one
     /// in-memory lookup (`StateStore::agent_route`), no database read.

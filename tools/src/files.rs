@@ -431,27 +431,21 @@ impl Tools {
 
     /// The whole content of a file of at most [`MAX_READ_BYTES`], with its absolute path.
     pub async fn read_file_bytes(&self, id: &str, path: &str) -> Result<(String, Vec<u8>)> {
-        // An absolute path needs no resolving first: stat and download go to the agent
-        // together (one round trip instead of two); the stat still decides what to report.
-        let (entry, downloaded) = if path.starts_with('/') {
-            let (entry, downloaded) = tokio::join!(
-                self.stat(id, path),
-                self.download(id, path, MAX_READ_BYTES + 1)
-            );
-            (entry?, Some(downloaded))
-        } else {
-            (self.stat(id, path).await?, None)
-        };
+        // Stat and download go to the agent together (one round trip instead of two): it
+        // resolves a relative path for both alike (against the same user's home); the stat
+        // still decides what to report.
+        let (entry, downloaded) = tokio::join!(
+            self.stat(id, path),
+            self.download(id, path, MAX_READ_BYTES + 1)
+        );
+        let entry = entry?;
         if entry.kind == "dir" {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is a directory; list it with files_list",
                 entry.path
             )));
         }
-        let (data, size) = match downloaded {
-            Some(d) => d?,
-            None => self.download(id, &entry.path, MAX_READ_BYTES + 1).await?,
-        };
+        let (data, size) = downloaded?;
         if size > MAX_READ_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "'{}' is {size} bytes, over the {MAX_READ_BYTES}-byte read limit; read parts of it with commands_run (sed -n, head, tail, xxd) or search it with files_search",
