@@ -374,6 +374,27 @@ impl Conn {
             |e: std::io::Error| Error::Internal(format!("opening a netfilter netlink socket: {e}"));
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(err)?;
         sock.bind_auto().map_err(err)?;
+        // Every acknowledged message of a batch gets its own reply, which by default echoes
+        // the whole request message. A fan-out's group commit (hundreds of messages) then
+        // overflowed the default receive buffer, replies were dropped and the batch waited out
+        // the timeout below (5 s per start at cc=50). Acks carry only the header with
+        // NETLINK_CAP_ACK, and a buffer forced to 8 MiB holds thousands of them (each costs
+        // about 1 KiB of buffer accounting however small).
+        sock.set_cap_ack(true).map_err(err)?;
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt on a socket we own, with an int of the size we pass.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            sock.set_rx_buf_sz(size as usize).map_err(err)?;
+        }
         // A reply that never comes must not hang the daemon.
         let tv = libc::timeval {
             tv_sec: 5,
