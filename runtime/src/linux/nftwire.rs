@@ -362,6 +362,20 @@ fn encode(ops: &[NftOp], seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
     b.finish()
 }
 
+/// A `SOL_SOCKET` option set to `value`; setsockopt's return code.
+fn set_sockopt<T>(sock: &Socket, name: libc::c_int, value: &T) -> libc::c_int {
+    // SAFETY: setsockopt on a socket we own, with a value of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    }
+}
+
 /// A netfilter netlink socket, bound to the network namespace of the thread that opened it.
 pub struct Conn {
     sock: Socket,
@@ -382,17 +396,7 @@ impl Conn {
         // about 1 KiB of buffer accounting however small).
         sock.set_cap_ack(true).map_err(err)?;
         let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt on a socket we own, with an int of the size we pass.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if set_sockopt(&sock, libc::SO_RCVBUFFORCE, &size) != 0 {
             sock.set_rx_buf_sz(size as usize).map_err(err)?;
         }
         // A reply that never comes must not hang the daemon.
@@ -400,16 +404,7 @@ impl Conn {
             tv_sec: 5,
             tv_usec: 0,
         };
-        // SAFETY: setsockopt on a socket we own, with a timeval of the size we pass.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        set_sockopt(&sock, libc::SO_RCVTIMEO, &tv);
         Ok(Conn { sock, seq: 1 })
     }
 
