@@ -306,6 +306,7 @@ impl Runtime {
     ) -> Result<SandboxRecord> {
         let id = new_id();
         let now = now_ms();
+        let t0 = std::time::Instant::now();
         let mut rec = {
             let _guard = self.slots.lock().await;
             let rec = SandboxRecord {
@@ -337,6 +338,7 @@ impl Runtime {
             self.store.delete(&id)?;
             return Err(e);
         }
+        let policed = t0.elapsed();
         let started = match self.backend.start(&rec, template).await {
             Ok(s) => s,
             Err(e) => {
@@ -364,6 +366,7 @@ impl Runtime {
         if !pooled {
             self.store.event(Some(&id), "created", "");
         }
+        tracing::debug!(sandbox = %id, ?policed, total = ?t0.elapsed(), "sandbox created");
         Ok(rec)
     }
 

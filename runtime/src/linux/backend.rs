@@ -310,6 +310,7 @@ impl LinuxBackend {
     /// Kills everything in the sandbox and removes its cgroups, network and files. Never
     /// fails: each step is attempted and problems are logged (a later sweep retries).
     pub async fn destroy(&self, rec: &SandboxRecord) {
+        let t0 = std::time::Instant::now();
         let cg = self.cgroups.open(&rec.id);
         if let Err(e) = tokio::task::spawn_blocking(move || cg.destroy())
             .await
@@ -318,19 +319,23 @@ impl LinuxBackend {
         {
             tracing::warn!(sandbox = %rec.id, "removing cgroups: {e}");
         }
+        let killed = t0.elapsed();
         if self.net.is_some()
             && let Err(e) = net::destroy(&net::host_ifname(rec.slot)).await
         {
             tracing::warn!(sandbox = %rec.id, "removing network: {e}");
         }
+        let unwired = t0.elapsed();
         if let Some(n) = &self.net
             && let Err(e) =
                 netpolicy::remove(rec.slot, n.sandbox_ip(rec.slot), n.sandbox_ip6(rec.slot)).await
         {
             tracing::warn!(sandbox = %rec.id, "removing network policy: {e}");
         }
+        let unpoliced = t0.elapsed();
         remove_dir_in_background(self.sandbox_dir(&rec.id));
         self.remove_upper(&rec.id);
+        tracing::debug!(sandbox = %rec.id, ?killed, ?unwired, ?unpoliced, total = ?t0.elapsed(), "sandbox destroyed");
     }
 
     /// Deletes a sandbox's upper subvolume (btrfs); its files go with the subvolume.
