@@ -144,9 +144,24 @@ pub fn probe(root: &Path) -> CgroupLayout {
     }
 }
 
-/// Detects the host's layout under `/sys/fs/cgroup` and prepares our parent groups.
+/// Detects the host's layout under `/sys/fs/cgroup`, prepares our parent groups and turns on
+/// cgroup2's `favordynmods` (see [`favor_dynamic_moves`]).
 pub fn detect() -> Result<CgroupLayout> {
-    detect_at(Path::new(CGROUP_ROOT))
+    let layout = detect_at(Path::new(CGROUP_ROOT))?;
+    if let Some(unified) = &layout.unified {
+        match favor_dynamic_moves(unified) {
+            Ok(true) => tracing::info!(
+                "cgroup2 remounted with favordynmods: moving a sandbox's first process into its \
+                 cgroups no longer waits for an RCU grace period"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "cgroup2 favordynmods is off ({e}): each sandbox start waits about one RCU \
+                 grace period (5-15 ms) to join its cgroups"
+            ),
+        }
+    }
+    Ok(layout)
 }
 
 /// [`detect`] for a cgroup root other than `/sys/fs/cgroup`.
@@ -197,19 +212,6 @@ pub fn detect_at(root: &Path) -> Result<CgroupLayout> {
         }
         if layout.memory.is_v2() {
             layout.swap_v2 = unified.join(PARENT).join("memory.swap.max").is_file();
-        }
-    }
-    if let Some(unified) = &layout.unified {
-        match favor_dynamic_moves(unified) {
-            Ok(true) => tracing::info!(
-                "cgroup2 remounted with favordynmods: moving a sandbox's first process into its \
-                 cgroups no longer waits for an RCU grace period"
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(
-                "cgroup2 favordynmods is off ({e}): each sandbox start waits about one RCU \
-                 grace period (5-15 ms) to join its cgroups"
-            ),
         }
     }
     tracing::debug!(?layout, "cgroup layout");
