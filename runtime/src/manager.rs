@@ -1,7 +1,7 @@
 //! The runtime every surface talks to: creates, hands out (from warm pools), lists, times out,
 //! kills and recovers sandboxes. Backend-neutral; the backend does the kernel work.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ pub struct Runtime {
     policy_lock: tokio::sync::Mutex<()>,
     /// Host listeners of exposed sandbox ports (policy `expose`).
     exposer: crate::expose::Exposer,
+    teardowns: Teardowns,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -124,6 +125,7 @@ impl Runtime {
             snap: Default::default(),
             policy_lock: tokio::sync::Mutex::new(()),
             exposer,
+            teardowns: Teardowns::default(),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -521,14 +523,30 @@ impl Runtime {
     }
 
     async fn destroy(&self, rec: SandboxRecord) -> Result<()> {
+        self.teardown(rec, "killed", "").await
+    }
+
+    /// The one way a sandbox goes away (kill, reaper, failed start): each id is torn down by
+    /// one caller at a time, and a caller that finds it already gone does nothing.
+    async fn teardown(&self, rec: SandboxRecord, event: &str, reason: &str) -> Result<()> {
         let id = rec.id.as_str();
+        let Some(_claim) = self.teardowns.take(id) else {
+            // Someone else is on it: return when it is gone, as a kill promises.
+            self.teardowns.wait(id).await;
+            return Ok(());
+        };
+        if self.store.get(id)?.is_none() {
+            return Ok(()); // torn down by someone else after `rec` was read
+        }
+        let t0 = std::time::Instant::now();
         self.pool_remove(&rec.template, id);
         self.thaw_before_destroy(&rec).await;
         self.backend.destroy(&rec).await;
         self.exposer.close(id).await;
         self.store.delete(id)?;
         self.store.forget_lifecycle(id)?;
-        self.store.event(Some(id), "killed", "");
+        self.store.event(Some(id), event, reason);
+        tracing::debug!(sandbox = %id, event, elapsed = ?t0.elapsed(), "torn down");
         Ok(())
     }
 
@@ -557,13 +575,16 @@ impl Runtime {
             } else {
                 continue;
             };
+            if self.teardowns.active(&rec.id) {
+                continue; // being killed: its init looks dead, but it is not ours to reap
+            }
             tracing::info!(sandbox = %rec.id, reason, "reaping");
-            self.pool_remove(&rec.template, &rec.id);
-            self.backend.destroy(&rec).await;
-            let _ = self.store.delete(&rec.id);
-            let _ = self.store.forget_lifecycle(&rec.id);
-            self.store.event(Some(&rec.id), "reaped", reason);
-            if rec.pooled {
+            let pooled = rec.pooled;
+            let id = rec.id.clone();
+            if let Err(e) = self.teardown(rec, "reaped", reason).await {
+                tracing::warn!(sandbox = %id, "reaping: {e}");
+            }
+            if pooled {
                 self.refill.notify_one();
             }
         }
@@ -694,8 +715,84 @@ impl Runtime {
     }
 }
 
+/// Sandboxes being torn down, so that a kill and the reaper (which sees a dying init as
+/// "died"), or two kills, never destroy one sandbox twice at once.
+#[derive(Default)]
+struct Teardowns {
+    ids: Mutex<HashSet<String>>,
+    done: Notify,
+}
+
+/// An id held in [`Teardowns`] until dropped.
+struct TeardownClaim<'a> {
+    teardowns: &'a Teardowns,
+    id: String,
+}
+
+impl Teardowns {
+    /// None when another caller is already tearing `id` down.
+    fn take(&self, id: &str) -> Option<TeardownClaim<'_>> {
+        self.ids
+            .lock()
+            .expect("teardowns")
+            .insert(id.to_string())
+            .then(|| TeardownClaim {
+                teardowns: self,
+                id: id.to_string(),
+            })
+    }
+
+    fn active(&self, id: &str) -> bool {
+        self.ids.lock().expect("teardowns").contains(id)
+    }
+
+    /// Returns once nobody is tearing `id` down.
+    async fn wait(&self, id: &str) {
+        loop {
+            // Registered before the check, so a release in between still wakes us.
+            let released = self.done.notified();
+            if !self.active(id) {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for TeardownClaim<'_> {
+    fn drop(&mut self) {
+        self.teardowns
+            .ids
+            .lock()
+            .expect("teardowns")
+            .remove(&self.id);
+        self.teardowns.done.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn one_teardown_per_id_at_a_time() {
+        let t = std::sync::Arc::new(super::Teardowns::default());
+        let first = t.take("a").expect("free");
+        assert!(t.take("a").is_none());
+        assert!(t.take("b").is_some(), "other ids are independent");
+        let waiter = tokio::spawn({
+            let t = t.clone();
+            async move { t.wait("a").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits while 'a' is being torn down");
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("released")
+            .unwrap();
+        assert!(!t.active("a"));
+        assert!(t.take("a").is_some());
+    }
+
     #[test]
     fn ids_are_e2b_shaped() {
         let id = super::new_id();
