@@ -4,9 +4,11 @@ what an idle sandbox costs in host memory. Python 3.11 stdlib only; run as root.
 
 Measures, in one run (see rigs/README.md for the results shape):
   - create -> first exec of `true` completed (POST create + POST exec until the NDJSON exit
-    line, one persistent HTTP/1.1 connection per worker thread), at concurrency 1, 10, 50,
+    line, one persistent HTTP/1.1 connection per worker thread, through common.LeanApi so
+    that Python's http.client is not timed), at concurrency 1, 10, 50,
     with a warm pool of `cc` sandboxes (pooled) and without one (unpooled, --pool-size 0);
-  - references in the same run and with the same harness: bwrap, unshare, plain fork/exec;
+  - references in the same run and with the same harness (posix_spawn + waitpid): bwrap,
+    unshare, plain fork/exec;
   - idle host memory per sandbox at N=100 (MemAvailable delta, cgroup charge, agent Pss).
 
 Usage:  sudo python3 rigs/create_exec.py [--quick] [--no-network] [--coppice PATH]
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import MIB, Api, Daemon, metric, run_rounds, summary  # noqa: E402
+from common import MIB, Api, Daemon, LeanApi, metric, run_rounds, summary  # noqa: E402
 
 RIG = "create_exec"
 
@@ -88,12 +90,17 @@ def ms(values: list[float]) -> list[float]:
 # ---------------------------------------------------------------- references
 
 
+# Each reference runs with no output kept: stdio on /dev/null.
+_DEVNULL_STDIO = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+
+
 def measure_reference(name: str, cmd: list[str], cc: int, samples: int) -> dict:
+    # posix_spawn + waitpid: the least harness work per start, as LeanApi is on Coppice's side.
     def timed(_state):
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
-        if r.returncode != 0:
-            raise RuntimeError(f"{name} exited {r.returncode}: {r.stderr[:200]!r}")
+        pid = os.posix_spawnp(cmd[0], cmd, os.environ, file_actions=_DEVNULL_STDIO)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code != 0:
+            raise RuntimeError(f"{name} exited {code} (run it by hand to see why)")
 
     timed(None)  # warm-up (page cache, binary)
     lat, errors = run_rounds(cc, samples, lambda i: None, timed)
@@ -108,13 +115,13 @@ class Worker:
 
     def __init__(self, port: int):
         self.port = port
-        self.api = Api(port)
+        self.api = LeanApi(port)
         self.create_ms: list[float] = []
         self.exec_ms: list[float] = []
 
     def reset(self) -> None:
         self.api.close()
-        self.api = Api(self.port)
+        self.api = LeanApi(self.port)
 
 
 def create_exec_sample(w: Worker):
