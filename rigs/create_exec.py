@@ -20,7 +20,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path

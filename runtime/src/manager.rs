@@ -554,9 +554,10 @@ impl Runtime {
     async fn reap(&self) {
         let Ok(all) = self.store.all() else { return };
         let now = now_ms();
+        // A sandbox being killed looks dead (or due) too: it is not the reaper's to pause or reap.
         for rec in all
             .into_iter()
-            .filter(|r| r.state != SandboxState::Starting)
+            .filter(|r| r.state != SandboxState::Starting && !self.teardowns.active(&r.id))
         {
             let reason = if rec.state == SandboxState::Paused {
                 // Paused sandboxes have no running timeout (E2B keeps them until killed or
@@ -575,9 +576,6 @@ impl Runtime {
             } else {
                 continue;
             };
-            if self.teardowns.active(&rec.id) {
-                continue; // being killed: its init looks dead, but it is not ours to reap
-            }
             tracing::info!(sandbox = %rec.id, reason, "reaping");
             let pooled = rec.pooled;
             let id = rec.id.clone();
