@@ -753,7 +753,14 @@ fn recovery_after_the_daemon_is_killed() {
     kept.sh_ok("echo persisted > /home/user/marker");
     let lost_pid = lost.pid();
 
+    let old_servers = spawn_servers();
     d.kill9();
+    assert!(
+        eventually(Duration::from_secs(5), || spawn_servers()
+            .iter()
+            .all(|pid| !old_servers.contains(pid))),
+        "the spawn server outlived its daemon: {old_servers:?}"
+    );
     // SAFETY: kill(2) of the lost sandbox's init; its namespace dies with it.
     assert_eq!(unsafe { libc::kill(lost_pid, libc::SIGKILL) }, 0);
     assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
@@ -786,6 +793,51 @@ fn recovery_after_the_daemon_is_killed() {
     );
     // A new sandbox still works after the restart.
     assert_eq!(create(&[]).sh_ok("echo new"), "new\n");
+}
+
+/// Pids of running `coppice-spawn --serve` processes (one per daemon, one daemon per host).
+fn spawn_servers() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.len() >= 2 && args[0].ends_with(b"coppice-spawn") && args[1] == b"--serve"
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_spawn_server_is_replaced() {
+    let Some(_g) = exclusive() else { return };
+    daemon();
+    let servers = spawn_servers();
+    assert_eq!(servers.len(), 1, "one spawn server per daemon: {servers:?}");
+    // SAFETY: kill(2) of the daemon's spawn server, the failure this test is about.
+    assert_eq!(unsafe { libc::kill(servers[0], libc::SIGKILL) }, 0);
+    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
+        "/proc/{}",
+        servers[0]
+    ))
+    .exists()
+        || std::fs::read_to_string(format!(
+            "/proc/{}/stat",
+            servers[0]
+        ))
+        .is_ok_and(|s| s.contains(") Z "))));
+    // The pool holds at most one sandbox started before the kill: the second is new.
+    for _ in 0..2 {
+        assert_eq!(create(&[]).sh_ok("echo up"), "up\n");
+    }
+    let now = spawn_servers();
+    assert!(
+        now.len() == 1 && now[0] != servers[0],
+        "a new server: {servers:?} -> {now:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

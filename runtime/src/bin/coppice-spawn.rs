@@ -1,35 +1,24 @@
-//! coppice-spawn: starts one sandbox from a plan on stdin (JSON `SpawnPlan`) and prints its
-//! init's host pid (JSON `SpawnResult`). A separate single-threaded process because the daemon
-//! is a multi-threaded tokio server and must never fork.
+//! coppice-spawn: the Linux backend's spawn server. The daemon starts one `coppice-spawn
+//! --serve` with a control socket on stdin; the server forks a single-threaded helper per
+//! sandbox start (the daemon is a multi-threaded tokio server and must never fork). Protocol:
+//! `coppice_runtime::linux::spawner`.
 
 #[cfg(target_os = "linux")]
 fn main() {
-    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
 
-    use coppice_runtime::linux::spawn::{SpawnPlan, execute};
-
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        fail(&format!("reading the plan: {e}"));
+    if std::env::args().nth(1).as_deref() != Some("--serve") {
+        eprintln!(
+            "usage: coppice-spawn --serve (started by `coppice serve`, control socket on stdin)"
+        );
+        std::process::exit(2);
     }
-    let plan: SpawnPlan = match serde_json::from_str(&input) {
-        Ok(p) => p,
-        Err(e) => fail(&format!("malformed plan: {e}")),
-    };
-    match execute(&plan) {
-        Ok(result) => {
-            let out = serde_json::to_string(&result).expect("result serializes");
-            // stdout is the reply channel to the daemon.
-            println!("{out}");
-        }
-        Err(e) => fail(&e),
+    // SAFETY: the daemon hands the control socket over as stdin; nothing else uses fd 0.
+    let control = unsafe { OwnedFd::from_raw_fd(0) };
+    if let Err(e) = coppice_runtime::linux::spawner::serve(control) {
+        eprintln!("coppice-spawn: {e}");
+        std::process::exit(1);
     }
-}
-
-#[cfg(target_os = "linux")]
-fn fail(msg: &str) -> ! {
-    println!("{}", serde_json::json!({ "error": msg }));
-    std::process::exit(1)
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -8,7 +8,8 @@ use super::btrfs::{self, Storage};
 use super::cgroup::{self, CgroupLayout};
 use super::net::{self, NetConfig};
 use super::netpolicy;
-use super::spawn::{SpawnPlan, SpawnResult};
+use super::spawn::SpawnPlan;
+use super::spawner::Spawner;
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{Limits, TemplateInfo};
@@ -25,7 +26,8 @@ pub struct LinuxBackend {
     /// What network policies are compiled against (with `net` only).
     policy_ctx: HostContext,
     agent_binary: PathBuf,
-    spawn_binary: PathBuf,
+    /// Forks the helper that starts each sandbox (`coppice-spawn --serve`).
+    spawner: Spawner,
     /// Uppers as btrfs subvolumes, or plain directories.
     storage: Storage,
 }
@@ -122,6 +124,7 @@ impl LinuxBackend {
                 )));
             }
         }
+        let spawner = Spawner::new(spawn_binary)?;
         let storage = tokio::task::block_in_place(|| Storage::setup(cfg))?;
         if storage.is_btrfs() {
             sandbox_dirs_on_tmpfs(&cfg.sandboxes_dir());
@@ -133,7 +136,7 @@ impl LinuxBackend {
             net,
             policy_ctx,
             agent_binary,
-            spawn_binary,
+            spawner,
         })
     }
 
@@ -240,9 +243,7 @@ impl LinuxBackend {
         };
         let spawning = async {
             let t = std::time::Instant::now();
-            run_spawn(&self.spawn_binary, &plan)
-                .await
-                .map(|s| (s, t.elapsed()))
+            self.spawner.spawn(&plan).await.map(|s| (s, t.elapsed()))
         };
         let ((started, spawn_took), (sandbox_net, wire_took)) = tokio::try_join!(spawning, wiring)?;
         drop(sandbox_net); // the sandbox's init now holds the netns
@@ -505,43 +506,6 @@ fn base_env(hostname: &str) -> Vec<(String, String)> {
         ("HOSTNAME".into(), hostname.into()),
         ("COPPICE_SANDBOX".into(), "1".into()),
     ]
-}
-
-async fn run_spawn(binary: &Path, plan: &SpawnPlan) -> Result<SpawnResult> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-    let mut child = tokio::process::Command::new(binary)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .ctx(|| format!("starting {}", binary.display()))?;
-    let input = serde_json::to_vec(plan).map_err(Error::internal)?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(&input)
-        .await
-        .ctx(|| "sending the spawn plan")?;
-    drop(stdin);
-    // The helper answers with one line; its exit is reaped in the background, off the
-    // request path.
-    let mut line = String::new();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-    stdout
-        .read_line(&mut line)
-        .await
-        .ctx(|| "reading coppice-spawn's answer")?;
-    if let Ok(result) = serde_json::from_str::<SpawnResult>(line.trim()) {
-        tokio::spawn(async move { child.wait().await });
-        return Ok(result);
-    }
-    let status = child.wait().await.ctx(|| "waiting for coppice-spawn")?;
-    let reason = serde_json::from_str::<serde_json::Value>(line.trim())
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("coppice-spawn failed ({status}): {line}"));
-    Err(Error::Internal(format!("starting the sandbox: {reason}")))
 }
 
 /// Start time of a live process in clock ticks since boot (field 22 of /proc/<pid>/stat);

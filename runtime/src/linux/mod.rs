@@ -13,3 +13,4 @@ pub mod nftwire;
 pub mod seccomp;
 pub mod sniproxy;
 pub mod spawn;
+pub mod spawner;
