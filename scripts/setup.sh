@@ -13,11 +13,12 @@ fi
 # btrfs-progs: mkfs.btrfs formats the sparse image that holds sandbox uppers and snapshots
 # (subvolumes) when the state dir is not on btrfs.
 # openssl: the network policy test makes its TLS servers' self-signed certificate.
+# musl-tools: the C compiler for the agent's static musl build (its zmq client's `ring`).
 # python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
 # (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
 packages=(nftables iproute2 btrfs-progs bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
   python3-ipykernel python3-matplotlib python3-pandas python3-pexpect
-  openssl)
+  openssl musl-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +35,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# The static agent (scripts/build.sh); without it sandboxes run the glibc agent.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  echo "coppice setup: adding the x86_64-unknown-linux-musl Rust target" >&2
+  rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 \
+    || echo "coppice setup: could not add the musl target; sandboxes will run the glibc agent" >&2
+fi
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 

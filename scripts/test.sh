@@ -11,7 +11,7 @@ step "format"
 cargo fmt --all -- --check
 
 step "build (release, once for everything)"
-cargo build --release --workspace --bins
+./scripts/build.sh
 
 step "lint"
 cargo clippy --release --workspace --all-targets -- -D warnings

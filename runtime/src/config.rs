@@ -48,7 +48,8 @@ pub struct Config {
     pub seccomp: bool,
     /// First host uid/gid of the ranges given to sandboxes (65536 ids each).
     pub id_base: u32,
-    /// Paths of the helper binaries; default: next to the running executable.
+    /// Paths of the helper binaries; default: next to the running executable (for the agent,
+    /// its static musl build from the same cargo target dir when that is at least as new).
     pub agent_binary: Option<PathBuf>,
     pub spawn_binary: Option<PathBuf>,
     /// Bearer token for every route of the TCP listener (MCP and the API); required when
@@ -127,12 +128,22 @@ impl Config {
             "coppice-spawn" => self.spawn_binary.clone(),
             _ => None,
         };
-        explicit.unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|d| d.join(name)))
-                .unwrap_or_else(|| PathBuf::from(name))
-        })
+        if let Some(path) = explicit {
+            return path;
+        }
+        let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        else {
+            return PathBuf::from(name);
+        };
+        let sibling = dir.join(name);
+        if name == "coppice-agent"
+            && let Some(fresh) = static_agent_beside(&dir, &sibling)
+        {
+            return fresh;
+        }
+        sibling
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {
@@ -145,6 +156,26 @@ impl Config {
         } else {
             self.pool_templates.clone()
         }
+    }
+}
+
+/// The agent starts once per sandbox; built static for musl it skips the dynamic loader and
+/// glibc's CPU probing, about a millisecond of CPU per start on a VM (decision 0002).
+/// `scripts/build.sh` builds it into `<target>/x86_64-unknown-linux-musl/release` beside the
+/// workspace's `<target>/release`. It is used only when it is at least as new as the glibc
+/// build next to the daemon, so a `cargo build` that changed the agent never runs a stale one.
+fn static_agent_beside(release_dir: &Path, glibc_agent: &Path) -> Option<PathBuf> {
+    let profile = release_dir.file_name()?;
+    let candidate = release_dir
+        .parent()?
+        .join("x86_64-unknown-linux-musl")
+        .join(profile)
+        .join("coppice-agent");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = modified(&candidate)?;
+    match modified(glibc_agent) {
+        Some(glibc) if glibc > built => None,
+        _ => Some(candidate),
     }
 }
 
@@ -161,6 +192,38 @@ mod tests {
         assert!(
             toml::from_str::<Config>("pool_sise = 1").is_err(),
             "typos are errors"
+        );
+    }
+
+    #[test]
+    fn the_static_agent_is_used_only_when_not_older() {
+        let target = tempfile::tempdir().unwrap();
+        let release = target.path().join("release");
+        let musl = target.path().join("x86_64-unknown-linux-musl/release");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::create_dir_all(&musl).unwrap();
+        let glibc = release.join("coppice-agent");
+        let static_agent = musl.join("coppice-agent");
+        let touch = |p: &Path, secs: u64| {
+            let f = std::fs::File::create(p).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+
+        assert_eq!(static_agent_beside(&release, &glibc), None, "none built");
+        touch(&glibc, 2_000);
+        touch(&static_agent, 1_000);
+        assert_eq!(static_agent_beside(&release, &glibc), None, "stale");
+        touch(&static_agent, 3_000);
+        assert_eq!(
+            static_agent_beside(&release, &glibc),
+            Some(static_agent.clone())
+        );
+        std::fs::remove_file(&glibc).unwrap();
+        assert_eq!(
+            static_agent_beside(&release, &glibc),
+            Some(static_agent),
+            "only the static one"
         );
     }
 }

@@ -124,6 +124,7 @@ impl LinuxBackend {
                 )));
             }
         }
+        tracing::info!("sandbox agent: {}", agent_binary.display());
         let spawner = Spawner::new(spawn_binary)?;
         let storage = tokio::task::block_in_place(|| Storage::setup(cfg))?;
         if storage.is_btrfs() {
