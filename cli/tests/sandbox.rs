@@ -797,18 +797,12 @@ fn recovery_after_the_daemon_is_killed() {
 
 /// Pids of running `coppice-spawn --serve` processes (one per daemon, one daemon per host).
 fn spawn_servers() -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.len() >= 2 && args[0].ends_with(b"coppice-spawn") && args[1] == b"--serve"
-        })
-        .collect()
+    processes(|argv| {
+        argv[0].ends_with("coppice-spawn") && argv.get(1).is_some_and(|a| a == "--serve")
+    })
+    .into_iter()
+    .map(|(pid, _)| pid)
+    .collect()
 }
 
 #[test]
@@ -819,16 +813,11 @@ fn a_killed_spawn_server_is_replaced() {
     assert_eq!(servers.len(), 1, "one spawn server per daemon: {servers:?}");
     // SAFETY: kill(2) of the daemon's spawn server, the failure this test is about.
     assert_eq!(unsafe { libc::kill(servers[0], libc::SIGKILL) }, 0);
-    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
-        "/proc/{}",
-        servers[0]
-    ))
-    .exists()
-        || std::fs::read_to_string(format!(
-            "/proc/{}/stat",
-            servers[0]
-        ))
-        .is_ok_and(|s| s.contains(") Z "))));
+    assert!(
+        eventually(Duration::from_secs(5), || !spawn_servers()
+            .contains(&servers[0])),
+        "the killed server is still running"
+    );
     // The pool holds at most one sandbox started before the kill: the second is new.
     for _ in 0..2 {
         assert_eq!(create(&[]).sh_ok("echo up"), "up\n");

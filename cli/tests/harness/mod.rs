@@ -151,17 +151,9 @@ impl Daemon {
 /// wait for it to go away, or fail saying which it is.
 pub fn wait_for_other_daemons(within: Duration) {
     let others = || -> Vec<String> {
-        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-        procs
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|raw| {
-                String::from_utf8_lossy(&raw)
-                    .split('\0')
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|argv| argv[0].ends_with("coppice") && argv.iter().any(|a| a == "serve"))
-            .map(|argv| argv.join(" "))
+        processes(|argv| argv[0].ends_with("coppice") && argv.iter().any(|a| a == "serve"))
+            .into_iter()
+            .map(|(_, argv)| argv.join(" "))
             .collect()
     };
     let mut announced = false;
@@ -178,6 +170,22 @@ pub fn wait_for_other_daemons(within: Duration) {
         "another coppice daemon is running (one per host): {:?}",
         others()
     );
+}
+
+/// Live processes (pid, argv) whose argv matches; zombies have no argv and never match.
+pub fn processes(matches: impl Fn(&[String]) -> bool) -> Vec<(i32, Vec<String>)> {
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    procs
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv: Vec<String> = String::from_utf8_lossy(&raw)
+                .split_terminator('\0')
+                .map(str::to_string)
+                .collect();
+            (!argv.is_empty() && matches(&argv)).then_some((pid, argv))
+        })
+        .collect()
 }
 
 /// Spawns from a thread that lives as long as the process, so that PR_SET_PDEATHSIG (which

@@ -183,7 +183,6 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
         let child = ChildSetup {
             plan,
             go: go_r,
-            err: err_w.as_raw_fd(),
             listener: listener.as_raw_fd(),
             agent: agent.as_raw_fd(),
             log: log.as_raw_fd(),
@@ -427,8 +426,6 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
 struct ChildSetup<'a> {
     plan: &'a SpawnPlan,
     go: OwnedFd,
-    /// Close-on-exec pipe to the helper: EOF there means the exec succeeded.
-    err: RawFd,
     listener: RawFd,
     agent: RawFd,
     log: RawFd,
@@ -543,8 +540,9 @@ impl ChildSetup<'_> {
         dup2(devnull, 1)?;
         dup2(self.log, 2)?;
         dup2(self.listener, 3)?;
-        // Keep the agent binary's and the error pipe's fds (both close-on-exec); close the rest.
-        close_fds_from(4, &[self.agent, self.err]);
+        // Nothing above fd 3 may reach the agent; the agent binary's and the error pipe's fds
+        // are still needed until exec, so mark everything close-on-exec instead of closing.
+        cloexec_from(4);
 
         if self.plan.no_new_privs {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
@@ -591,30 +589,23 @@ impl ChildSetup<'_> {
     }
 }
 
-/// Closes every fd from `first` up except `keep`: a few close_range calls (one per gap) rather
-/// than a close per possible fd, which cost a syscall each on the start path.
-fn close_fds_from(first: RawFd, keep: &[RawFd]) {
-    let mut keep: Vec<u64> = keep
-        .iter()
-        .filter(|&&fd| fd >= first)
-        .map(|&fd| fd as u64)
-        .collect();
-    keep.sort_unstable();
-    keep.push(u64::from(u32::MAX) + 1); // the end of the fd space
-    let mut lo = first as u64;
-    for k in keep {
-        if lo < k {
-            // SAFETY: closing fds this process owns; none in the range is used after this.
-            let rc = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, (k - 1) as u32, 0) };
-            if rc != 0 {
-                // Kernels before 5.9: the slow way, up to the usual soft limit.
-                for fd in lo..k.min(1024) {
-                    // SAFETY: as above.
-                    unsafe { libc::close(fd as RawFd) };
-                }
-            }
+/// Marks every fd from `first` up close-on-exec: one close_range call (Linux 5.11+) rather than
+/// a syscall per possible fd on the start path.
+fn cloexec_from(first: RawFd) {
+    // SAFETY: only changes fd flags of this process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        for fd in first..1024 {
+            // SAFETY: as above; fds that are not open just fail.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
-        lo = k + 1;
     }
 }
 

@@ -197,6 +197,9 @@ fn recv_fd(control: RawFd) -> nix::Result<Option<OwnedFd>> {
 /// The server's loop (`coppice-spawn --serve`, control socket on stdin): one forked helper per
 /// request. Returns when the daemon closes the control socket.
 pub fn serve(control: OwnedFd) -> std::result::Result<(), String> {
+    // Finished helpers are reaped by the kernel: no zombies between requests.
+    // SAFETY: setting a signal disposition in a single-threaded process.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     loop {
         let request = match recv_fd(control.as_raw_fd()) {
             Ok(Some(fd)) => fd,
@@ -204,10 +207,13 @@ pub fn serve(control: OwnedFd) -> std::result::Result<(), String> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("reading the control socket: {e}")),
         };
-        reap_helpers();
         // SAFETY: this process is single-threaded, so the child may do anything.
         match unsafe { libc::fork() } {
             0 => {
+                // The helper waits for its own children, and the agent (PID 1 of the sandbox)
+                // must reap: neither may inherit the ignored SIGCHLD.
+                // SAFETY: as above, in the single-threaded child.
+                unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
                 // stdin becomes /dev/null rather than a free fd number: `execute` moves fds to
                 // the numbers the agent expects and must not find one of its own at 0.
                 if let Ok(null) = std::fs::File::open("/dev/null") {
@@ -228,17 +234,6 @@ pub fn serve(control: OwnedFd) -> std::result::Result<(), String> {
                 );
             }
             _ => drop(request),
-        }
-    }
-}
-
-/// Waits for helpers that have finished (each exits once its sandbox's agent was exec'd).
-fn reap_helpers() {
-    loop {
-        // SAFETY: plain non-blocking waitpid for our own children.
-        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-        if pid <= 0 {
-            return;
         }
     }
 }
