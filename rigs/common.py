@@ -306,6 +306,17 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
+# Bearer tokens of the daemons this process started, by TCP port: every route of the TCP
+# listener but /health (and the E2B routes, with their own keys) needs one.
+_TOKENS: dict[int, str] = {}
+
+
+def auth(port: int) -> dict[str, str]:
+    """The Authorization header for the daemon on ``port`` (empty if it is not ours)."""
+    token = _TOKENS.get(port)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class Daemon:
     """A private `coppice serve`. Use as a context manager, or call stop() + cleanup().
 
@@ -356,11 +367,18 @@ class Daemon:
                 r.read()
                 c.close()
                 if r.status < 300:
+                    _TOKENS[self.port] = self.token()
                     return self
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"coppice serve not ready after {self.ready_timeout:.0f}s; log tail:\n{self.log_tail()}")
+
+    def token(self) -> str:
+        """The TCP listener's bearer token: the configured one, else the one the daemon made
+        in its state dir at first start."""
+        configured = (self.env or {}).get("COPPICE_MCP_TOKEN")
+        return configured or (self.state_dir / "api-token").read_text().strip()
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -565,6 +583,7 @@ class Api:
     def _request(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers.update(auth(self.port))
         try:
             self.conn.request(method, path, body=data, headers=headers)
             return self.conn.getresponse()
@@ -629,6 +648,7 @@ class LeanHttp:
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.buf = b""
+        self.auth_line = "".join(f"{k}: {v}\r\n" for k, v in auth(port).items())
 
     def close(self) -> None:
         if self.sock is not None:
@@ -658,7 +678,7 @@ class LeanHttp:
         """Sends one request; returns (status, lower-cased headers). Read the body next."""
         data = b"" if body is None else json.dumps(body).encode()
         msg = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+               f"{self.auth_line}Content-Length: {len(data)}\r\n\r\n").encode() + data
         for attempt in (0, 1):
             try:
                 if self.sock is None:

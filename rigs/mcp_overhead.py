@@ -88,7 +88,7 @@ class Direct:
         self.conn.close()
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes, Any]:
-        self.conn.request(method, self.base + path, body=body, headers=headers)
+        self.conn.request(method, self.base + path, body=body, headers={**headers, **common.auth(self.port)})
         r = self.conn.getresponse()
         return r.status, r.read(), r
 
@@ -205,7 +205,7 @@ class McpHttp:
 
     def _post(self, msg: dict, extra: dict | None = None) -> http.client.HTTPResponse:
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-             "MCP-Protocol-Version": self.version}
+             "MCP-Protocol-Version": self.version, **common.auth(self.port)}
         if self.session:
             h["Mcp-Session-Id"] = self.session
         h.update(extra or {})
@@ -269,7 +269,8 @@ class McpHttp:
         if self.legacy and self.session:
             try:
                 self.conn.request("DELETE", "/mcp", headers={"Mcp-Session-Id": self.session,
-                                                             "MCP-Protocol-Version": self.version})
+                                                             "MCP-Protocol-Version": self.version,
+                                                             **common.auth(self.port)})
                 self.conn.getresponse().read()
             except Exception:  # noqa: BLE001
                 pass

@@ -48,10 +48,11 @@ class Execute:
 
     def __init__(self, port: int, sid: str):
         self.path = f"/api/v1/sandboxes/{sid}/envd/execute"
+        self.headers = {"Content-Type": "application/json", **common.auth(port)}
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
     def one_plus_one(self) -> None:
-        self.conn.request("POST", self.path, body=b'{"code":"1+1"}', headers={"Content-Type": "application/json"})
+        self.conn.request("POST", self.path, body=b'{"code":"1+1"}', headers=self.headers)
         r = self.conn.getresponse()
         data = r.read()
         if r.status != 200:

@@ -222,6 +222,11 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
         Command::Network(cmd) => network::run(cmd, d).await,
         Command::RunCode(args) => run_code(args, d).await,
+        Command::Token => {
+            let v = d.json("GET", "/api/v1/token", None).await?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            Ok(0)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `coppice`: the daemon (`coppice serve`) and a CLI that talks to it over its unix socket.
 
+mod api_token;
 mod client;
 mod serve;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Run code in a sandbox's persistent Jupyter kernel (Python by default); prints output
     /// and results, exits 1 when the code raised.
     RunCode(client::RunCodeArgs),
+    /// Print the bearer token of the daemon's TCP listener (MCP over HTTP and the native API
+    /// need it in `Authorization: Bearer`; the unix socket does not).
+    Token,
 }
 
 fn main() {

@@ -31,8 +31,9 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-    /// Bearer token required on every route of the TCP listener (MCP and the API); required
-    /// when --listen is not loopback. The unix socket needs none (it is root-only).
+    /// Bearer token required on every route of the TCP listener (MCP and the native API;
+    /// the E2B routes take their own keys). Default: a token made at first start in
+    /// <state>/api-token (root only; `coppice token` prints it). The unix socket needs none.
     #[arg(long, env = "COPPICE_MCP_TOKEN", hide_env_values = true)]
     mcp_token: Option<String>,
     /// An API key the E2B control plane accepts (`X-API-Key`; the SDKs' E2B_API_KEY).
@@ -120,22 +121,23 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
 
 async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let cfg = config(&args, socket)?;
-    // Checked before anything starts: a non-loopback listener without a token is refused.
-    let tcp_mcp = HttpOptions::for_tcp(&cfg.listen, cfg.mcp_token.clone())?;
-    let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg, !tcp_mcp.allowed_hosts.is_empty())?; // hosts checked = loopback
+    // A listener without a configured token gets the state dir's; a non-loopback one must be
+    // given one explicitly (a token only root can read is no use to remote clients).
+    let loopback = !HttpOptions::for_tcp(&cfg.listen, cfg.mcp_token.clone())?
+        .allowed_hosts
+        .is_empty();
+    let api_token = crate::api_token::load_or_create(cfg.mcp_token.as_deref(), &cfg.state_dir)?;
+    let tcp_mcp = HttpOptions::for_tcp(&cfg.listen, Some(api_token.clone()))?;
+    let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg, loopback)?;
     let runtime = Runtime::start(cfg.clone()).await?;
     runtime.spawn_background_tasks();
     let tools = Tools::new(runtime);
     let mcp = McpState::new(tools.clone(), Mode::Daemon);
     // The E2B surface is on the TCP listener only (the SDKs speak TCP): its control plane
     // takes API keys, its sandbox traffic the sandboxes' access tokens.
-    let tcp_app = coppice_http::e2b::mount(
-        coppice_http::app_with_mcp(tools.clone(), mcp.clone(), tcp_mcp),
-        tools.clone(),
-        e2b,
-    );
+    let tcp_app = coppice_http::tcp_app(tools.clone(), mcp.clone(), tcp_mcp, e2b);
     // The socket is root-only: no token; Host is not checked (clients name no real host).
-    let unix_app = coppice_http::app_with_mcp(tools, mcp, HttpOptions::default());
+    let unix_app = coppice_http::unix_app(tools, mcp, api_token);
 
     let tcp = tokio::net::TcpListener::bind(&cfg.listen)
         .await

@@ -90,13 +90,14 @@ impl Body {
 
 /// Sends one request (`Connection: close`); returns the status and the body to read.
 fn http(method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Body) {
-    let port = DAEMON.get().expect("daemon started").port;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let d = DAEMON.get().expect("daemon started");
+    let mut stream = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: coppice\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        d.api_token(),
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();

@@ -2,6 +2,7 @@
 //! same app is served on loopback TCP and on the unix control socket used by the CLI.
 
 pub mod e2b;
+pub mod guard;
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use http_body_util::BodyExt;
 mod network;
 mod snapshots;
 
-/// The daemon's app without MCP (see [`app_with_mcp`]).
+/// The daemon's app without MCP or credentials (see [`unix_app`] and [`tcp_app`]).
 pub fn app(tools: Tools) -> Router {
     api(tools).route("/health", get(health))
 }
@@ -48,17 +49,48 @@ fn api(tools: Tools) -> Router {
         .with_state(Arc::new(tools))
 }
 
-/// The daemon's app with MCP mounted: streamable HTTP at `/mcp` and the stdio upgrade at
-/// `/mcp-stdio`, with the listener's auth (on every route) and Host rules.
-pub fn app_with_mcp(
-    tools: Tools,
+/// The root-only unix socket's app: the native API and MCP (streamable HTTP at `/mcp`, the
+/// stdio upgrade at `/mcp-stdio`) with no credential, and `GET /api/v1/token`, the TCP
+/// listener's bearer token (`coppice token` prints it for clients that use TCP).
+pub fn unix_app(tools: Tools, mcp: coppice_mcp::McpState, api_token: String) -> Router {
+    let token = Arc::new(serde_json::json!({ "token": api_token }));
+    with_mcp(api(tools), mcp, Default::default()).route(
+        "/api/v1/token",
+        get(move || {
+            let token = token.clone();
+            async move { Json((*token).clone()) }
+        }),
+    )
+}
+
+fn with_mcp(
+    api: Router,
     mcp: coppice_mcp::McpState,
     opts: coppice_mcp::http::HttpOptions,
 ) -> Router {
-    let app = api(tools).merge(coppice_mcp::http::router(mcp, opts.clone()));
+    let app = api.merge(coppice_mcp::http::router(mcp, opts.clone()));
     // The token guards the whole listener (native API and envd proxy too), not just /mcp;
     // only the liveness probe stays open.
     coppice_mcp::http::require_bearer(app, &opts).route("/health", get(health))
+}
+
+/// The TCP listener's app (docs/security.md): the native API and MCP behind the bearer
+/// token, sandbox traffic of a sandbox with an access token behind that token too, the E2B
+/// surface with its own credentials, and on loopback the Host/Origin check in front of all.
+pub fn tcp_app(
+    tools: Tools,
+    mcp: coppice_mcp::McpState,
+    opts: coppice_mcp::http::HttpOptions,
+    e2b: e2b::E2bOptions,
+) -> Router {
+    let hosts = (!opts.allowed_hosts.is_empty())
+        .then(|| guard::AllowedHosts::new(&opts.allowed_hosts, e2b.domain.as_deref()));
+    let api = guard::access_token_guard(api(tools.clone()), tools.clone());
+    let app = e2b::mount(with_mcp(api, mcp, opts), tools, e2b);
+    match hosts {
+        Some(hosts) => guard::host_guard(app, hosts),
+        None => app,
+    }
 }
 
 type AppState = State<Arc<Tools>>;
@@ -82,6 +114,9 @@ pub fn error_code(e: &Error) -> Code {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         Error::HostUnsupported(_) => Code::FailedPrecondition,
         Error::Agent(c) => c.code,
         Error::Io { .. } | Error::State(_) | Error::Internal(_) => Code::Internal,

@@ -33,7 +33,7 @@ from mcp.client.stdio import StdioServerParameters
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "rigs"))
-from common import Daemon  # noqa: E402
+from common import Daemon, auth  # noqa: E402
 
 import cases  # noqa: E402
 from cases import case, check, failed  # noqa: E402
@@ -58,7 +58,8 @@ class Sandbox:
     def request(self, method: str, rest: str, body=None) -> tuple[int, bytes]:
         c = self.conn()
         data = None if body is None else json.dumps(body).encode()
-        c.request(method, self.path(rest), body=data, headers={"Content-Type": "application/json"})
+        c.request(method, self.path(rest), body=data,
+                  headers={"Content-Type": "application/json", **auth(self.daemon.port)})
         r = c.getresponse()
         out = r.read()
         c.close()
@@ -69,7 +70,7 @@ class Sandbox:
         the framing: no blank lines, every line JSON, end_of_execution last."""
         c = self.conn()
         c.request("POST", self.path("execute"), body=json.dumps(body).encode(),
-                  headers={"Content-Type": "application/json"})
+                  headers={"Content-Type": "application/json", **auth(self.daemon.port)})
         r = c.getresponse()
         if r.status != 200:
             raise AssertionError(f"/execute {body}: {r.status} {r.read()[:300]!r}")

@@ -29,7 +29,14 @@ pub struct Config {
     pub max_timeout_secs: u64,
     /// Limits applied when a request gives none.
     pub default_limits: Limits,
-    /// Size of each sandbox's /tmp and /dev/shm tmpfs (counted against its memory limit).
+    /// The most one sandbox may ask for (a request above gets a 400 naming it). Unset
+    /// memory or cpus: the host's RAM and CPU count.
+    pub max_limits: Limits,
+    /// Kept from sandboxes for the host: all sandboxes together may use the host's RAM less
+    /// this (their parent cgroup's limit).
+    pub host_reserve_memory: String,
+    /// Size of the tmpfs that holds a sandbox's /tmp and /dev/shm together (counted against
+    /// its memory limit, and never more than half of it).
     pub tmpfs_size: String,
     /// Give sandboxes a network (veth on a host bridge with NAT egress).
     pub network: bool,
@@ -92,6 +99,12 @@ impl Default for Config {
                 cpus: Some(1.0),
                 pids: Some(256),
             },
+            max_limits: Limits {
+                memory_bytes: None,
+                cpus: None,
+                pids: Some(32768),
+            },
+            host_reserve_memory: "1G".into(),
             tmpfs_size: "256m".into(),
             network: true,
             network_ipv6: "fd88::1/64".into(),

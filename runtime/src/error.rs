@@ -22,6 +22,15 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's credential does not cover this sandbox or operation.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A host or daemon limit is reached (admission, a per-sandbox cap); retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The sandbox did not answer in time (its agent is stopped, hung or overloaded).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("host is missing a required feature: {0}")]
     HostUnsupported(String),
     #[error("sandbox agent: {0}")]

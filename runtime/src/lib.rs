@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod expose;
+pub mod limits;
 pub mod manager;
 pub mod model;
 pub mod policy;

@@ -41,6 +41,8 @@ pub struct Runtime {
     /// Host listeners of exposed sandbox ports (policy `expose`).
     exposer: crate::expose::Exposer,
     teardowns: Teardowns,
+    /// The most one sandbox may ask for (config maxima, the host's size where unset).
+    max_limits: Limits,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -102,6 +104,13 @@ impl Runtime {
             "creating {}",
             cfg.sandboxes_dir().display()
         )))?;
+        // Root's alone: sandboxes' files with their natural owners, the database with access
+        // tokens and environments, the API token (docs/security.md).
+        std::fs::set_permissions(
+            &cfg.state_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(Error::io(format!("restricting {}", cfg.state_dir.display())))?;
         let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
         let templates = TemplateStore::new(&cfg.state_dir)?;
         match templates.cleanup_partial() {
@@ -112,7 +121,10 @@ impl Runtime {
         let t0 = std::time::Instant::now();
         let default = tokio::task::block_in_place(|| templates.ensure_default())?;
         tracing::info!(template = %default.name, elapsed = ?t0.elapsed(), "default template ready");
-        let backend = Backend::new(&cfg).await?;
+        let host = crate::limits::HostSize::current();
+        let max_limits = crate::limits::maxima(&cfg.max_limits, host);
+        let all = crate::limits::all_sandboxes(host, &cfg.host_reserve_memory, max_limits.pids)?;
+        let backend = Backend::new(&cfg, &all).await?;
         let exposer = crate::expose::Exposer::new(&cfg.expose_bind)?;
         let rt = Arc::new(Runtime {
             cfg,
@@ -126,6 +138,7 @@ impl Runtime {
             policy_lock: tokio::sync::Mutex::new(()),
             exposer,
             teardowns: Teardowns::default(),
+            max_limits,
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -213,7 +226,19 @@ impl Runtime {
         if let Some(p) = &req.network_policy {
             p.check()?;
         }
-        let rec = match self.pool_pop(&template.name) {
+        // A pooled sandbox's /tmp+/dev/shm tmpfs was sized for the default memory limit:
+        // a smaller limit needs a sandbox of its own (docs/security.md).
+        let fits_pool = match (limits.memory_bytes, self.cfg.default_limits.memory_bytes) {
+            (Some(asked), Some(pooled)) => asked >= pooled,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let pooled = if fits_pool {
+            self.pool_pop(&template.name)
+        } else {
+            None
+        };
+        let rec = match pooled {
             Some(id) => {
                 self.refill.notify_one();
                 match self.claim(&id, &limits, &req, timeout).await {
@@ -391,28 +416,7 @@ impl Runtime {
     }
 
     fn effective_limits(&self, asked: &Limits) -> Result<Limits> {
-        let d = &self.cfg.default_limits;
-        let limits = Limits {
-            memory_bytes: asked.memory_bytes.or(d.memory_bytes),
-            cpus: asked.cpus.or(d.cpus),
-            pids: asked.pids.or(d.pids),
-        };
-        if limits.memory_bytes.is_some_and(|m| m < 16 << 20) {
-            return Err(Error::InvalidArgument(
-                "memory limit must be at least 16M".into(),
-            ));
-        }
-        if limits.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
-            return Err(Error::InvalidArgument(
-                "cpus must be between 0 and 1024".into(),
-            ));
-        }
-        if limits.pids.is_some_and(|p| p < 8) {
-            return Err(Error::InvalidArgument(
-                "pids limit must be at least 8".into(),
-            ));
-        }
-        Ok(limits)
+        crate::limits::effective(asked, &self.cfg.default_limits, &self.max_limits)
     }
 
     fn effective_timeout(&self, asked: Option<Duration>) -> Result<Duration> {
@@ -462,6 +466,13 @@ impl Runtime {
             )));
         }
         Ok(AgentClient::new(self.backend.agent_socket(id)).with_shared_access_token(route.token))
+    }
+
+    /// The access token a caller must show for a sandbox's traffic, from the in-memory
+    /// index (checked on every native exec and envd call over TCP); None when it has none
+    /// or is not known.
+    pub fn traffic_token(&self, id: &str) -> Option<std::sync::Arc<str>> {
+        self.store.agent_route(id).ok().flatten().and_then(|r| r.token)
     }
 
     /// The host's own client: carries the sandbox's access token when it has one.

@@ -151,9 +151,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Bytes of the tmpfs that holds a sandbox's /tmp and /dev/shm: the configured size, but at
+/// most half the memory limit, since its pages count against that limit and cannot be
+/// reclaimed (a full tmpfs at the limit would leave the OOM killer only the agent).
+pub fn memory_tmpfs_bytes(configured: &str, memory_limit: Option<u64>) -> u64 {
+    let configured = parse_size(configured).unwrap_or(256 << 20);
+    match memory_limit {
+        Some(limit) => configured.min(limit / 2).max(1 << 20),
+        None => configured,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmpfs_stays_below_the_memory_limit() {
+        assert_eq!(memory_tmpfs_bytes("256m", Some(512 << 20)), 256 << 20);
+        assert_eq!(memory_tmpfs_bytes("256m", Some(256 << 20)), 128 << 20);
+        assert_eq!(memory_tmpfs_bytes("1g", Some(4 << 30)), 1 << 30);
+        assert_eq!(memory_tmpfs_bytes("256m", None), 256 << 20);
+    }
 
     #[test]
     fn sizes() {

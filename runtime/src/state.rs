@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self> {
+        owner_only(path)?;
         let conn = Connection::open(path)?;
         // WAL + NORMAL: durable across a daemon crash (not across power loss), and fast.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -319,6 +320,29 @@ fn json<T: Serialize>(v: &T) -> String {
 
 fn from_json<T: for<'de> Deserialize<'de> + Default>(s: &str) -> T {
     serde_json::from_str(s).unwrap_or_default()
+}
+
+/// The database holds access tokens and sandboxes' environment variables: it and its WAL
+/// files are the owner's alone (0600). SQLite gives the WAL files the database's mode, so a
+/// database created 0600 keeps them so; older files are narrowed here.
+fn owner_only(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(crate::error::Error::io(format!("creating {}", db.display())))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if file.exists() {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .map_err(crate::error::Error::io(format!("restricting {}", file.display())))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -142,6 +142,14 @@ impl Daemon {
         }
     }
 
+    /// The bearer token of the TCP listener (made by the daemon at its first start).
+    pub fn api_token(&self) -> String {
+        std::fs::read_to_string(self.state.join("api-token"))
+            .expect("the daemon's api-token")
+            .trim()
+            .to_string()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }

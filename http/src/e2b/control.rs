@@ -97,6 +97,10 @@ impl From<Error> for E2bError {
             // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
             Error::InvalidArgument(_) | Error::HostUnsupported(_) => StatusCode::BAD_REQUEST,
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            // E2B's answer past a concurrency limit; the SDKs raise RateLimitException.
+            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             // Never 503 for these: the SDKs retry 502/503/504 with backoff.
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -284,6 +288,8 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
     let setup = async {
         if secure {
             s.tools.set_access_token(&info.id, &new_token()).await?;
+        } else {
+            s.tools.runtime().set_open_traffic(&info.id)?;
         }
         if req.auto_pause {
             s.tools.set_on_timeout(&info.id, OnTimeout::Pause)?;
@@ -568,7 +574,17 @@ async fn connect(
         Resumed::Thawed => StatusCode::CREATED,
         Resumed::WasRunning => StatusCode::OK,
     };
+    ensure_reachable(&s, &info.id).await?;
     Ok((status, Json(sandbox_json(&s, &info)?)).into_response())
+}
+
+/// A sandbox made by the native API or MCP has no access token, and E2B sandbox traffic
+/// without one is refused: connecting gives it one, which the response carries.
+async fn ensure_reachable(s: &E2bState, id: &str) -> Result<(), Error> {
+    if s.tools.access_token(id)?.is_none() && !s.tools.runtime().open_traffic(id)? {
+        s.tools.set_access_token(id, &new_token()).await?;
+    }
+    Ok(())
 }
 
 async fn pause(State(s): St, Path(id): Path<String>) -> Result<Response, E2bError> {

@@ -159,6 +159,8 @@ pub(super) async fn finish_fork(
     let setup = async {
         if secure {
             s.tools.set_access_token(&info.id, &new_token()).await?;
+        } else {
+            s.tools.runtime().set_open_traffic(&info.id)?;
         }
         sandbox_json(s, info)
     };

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from common import auth  # noqa: E402  (conftest puts rigs/ on the path)
 import pytest
 from e2b import (
     AsyncSandbox,
@@ -472,8 +473,9 @@ def test_auto_pause_at_timeout_then_connect_resumes(daemon):
 
 
 def native_policy(sandbox_id: str) -> dict:
-    """The policy in force, through Coppice's own API (the test daemon has no bearer token)."""
-    r = httpx.get(f"{os.environ['E2B_API_URL']}/api/v1/sandboxes/{sandbox_id}/network")
+    """The policy in force, through Coppice's own API (with the daemon's bearer token)."""
+    port = int(os.environ["E2B_API_URL"].rsplit(":", 1)[1])
+    r = httpx.get(f"{os.environ['E2B_API_URL']}/api/v1/sandboxes/{sandbox_id}/network", headers=auth(port))
     assert r.status_code == 200, r.text
     return r.json()["policy"]
 

@@ -46,6 +46,13 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Not dumpable: no process of the sandbox (none holds CAP_SYS_PTRACE) may ptrace the
+    // agent, read or write its memory through /proc/1/mem, or take its descriptors.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("coppice-agent: PR_SET_DUMPABLE: {e}");
+    }
     // Logs go to stderr, which the host points at the sandbox's log file.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

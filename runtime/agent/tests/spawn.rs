@@ -153,9 +153,9 @@ async fn scripts_without_an_interpreter_line_run_with_sh_and_bad_files_fail() {
 #[tokio::test]
 async fn children_start_clean_signals_session_descriptors_and_oom_score() {
     let agent = Agent::launch("root", "warn").await;
-    // The host protects the agent (-998) where it may; either way its children must start at
-    // the default. Raising needs no privilege, so this works on any host.
-    std::fs::write(format!("/proc/{}/oom_score_adj", agent.pid()), "500").unwrap();
+    // The host protects the agent (-998) where it may; either way its children start at 500,
+    // above it. Raising needs no privilege, so this works on any host.
+    std::fs::write(format!("/proc/{}/oom_score_adj", agent.pid()), "100").unwrap();
 
     let (status, _, _) = agent
         .run(json!({"cmd": "/bin/cat", "args": ["/proc/self/status"]}))
@@ -187,7 +187,7 @@ async fn children_start_clean_signals_session_descriptors_and_oom_score() {
         .run(json!({"cmd": "/bin/cat", "args": ["/proc/self/oom_score_adj"]}))
         .await
         .unwrap();
-    assert_eq!(oom, "0\n");
+    assert_eq!(oom, "500\n");
 
     // Only stdin, stdout and stderr are passed on (ls itself opens the directory as fd 3), plus
     // whatever the agent itself inherited without close-on-exec from whoever launched it (in

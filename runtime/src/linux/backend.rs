@@ -84,13 +84,22 @@ fn sandbox_dirs_on_tmpfs(dir: &Path) {
 
 impl LinuxBackend {
     /// Checks the host (root, cgroups, network) and sets up what every sandbox shares.
-    pub async fn new(cfg: &Config) -> Result<Self> {
+    /// `all_sandboxes`: the limits of the parent cgroup they all share.
+    pub async fn new(cfg: &Config, all_sandboxes: &Limits) -> Result<Self> {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::HostUnsupported(
                 "the Linux backend needs root (user, mount and network namespaces, cgroups)".into(),
             ));
         }
         let cgroups = cgroup::detect()?;
+        match cgroups.open("").apply_parent_limits(all_sandboxes) {
+            Ok(()) => tracing::info!(
+                memory = ?all_sandboxes.memory_bytes,
+                pids = ?all_sandboxes.pids,
+                "all sandboxes together are capped"
+            ),
+            Err(e) => tracing::warn!("capping the sandboxes' parent cgroup: {e}"),
+        }
         let (net, policy_ctx) = if cfg.network {
             let mut net = NetConfig::default();
             net.ipv6 = match cfg.network_ipv6.trim() {
@@ -228,7 +237,11 @@ impl LinuxBackend {
             agent_socket: dir.join("agent.sock"),
             log_file: dir.join("agent.log"),
             env: base_env(&rec.hostname),
-            tmpfs_size: self.cfg.tmpfs_size.clone(),
+            tmpfs_size: crate::model::memory_tmpfs_bytes(
+                &self.cfg.tmpfs_size,
+                rec.limits.memory_bytes,
+            )
+            .to_string(),
             no_new_privs: self.cfg.no_new_privs,
             seccomp: self.cfg.seccomp,
         };

@@ -516,6 +516,16 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    /// Caps the parent group of all sandboxes (called on the handle of name ""), so that
+    /// together they can never take the host's last memory or pids.
+    pub fn apply_parent_limits(&self, limits: &Limits) -> Result<()> {
+        debug_assert!(self.name.is_empty());
+        for (path, value) in plan_limits(&self.layout, "", limits) {
+            write_file(&path, &value)?;
+        }
+        Ok(())
+    }
+
     /// Moves `pid` (a whole process) into the group in every hierarchy, v1 and v2.
     pub fn add_pid(&self, pid: i32) -> Result<()> {
         let pid = pid.to_string();

@@ -15,8 +15,10 @@
 //!   32-bit binary): seccompiler's architecture check;
 //! - allows `personality` only for the default persona, PER_LINUX32, UNAME26,
 //!   ADDR_NO_RANDOMIZE (gdb disables ASLR of its inferior with it) and the query 0xffffffff;
-//! - allows `ptrace` (debuggers inside the sandbox need it), io_uring is refused (as in Docker
-//!   since 25.0; libuv/tokio-uring fall back to epoll/threads).
+//! - allows `ptrace` (debuggers inside the sandbox need it) except of pid 1, the agent, and
+//!   `process_vm_readv`/`writev` except of pid 1; io_uring is refused (as in Docker since 25.0;
+//!   libuv/tokio-uring fall back to epoll/threads);
+//! - refuses `socket(AF_VSOCK, ...)` (host and hypervisor services outside the netns).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -175,6 +177,33 @@ pub fn default_profile() -> Result<BpfProgram> {
     rules.insert(
         libc::SYS_personality,
         vec![SeccompRule::new(persona_conds).map_err(seccomp_err("personality rule"))?],
+    );
+
+    // The agent (pid 1): no ptrace of it and no reading or writing its memory, whatever the
+    // caller's capabilities (arg: the pid, as seen in the sandbox's pid namespace).
+    let pid_one = |arg: u8| -> Result<Vec<SeccompRule>> {
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 1)
+            .map_err(seccomp_err("pid 1 condition"))?;
+        Ok(vec![
+            SeccompRule::new(vec![cond]).map_err(seccomp_err("pid 1 rule"))?,
+        ])
+    };
+    rules.insert(libc::SYS_ptrace, pid_one(1)?);
+    rules.insert(libc::SYS_process_vm_readv, pid_one(0)?);
+    rules.insert(libc::SYS_process_vm_writev, pid_one(0)?);
+
+    // socket(AF_VSOCK): a way to the hypervisor or host services that bypasses the network
+    // namespace and its policy.
+    let vsock = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .map_err(seccomp_err("vsock condition"))?;
+    rules.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(vec![vsock]).map_err(seccomp_err("vsock rule"))?],
     );
 
     let arch = target_arch()?;
@@ -390,6 +419,18 @@ mod tests {
             );
         }
         assert_eq!(call(&p, libc::SYS_personality, 0x0040_0000), EPERM); // READ_IMPLIES_EXEC
+        // ptrace and process_vm_*: any pid but the agent's (1)
+        let with = |nr: i64, args: [u64; 6]| run(&p, native(), nr as u32, args);
+        let attach = libc::PTRACE_ATTACH as u64;
+        assert_eq!(with(libc::SYS_ptrace, [attach, 1, 0, 0, 0, 0]), EPERM);
+        assert_eq!(with(libc::SYS_ptrace, [attach, 42, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(call(&p, libc::SYS_process_vm_writev, 1), EPERM);
+        assert_eq!(call(&p, libc::SYS_process_vm_readv, 1), EPERM);
+        assert_eq!(call(&p, libc::SYS_process_vm_readv, 42), ALLOW);
+        // sockets: every family but vsock
+        assert_eq!(call(&p, libc::SYS_socket, libc::AF_VSOCK as u64), EPERM);
+        assert_eq!(call(&p, libc::SYS_socket, libc::AF_INET as u64), ALLOW);
+        assert_eq!(call(&p, libc::SYS_socket, libc::AF_UNIX as u64), ALLOW);
         // another architecture is killed
         assert_eq!(
             run(&p, 0x4000_0003, 1, [0; 6]),

@@ -53,7 +53,7 @@ pub struct SpawnPlan {
     pub log_file: PathBuf,
     /// Environment of the agent (and so of every process it starts).
     pub env: Vec<(String, String)>,
-    /// tmpfs size for /tmp and /dev/shm, e.g. "256m".
+    /// Size of the one tmpfs that holds /tmp and /dev/shm, in bytes or with a suffix ("256m").
     pub tmpfs_size: String,
     pub no_new_privs: bool,
     pub seccomp: bool,
@@ -89,6 +89,9 @@ impl Steps {
         self.last = now;
     }
 }
+
+/// linux/capability.h; not in libc 0.2.
+const CAP_SYS_PTRACE: libc::c_ulong = 19;
 
 /// Files masked with an empty read-only file, as OCI runtimes do.
 pub const MASKED_FILES: &[&str] = &[
@@ -168,9 +171,9 @@ pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
         false => None,
     };
 
-    // Inherited by the child: the agent is the last thing the OOM killer should pick (it
-    // resets its own children to 0). Best effort: lowering it needs CAP_SYS_RESOURCE, which
-    // some hosts (containers, this CI's VMs) withhold from root.
+    // Inherited by the child: the agent is the last thing the OOM killer should pick (its
+    // children get 500). Best effort: lowering it needs CAP_SYS_RESOURCE, which some hosts
+    // (containers, some VMs) withhold from root; the children's 500 keeps the order there.
     let _ = write_file("/proc/self/oom_score_adj", "-998");
 
     let (go_r, go_w) = pipe()?;
@@ -390,16 +393,31 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
         std::os::unix::fs::lchown(&path, Some(plan.id_base), Some(plan.id_base))
             .map_err(|e| format!("chown {path:?}: {e}"))?;
     }
-    tmpfs(
-        "dev/shm",
-        format!("mode=1777,size={},{owner}", plan.tmpfs_size),
+    // /tmp and /dev/shm: two directories of one tmpfs, so that together they hold at most
+    // `tmpfs_size`. Its pages are charged to the sandbox's memory and cannot be reclaimed; the
+    // daemon sizes it below the memory limit, so filling both cannot get the agent OOM-killed.
+    let shared = stage.join("mem");
+    std::fs::create_dir(&shared).map_err(|e| format!("creating {shared:?}: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        &shared,
+        Some("tmpfs"),
         nosuid_nodev,
-    )?;
-    tmpfs(
-        "tmp",
-        format!("mode=1777,size={},{owner}", plan.tmpfs_size),
-        nosuid_nodev,
-    )?;
+        Some(format!("mode=755,size={},{owner}", plan.tmpfs_size).as_str()),
+    )
+    .map_err(|e| format!("mounting the /tmp and /dev/shm tmpfs: {e}"))?;
+    for (sub, target) in [("tmp", "tmp"), ("shm", "dev/shm")] {
+        use std::os::unix::fs::PermissionsExt;
+        let (src, dst) = (shared.join(sub), root.join(target));
+        std::fs::create_dir(&src).map_err(|e| format!("creating {src:?}: {e}"))?;
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o1777))
+            .map_err(|e| format!("chmod {src:?}: {e}"))?;
+        std::os::unix::fs::lchown(&src, Some(plan.id_base), Some(plan.id_base))
+            .map_err(|e| format!("chown {src:?}: {e}"))?;
+        std::fs::create_dir_all(&dst).map_err(|e| format!("creating {dst:?}: {e}"))?;
+        mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| format!("mounting /{target}: {e}"))?;
+    }
     tmpfs("run", format!("mode=755,size=16m,{owner}"), nosuid_nodev)?;
 
     // /sys: the host's, read-only and without submounts (no cgroup trees, no debugfs).
@@ -544,6 +562,15 @@ impl ChildSetup<'_> {
         // are still needed until exec, so mark everything close-on-exec instead of closing.
         cloexec_from(4);
 
+        // No process of the sandbox may hold CAP_SYS_PTRACE: with it, root inside could
+        // ptrace or write /proc/1/mem of the agent (non-dumpable only stops those without it).
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "dropping CAP_SYS_PTRACE from the bounding set: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         if self.plan.no_new_privs {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
         }

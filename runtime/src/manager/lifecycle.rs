@@ -181,10 +181,31 @@ impl Runtime {
     }
 
     /// A client for proxying outside callers' requests to a sandbox's agent: it adds no
-    /// credentials (the caller's own `X-Access-Token` is what the agent checks).
+    /// credentials (the caller's own `X-Access-Token` is what the agent checks). A sandbox
+    /// without a token is reached this way only when E2B made it with `secure: false`;
+    /// any other (made by the native API or MCP) would otherwise be open to anyone who can
+    /// reach the port and learn its id.
     pub fn agent_for_proxy(&self, id: &str) -> Result<AgentClient> {
         self.agent(id)?;
+        if self.traffic_token(id).is_none() && !self.store.open_traffic(id)? {
+            return Err(Error::PermissionDenied(format!(
+                "sandbox '{id}' has no envd access token: connect to it through the E2B API \
+                 (Sandbox.connect) to get one"
+            )));
+        }
         Ok(AgentClient::new(self.backend.agent_socket(id)))
+    }
+
+    /// Opens a sandbox's E2B sandbox traffic to callers without a token (E2B's
+    /// `secure: false`).
+    pub fn set_open_traffic(&self, id: &str) -> Result<()> {
+        self.record(id)?;
+        self.store.set_open_traffic(id)
+    }
+
+    /// Whether a sandbox's E2B traffic is open without a token.
+    pub fn open_traffic(&self, id: &str) -> Result<bool> {
+        self.store.open_traffic(id)
     }
 
     /// True when the sandbox exists for callers and is paused.

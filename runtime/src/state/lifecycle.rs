@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS sandbox_lifecycle (
     access_token TEXT,
     on_timeout TEXT NOT NULL DEFAULT 'kill'
 );
+-- Sandboxes made through E2B with `secure: false`: their envd traffic needs no token.
+CREATE TABLE IF NOT EXISTS e2b_open_traffic (id TEXT PRIMARY KEY);
 ";
 
 impl StateStore {
@@ -51,6 +53,24 @@ impl StateStore {
             .query_row(params![id], |r| r.get::<_, Option<String>>(0))
             .optional()?
             .flatten())
+    }
+
+    /// Marks a sandbox's E2B sandbox traffic as open to callers without a token.
+    pub fn set_open_traffic(&self, id: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO e2b_open_traffic (id) VALUES (?1)",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    pub fn open_traffic(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM e2b_open_traffic WHERE id = ?1")?
+            .query_row(params![id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
@@ -78,6 +98,7 @@ impl StateStore {
     pub fn forget_lifecycle(&self, id: &str) -> Result<()> {
         let conn = self.conn();
         conn.execute("DELETE FROM sandbox_lifecycle WHERE id = ?1", params![id])?;
+        conn.execute("DELETE FROM e2b_open_traffic WHERE id = ?1", params![id])?;
         self.hot.token_written(id, None);
         Ok(())
     }
@@ -109,6 +130,10 @@ mod tests {
     fn tokens_and_on_timeout() {
         let s = StateStore::open_in_memory().unwrap();
         assert_eq!(s.access_token("a").unwrap(), None);
+        assert!(!s.open_traffic("a").unwrap());
+        s.set_open_traffic("a").unwrap();
+        s.set_open_traffic("a").unwrap();
+        assert!(s.open_traffic("a").unwrap());
         assert_eq!(s.on_timeout("a").unwrap(), OnTimeout::Kill);
         s.set_access_token("a", "t1").unwrap();
         s.set_on_timeout("a", OnTimeout::Pause).unwrap();

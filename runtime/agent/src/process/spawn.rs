@@ -260,6 +260,12 @@ struct Credentials {
 }
 
 /// Runs in the child between fork and exec (std has set up stdio and cwd already).
+/// `oom_score_adj` of every process the agent starts. Above the agent's own (-998 where the
+/// host grants CAP_SYS_RESOURCE, else 0): raising needs no privilege, so the agent stays the
+/// OOM killer's last choice inside its sandbox even where it cannot lower its own, and a
+/// sandbox's processes go before the host's own under host-wide memory pressure.
+pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"500";
+
 fn child_setup(credentials: Option<&Credentials>, controlling_tty: bool) -> std::io::Result<()> {
     // Own session and process group: signals and timeouts reach the whole tree, and a PTY can
     // become the controlling terminal.
@@ -269,14 +275,14 @@ fn child_setup(credentials: Option<&Credentials>, controlling_tty: bool) -> std:
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
         rustix::process::ioctl_tiocsctty(stdin)?;
     }
-    // The agent may be protected from the OOM killer; its children must not be. Done while
-    // still root, since lowering the value back needs privileges.
+    // The agent is protected from the OOM killer; its children must not be (done while
+    // still root).
     if let Ok(fd) = rustix::fs::open(
         c"/proc/self/oom_score_adj",
         rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     ) {
-        let _ = rustix::io::write(&fd, b"0");
+        let _ = rustix::io::write(&fd, CHILD_OOM_SCORE_ADJ);
     }
     // Signals blocked in the agent must not stay blocked in the child.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;

@@ -306,14 +306,18 @@ unsafe fn child_setup_and_exec(ctx: &ChildCtx) -> c_int {
         if plan.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
             return errno();
         }
-        // The agent may be protected from the OOM killer; its children must not be. Done while
-        // still root, since lowering the value back needs privileges.
+        // The agent is protected from the OOM killer; its children must not be (done while
+        // still root).
         let fd = libc::open(
             c"/proc/self/oom_score_adj".as_ptr(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         );
         if fd >= 0 {
-            libc::write(fd, b"0".as_ptr() as *const c_void, 1);
+            libc::write(
+                fd,
+                super::spawn::CHILD_OOM_SCORE_ADJ.as_ptr() as *const c_void,
+                super::spawn::CHILD_OOM_SCORE_ADJ.len(),
+            );
             libc::close(fd);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

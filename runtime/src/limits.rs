@@ -1,0 +1,148 @@
+//! A sandbox's limits: what a request asks for, filled in from the configured defaults and
+//! checked against the maxima (docs/security.md). Pure: the host's sizes come in as data.
+
+use crate::error::{Error, Result};
+use crate::model::{Limits, parse_size};
+
+/// The host's sizes the maxima default to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostSize {
+    pub memory_bytes: u64,
+    pub cpus: f64,
+}
+
+impl HostSize {
+    /// This host: MemTotal and the CPUs this process may run on.
+    pub fn current() -> Self {
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(u64::MAX, |kib| kib * 1024);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        Self { memory_bytes, cpus }
+    }
+}
+
+/// The most one sandbox may have: the configured maxima, the host's size where unset.
+pub fn maxima(configured: &Limits, host: HostSize) -> Limits {
+    Limits {
+        memory_bytes: Some(configured.memory_bytes.unwrap_or(host.memory_bytes)),
+        cpus: Some(configured.cpus.unwrap_or(host.cpus)),
+        pids: configured.pids,
+    }
+}
+
+/// What all sandboxes together get (their parent cgroup): the host's RAM less the reserve.
+pub fn all_sandboxes(host: HostSize, reserve: &str, max_pids: Option<u64>) -> Result<Limits> {
+    let reserve = parse_size(reserve)
+        .map_err(|e| Error::InvalidArgument(format!("host_reserve_memory: {e}")))?;
+    Ok(Limits {
+        memory_bytes: Some(host.memory_bytes.saturating_sub(reserve).max(64 << 20)),
+        cpus: None,
+        // Room for many sandboxes at their maximum, under the kernel's own ceiling.
+        pids: max_pids.map(|p| (p.saturating_mul(64)).min(1 << 22)),
+    })
+}
+
+/// `asked` with the defaults filled in, or a 400 naming the bound it breaks.
+pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limits> {
+    let limits = Limits {
+        memory_bytes: asked.memory_bytes.or(defaults.memory_bytes),
+        cpus: asked.cpus.or(defaults.cpus),
+        pids: asked.pids.or(defaults.pids),
+    };
+    let mib = |b: u64| format!("{}M", b >> 20);
+    if let Some(m) = limits.memory_bytes {
+        if m < 16 << 20 {
+            return Err(Error::InvalidArgument(
+                "memory limit must be at least 16M".into(),
+            ));
+        }
+        if let Some(top) = max.memory_bytes.filter(|&top| m > top) {
+            return Err(Error::InvalidArgument(format!(
+                "memory limit {} is above the maximum of {} (max_limits.memory_bytes)",
+                mib(m),
+                mib(top)
+            )));
+        }
+    }
+    if let Some(c) = limits.cpus {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "cpus must be a positive number, got {c}"
+            )));
+        }
+        if let Some(top) = max.cpus.filter(|&top| c > top) {
+            return Err(Error::InvalidArgument(format!(
+                "cpus {c} is above the maximum of {top} (max_limits.cpus)"
+            )));
+        }
+    }
+    if let Some(p) = limits.pids {
+        if p < 8 {
+            return Err(Error::InvalidArgument(
+                "pids limit must be at least 8".into(),
+            ));
+        }
+        if let Some(top) = max.pids.filter(|&top| p > top) {
+            return Err(Error::InvalidArgument(format!(
+                "pids {p} is above the maximum of {top} (max_limits.pids)"
+            )));
+        }
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: HostSize = HostSize {
+        memory_bytes: 8 << 30,
+        cpus: 2.0,
+    };
+
+    fn lim(memory_bytes: Option<u64>, cpus: Option<f64>, pids: Option<u64>) -> Limits {
+        Limits {
+            memory_bytes,
+            cpus,
+            pids,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_and_maxima_refuse() {
+        let defaults = lim(Some(512 << 20), Some(1.0), Some(256));
+        let max = maxima(&lim(None, None, Some(32768)), HOST);
+        assert_eq!(max, lim(Some(8 << 30), Some(2.0), Some(32768)));
+        assert_eq!(
+            effective(&Limits::default(), &defaults, &max).unwrap(),
+            defaults
+        );
+        let err = |asked: Limits| effective(&asked, &defaults, &max).unwrap_err().to_string();
+        let e = err(lim(Some(1 << 40), None, None));
+        assert!(e.contains("above the maximum of 8192M"), "{e}");
+        let e = err(lim(None, Some(1000.0), None));
+        assert!(e.contains("maximum of 2"), "{e}");
+        let e = err(lim(None, None, Some(1_000_000)));
+        assert!(e.contains("maximum of 32768"), "{e}");
+        assert!(err(lim(None, Some(f64::NAN), None)).contains("positive"));
+        assert!(err(lim(Some(1 << 20), None, None)).contains("at least 16M"));
+        assert!(err(lim(None, None, Some(2))).contains("at least 8"));
+        for e in [err(lim(Some(1 << 40), None, None))] {
+            assert!(!e.contains('/'), "no host paths: {e}");
+        }
+    }
+
+    #[test]
+    fn all_sandboxes_leave_the_reserve() {
+        let all = all_sandboxes(HOST, "1G", Some(32768)).unwrap();
+        assert_eq!(all.memory_bytes, Some(7 << 30));
+        assert_eq!(all.pids, Some(1 << 21));
+        assert!(all_sandboxes(HOST, "lots", None).is_err());
+    }
+}
