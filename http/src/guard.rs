@@ -76,10 +76,17 @@ fn forbidden(message: String) -> Response {
 
 /// Wraps `app` in the Host and Origin check.
 pub fn host_guard(app: Router, allowed: AllowedHosts) -> Router {
-    app.layer(middleware::from_fn_with_state(Arc::new(allowed), check_host))
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(allowed),
+        check_host,
+    ))
 }
 
-async fn check_host(State(allowed): State<Arc<AllowedHosts>>, req: Request, next: Next) -> Response {
+async fn check_host(
+    State(allowed): State<Arc<AllowedHosts>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(reason) = refusal(&allowed, req.headers()) {
         return forbidden(reason);
     }
@@ -109,7 +116,10 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 /// Wraps the native sandbox-traffic routes of `app` (`/api/v1/sandboxes/{id}/exec` and
 /// `/api/v1/sandboxes/{id}/envd/...`) in the access-token check.
 pub fn access_token_guard(app: Router, tools: Tools) -> Router {
-    app.layer(middleware::from_fn_with_state(Arc::new(tools), check_access_token))
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(tools),
+        check_access_token,
+    ))
 }
 
 async fn check_access_token(State(t): State<Arc<Tools>>, req: Request, next: Next) -> Response {

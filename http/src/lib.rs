@@ -107,9 +107,10 @@ impl From<Error> for ApiError {
 /// The Connect-style code every surface maps an error to.
 pub fn error_code(e: &Error) -> Code {
     match e {
-        Error::SandboxNotFound(_) | Error::TemplateNotFound(_) | Error::SnapshotNotFound(_) => {
-            Code::NotFound
-        }
+        Error::SandboxNotFound(_)
+        | Error::SandboxEnded { .. }
+        | Error::TemplateNotFound(_)
+        | Error::SnapshotNotFound(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::AlreadyExists(_) => Code::AlreadyExists,

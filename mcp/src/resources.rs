@@ -225,6 +225,10 @@ pub fn unknown_uri(uri: &str) -> ErrorData {
 pub fn read_error(uri: &str, e: Error) -> ErrorData {
     let data = Some(serde_json::json!({ "uri": uri }));
     match e {
+        e @ Error::SandboxEnded { .. } => ErrorData::resource_not_found(
+            format!("{e}; read {SANDBOXES_URI} for the live sandboxes"),
+            data,
+        ),
         Error::SandboxNotFound(id) => ErrorData::resource_not_found(
             format!(
                 "sandbox '{id}' not found (it was killed or timed out); read {SANDBOXES_URI} for the live sandboxes"

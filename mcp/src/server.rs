@@ -577,6 +577,9 @@ pub(crate) enum About {
 
 pub(crate) fn explain(e: Error, about: About) -> String {
     match e {
+        e @ Error::SandboxEnded { .. } => format!(
+            "{e}; call sandbox_list to see live sandboxes, or omit sandbox_id to use your default sandbox"
+        ),
         Error::SandboxNotFound(id) => format!(
             "sandbox '{id}' not found (it was killed or timed out); call sandbox_list to see live sandboxes, or omit sandbox_id to use your default sandbox"
         ),

@@ -59,6 +59,9 @@ pub struct Config {
     /// its static musl build from the same cargo target dir when that is at least as new).
     pub agent_binary: Option<PathBuf>,
     pub spawn_binary: Option<PathBuf>,
+    /// How long the daemon waits for a sandbox's agent to start answering a call (after the
+    /// request body is sent) before answering 504; a stopped agent fails at once.
+    pub agent_deadline_secs: u64,
     /// Bearer token for every route of the TCP listener (MCP and the API); required when
     /// `listen` is not loopback.
     pub mcp_token: Option<String>,
@@ -114,6 +117,7 @@ impl Default for Config {
             id_base: 0x1000_0000,
             agent_binary: None,
             spawn_binary: None,
+            agent_deadline_secs: 30,
             mcp_token: None,
             e2b_api_keys: Vec::new(),
             e2b_no_auth: false,

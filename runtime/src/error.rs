@@ -8,6 +8,9 @@ pub enum Error {
         "sandbox '{0}' not found (it may have been killed or timed out; list sandboxes to see live ones)"
     )]
     SandboxNotFound(String),
+    /// A sandbox that existed and ended: its tombstone says how.
+    #[error("sandbox '{id}' is gone: {why}")]
+    SandboxEnded { id: String, why: String },
     #[error("template '{0}' not found (list templates with `coppice template list`)")]
     TemplateNotFound(String),
     #[error("snapshot '{0}' not found (list snapshots with `coppice snapshot list`)")]

@@ -16,6 +16,7 @@ use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInf
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::TemplateStore;
 
+mod health;
 mod lifecycle;
 mod network;
 pub mod snapshots;
@@ -43,8 +44,24 @@ pub struct Runtime {
     teardowns: Teardowns,
     /// The most one sandbox may ask for (config maxima, the host's size where unset).
     max_limits: Limits,
+    /// Sandboxes whose agent does not answer (manager/health.rs).
+    health: health::Health,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
+}
+
+/// A tombstone's event in words.
+fn end_reason(kind: &str, detail: &str) -> String {
+    match (kind, detail) {
+        ("killed", _) => "it was killed (sandbox kill)".into(),
+        ("reaped", "timeout") => "its timeout passed".into(),
+        ("reaped", "oom") => {
+            "out of memory: the OOM killer ended its agent (give it a larger memory limit)".into()
+        }
+        ("reaped", "agent exited") => "its agent exited".into(),
+        (_, detail) if !detail.is_empty() => detail.to_string(),
+        (kind, _) => kind.to_string(),
+    }
 }
 
 /// How long the pool filler waits after a hand-out before starting a replacement.
@@ -110,7 +127,10 @@ impl Runtime {
             &cfg.state_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
-        .map_err(Error::io(format!("restricting {}", cfg.state_dir.display())))?;
+        .map_err(Error::io(format!(
+            "restricting {}",
+            cfg.state_dir.display()
+        )))?;
         let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
         let templates = TemplateStore::new(&cfg.state_dir)?;
         match templates.cleanup_partial() {
@@ -139,6 +159,7 @@ impl Runtime {
             exposer,
             teardowns: Teardowns::default(),
             max_limits,
+            health: Default::default(),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -161,6 +182,13 @@ impl Runtime {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 rt.reap().await;
+            }
+        });
+        let rt = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(health::CHECK_EVERY).await;
+                rt.check_health().await;
             }
         });
         let rt = self.clone();
@@ -437,7 +465,18 @@ impl Runtime {
     fn record(&self, id: &str) -> Result<SandboxRecord> {
         match self.store.get(id)? {
             Some(rec) if !rec.pooled && rec.state != SandboxState::Starting => Ok(rec),
-            _ => Err(Error::SandboxNotFound(id.to_string())),
+            _ => Err(self.not_found(id)),
+        }
+    }
+
+    /// The error for a sandbox callers cannot see: how it ended, when its tombstone says.
+    fn not_found(&self, id: &str) -> Error {
+        match self.store.tombstone(id) {
+            Ok(Some((at_ms, kind, detail))) => Error::SandboxEnded {
+                id: id.to_string(),
+                why: format!("{} at {}", end_reason(&kind, &detail), rfc3339_ms(at_ms)),
+            },
+            _ => Error::SandboxNotFound(id.to_string()),
         }
     }
 
@@ -448,7 +487,7 @@ impl Runtime {
             .agent_route(id)?
             .filter(|r| !r.pooled && r.state != SandboxState::Starting)
             .map(|_| ())
-            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))
+            .ok_or_else(|| self.not_found(id))
     }
 
     /// A client for the agent of a sandbox visible to callers (refused while it is paused:
@@ -459,32 +498,51 @@ impl Runtime {
             .store
             .agent_route(id)?
             .filter(|r| !r.pooled && r.state != SandboxState::Starting)
-            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+            .ok_or_else(|| self.not_found(id))?;
         if route.state == SandboxState::Paused {
             return Err(Error::Unavailable(format!(
                 "sandbox '{id}' is paused: resume it before using it"
             )));
         }
-        Ok(AgentClient::new(self.backend.agent_socket(id)).with_shared_access_token(route.token))
+        Ok(self
+            .bounded_client(id, route.pid)
+            .with_shared_access_token(route.token))
+    }
+
+    /// A client of the sandbox's agent whose calls give up when the agent is stopped or does
+    /// not answer in time (`agent_deadline_secs`).
+    fn bounded_client(&self, id: &str, pid: Option<i32>) -> AgentClient {
+        AgentClient::new(self.backend.agent_socket(id)).with_deadline(
+            coppice_envd::deadline::Deadline {
+                pid,
+                head: Duration::from_secs(self.cfg.agent_deadline_secs.max(1)),
+            },
+        )
     }
 
     /// The access token a caller must show for a sandbox's traffic, from the in-memory
     /// index (checked on every native exec and envd call over TCP); None when it has none
     /// or is not known.
     pub fn traffic_token(&self, id: &str) -> Option<std::sync::Arc<str>> {
-        self.store.agent_route(id).ok().flatten().and_then(|r| r.token)
+        self.store
+            .agent_route(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.token)
     }
 
     /// The host's own client: carries the sandbox's access token when it has one.
     fn agent_of(&self, id: &str) -> AgentClient {
-        let token = match self.store.agent_route(id) {
-            Ok(route) => route.and_then(|r| r.token),
+        let route = match self.store.agent_route(id) {
+            Ok(route) => route,
             Err(e) => {
                 tracing::warn!(sandbox = %id, "reading the access token: {e}");
                 None
             }
         };
-        AgentClient::new(self.backend.agent_socket(id)).with_shared_access_token(token)
+        let pid = route.as_ref().and_then(|r| r.pid);
+        self.bounded_client(id, pid)
+            .with_shared_access_token(route.and_then(|r| r.token))
     }
 
     pub fn info(&self, id: &str) -> Result<SandboxInfo> {
@@ -502,10 +560,17 @@ impl Runtime {
     }
 
     fn info_of(&self, rec: &SandboxRecord) -> SandboxInfo {
+        let unhealthy_reason = (rec.state == SandboxState::Running)
+            .then(|| self.health.reason(&rec.id))
+            .flatten();
         SandboxInfo {
             id: rec.id.clone(),
             template: rec.template.clone(),
-            state: rec.state,
+            state: match unhealthy_reason {
+                Some(_) => SandboxState::Unhealthy,
+                None => rec.state,
+            },
+            unhealthy_reason,
             created_at: rfc3339_ms(rec.created_at_ms),
             expires_at: rfc3339_ms(rec.expires_at_ms.min(253_402_300_799_000)),
             limits: rec.limits.clone(),
@@ -556,6 +621,7 @@ impl Runtime {
         self.exposer.close(id).await;
         self.store.delete(id)?;
         self.store.forget_lifecycle(id)?;
+        self.health.forget(id);
         self.store.event(Some(id), event, reason);
         tracing::debug!(sandbox = %id, event, elapsed = ?t0.elapsed(), "torn down");
         Ok(())
@@ -576,14 +642,14 @@ impl Runtime {
                 if self.backend.alive(&rec) {
                     continue;
                 }
-                "died"
+                self.backend.death_cause(&rec)
             } else if rec.expires_at_ms <= now {
                 if self.pause_on_timeout(&rec).await {
                     continue;
                 }
                 "timeout"
             } else if !self.backend.alive(&rec) {
-                "died"
+                self.backend.death_cause(&rec)
             } else {
                 continue;
             };

@@ -42,6 +42,9 @@ pub enum SandboxState {
     Running,
     Paused,
     Stopped,
+    /// Running, but its agent does not answer (stopped, hung): reported with the reason,
+    /// never stored (the daemon's health check decides it afresh).
+    Unhealthy,
 }
 
 impl SandboxState {
@@ -51,6 +54,7 @@ impl SandboxState {
             SandboxState::Running => "running",
             SandboxState::Paused => "paused",
             SandboxState::Stopped => "stopped",
+            SandboxState::Unhealthy => "unhealthy",
         }
     }
 
@@ -60,6 +64,7 @@ impl SandboxState {
             "running" => SandboxState::Running,
             "paused" => SandboxState::Paused,
             "stopped" => SandboxState::Stopped,
+            "unhealthy" => SandboxState::Unhealthy,
             _ => return None,
         })
     }
@@ -89,6 +94,9 @@ pub struct SandboxInfo {
     /// Host pid of the sandbox's init (the agent).
     pub pid: Option<i32>,
     pub hostname: String,
+    /// Why the sandbox is `unhealthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

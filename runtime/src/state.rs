@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox, at_ms);
 ";
 
 impl StateStore {
@@ -332,14 +333,18 @@ fn owner_only(db: &Path) -> Result<()> {
         .append(true)
         .mode(0o600)
         .open(db)
-        .map_err(crate::error::Error::io(format!("creating {}", db.display())))?;
+        .map_err(crate::error::Error::io(format!(
+            "creating {}",
+            db.display()
+        )))?;
     for suffix in ["", "-wal", "-shm"] {
         let mut name = db.as_os_str().to_owned();
         name.push(suffix);
         let file = Path::new(&name);
         if file.exists() {
-            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-                .map_err(crate::error::Error::io(format!("restricting {}", file.display())))?;
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(
+                crate::error::Error::io(format!("restricting {}", file.display())),
+            )?;
         }
     }
     Ok(())

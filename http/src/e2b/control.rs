@@ -91,9 +91,10 @@ pub(super) struct E2bError(pub StatusCode, pub String);
 impl From<Error> for E2bError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::SandboxNotFound(_) | Error::TemplateNotFound(_) | Error::SnapshotNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Error::SandboxNotFound(_)
+            | Error::SandboxEnded { .. }
+            | Error::TemplateNotFound(_)
+            | Error::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
             // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
             Error::InvalidArgument(_) | Error::HostUnsupported(_) => StatusCode::BAD_REQUEST,
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
@@ -674,7 +675,7 @@ async fn metrics_many(State(s): St, Query(q): Query<ManyQuery>) -> Result<Respon
             Ok(m) => {
                 out.insert(id.to_string(), metric_json(&m));
             }
-            Err(Error::SandboxNotFound(_)) => {}
+            Err(Error::SandboxNotFound(_) | Error::SandboxEnded { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -128,6 +128,11 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
             &format!("The sandbox {id} was not found"),
             Some(id),
         ),
+        Error::SandboxEnded { why, .. } => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("The sandbox {id} was not found: it is gone ({why})"),
+            Some(id),
+        ),
         Error::PermissionDenied(m) => error(StatusCode::FORBIDDEN, &m, Some(id)),
         other => error(StatusCode::BAD_GATEWAY, &other.to_string(), Some(id)),
     };

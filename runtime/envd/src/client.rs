@@ -38,6 +38,8 @@ pub struct AgentClient {
     socket: PathBuf,
     /// The agent's access token (envd's `X-Access-Token`), added to requests that carry none.
     access_token: Option<Arc<str>>,
+    /// Bounds on waiting for an answer; None: wait as long as it takes.
+    deadline: Option<crate::deadline::Deadline>,
 }
 
 /// The header envd's access token travels in.
@@ -48,7 +50,15 @@ impl AgentClient {
         Self {
             socket: socket.into(),
             access_token: None,
+            deadline: None,
         }
+    }
+
+    /// A client whose calls fail with `DeadlineExceeded` when the agent's process is stopped
+    /// or no answer starts within the deadline (the host's clients; see `deadline`).
+    pub fn with_deadline(mut self, deadline: crate::deadline::Deadline) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// A client that authenticates with `token` (the host's own calls to a sandbox whose
@@ -62,6 +72,10 @@ impl AgentClient {
     pub fn with_shared_access_token(mut self, token: Option<Arc<str>>) -> Self {
         self.access_token = token;
         self
+    }
+
+    pub fn deadline(&self) -> Option<crate::deadline::Deadline> {
+        self.deadline
     }
 
     pub fn socket(&self) -> &Path {
@@ -81,6 +95,20 @@ impl AgentClient {
         {
             req.headers_mut().insert(ACCESS_TOKEN_HEADER, v);
         }
+        let Some(deadline) = self.deadline else {
+            return self.send_now(req).await;
+        };
+        let (parts, body) = req.into_parts();
+        let (body, done) = crate::deadline::watch_body(body);
+        deadline
+            .bound(done, self.send_now(Request::from_parts(parts, body)))
+            .await
+    }
+
+    async fn send_now(
+        &self,
+        mut req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ConnectError> {
         while let Some(mut sender) = idle::take(&self.socket) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod deadline;
 pub mod filesystem;
 pub mod process;
 pub mod wire;

@@ -322,6 +322,16 @@ impl LinuxBackend {
         }
     }
 
+    /// Why a sandbox whose agent is gone died: "oom" when the OOM killer ended one of its
+    /// processes, else "agent exited" (read before its cgroups are removed).
+    pub fn death_cause(&self, rec: &SandboxRecord) -> &'static str {
+        if self.cgroups.open(&rec.id).oom_kills() > 0 {
+            "oom"
+        } else {
+            "agent exited"
+        }
+    }
+
     /// Kills everything in the sandbox and removes its cgroups, network and files. Never
     /// fails: each step is attempted and problems are logged (a later sweep retries).
     pub async fn destroy(&self, rec: &SandboxRecord) {

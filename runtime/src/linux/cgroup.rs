@@ -660,6 +660,24 @@ impl SandboxCgroup {
         read_u64(&self.memory_dir().join(file))
     }
 
+    /// Processes of the group the OOM killer has ended (`oom_kill` of memory.events on v2,
+    /// of memory.oom_control on v1).
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.layout.memory.is_v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        fs::read_to_string(self.memory_dir().join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Page cache charged to the group, in bytes (`cache` on v1, `file` on v2).
     pub fn memory_cache(&self) -> Option<u64> {
         let key = if self.layout.memory.is_v2() {

@@ -415,8 +415,14 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
         std::os::unix::fs::lchown(&src, Some(plan.id_base), Some(plan.id_base))
             .map_err(|e| format!("chown {src:?}: {e}"))?;
         std::fs::create_dir_all(&dst).map_err(|e| format!("creating {dst:?}: {e}"))?;
-        mount(Some(&src), &dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("mounting /{target}: {e}"))?;
+        mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting /{target}: {e}"))?;
     }
     tmpfs("run", format!("mode=755,size=16m,{owner}"), nosuid_nodev)?;
 

@@ -23,6 +23,8 @@ use crate::model::SandboxState;
 pub struct AgentRoute {
     pub state: SandboxState,
     pub pooled: bool,
+    /// Host pid of the agent (watched while a call waits for it).
+    pub pid: Option<i32>,
     /// envd's access token, when the sandbox has one.
     pub token: Option<Arc<str>>,
 }
@@ -35,6 +37,7 @@ pub(super) struct HotIndex {
 struct Entry {
     state: SandboxState,
     pooled: bool,
+    pid: Option<i32>,
     /// None until read from or written to the database.
     token: Option<Option<Arc<str>>>,
 }
@@ -51,6 +54,7 @@ impl HotIndex {
             Some(e) => {
                 e.state = r.state;
                 e.pooled = r.pooled;
+                e.pid = r.pid;
             }
             None => {
                 map.insert(
@@ -58,6 +62,7 @@ impl HotIndex {
                     Entry {
                         state: r.state,
                         pooled: r.pooled,
+                        pid: r.pid,
                         token: None,
                     },
                 );
@@ -83,6 +88,7 @@ impl HotIndex {
         Some(AgentRoute {
             state: e.state,
             pooled: e.pooled,
+            pid: e.pid,
             token: e.token.clone()?,
         })
     }
@@ -95,7 +101,7 @@ impl StateStore {
             return Ok(Some(route));
         }
         let conn = self.conn();
-        let Some((state, pooled)) = read_state(&conn, id)? else {
+        let Some((state, pooled, pid)) = read_state(&conn, id)? else {
             return Ok(None);
         };
         let token = read_token(&conn, id)?.map(Arc::from);
@@ -104,25 +110,28 @@ impl StateStore {
             Entry {
                 state,
                 pooled,
+                pid,
                 token: Some(token.clone()),
             },
         );
         Ok(Some(AgentRoute {
             state,
             pooled,
+            pid,
             token,
         }))
     }
 }
 
-fn read_state(conn: &Connection, id: &str) -> Result<Option<(SandboxState, bool)>> {
+fn read_state(conn: &Connection, id: &str) -> Result<Option<(SandboxState, bool, Option<i32>)>> {
     Ok(conn
-        .prepare_cached("SELECT state, pooled FROM sandboxes WHERE id = ?1")?
+        .prepare_cached("SELECT state, pooled, pid FROM sandboxes WHERE id = ?1")?
         .query_row(params![id], |r| {
             let state: String = r.get(0)?;
             Ok((
                 SandboxState::parse(&state).unwrap_or(SandboxState::Stopped),
                 r.get(1)?,
+                r.get(2)?,
             ))
         })
         .optional()?)
@@ -162,10 +171,11 @@ mod tests {
     /// What the database says, bypassing the index.
     fn stored(s: &StateStore, id: &str) -> Option<AgentRoute> {
         let conn = s.conn();
-        let (state, pooled) = read_state(&conn, id).unwrap()?;
+        let (state, pooled, pid) = read_state(&conn, id).unwrap()?;
         Some(AgentRoute {
             state,
             pooled,
+            pid,
             token: read_token(&conn, id).unwrap().map(Arc::from),
         })
     }

@@ -103,6 +103,22 @@ impl StateStore {
         Ok(())
     }
 
+    /// How a sandbox ended, from its last event when that is an end (its tombstone):
+    /// (unix ms, kind, detail) of `killed`, `reaped` or `lost`.
+    pub fn tombstone(&self, id: &str) -> Result<Option<(i64, String, String)>> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT at_ms, kind, detail FROM events WHERE sandbox = ?1
+                 ORDER BY at_ms DESC, rowid DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .filter(|(_, kind, _): &(i64, String, String)| {
+                matches!(kind.as_str(), "killed" | "reaped" | "lost")
+            }))
+    }
+
     /// Lifecycle events of one sandbox, oldest first: (unix ms, kind, detail).
     pub fn events_of(
         &self,
