@@ -119,7 +119,29 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The daemon holds a few descriptors per sandbox and per client connection: its soft limit
+/// goes up to the hard one, and the hard one to the kernel's ceiling (`fs.nr_open`) where root
+/// may raise it.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = hard.max(ceiling);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() && soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        tracing::debug!("open files limit {soft}");
+    }
+}
+
 async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
+    raise_nofile();
     let cfg = config(&args, socket)?;
     // A listener without a configured token gets the state dir's; a non-loopback one must be
     // given one explicitly (a token only root can read is no use to remote clients).

@@ -53,6 +53,8 @@ pub struct Config {
     pub no_new_privs: bool,
     /// Install the default seccomp profile in sandboxes.
     pub seccomp: bool,
+    /// Open files per process in sandboxes (RLIMIT_NOFILE, soft and hard).
+    pub sandbox_nofile: u64,
     /// First host uid/gid of the ranges given to sandboxes (65536 ids each).
     pub id_base: u32,
     /// Paths of the helper binaries; default: next to the running executable (for the agent,
@@ -114,6 +116,7 @@ impl Default for Config {
             expose_bind: "127.0.0.1".into(),
             no_new_privs: false,
             seccomp: true,
+            sandbox_nofile: 4096,
             id_base: 0x1000_0000,
             agent_binary: None,
             spawn_binary: None,

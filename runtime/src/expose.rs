@@ -171,8 +171,7 @@ async fn relay(listener: TcpListener, target: SocketAddr) {
     let mut relays = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((mut inbound, _)) = accepted else { continue };
+            (mut inbound, _) = crate::accept::next(&listener, "exposed port") => {
                 relays.spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return; // nothing listens in the sandbox: the caller sees EOF

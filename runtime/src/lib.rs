@@ -4,6 +4,7 @@
 //! into data (mount steps, cgroup writes, nft text) that is unit-tested everywhere, and a thin
 //! executor runs it on the host.
 
+pub mod accept;
 pub mod clock;
 pub mod config;
 pub mod error;

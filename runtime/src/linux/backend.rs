@@ -244,6 +244,7 @@ impl LinuxBackend {
             .to_string(),
             no_new_privs: self.cfg.no_new_privs,
             seccomp: self.cfg.seccomp,
+            nofile: self.cfg.sandbox_nofile,
         };
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
         let prepared = t0.elapsed();

@@ -300,6 +300,10 @@ pub async fn bind(ip: IpAddr) -> Result<Listener> {
     Ok(Listener { addr, udp, tcp })
 }
 
+/// Open TCP connections one sandbox may hold to the resolver (DNS over TCP is for the rare
+/// large answer; a resolver library keeps one or two).
+const TCP_CONNS_PER_SANDBOX: usize = 16;
+
 /// Serves queries arriving on `listeners` in the background, forwarding to `upstream`. `ctx`
 /// (final: with the addresses that did bind) is what protected addresses and CIDR rules are
 /// judged against.
@@ -327,12 +331,15 @@ pub fn serve(listeners: Vec<Listener>, upstream: SocketAddr, ctx: HostContext) {
             }
         });
         tokio::spawn(async move {
+            let caps = crate::accept::PerSource::new(TCP_CONNS_PER_SANDBOX);
             loop {
-                match tcp.accept().await {
-                    Ok((conn, from)) => {
-                        tokio::spawn(serve_tcp(conn, from.ip(), upstream));
-                    }
-                    Err(e) => tracing::debug!("resolver accept: {e}"),
+                let (conn, from) = crate::accept::next(&tcp, "resolver").await;
+                // Past the cap the connection is closed at once (its descriptor freed).
+                if let Some(slot) = caps.take(from.ip()) {
+                    tokio::spawn(async move {
+                        serve_tcp(conn, from.ip(), upstream).await;
+                        drop(slot);
+                    });
                 }
             }
         });

@@ -297,6 +297,10 @@ const BASE_CHAINS: [(&str, &str); 3] = [
 /// chains, sets and maps of [`crate::policy`] keep working while the daemon restarts), and
 /// declares everything again. Other tables are untouched, and our base chains only
 /// `accept`/`drop` bridge traffic, so the host's own rules still apply.
+/// Open TCP connections one sandbox may hold to the daemon's services on the bridge (the
+/// resolver and the domain check proxy cap theirs lower still, per service).
+pub const HOST_CONNS_PER_SANDBOX: usize = 256;
+
 pub fn host_ruleset(cfg: &NetConfig) -> String {
     let mut s = format!("table inet {NFT_TABLE} {{\n");
     for (name, hook) in BASE_CHAINS {
@@ -334,6 +338,14 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 	set host_services {{
 		type inet_proto . inet_service
 	}}
+	# Open connections per sandbox address to those services (the resolver's TCP port, the
+	# domain check proxy): one sandbox cannot take the daemon's descriptors.
+	set host_conns4 {{
+		type ipv4_addr; size 65535; flags dynamic;
+	}}
+	set host_conns6 {{
+		type ipv6_addr; size 65535; flags dynamic;
+	}}
 
 	# Network policy (filled by crate::policy, with the maps and sets they use): every
 	# sandbox's traffic through the host, and to it, goes through these shared chains, which
@@ -349,6 +361,8 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 		iifname != "{br}" accept
 		ct state established,related accept
 		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept comment "IPv6 neighbour discovery"
+		meta l4proto tcp ct state new meta l4proto . th dport @host_services add @host_conns4 {{ ip saddr ct count over {HOST_CONNS_PER_SANDBOX} }} counter reject with tcp reset comment "connections per sandbox"
+		meta l4proto tcp ct state new meta l4proto . th dport @host_services add @host_conns6 {{ ip6 saddr ct count over {HOST_CONNS_PER_SANDBOX} }} counter reject with tcp reset comment "connections per sandbox"
 		meta l4proto . th dport @host_services accept
 		jump {to_host}
 		counter drop comment "sandbox -> host"
@@ -1102,6 +1116,7 @@ mod tests {
             &[
                 "type filter hook input priority filter - 5; policy accept;",
                 "iifname != \"coppice0\" accept",
+                "meta l4proto tcp ct state new meta l4proto . th dport @host_services add @host_conns4 { ip saddr ct count over 256 } counter reject with tcp reset comment \"connections per sandbox\"",
                 "meta l4proto . th dport @host_services accept",
                 "counter drop comment \"sandbox -> host\"",
                 "type filter hook forward priority filter - 5; policy accept;",

@@ -40,17 +40,19 @@ pub async fn start(listen: IpAddr) -> Result<()> {
         "binding the domain check proxy to {addr}"
     )))?;
     tokio::spawn(async move {
+        let caps = crate::accept::PerSource::new(super::net::HOST_CONNS_PER_SANDBOX);
         loop {
-            match l.accept().await {
-                Ok((conn, from)) => {
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(conn, from).await {
-                            tracing::debug!(%from, "domain check proxy: {e}");
-                        }
-                    });
+            let (conn, from) = crate::accept::next(&l, "domain check proxy").await;
+            // Past the cap the connection is closed at once (its descriptor freed).
+            let Some(slot) = caps.take(from.ip()) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Err(e) = serve(conn, from).await {
+                    tracing::debug!(%from, "domain check proxy: {e}");
                 }
-                Err(e) => tracing::debug!("domain check proxy accept: {e}"),
-            }
+                drop(slot);
+            });
         }
     });
     tracing::info!(%addr, "domain check proxy listening");

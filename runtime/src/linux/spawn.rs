@@ -57,6 +57,8 @@ pub struct SpawnPlan {
     pub tmpfs_size: String,
     pub no_new_privs: bool,
     pub seccomp: bool,
+    /// RLIMIT_NOFILE (soft and hard) of every process in the sandbox.
+    pub nofile: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -568,6 +570,12 @@ impl ChildSetup<'_> {
         // are still needed until exec, so mark everything close-on-exec instead of closing.
         cloexec_from(4);
 
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            self.plan.nofile,
+            self.plan.nofile,
+        )
+        .map_err(|e| format!("RLIMIT_NOFILE {}: {e}", self.plan.nofile))?;
         // No process of the sandbox may hold CAP_SYS_PTRACE: with it, root inside could
         // ptrace or write /proc/1/mem of the agent (non-dumpable only stops those without it).
         // SAFETY: prctl with integer arguments only.
