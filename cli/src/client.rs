@@ -28,6 +28,9 @@ pub enum SandboxCmd {
         /// `coppice network set --help`).
         #[arg(long = "network-policy")]
         network_policy: Option<String>,
+        /// Setuid programs (sudo, su) cannot raise privileges in it (no_new_privs).
+        #[arg(long)]
+        no_new_privs: bool,
         #[arg(long)]
         json: bool,
     },
@@ -241,6 +244,7 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             template,
             spec,
             network_policy,
+            no_new_privs,
             json,
         } => {
             let network_policy = network_policy
@@ -250,6 +254,9 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             let mut body = spec.into_json();
             body.insert("template".into(), json!(template));
             body.insert("network_policy".into(), json!(network_policy));
+            if no_new_privs {
+                body.insert("no_new_privs".into(), json!(true));
+            }
             let body = Value::Object(body);
             let info = d.json("POST", "/api/v1/sandboxes", Some(body)).await?;
             print_value(&info, json, |v| {

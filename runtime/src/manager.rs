@@ -256,11 +256,12 @@ impl Runtime {
         }
         // A pooled sandbox's /tmp+/dev/shm tmpfs was sized for the default memory limit:
         // a smaller limit needs a sandbox of its own (docs/security.md).
+        // So were its no_new_privs.
         let fits_pool = match (limits.memory_bytes, self.cfg.default_limits.memory_bytes) {
             (Some(asked), Some(pooled)) => asked >= pooled,
             (None, _) => true,
             (Some(_), None) => false,
-        };
+        } && req.no_new_privs.is_none_or(|n| n == self.cfg.no_new_privs);
         let pooled = if fits_pool {
             self.pool_pop(&template.name)
         } else {
@@ -394,7 +395,8 @@ impl Runtime {
             return Err(e);
         }
         let policed = t0.elapsed();
-        let started = match self.backend.start(&rec, template).await {
+        let no_new_privs = req.no_new_privs.unwrap_or(self.cfg.no_new_privs);
+        let started = match self.backend.start(&rec, template, no_new_privs).await {
             Ok(s) => s,
             Err(e) => {
                 self.store.delete(&id)?;

@@ -32,6 +32,10 @@ pub struct CreateRequest {
     /// Network policy in force from the start; None: the default policy.
     #[serde(default)]
     pub network_policy: Option<crate::policy::NetworkPolicy>,
+    /// Set no_new_privs on the sandbox's processes (setuid sudo then cannot elevate);
+    /// None: the daemon's `no_new_privs`.
+    #[serde(default)]
+    pub no_new_privs: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,6 +41,10 @@ pub struct CreateSandbox {
     /// Change it later with network_policy_set.
     #[serde(default)]
     pub network_policy: Option<coppice_runtime::policy::NetworkPolicy>,
+    /// true: setuid programs (sudo, su) cannot raise privileges in this sandbox
+    /// (no_new_privs); omitted: the daemon's setting (off, so `user` has passwordless sudo).
+    #[serde(default)]
+    pub no_new_privs: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +73,7 @@ impl Tools {
                 env: req.env,
                 metadata: req.metadata,
                 network_policy: req.network_policy,
+                no_new_privs: req.no_new_privs,
             })
             .await
     }

@@ -170,7 +170,12 @@ impl LinuxBackend {
     }
 
     /// Starts the sandbox described by `rec` on `template`'s layers.
-    pub async fn start(&self, rec: &SandboxRecord, template: &TemplateInfo) -> Result<Started> {
+    pub async fn start(
+        &self,
+        rec: &SandboxRecord,
+        template: &TemplateInfo,
+        no_new_privs: bool,
+    ) -> Result<Started> {
         let dir = self.sandbox_dir(&rec.id);
         // The upper and work directories: a subvolume of their own with btrfs (a snapshot
         // is then a subvolume snapshot), else `fs/` in the sandbox's directory.
@@ -189,7 +194,9 @@ impl LinuxBackend {
         }
         write_identity(&fs_dir.join("upper"), &rec.hostname, &rec.id)?;
         let cg = self.cgroups.create(&rec.id)?;
-        let result = self.start_in(rec, template, &dir, &fs_dir, &cg).await;
+        let result = self
+            .start_in(rec, template, &dir, &fs_dir, &cg, no_new_privs)
+            .await;
         if result.is_err() {
             self.destroy(rec).await;
         }
@@ -203,6 +210,7 @@ impl LinuxBackend {
         dir: &Path,
         fs_dir: &Path,
         cg: &cgroup::SandboxCgroup,
+        no_new_privs: bool,
     ) -> Result<Started> {
         let t0 = std::time::Instant::now();
         cg.apply_limits(&rec.limits)?;
@@ -242,7 +250,7 @@ impl LinuxBackend {
                 rec.limits.memory_bytes,
             )
             .to_string(),
-            no_new_privs: self.cfg.no_new_privs,
+            no_new_privs,
             seccomp: self.cfg.seccomp,
             nofile: self.cfg.sandbox_nofile,
         };

@@ -104,6 +104,9 @@ pub const MASKED_FILES: &[&str] = &[
     "proc/timer_stats",
     "proc/sched_debug",
 ];
+/// What a sandbox's /sys/devices shows of the host's (the rest, its hardware, is hidden).
+pub const SYS_DEVICES_KEPT: &[&str] = &["system", "virtual"];
+
 /// Directories masked with an empty read-only tmpfs.
 pub const MASKED_DIRS: &[&str] = &[
     "proc/acpi",
@@ -428,10 +431,40 @@ fn mount_root(plan: &SpawnPlan, userns: std::os::fd::BorrowedFd<'_>) -> Result<(
     }
     tmpfs("run", format!("mode=755,size=16m,{owner}"), nosuid_nodev)?;
 
-    // /sys: the host's, read-only and without submounts (no cgroup trees, no debugfs).
+    // /sys: a sysfs made here, in the sandbox's network namespace (its /sys/class/net lists
+    // only the sandbox's interfaces), read-only and without submounts (no cgroup trees, no
+    // debugfs). The host's hardware is hidden: /sys/devices keeps only `system` (CPUs and
+    // memory, which nproc and lscpu read) and `virtual` (the sandbox's network devices).
+    let sysfs = stage.join("sysfs");
+    std::fs::create_dir(&sysfs).map_err(|e| format!("creating {sysfs:?}: {e}"))?;
+    let ro_flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("sysfs"), &sysfs, Some("sysfs"), ro_flags, None::<&str>)
+        .map_err(|e| format!("mounting sysfs: {e}"))?;
     let sys = root.join("sys");
     std::fs::create_dir_all(&sys).map_err(|e| format!("creating {sys:?}: {e}"))?;
-    bind_readonly(Path::new("/sys"), &sys, MsFlags::empty())?;
+    bind_readonly(&sysfs, &sys, MsFlags::empty())?;
+    let devices = sys.join("devices");
+    mount(
+        Some("tmpfs"),
+        &devices,
+        Some("tmpfs"),
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        Some("size=4k,mode=755"),
+    )
+    .map_err(|e| format!("hiding /sys/devices: {e}"))?;
+    for kept in SYS_DEVICES_KEPT {
+        let target = devices.join(kept);
+        std::fs::create_dir(&target).map_err(|e| format!("creating {target:?}: {e}"))?;
+        bind_readonly(&sysfs.join("devices").join(kept), &target, MsFlags::empty())?;
+    }
+    mount(
+        None::<&str>,
+        &devices,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | ro_flags,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making /sys/devices read-only: {e}"))?;
     for dir in MASKED_DIRS.iter().filter(|d| d.starts_with("sys/")) {
         let target = root.join(dir);
         if target.is_dir() {

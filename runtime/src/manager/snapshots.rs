@@ -817,6 +817,7 @@ impl Runtime {
                 .ok()
                 .flatten()
                 .map(crate::policy::NetworkPolicy::without_host_ports),
+            no_new_privs: None,
         };
         // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
         // interface), hostname, machine-id, cgroup; only the lower layers differ.
@@ -864,7 +865,9 @@ impl Runtime {
         let restarted = async {
             self.backend.stop_for_restart(&rec).await?;
             self.store.set_lineage_base(&rec.id, &snap.id)?;
-            self.backend.start(&rec, &template).await
+            // Restarted processes get the daemon's no_new_privs (a sandbox's own choice at
+            // create is not stored).
+            self.backend.start(&rec, &template, self.cfg.no_new_privs).await
         }
         .await;
         let started = match restarted {
