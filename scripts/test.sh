@@ -16,6 +16,9 @@ step "build (release, once for everything)"
 step "lint"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
+step "security (docs/security.md: the control plane tried as an attacker would)"
+cargo test --release --workspace --test security -- --test-threads=4
+
 step "tests"
 # Tests that start daemons run one binary at a time (cargo does so); one daemon per host.
 cargo test --release --workspace -- --test-threads=4

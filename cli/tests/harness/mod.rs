@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coppice");
+/// The E2B API key the test daemon accepts.
+pub const E2B_KEY: &str = "e2b_coppice_test_key";
 
 // ---------------------------------------------------------------------------------------------
 // Harness: one daemon per test binary.
@@ -107,6 +109,8 @@ impl Daemon {
             &format!("127.0.0.1:{}", self.port),
             "--pool-size",
             "1",
+            "--e2b-api-key",
+            E2B_KEY,
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -297,6 +301,75 @@ pub fn unmount_storage(state: &Path) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP to the daemon's TCP listener.
+
+/// One request (`Connection: close`) with exactly `headers` (plus Content-Length); returns
+/// the status and the body (de-chunked).
+pub fn tcp_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let port = DAEMON.get().expect("daemon started").port;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    )
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out += &rest[..n];
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The headers a proper local client sends: Host and the daemon's bearer token.
+pub fn authorized() -> Vec<(&'static str, String)> {
+    let d = DAEMON.get().expect("daemon started");
+    vec![
+        ("Host", format!("127.0.0.1:{}", d.port)),
+        ("Authorization", format!("Bearer {}", d.api_token())),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------

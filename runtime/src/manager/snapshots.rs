@@ -867,7 +867,9 @@ impl Runtime {
             self.store.set_lineage_base(&rec.id, &snap.id)?;
             // Restarted processes get the daemon's no_new_privs (a sandbox's own choice at
             // create is not stored).
-            self.backend.start(&rec, &template, self.cfg.no_new_privs).await
+            self.backend
+                .start(&rec, &template, self.cfg.no_new_privs)
+                .await
         }
         .await;
         let started = match restarted {
