@@ -11,16 +11,12 @@ use serde_json::{Value, json};
 mod harness;
 use harness::*;
 
+/// `base` (owned values) with `extra` added or replacing headers of the same name.
 fn with<'a>(
     base: &'a [(&'static str, String)],
     extra: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {
-    let mut h: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    for (k, v) in extra {
-        h.retain(|(hk, _)| !hk.eq_ignore_ascii_case(k));
-        h.push((k, v));
-    }
-    h
+    with_pairs(auth_pairs(base), extra)
 }
 
 fn run(cmd: &mut std::process::Command) -> (i32, String) {
@@ -44,6 +40,12 @@ fn a_local_user_is_refused_on_the_loopback_api() {
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .args(args))
     };
+    // curl's status code for a request made as nobody.
+    let status_as_nobody = |args: &[&str]| {
+        let mut all = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        as_nobody(&all)
+    };
     let token_file = d.state.join("api-token");
     let (code, out) = as_nobody(&["cat", token_file.to_str().unwrap()]);
     assert_ne!(code, 0, "nobody read the API token: {out}");
@@ -62,13 +64,7 @@ fn a_local_user_is_refused_on_the_loopback_api() {
         ),
         ("POST", "/mcp".to_string(), "{}"),
     ] {
-        let (code, status) = as_nobody(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+        let (code, status) = status_as_nobody(&[
             "-X",
             method,
             "-H",
@@ -83,15 +79,7 @@ fn a_local_user_is_refused_on_the_loopback_api() {
             "{method} {path} as nobody"
         );
     }
-    let (_, status) = as_nobody(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{url}/health"),
-    ]);
+    let (_, status) = status_as_nobody(&[&format!("{url}/health")]);
     assert_eq!(status, "204", "liveness stays open");
     // The unix socket is root's: nobody cannot connect to it.
     let (code, _) = as_nobody(&[
@@ -483,23 +471,19 @@ fn oversize_limits_are_refused() {
 #[test]
 fn no_new_privs_by_choice() {
     let Some(_g) = shared() else { return };
-    let default = create(&[]);
-    assert!(
-        default
-            .sh_ok("grep NoNewPrivs /proc/self/status")
-            .contains('0')
-    );
-    assert_eq!(default.sh_ok("sudo -n id -u").trim(), "0");
-    let strict = create(&["--no-new-privs"]);
-    assert!(
-        strict
-            .sh_ok("grep NoNewPrivs /proc/self/status")
-            .contains('1')
-    );
-    assert_ne!(
-        strict.sh("sudo -n id -u").code,
-        0,
-        "sudo elevated under no_new_privs"
+    // NoNewPrivs of a process in the sandbox, and whether sudo elevates there.
+    let probe = |sb: &Sandbox| {
+        let flag = sb.sh_ok("grep NoNewPrivs /proc/self/status | cut -f2");
+        (
+            flag.trim().to_string(),
+            sb.sh("sudo -n id -u").stdout.trim() == "0",
+        )
+    };
+    assert_eq!(probe(&create(&[])), ("0".to_string(), true), "the default");
+    assert_eq!(
+        probe(&create(&["--no-new-privs"])),
+        ("1".to_string(), false),
+        "asked for"
     );
 }
 
@@ -532,7 +516,10 @@ fn a_gone_sandbox_has_a_tombstone() {
     cli_ok(&["sandbox", "kill", &killed.id]);
     let out = cli(&["sandbox", "info", &killed.id]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("gone: it was killed"), "{out:?}");
+    assert!(
+        out.stderr.contains("not found: it is gone, it was killed"),
+        "{out:?}"
+    );
 
     let died = create(&[]);
     // SAFETY: killing the sandbox's agent from the host.

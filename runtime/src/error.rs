@@ -9,7 +9,7 @@ pub enum Error {
     )]
     SandboxNotFound(String),
     /// A sandbox that existed and ended: its tombstone says how.
-    #[error("sandbox '{id}' is gone: {why}")]
+    #[error("sandbox '{id}' not found: it is gone, {why}")]
     SandboxEnded { id: String, why: String },
     #[error("template '{0}' not found (list templates with `coppice template list`)")]
     TemplateNotFound(String),
