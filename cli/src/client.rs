@@ -28,6 +28,9 @@ pub enum SandboxCmd {
         /// `coppice network set --help`).
         #[arg(long = "network-policy")]
         network_policy: Option<String>,
+        /// What its writable layer may hold, e.g. 2G (default 10G).
+        #[arg(long)]
+        disk: Option<String>,
         /// Setuid programs (sudo, su) cannot raise privileges in it (no_new_privs).
         #[arg(long)]
         no_new_privs: bool,
@@ -244,6 +247,7 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             template,
             spec,
             network_policy,
+            disk,
             no_new_privs,
             json,
         } => {
@@ -254,6 +258,9 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             let mut body = spec.into_json();
             body.insert("template".into(), json!(template));
             body.insert("network_policy".into(), json!(network_policy));
+            if let Some(disk) = disk {
+                body.insert("disk".into(), json!(disk));
+            }
             if no_new_privs {
                 body.insert("no_new_privs".into(), json!(true));
             }

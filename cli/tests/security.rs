@@ -531,3 +531,25 @@ fn a_gone_sandbox_has_a_tombstone() {
     });
     assert!(ended, "{:?}", cli(&["sandbox", "info", &died.id]));
 }
+
+/// A sandbox's writable layer holds at most its disk limit; another sandbox still writes.
+#[test]
+fn a_sandbox_cannot_write_past_its_disk_limit() {
+    let Some(_g) = shared() else { return };
+    let small = create(&["--disk", "64M"]);
+    assert_eq!(small.info()["limits"]["disk_bytes"], 64 << 20);
+    let out = small.sh("dd if=/dev/zero of=big bs=1M count=200 conv=fsync 2>&1; echo rc=$?");
+    assert!(out.stdout.contains("Disk quota exceeded"), "{out:?}");
+    let size: u64 = small.sh_ok("stat -c %s big").trim().parse().unwrap();
+    assert!(size <= 64 << 20, "wrote {size} bytes past a 64M limit");
+    let other = create(&[]);
+    other.sh_ok("dd if=/dev/zero of=f bs=1M count=100 conv=fsync 2>/dev/null");
+    // What is removed is free again.
+    small.sh_ok(
+        "rm big; sync; sleep 1; dd if=/dev/zero of=again bs=1M count=16 conv=fsync 2>/dev/null",
+    );
+    let auth = authorized();
+    let h = with(&auth, &[("Content-Type", "application/json")]);
+    let (status, text) = tcp_request("POST", "/api/v1/sandboxes", &h, r#"{"disk":"1M"}"#);
+    assert_eq!(status, 400, "{text}");
+}

@@ -27,7 +27,7 @@ pub struct Config {
     pub default_timeout_secs: u64,
     /// Upper bound on any sandbox's lifetime, in seconds.
     pub max_timeout_secs: u64,
-    /// Limits applied when a request gives none.
+    /// Limits applied when a request gives none (disk: 10 GiB for the writable layer).
     pub default_limits: Limits,
     /// The most one sandbox may ask for (a request above gets a 400 naming it). Unset
     /// memory or cpus: the host's RAM and CPU count.
@@ -35,6 +35,9 @@ pub struct Config {
     /// Kept from sandboxes for the host: all sandboxes together may use the host's RAM less
     /// this (their parent cgroup's limit).
     pub host_reserve_memory: String,
+    /// Free space kept on the state filesystem (and on the btrfs storage in it): below it,
+    /// new sandboxes are refused (503) instead of filling the disk.
+    pub disk_reserve: String,
     /// Size of the tmpfs that holds a sandbox's /tmp and /dev/shm together (counted against
     /// its memory limit, and never more than half of it).
     pub tmpfs_size: String,
@@ -103,13 +106,16 @@ impl Default for Config {
                 memory_bytes: Some(512 << 20),
                 cpus: Some(1.0),
                 pids: Some(256),
+                disk_bytes: Some(10 << 30),
             },
             max_limits: Limits {
                 memory_bytes: None,
                 cpus: None,
                 pids: Some(32768),
+                disk_bytes: None,
             },
             host_reserve_memory: "1G".into(),
+            disk_reserve: "2G".into(),
             tmpfs_size: "256m".into(),
             network: true,
             network_ipv6: "fd88::1/64".into(),

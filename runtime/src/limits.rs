@@ -33,6 +33,7 @@ pub fn maxima(configured: &Limits, host: HostSize) -> Limits {
         memory_bytes: Some(configured.memory_bytes.unwrap_or(host.memory_bytes)),
         cpus: Some(configured.cpus.unwrap_or(host.cpus)),
         pids: configured.pids,
+        disk_bytes: configured.disk_bytes,
     }
 }
 
@@ -45,7 +46,23 @@ pub fn all_sandboxes(host: HostSize, reserve: &str, max_pids: Option<u64>) -> Re
         cpus: None,
         // Room for many sandboxes at their maximum, under the kernel's own ceiling.
         pids: max_pids.map(|p| (p.saturating_mul(64)).min(1 << 22)),
+        disk_bytes: None,
     })
+}
+
+/// Whether a new sandbox may start with `free` bytes left on the state filesystem.
+pub fn disk_admission(free: u64, reserve: &str) -> Result<()> {
+    let reserve =
+        parse_size(reserve).map_err(|e| Error::InvalidArgument(format!("disk_reserve: {e}")))?;
+    if free < reserve {
+        return Err(Error::Unavailable(format!(
+            "the host's sandbox storage has {}M free, below its reserve of {}M (disk_reserve): \
+             kill sandboxes or delete snapshots to make room",
+            free >> 20,
+            reserve >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// `asked` with the defaults filled in, or a 400 naming the bound it breaks.
@@ -54,6 +71,7 @@ pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limi
         memory_bytes: asked.memory_bytes.or(defaults.memory_bytes),
         cpus: asked.cpus.or(defaults.cpus),
         pids: asked.pids.or(defaults.pids),
+        disk_bytes: asked.disk_bytes.or(defaults.disk_bytes),
     };
     let mib = |b: u64| format!("{}M", b >> 20);
     if let Some(m) = limits.memory_bytes {
@@ -79,6 +97,20 @@ pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limi
         if let Some(top) = max.cpus.filter(|&top| c > top) {
             return Err(Error::InvalidArgument(format!(
                 "cpus {c} is above the maximum of {top} (max_limits.cpus)"
+            )));
+        }
+    }
+    if let Some(d) = limits.disk_bytes {
+        if d < 16 << 20 {
+            return Err(Error::InvalidArgument(
+                "disk limit must be at least 16M".into(),
+            ));
+        }
+        if let Some(top) = max.disk_bytes.filter(|&top| d > top) {
+            return Err(Error::InvalidArgument(format!(
+                "disk limit {} is above the maximum of {} (max_limits.disk_bytes)",
+                mib(d),
+                mib(top)
             )));
         }
     }
@@ -111,6 +143,7 @@ mod tests {
             memory_bytes,
             cpus,
             pids,
+            disk_bytes: None,
         }
     }
 
@@ -135,6 +168,20 @@ mod tests {
         assert!(err(lim(None, None, Some(2))).contains("at least 8"));
         let e = err(lim(Some(1 << 40), None, None));
         assert!(!e.contains('/'), "no host paths: {e}");
+    }
+
+    #[test]
+    fn a_full_disk_refuses_new_sandboxes() {
+        assert!(disk_admission(3 << 30, "2G").is_ok());
+        let e = disk_admission(1 << 30, "2G").unwrap_err().to_string();
+        assert!(e.contains("1024M free, below its reserve of 2048M"), "{e}");
+        let defaults = lim(Some(512 << 20), None, None);
+        let asked = Limits {
+            disk_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let e = effective(&asked, &defaults, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("at least 16M"), "{e}");
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Runtime {
         if let Some(p) = &req.network_policy {
             p.check()?;
         }
+        self.check_disk_reserve()?;
         // A pooled sandbox's /tmp+/dev/shm tmpfs was sized for the default memory limit:
         // a smaller limit needs a sandbox of its own (docs/security.md).
         // So were its no_new_privs.
@@ -360,6 +361,7 @@ impl Runtime {
         timeout: Duration,
         pooled: bool,
     ) -> Result<SandboxRecord> {
+        self.check_disk_reserve()?;
         let id = new_id();
         let now = now_ms();
         let t0 = std::time::Instant::now();
@@ -443,6 +445,14 @@ impl Runtime {
             )));
         }
         Ok(())
+    }
+
+    /// Refuses new sandboxes when the storage is below its reserve (`disk_reserve`).
+    fn check_disk_reserve(&self) -> Result<()> {
+        match self.backend.free_storage_bytes() {
+            Some(free) => crate::limits::disk_admission(free, &self.cfg.disk_reserve),
+            None => Ok(()),
+        }
     }
 
     fn effective_limits(&self, asked: &Limits) -> Result<Limits> {

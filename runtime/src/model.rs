@@ -14,6 +14,9 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Maximum number of tasks (processes and threads).
     pub pids: Option<u64>,
+    /// What the sandbox's writable layer may hold, in bytes (enforced with btrfs storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// What a caller asks for when creating a sandbox.

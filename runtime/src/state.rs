@@ -368,6 +368,7 @@ mod tests {
                 memory_bytes: Some(1 << 29),
                 cpus: Some(1.0),
                 pids: Some(256),
+                disk_bytes: None,
             },
             env: [("A".to_string(), "1".to_string())].into(),
             metadata: BTreeMap::new(),

@@ -111,6 +111,7 @@ fn cgroup_lifecycle_limits_and_usage() {
         memory_bytes: Some(64 << 20),
         cpus: Some(0.5),
         pids: Some(32),
+        disk_bytes: None,
     };
     cg.apply_limits(&limits).unwrap();
     // What the plan wrote is what the kernel now reports (last write per file wins).
@@ -276,6 +277,7 @@ fn cgroup_setup_timing() {
         memory_bytes: Some(256 << 20),
         cpus: Some(1.0),
         pids: Some(256),
+        disk_bytes: None,
     };
     let (mut create, mut destroy) = (Vec::new(), Vec::new());
     for _ in 0..20 {

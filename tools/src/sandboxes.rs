@@ -26,6 +26,10 @@ pub struct CreateSandbox {
     /// Maximum number of processes and threads; default 256.
     #[serde(default)]
     pub pids: Option<u64>,
+    /// What the sandbox's writable layer may hold, such as "2G"; default 10G. Writes past it
+    /// fail with "Disk quota exceeded" inside; other sandboxes are not affected.
+    #[serde(default)]
+    pub disk: Option<String>,
     /// Seconds before the sandbox is killed unless extended with sandbox_set_timeout;
     /// default 300.
     #[serde(default)]
@@ -60,6 +64,12 @@ impl Tools {
             .map(parse_size)
             .transpose()
             .map_err(Error::InvalidArgument)?;
+        let disk_bytes = req
+            .disk
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(Error::InvalidArgument)?;
         let timeout = req.timeout_secs.map(secs).transpose()?;
         self.rt
             .create(CreateRequest {
@@ -68,6 +78,7 @@ impl Tools {
                     memory_bytes,
                     cpus: req.cpus,
                     pids: req.pids,
+                    disk_bytes,
                 },
                 timeout,
                 env: req.env,

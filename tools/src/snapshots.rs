@@ -123,6 +123,7 @@ impl ForkOverrides {
                 memory_bytes,
                 cpus: self.cpus,
                 pids: self.pids,
+                disk_bytes: None,
             },
             timeout,
             env: self.env.clone(),

@@ -44,10 +44,13 @@ def test_e2b_uses_api_keys_while_the_rest_keeps_the_bearer_token(daemon):
     try:
         assert s.commands.run("echo via-e2b").stdout == "via-e2b\n"
         assert s.files.write("t.txt", "x").path == "/home/user/t.txt"
-        # The same sandbox through the native API (bearer): the host's own calls carry the
-        # sandbox's access token to its agent.
-        r = httpx.post(f"{url}/api/v1/sandboxes/{s.sandbox_id}/exec", headers=bearer,
-                       json={"cmd": ["cat", "/home/user/t.txt"]})
+        # The same sandbox through the native API: the bearer token alone is not enough for a
+        # secure sandbox's traffic (docs/security.md); with its access token it is.
+        native = f"{url}/api/v1/sandboxes/{s.sandbox_id}/exec"
+        r = httpx.post(native, headers=bearer, json={"cmd": ["true"]})
+        assert r.status_code == 401 and "X-Access-Token" in r.text, r.text
+        token = {"X-Access-Token": s._envd_access_token, **bearer}
+        r = httpx.post(native, headers=token, json={"cmd": ["cat", "/home/user/t.txt"]})
         assert r.status_code == 200, r.text
         events = [json.loads(line) for line in r.text.splitlines()]
         out = b"".join(base64.b64decode(e["data"]) for e in events if e["type"] == "stdout")

@@ -179,7 +179,7 @@ impl LinuxBackend {
         let dir = self.sandbox_dir(&rec.id);
         // The upper and work directories: a subvolume of their own with btrfs (a snapshot
         // is then a subvolume snapshot), else `fs/` in the sandbox's directory.
-        let fs_dir = match self.storage.create_upper(&rec.id) {
+        let fs_dir = match self.storage.create_upper(&rec.id, rec.limits.disk_bytes) {
             Ok(Some(sv)) => sv,
             Ok(None) => dir.join("fs"),
             Err(e) => return Err(e),
@@ -317,9 +317,28 @@ impl LinuxBackend {
         self.cfg.id_base + slot * ID_COUNT
     }
 
+    /// Whether sandboxes' disk limits are enforced (btrfs storage with simple quotas).
+    pub fn has_disk_limits(&self) -> bool {
+        self.storage.has_quotas()
+    }
+
+    /// Bytes free for sandboxes: the least of the state filesystem's and, with btrfs storage
+    /// in a sparse image, the image's own.
+    pub fn free_storage_bytes(&self) -> Option<u64> {
+        let free = |p: &Path| {
+            nix::sys::statvfs::statvfs(p)
+                .ok()
+                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        };
+        let state = free(&self.cfg.state_dir);
+        let btrfs = self.storage.uppers_dir().and_then(|d| free(&d));
+        state.into_iter().chain(btrfs).min()
+    }
+
     /// Applies new limits to a running sandbox (used when a pooled one is handed out).
     pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<()> {
-        self.cgroups.open(id).apply_limits(limits)
+        self.cgroups.open(id).apply_limits(limits)?;
+        self.storage.set_disk_limit(id, limits.disk_bytes)
     }
 
     /// True when the recorded init process is still the sandbox's (not a recycled pid).

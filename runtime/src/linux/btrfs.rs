@@ -174,6 +174,8 @@ pub struct Storage {
     root: Option<PathBuf>,
     /// How it is set up, for the log and `describe`.
     how: String,
+    /// Uppers' disk limits are enforced (btrfs simple quotas, linux/btrfs_quota.rs).
+    quotas: bool,
 }
 
 impl Storage {
@@ -183,21 +185,35 @@ impl Storage {
         if cfg.storage == StorageMode::Plain {
             let s = Storage {
                 root: None,
-                how: "plain directories (storage = \"plain\"); snapshots copy the upper".into(),
+                how: "plain directories (storage = \"plain\"); snapshots copy the upper; \
+                      no disk limits"
+                    .into(),
+                quotas: false,
             };
             tracing::info!("sandbox storage: {}", s.how);
             return Ok(s);
         }
         match setup_btrfs(cfg) {
-            Ok((root, how)) => {
+            Ok((root, mut how)) => {
                 for sub in ["uppers", "snapshots"] {
                     std::fs::create_dir_all(root.join(sub))
                         .ctx(|| format!("creating {}", root.join(sub).display()))?;
                 }
+                let quotas = match super::btrfs_quota::enable(&root) {
+                    Ok(()) => {
+                        how += "; disk limits by btrfs simple quotas";
+                        true
+                    }
+                    Err(e) => {
+                        how += &format!("; no disk limits ({e})");
+                        false
+                    }
+                };
                 tracing::info!("sandbox storage: {how}");
                 Ok(Storage {
                     root: Some(root),
                     how,
+                    quotas,
                 })
             }
             Err(why) if cfg.storage == StorageMode::Btrfs => Err(Error::HostUnsupported(format!(
@@ -208,8 +224,13 @@ impl Storage {
                     "plain directories, btrfs is unavailable ({why}); snapshots copy the upper \
                      (cp -a), which takes time in proportion to its files"
                 );
+                let how = format!("{how}; no disk limits");
                 tracing::warn!("sandbox storage: {how}");
-                Ok(Storage { root: None, how })
+                Ok(Storage {
+                    root: None,
+                    how,
+                    quotas: false,
+                })
             }
         }
     }
@@ -239,8 +260,9 @@ impl Storage {
             .filter(|p| p.symlink_metadata().is_ok())
     }
 
-    /// Makes a new sandbox's upper+work subvolume; None without btrfs.
-    pub fn create_upper(&self, id: &str) -> Result<Option<PathBuf>> {
+    /// Makes a new sandbox's upper+work subvolume holding at most `disk` bytes; None
+    /// without btrfs.
+    pub fn create_upper(&self, id: &str, disk: Option<u64>) -> Result<Option<PathBuf>> {
         let Some(dir) = self.uppers_dir() else {
             return Ok(None);
         };
@@ -250,7 +272,26 @@ impl Storage {
             remove_tree_or_subvolume(&sv)?;
         }
         create_subvolume(&sv)?;
+        if self.quotas
+            && let Err(e) = super::btrfs_quota::limit(&sv, disk)
+        {
+            let _ = delete_subvolume(&sv);
+            return Err(e);
+        }
         Ok(Some(sv))
+    }
+
+    /// Whether disk limits are enforced.
+    pub fn has_quotas(&self) -> bool {
+        self.quotas
+    }
+
+    /// Changes the disk limit of sandbox `id`'s upper (a pooled sandbox handed out).
+    pub fn set_disk_limit(&self, id: &str, disk: Option<u64>) -> Result<()> {
+        match (self.quotas, self.upper_subvolume(id)) {
+            (true, Some(sv)) => super::btrfs_quota::limit(&sv, disk),
+            _ => Ok(()),
+        }
     }
 
     /// The read-only snapshot subvolume of snapshot `id`, when it is one.

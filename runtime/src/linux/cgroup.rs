@@ -844,6 +844,7 @@ mod tests {
         memory_bytes: Some(64 << 20),
         cpus: Some(0.5),
         pids: Some(32),
+        disk_bytes: None,
     };
 
     #[test]
@@ -1009,6 +1010,7 @@ mod tests {
         memory_bytes: Some(1 << 20),
         cpus: None,
         pids: Some(1),
+        disk_bytes: None,
     };
 
     fn touch(p: &Path) {

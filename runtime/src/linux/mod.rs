@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod btrfs;
+pub mod btrfs_quota;
 pub mod cgroup;
 pub mod dns;
 pub mod net;

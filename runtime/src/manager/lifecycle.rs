@@ -253,7 +253,11 @@ impl Runtime {
             mem_total: rec.limits.memory_bytes.unwrap_or(0),
             mem_cache: self.backend.memory_cache(id).unwrap_or(0),
             disk_used,
-            disk_total,
+            disk_total: rec
+                .limits
+                .disk_bytes
+                .filter(|_| self.backend.has_disk_limits())
+                .unwrap_or(disk_total),
         })
     }
 
