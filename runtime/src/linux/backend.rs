@@ -328,7 +328,7 @@ impl LinuxBackend {
         let free = |p: &Path| {
             nix::sys::statvfs::statvfs(p)
                 .ok()
-                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+                .map(|s| s.blocks_available() * s.fragment_size())
         };
         let state = free(&self.cfg.state_dir);
         let btrfs = self.storage.uppers_dir().and_then(|d| free(&d));
