@@ -101,8 +101,25 @@ pub fn router(state: McpState, opts: HttpOptions) -> Router {
     );
     Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn(session_deleted))
         .route("/mcp-stdio", axum::routing::post(stdio_upgrade))
         .with_state(state)
+}
+
+/// A session's DELETE answers 204 No Content (rmcp says 202 Accepted, which the official
+/// Python client logs as "Session termination failed: 202"): the session is gone when it
+/// returns, nothing is pending.
+async fn session_deleted(req: Request, next: Next) -> Response {
+    let delete = req.method() == axum::http::Method::DELETE;
+    let resp = next.run(req).await;
+    if delete && resp.status() == StatusCode::ACCEPTED {
+        let (mut parts, _) = resp.into_parts();
+        parts.status = StatusCode::NO_CONTENT;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        return Response::from_parts(parts, Body::empty());
+    }
+    resp
 }
 
 /// Wraps every route of `app` in the bearer-token check when the listener requires one.

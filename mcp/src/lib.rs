@@ -13,6 +13,7 @@ pub mod http;
 pub mod markdown;
 pub mod network_tools;
 pub mod resources;
+mod schema_formats;
 pub mod server;
 pub mod stdio;
 

@@ -630,7 +630,22 @@ impl CoppiceMcp {
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
     /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
-        Self::tool_router() + Self::snapshot_router() + Self::network_router() + Self::code_router()
+        let mut router = Self::tool_router()
+            + Self::snapshot_router()
+            + Self::network_router()
+            + Self::code_router();
+        for route in router.map.values_mut() {
+            let tool = &mut route.attr;
+            let mut input = (*tool.input_schema).clone();
+            crate::schema_formats::keep_standard(&mut input);
+            tool.input_schema = std::sync::Arc::new(input);
+            if let Some(output) = &tool.output_schema {
+                let mut output = (**output).clone();
+                crate::schema_formats::keep_standard(&mut output);
+                tool.output_schema = Some(std::sync::Arc::new(output));
+            }
+        }
+        router
     }
 
     pub(crate) fn tools(&self) -> &Tools {
@@ -1660,4 +1675,49 @@ impl ServerHandler for CoppiceMcp {
 /// Every tool as listed to clients (for the generated reference).
 pub fn tool_list() -> Vec<rmcp::model::Tool> {
     CoppiceMcp::all_tools().list_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client's validator sees: no format JSON Schema does not define, in any tool.
+    #[test]
+    fn tool_schemas_carry_only_standard_formats() {
+        let standard = [
+            "date-time",
+            "uri",
+            "uuid",
+            "ipv4",
+            "ipv6",
+            "hostname",
+            "email",
+        ];
+        fn formats(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(serde_json::Value::String(f)) = o.get("format") {
+                        out.push(f.clone());
+                    }
+                    o.values().for_each(|v| formats(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| formats(v, out)),
+                _ => {}
+            }
+        }
+        let router = CoppiceMcp::all_tools();
+        assert!(router.map.len() >= 20);
+        for route in router.map.values() {
+            let mut found = Vec::new();
+            formats(
+                &serde_json::Value::Object((*route.attr.input_schema).clone()),
+                &mut found,
+            );
+            if let Some(o) = &route.attr.output_schema {
+                formats(&serde_json::Value::Object((**o).clone()), &mut found);
+            }
+            found.retain(|f| !standard.contains(&f.as_str()));
+            assert!(found.is_empty(), "{}: {found:?}", route.attr.name);
+        }
+    }
 }

@@ -582,6 +582,14 @@ async def t_http_guards(daemon: Daemon) -> None:
     check(r.status == 401, f"wrong token: {r.status}")
     r = raw_post(daemon, auth)
     check(r.status == 200, f"good token: {r.status}")
+    # Ending the session: 204, as the official clients expect (not 202).
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("DELETE", "/mcp", headers={**auth, "Mcp-Session-Id": r.getheader("Mcp-Session-Id", ""),
+                                            "MCP-Protocol-Version": "2025-11-25"})
+    d = conn.getresponse()
+    d.read()
+    conn.close()
+    check(d.status == 204, f"session DELETE: {d.status}")
     r = raw_post(daemon, {**auth, "Origin": "http://evil.example.com"})
     check(r.status == 403, f"foreign origin: {r.status}")
     r = raw_post(daemon, {**auth, "Origin": f"http://localhost:{daemon.port}"})
