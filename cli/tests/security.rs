@@ -553,3 +553,37 @@ fn a_sandbox_cannot_write_past_its_disk_limit() {
     let (status, text) = tcp_request("POST", "/api/v1/sandboxes", &h, r#"{"disk":"1M"}"#);
     assert_eq!(status, 400, "{text}");
 }
+
+/// Past the host's ceilings a create is refused with 429 and the reason, on the native and
+/// the E2B surfaces, and nothing is started.
+#[test]
+fn admission_refuses_past_the_host_ceilings() {
+    let Some(_g) = exclusive() else { return };
+    let d = daemon();
+    let live = listed_ids().len();
+    d.restart_with(&format!("max_sandboxes = {}\n", live + 1));
+    let result = std::panic::catch_unwind(|| {
+        let first = create(&[]);
+        let out = cli(&["sandbox", "create"]);
+        assert_ne!(out.code, 0, "{out:?}");
+        assert!(
+            out.stderr.contains("max_sandboxes") && out.stderr.contains("429"),
+            "{out:?}"
+        );
+        let auth = authorized();
+        let e2b = with(
+            &auth,
+            &[("X-API-Key", E2B_KEY), ("Content-Type", "application/json")],
+        );
+        let (status, body) = tcp_request("POST", "/sandboxes", &e2b, r#"{"templateID":"base"}"#);
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("\"code\":429"), "{body}");
+        assert_eq!(listed_ids().len(), live + 1, "nothing more was started");
+        drop(first);
+        assert!(!create(&[]).id.is_empty(), "room again once one is gone");
+    });
+    d.restart_with("");
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

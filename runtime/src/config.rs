@@ -35,6 +35,12 @@ pub struct Config {
     /// Kept from sandboxes for the host: all sandboxes together may use the host's RAM less
     /// this (their parent cgroup's limit).
     pub host_reserve_memory: String,
+    /// At most this many sandboxes at once (pooled ones not counted); past it creates and
+    /// forks get 429.
+    pub max_sandboxes: usize,
+    /// Ceiling on the sum of all sandboxes' memory limits ("64G"); unset: none beyond the
+    /// sandboxes' parent cgroup, which keeps `host_reserve_memory` for the host anyway.
+    pub max_committed_memory: Option<String>,
     /// Free space kept on the state filesystem (and on the btrfs storage in it): below it,
     /// new sandboxes are refused (503) instead of filling the disk.
     pub disk_reserve: String,
@@ -116,6 +122,8 @@ impl Default for Config {
             },
             host_reserve_memory: "1G".into(),
             disk_reserve: "2G".into(),
+            max_sandboxes: 4096,
+            max_committed_memory: None,
             tmpfs_size: "256m".into(),
             network: true,
             network_ipv6: "fd88::1/64".into(),

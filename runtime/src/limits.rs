@@ -50,6 +50,36 @@ pub fn all_sandboxes(host: HostSize, reserve: &str, max_pids: Option<u64>) -> Re
     })
 }
 
+/// The host-wide ceilings a new sandbox is admitted under (issue 22's admission control).
+#[derive(Debug, Clone, Copy)]
+pub struct Ceilings {
+    pub sandboxes: usize,
+    /// Sum of the memory limits of all sandboxes; None: only the parent cgroup's cap.
+    pub committed_memory: Option<u64>,
+}
+
+/// Whether one more sandbox with `memory` may start beside `live` sandboxes whose memory
+/// limits add up to `committed`; a refusal says which ceiling (429 on every surface).
+pub fn admission(live: usize, committed: u64, memory: u64, c: Ceilings) -> Result<()> {
+    if live >= c.sandboxes {
+        return Err(Error::ResourceExhausted(format!(
+            "this host runs {live} sandboxes, its ceiling (max_sandboxes = {}): kill one or retry later",
+            c.sandboxes
+        )));
+    }
+    if let Some(top) = c.committed_memory
+        && committed.saturating_add(memory) > top
+    {
+        return Err(Error::ResourceExhausted(format!(
+            "the sandboxes' memory limits would add up to {}M, above this host's ceiling of {}M \
+             (max_committed_memory): ask for less memory, kill a sandbox or retry later",
+            committed.saturating_add(memory) >> 20,
+            top >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a new sandbox may start with `free` bytes left on the state filesystem.
 pub fn disk_admission(free: u64, reserve: &str) -> Result<()> {
     let reserve =
@@ -168,6 +198,31 @@ mod tests {
         assert!(err(lim(None, None, Some(2))).contains("at least 8"));
         let e = err(lim(Some(1 << 40), None, None));
         assert!(!e.contains('/'), "no host paths: {e}");
+    }
+
+    #[test]
+    fn admission_ceilings() {
+        let c = Ceilings {
+            sandboxes: 2,
+            committed_memory: Some(1 << 30),
+        };
+        assert!(admission(1, 256 << 20, 512 << 20, c).is_ok());
+        let e = admission(2, 0, 1, c).unwrap_err();
+        assert!(
+            matches!(e, Error::ResourceExhausted(_)) && e.to_string().contains("max_sandboxes = 2")
+        );
+        let e = admission(1, 768 << 20, 512 << 20, c)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1280M, above this host's ceiling of 1024M"),
+            "{e}"
+        );
+        let open = Ceilings {
+            sandboxes: 10,
+            committed_memory: None,
+        };
+        assert!(admission(1, u64::MAX, u64::MAX, open).is_ok());
     }
 
     #[test]

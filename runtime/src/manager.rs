@@ -255,6 +255,7 @@ impl Runtime {
             p.check()?;
         }
         self.check_disk_reserve()?;
+        self.admit(&limits)?;
         // A pooled sandbox's /tmp+/dev/shm tmpfs was sized for the default memory limit:
         // a smaller limit needs a sandbox of its own (docs/security.md).
         // So were its no_new_privs.
@@ -340,6 +341,9 @@ impl Runtime {
         timeout: Duration,
         pooled: bool,
     ) -> Result<SandboxRecord> {
+        if !pooled {
+            self.admit(&limits)?;
+        }
         match self
             .start_new_once(template, limits.clone(), req, timeout, pooled)
             .await
@@ -445,6 +449,37 @@ impl Runtime {
             )));
         }
         Ok(())
+    }
+
+    /// Refuses one more sandbox of `limits` past the host's ceilings (`max_sandboxes`,
+    /// `max_committed_memory`): counted over every sandbox a caller owns, starting ones too.
+    fn admit(&self, limits: &Limits) -> Result<()> {
+        let committed_top = self
+            .cfg
+            .max_committed_memory
+            .as_deref()
+            .map(crate::model::parse_size)
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("max_committed_memory: {e}")))?;
+        let owned: Vec<SandboxRecord> = self
+            .store
+            .all()?
+            .into_iter()
+            .filter(|r| !r.pooled)
+            .collect();
+        let committed = owned
+            .iter()
+            .map(|r| r.limits.memory_bytes.unwrap_or(0))
+            .sum();
+        crate::limits::admission(
+            owned.len(),
+            committed,
+            limits.memory_bytes.unwrap_or(0),
+            crate::limits::Ceilings {
+                sandboxes: self.cfg.max_sandboxes,
+                committed_memory: committed_top,
+            },
+        )
     }
 
     /// Refuses new sandboxes when the storage is below its reserve (`disk_reserve`).

@@ -115,6 +115,10 @@ impl Daemon {
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
+        let extra = self.dir.join("extra.toml");
+        if extra.exists() {
+            cmd.arg("--config").arg(&extra);
+        }
         *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawn_bound_to_process(cmd));
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -144,6 +148,19 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `kill -9` and a start with `config` (TOML) as its config file; "" for none. For a test
+    /// holding [`exclusive`].
+    pub fn restart_with(&self, config: &str) {
+        self.kill9();
+        let extra = self.dir.join("extra.toml");
+        if config.is_empty() {
+            let _ = std::fs::remove_file(&extra);
+        } else {
+            std::fs::write(&extra, config).unwrap();
+        }
+        self.start();
     }
 
     /// The bearer token of the TCP listener (made by the daemon at its first start).
