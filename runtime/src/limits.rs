@@ -95,6 +95,24 @@ pub fn disk_admission(free: u64, reserve: &str) -> Result<()> {
     Ok(())
 }
 
+/// A byte limit (`what`: memory or disk) between 16M and its maximum, or a 400 saying which.
+fn check_bytes(what: &str, value: Option<u64>, max: Option<u64>) -> Result<()> {
+    let Some(v) = value else { return Ok(()) };
+    if v < 16 << 20 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} limit must be at least 16M"
+        )));
+    }
+    if let Some(top) = max.filter(|&top| v > top) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} limit {}M is above the maximum of {}M (max_limits.{what}_bytes)",
+            v >> 20,
+            top >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// `asked` with the defaults filled in, or a 400 naming the bound it breaks.
 pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limits> {
     let limits = Limits {
@@ -103,21 +121,8 @@ pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limi
         pids: asked.pids.or(defaults.pids),
         disk_bytes: asked.disk_bytes.or(defaults.disk_bytes),
     };
-    let mib = |b: u64| format!("{}M", b >> 20);
-    if let Some(m) = limits.memory_bytes {
-        if m < 16 << 20 {
-            return Err(Error::InvalidArgument(
-                "memory limit must be at least 16M".into(),
-            ));
-        }
-        if let Some(top) = max.memory_bytes.filter(|&top| m > top) {
-            return Err(Error::InvalidArgument(format!(
-                "memory limit {} is above the maximum of {} (max_limits.memory_bytes)",
-                mib(m),
-                mib(top)
-            )));
-        }
-    }
+    check_bytes("memory", limits.memory_bytes, max.memory_bytes)?;
+    check_bytes("disk", limits.disk_bytes, max.disk_bytes)?;
     if let Some(c) = limits.cpus {
         if !(c.is_finite() && c > 0.0) {
             return Err(Error::InvalidArgument(format!(
@@ -127,20 +132,6 @@ pub fn effective(asked: &Limits, defaults: &Limits, max: &Limits) -> Result<Limi
         if let Some(top) = max.cpus.filter(|&top| c > top) {
             return Err(Error::InvalidArgument(format!(
                 "cpus {c} is above the maximum of {top} (max_limits.cpus)"
-            )));
-        }
-    }
-    if let Some(d) = limits.disk_bytes {
-        if d < 16 << 20 {
-            return Err(Error::InvalidArgument(
-                "disk limit must be at least 16M".into(),
-            ));
-        }
-        if let Some(top) = max.disk_bytes.filter(|&top| d > top) {
-            return Err(Error::InvalidArgument(format!(
-                "disk limit {} is above the maximum of {} (max_limits.disk_bytes)",
-                mib(d),
-                mib(top)
             )));
         }
     }

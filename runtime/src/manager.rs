@@ -254,7 +254,6 @@ impl Runtime {
         if let Some(p) = &req.network_policy {
             p.check()?;
         }
-        self.check_disk_reserve()?;
         self.admit(&limits)?;
         // A pooled sandbox's /tmp+/dev/shm tmpfs was sized for the default memory limit:
         // a smaller limit needs a sandbox of its own (docs/security.md).
@@ -341,9 +340,6 @@ impl Runtime {
         timeout: Duration,
         pooled: bool,
     ) -> Result<SandboxRecord> {
-        if !pooled {
-            self.admit(&limits)?;
-        }
         match self
             .start_new_once(template, limits.clone(), req, timeout, pooled)
             .await
@@ -365,7 +361,6 @@ impl Runtime {
         timeout: Duration,
         pooled: bool,
     ) -> Result<SandboxRecord> {
-        self.check_disk_reserve()?;
         let id = new_id();
         let now = now_ms();
         let t0 = std::time::Instant::now();
@@ -451,9 +446,11 @@ impl Runtime {
         Ok(())
     }
 
-    /// Refuses one more sandbox of `limits` past the host's ceilings (`max_sandboxes`,
-    /// `max_committed_memory`): counted over every sandbox a caller owns, starting ones too.
+    /// Refuses one more sandbox of `limits` when the storage is below its reserve or past the
+    /// host's ceilings (`max_sandboxes`, `max_committed_memory`, over every sandbox a caller
+    /// owns, starting ones too). Once per create or fork, before a pooled one is taken.
     fn admit(&self, limits: &Limits) -> Result<()> {
+        self.check_disk_reserve()?;
         let committed_top = self
             .cfg
             .max_committed_memory
@@ -461,18 +458,9 @@ impl Runtime {
             .map(crate::model::parse_size)
             .transpose()
             .map_err(|e| Error::InvalidArgument(format!("max_committed_memory: {e}")))?;
-        let owned: Vec<SandboxRecord> = self
-            .store
-            .all()?
-            .into_iter()
-            .filter(|r| !r.pooled)
-            .collect();
-        let committed = owned
-            .iter()
-            .map(|r| r.limits.memory_bytes.unwrap_or(0))
-            .sum();
+        let (owned, committed) = self.store.owned_totals()?;
         crate::limits::admission(
-            owned.len(),
+            owned,
             committed,
             limits.memory_bytes.unwrap_or(0),
             crate::limits::Ceilings {
@@ -721,6 +709,10 @@ impl Runtime {
                 continue;
             };
             while self.pool_len(&name) < self.cfg.pool_size {
+                if let Err(e) = self.check_disk_reserve() {
+                    tracing::warn!(template = %name, "not filling the warm pool: {e}");
+                    break;
+                }
                 let req = CreateRequest::default();
                 let limits = self.cfg.default_limits.clone();
                 match self

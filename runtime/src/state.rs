@@ -265,6 +265,19 @@ impl StateStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// How many sandboxes callers own (pooled ones not counted) and the sum of their memory
+    /// limits: one aggregate query, for admission on every create.
+    pub fn owned_totals(&self) -> Result<(usize, u64)> {
+        let conn = self.conn();
+        let (n, sum): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(json_extract(limits, '$.memory_bytes')), 0)
+                 FROM sandboxes WHERE pooled = 0",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((n.max(0) as usize, sum.max(0) as u64))
+    }
+
     /// The smallest slot not held by any stored sandbox.
     pub fn free_slot(&self) -> Result<u32> {
         let conn = self.conn();

@@ -58,18 +58,8 @@ pub struct SetTimeout {
 
 impl Tools {
     pub async fn create_sandbox(&self, req: CreateSandbox) -> Result<SandboxInfo> {
-        let memory_bytes = req
-            .memory
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(Error::InvalidArgument)?;
-        let disk_bytes = req
-            .disk
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(Error::InvalidArgument)?;
+        let memory_bytes = size_arg(req.memory.as_deref())?;
+        let disk_bytes = size_arg(req.disk.as_deref())?;
         let timeout = req.timeout_secs.map(secs).transpose()?;
         self.rt
             .create(CreateRequest {
@@ -108,6 +98,13 @@ impl Tools {
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
         self.rt.list_templates()
     }
+}
+
+/// A size argument such as "512M", in bytes.
+pub(crate) fn size_arg(size: Option<&str>) -> Result<Option<u64>> {
+    size.map(parse_size)
+        .transpose()
+        .map_err(Error::InvalidArgument)
 }
 
 fn secs(s: f64) -> Result<Duration> {

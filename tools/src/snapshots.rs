@@ -8,7 +8,7 @@ use coppice_runtime::manager::snapshots::{
     ForkRequest, ForkResult, ForkSettings, ForkSource, Lineage, MemorySnapshotSupport,
     SnapshotInfo, SnapshotKind, SnapshotRequest, memory_snapshot_support,
 };
-use coppice_runtime::model::{Limits, SandboxInfo, parse_size};
+use coppice_runtime::model::{Limits, SandboxInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, Tools};
@@ -103,12 +103,7 @@ pub struct RestoreSandbox {
 
 impl ForkOverrides {
     fn settings(&self) -> Result<ForkSettings> {
-        let memory_bytes = self
-            .memory
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .map_err(Error::InvalidArgument)?;
+        let memory_bytes = crate::sandboxes::size_arg(self.memory.as_deref())?;
         let timeout = match self.timeout_secs {
             Some(s) if !(s.is_finite() && s > 0.0) => {
                 return Err(Error::InvalidArgument(format!(

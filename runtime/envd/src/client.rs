@@ -74,10 +74,6 @@ impl AgentClient {
         self
     }
 
-    pub fn deadline(&self) -> Option<crate::deadline::Deadline> {
-        self.deadline
-    }
-
     pub fn socket(&self) -> &Path {
         &self.socket
     }

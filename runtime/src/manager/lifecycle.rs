@@ -186,14 +186,14 @@ impl Runtime {
     /// any other (made by the native API or MCP) would otherwise be open to anyone who can
     /// reach the port and learn its id.
     pub fn agent_for_proxy(&self, id: &str) -> Result<AgentClient> {
-        let pid = self.agent(id)?.deadline().and_then(|d| d.pid);
+        let client = self.agent(id)?;
         if self.traffic_token(id).is_none() && !self.store.open_traffic(id)? {
             return Err(Error::PermissionDenied(format!(
                 "sandbox '{id}' has no envd access token: connect to it through the E2B API \
                  (Sandbox.connect) to get one"
             )));
         }
-        Ok(self.bounded_client(id, pid))
+        Ok(client.with_shared_access_token(None))
     }
 
     /// Opens a sandbox's E2B sandbox traffic to callers without a token (E2B's

@@ -822,6 +822,7 @@ impl Runtime {
         };
         // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
         // interface), hostname, machine-id, cgroup; only the lower layers differ.
+        self.admit(&limits)?;
         let rec = self
             .start_new(template, limits, &req, timeout, false)
             .await?;
