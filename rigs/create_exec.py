@@ -275,7 +275,7 @@ def build_metrics(refs: dict, cop: dict, mem: dict | None, levels: list[int]) ->
                 if mode == "unpooled" and cc == 1 and p == "p50":
                     target = f"<= {UNPOOLED_P50_CC1_TARGET_MS:g} ms"
                 if cc == 50 and p == "p95":
-                    # Issue 2's "cc=50 p95 <= 150 ms", shown on both paths.
+                    # SPECIFICATION.md's "cc=50 p95 <= 150 ms", shown on both paths.
                     target = f"<= {CC50_P95_TARGET_MS:g} ms"
                 ref = refval(KEY_REFERENCE, cc, p)
                 out.append(metric(

@@ -8,7 +8,7 @@ Per sample, with a warm pool refilled (untimed) before each one:
   - reference: `coppice sandbox create`, `coppice exec ID -- true`, `coppice sandbox kill ID`
     (processes over the unix socket; includes the CLI's own process start).
 Reports p50/p95 of each step and of the whole, and the SDK/CLI ratio.
-Target (issue 5): SDK create p50 <= 20 ms on loopback.
+Target (SPECIFICATION.md): SDK create p50 <= 20 ms on loopback.
 
 Usage:  sudo python3 rigs/e2b_compat.py [--quick] [--samples N] [--coppice PATH]
 """

@@ -26,7 +26,7 @@ Reference: ``write_read_1mib_codec_floor_p50``, the JSON and base64 work of one 
 (parse the request, decode, encode, serialize the reply) timed in-process by
 ``coppice-mcp --codec-floor`` in the same run: the part of the server's share no server can skip.
 
-Targets (issue 3): MCP overhead over the direct call <= 1 ms at p50; ``commands_run true``
+Targets (SPECIFICATION.md): MCP overhead over the direct call <= 1 ms at p50; ``commands_run true``
 <= 5 ms p50 end to end.
 
 Usage: sudo python3 rigs/mcp_overhead.py [--quick] [--samples N] [--io-samples N]

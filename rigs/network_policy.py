@@ -7,9 +7,9 @@
    absent sandboxes (a chain and a map element each, the same shape the daemon compiles),
    because this host cannot hold 1000 live sandboxes beside four other engineers. Target:
    p95 <= 5 ms at N=1000 and flat in N (the FreeBSD predecessor measured pf anchors at 1.5 ms).
-   Beside it, the same transaction through libnftables in process (the daemon's earlier path:
-   it dumps every chain into its cache first, so it grows with N; the daemon now sends the
-   batch over netlink itself, runtime/src/linux/nftwire.rs) and through an `nft -f` exec.
+   Beside it, the same transaction through libnftables in process (it
+   dumps every chain into its cache first, so it grows with N; the daemon sends the batch over
+   netlink itself, runtime/src/linux/nftwire.rs) and through an `nft -f` exec.
 2. Networking's cost on create: create latency (no warm pool) of a daemon with networking
    (netns, veth, default policy) beside one started with --no-network.
 3. Throughput through the policy: a sandbox downloading from the test world (network
@@ -150,7 +150,7 @@ def update_latency(d: Daemon, live: int, sizes: list[int], samples: int) -> tupl
             for i in range(samples):
                 sid = ids[i % len(ids)]
                 times.append(put_policy(api, sid, b if i % 2 == 0 else a))
-            # The transaction through libnftables in process (the daemon's earlier path), and the
+            # The transaction through libnftables in process, and the
             # same through an `nft -f` exec.
             kern, execs = [], []
             for i in range(samples):
@@ -169,7 +169,7 @@ def update_latency(d: Daemon, live: int, sizes: list[int], samples: int) -> tupl
                                   sandboxes=n, live=len(ids), entries_in_map=entries))
             metrics.append(metric(f"libnftables_transaction_p50_n{n}", k50, "ms",
                                   note="one sandbox's transaction through libnftables in process "
-                                       "(the daemon's earlier path; it now uses netlink directly)"))
+                                       "(the daemon sends its batches over netlink instead)"))
             metrics.append(metric(f"libnftables_transaction_p95_n{n}", k95, "ms"))
             metrics.append(metric(f"nft_exec_p50_n{n}", percentile(execs, 50), "ms",
                                   note="the same through an `nft -f` exec, for comparison"))

@@ -15,7 +15,7 @@ First call on a fresh pooled sandbox: take a sandbox from the warm pool (whose d
 kernel the pool started), time its first ``/execute 1+1``; the reference is the first
 ``python3 -c 'print(1+1)'`` in another fresh pooled sandbox.
 
-Targets (issue 4): warm ``1+1`` <= 5 ms p50; first call on a pooled sandbox <= 100 ms.
+Targets (SPECIFICATION.md): warm ``1+1`` <= 5 ms p50; first call on a pooled sandbox <= 100 ms.
 
 Usage: sudo python3 rigs/run_code.py [--quick] [--samples N] [--fresh N]
 Writes rigs/results/run_code.json (shared shape, see rigs/README.md).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Snapshot and fork rig (issue 6), beside references measured in the same run.
+"""Snapshot and fork rig, beside references measured in the same run.
 
 - Snapshot latency (API call: freeze, copy of the upper, thaw, record) for a sandbox whose
   upper holds 10 MB in 10k files, and one holding 500 MB; reference: `cp -a` of the same upper

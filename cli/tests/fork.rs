@@ -1,4 +1,4 @@
-//! End-to-end tests of snapshots, forks, restore and lineage (issue 6): the real daemon and
+//! End-to-end tests of snapshots, forks, restore and lineage: the real daemon and
 //! CLI against real sandboxes, with the same harness as `sandbox.rs` (one daemon per test
 //! binary, temporary state dir, killed with the process; needs root, skips without it).
 //! Tests that count host objects (cgroups, interfaces, mounts) or restart the daemon hold the

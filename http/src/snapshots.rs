@@ -1,4 +1,4 @@
-//! Native routes for snapshots, forks, restore and lineage (issue 6): thin adapters over
+//! Native routes for snapshots, forks, restore and lineage: thin adapters over
 //! `coppice_tools::snapshots`. (The E2B routes map onto the same tool functions.)
 
 use std::sync::Arc;

@@ -628,7 +628,7 @@ impl CoppiceMcp {
     }
 
     /// Every tool group's router, combined. Each group (sandboxes, commands and files here;
-    /// later groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
+    /// groups in their own modules with `#[tool_router(router = ...)]`) adds one term.
     fn all_tools() -> ToolRouter<Self> {
         let mut router = Self::tool_router()
             + Self::snapshot_router()

@@ -1,4 +1,4 @@
-//! MCP tools for snapshots, forks and restore (issue 6): thin adapters over
+//! MCP tools for snapshots, forks and restore: thin adapters over
 //! `coppice_tools::snapshots`. A child module of `server` (it shares the session-default
 //! sandbox logic and the error mapping).
 

@@ -3,7 +3,7 @@
 //!
 //! [`LineTransport`] stands in for rmcp's `AsyncRwTransport` on the reading side: that one
 //! reads through an 8 KiB `BufReader` and finds newlines byte by byte, which (with the
-//! size-limiting filter it needed in front) was ~2 ms of a 1 MiB `files_write`. This reads
+//! size-limiting filter it needs in front) costs milliseconds on a 1 MiB `files_write`. This reads
 //! straight into one buffer, finds newlines with `memchr` and parses each line in place with
 //! serde_json, as rmcp does; a line that fails to parse is handed to rmcp's own codec, so
 //! its rules (ignored notifications, `Invalid Request` replies) apply unchanged. Writing is

@@ -50,7 +50,7 @@ pub fn all_sandboxes(host: HostSize, reserve: &str, max_pids: Option<u64>) -> Re
     })
 }
 
-/// The host-wide ceilings a new sandbox is admitted under (issue 22's admission control).
+/// The host-wide ceilings a new sandbox is admitted under (admission control).
 #[derive(Debug, Clone, Copy)]
 pub struct Ceilings {
     pub sandboxes: usize,

@@ -331,7 +331,7 @@ impl Runtime {
 
     /// Starts a new sandbox, retrying once with a fresh id and slot: under concurrent
     /// create/kill churn a fresh veth has been seen to vanish while being wired (ENODEV, 2 in
-    /// ~100 creates at cc=10; cause not yet found). A failed attempt is torn down first.
+    /// ~100 creates at cc=10). A failed attempt is torn down first.
     async fn start_new(
         &self,
         template: &TemplateInfo,

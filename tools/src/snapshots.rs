@@ -1,4 +1,4 @@
-//! Snapshot, fork, restore and lineage tools (issue 6): typed requests over the runtime's
+//! Snapshot, fork, restore and lineage tools: typed requests over the runtime's
 //! snapshot machinery (`coppice_runtime::manager::snapshots`). MCP, HTTP and the CLI call these.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! `coppice snapshot ...` and `coppice sandbox fork|restore|lineage` (issue 6): requests to
+//! `coppice snapshot ...` and `coppice sandbox fork|restore|lineage`: requests to
 //! the daemon's native snapshot routes.
 
 use clap::{Args, Subcommand};

@@ -44,8 +44,8 @@ pub struct Started {
 /// the state disk making and removing them cost 0.2–1.6 ms a file (ext4 scanning crowded inode
 /// bitmaps: the default template's hard-link farm lives on the same disk), several per
 /// sandbox, on the create path. Like the btrfs image, it stays mounted when the daemon stops
-/// (live sandboxes' sockets are in it). A directory that already holds sandboxes (made before
-/// this existed) stays on disk; so does everything when the mount fails.
+/// (live sandboxes' sockets are in it). A directory that already holds sandboxes on disk stays
+/// there; so does everything when the mount fails.
 fn sandbox_dirs_on_tmpfs(dir: &Path) {
     use nix::mount::{MsFlags, mount};
     use std::os::unix::fs::MetadataExt;

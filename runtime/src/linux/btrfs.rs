@@ -1,4 +1,4 @@
-//! Where sandbox uppers and snapshot layers live (issue 6, docs/decisions/0005).
+//! Where sandbox uppers and snapshot layers live (docs/decisions/0005).
 //!
 //! With btrfs, each sandbox's overlay upper and work directories live in their own subvolume
 //! (`<state>/btrfs/uppers/<id>/{upper,work}`), and a snapshot is a read-only snapshot of that
@@ -8,7 +8,7 @@
 //! mounts it at `<state>/btrfs` (at every start unless already mounted; it stays mounted when
 //! the daemon stops, because live sandboxes' overlays keep using it). Without btrfs (no
 //! mkfs.btrfs, no loop devices, or `storage = "plain"`) uppers are plain directories and
-//! snapshots are copies, as before; the log and each snapshot's metadata say which.
+//! snapshots are copies; the log and each snapshot's metadata say which.
 //!
 //! Subvolumes are made and removed through the btrfs ioctls (no `btrfs` process per
 //! operation): BTRFS_IOC_SUBVOL_CREATE, BTRFS_IOC_SNAP_CREATE_V2 with BTRFS_SUBVOL_RDONLY, and

@@ -7,7 +7,7 @@
 //! IPv4 or IPv6 (spoofing is impossible: the sandbox cannot change its addresses, and the
 //! bridge drops foreign sources).
 //!
-//! - no domain rules: the query is forwarded to the upstream as it is (today's behaviour);
+//! - no domain rules: the query is forwarded to the upstream as it is;
 //! - domain rules: a name outside the list is answered REFUSED; an allowed one is forwarded,
 //!   and every A record of the answer is admitted into `domain_admit4` as (sandbox . address),
 //!   every AAAA record into `domain_admit6` as (sandbox's IPv6 address . address), with the

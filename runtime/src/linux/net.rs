@@ -16,8 +16,8 @@
 //! * Plan + executor: [`NetConfig::plan`] and [`host_ruleset`] are pure; [`ensure_host`],
 //!   [`create`], [`destroy`] apply them over rtnetlink (no `ip` execs, no fork) and `nft -f -`.
 //!
-//! Later network policy adds per-sandbox nft sets to the same `inet coppice` table: reloading
-//! the ruleset flushes rules but keeps sets and their elements.
+//! Network policy keeps per-sandbox nft sets in the same `inet coppice` table: reloading the
+//! ruleset flushes rules but keeps sets and their elements.
 
 use std::fmt;
 use std::fs;

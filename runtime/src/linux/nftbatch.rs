@@ -1,4 +1,4 @@
-//! Group commit of the per-sandbox nft transactions (sent by linux/nftwire.rs) (issue 6: fork fan-out).
+//! Group commit of the per-sandbox nft transactions (sent by linux/nftwire.rs), so a fork fan-out commits once.
 //!
 //! Every start and teardown of a networked sandbox runs one nftables transaction (its policy
 //! chain and map element). A commit costs tens of milliseconds on a busy host whatever its

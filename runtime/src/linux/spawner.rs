@@ -15,7 +15,7 @@
 //! `{"error": ...}`) before exiting. Only the daemon holds the control socket, so nobody else
 //! can ask the root server for anything. When the daemon dies the control socket reads EOF and
 //! the server exits; sandboxes do not depend on it (their inits are reparented to the host's
-//! init when their helper exits, as before).
+//! init when their helper exits).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

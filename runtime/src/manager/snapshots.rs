@@ -1,4 +1,4 @@
-//! Snapshots, forks, restore and lineage (issue 6; ARCHITECTURE decision 4).
+//! Snapshots, forks, restore and lineage (ARCHITECTURE decision 4).
 //!
 //! A snapshot freezes the sandbox (cgroup freezer), takes a read-only btrfs snapshot of the
 //! subvolume holding its overlay upper (`<state>/btrfs/snapshots/<id>`, constant time; see

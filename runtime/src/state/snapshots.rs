@@ -1,4 +1,4 @@
-//! Snapshot and lineage rows (issue 6; tables in `SCHEMA` next to the sandboxes table).
+//! Snapshot and lineage rows (tables in `SCHEMA` next to the sandboxes table).
 //!
 //! `snapshots`: one row per immutable layer under `<state>/snapshots/<id>/layer`.
 //! `lineage`: one row per sandbox that was forked or snapshotted, kept after the sandbox is
