@@ -13,7 +13,8 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::server::{About, CoppiceMcp, explain};
+use crate::explain::{About, explain};
+use crate::session::CoppiceMcp;
 
 /// run_code's timeout when the caller gives none (E2B's default).
 const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
@@ -333,7 +334,7 @@ impl CoppiceMcp {
     ))]
     async fn code_context_list(
         &self,
-        Parameters(a): Parameters<crate::server::SandboxArgs>,
+        Parameters(a): Parameters<crate::sandbox_tools::SandboxArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ContextListOutput>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
-use crate::server::{CoppiceMcp, McpState};
+use crate::session::{CoppiceMcp, McpState};
 
 /// The `Upgrade:` protocol name of `/mcp-stdio`.
 pub const STDIO_UPGRADE: &str = "coppice-mcp-stdio";

@@ -9,12 +9,19 @@
 
 pub mod bridge;
 mod code_tools;
+mod command_tools;
+mod explain;
+mod file_tools;
 pub mod http;
+pub mod limits;
 pub mod markdown;
 pub mod network_tools;
 pub mod resources;
+mod sandbox_tools;
 mod schema_formats;
 pub mod server;
+mod session;
+mod snapshot_tools;
 pub mod stdio;
 
-pub use server::{CoppiceMcp, McpState, Mode};
+pub use session::{CoppiceMcp, McpState, Mode};

@@ -9,7 +9,8 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::server::{About, CoppiceMcp, explain};
+use crate::explain::{About, explain};
+use crate::session::CoppiceMcp;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

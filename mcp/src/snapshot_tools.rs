@@ -15,7 +15,9 @@ use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{About, CoppiceMcp, SandboxOutput, SandboxView, explain};
+use crate::explain::{About, explain};
+use crate::sandbox_tools::{SandboxOutput, SandboxView};
+use crate::session::CoppiceMcp;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

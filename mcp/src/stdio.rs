@@ -30,13 +30,9 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{Decoder, FramedWrite};
 
-use crate::server::CoppiceMcp;
+use crate::session::CoppiceMcp;
 
-/// Largest MCP message accepted, over stdio and as an HTTP request body.
-pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
-
-/// Method of the request that stands in for an oversized one.
-pub const OVERSIZED_METHOD: &str = "coppice/oversized_request";
+pub use crate::limits::{MAX_MESSAGE_BYTES, OVERSIZED_METHOD};
 
 /// Bytes kept from each end of an oversized line to find its id.
 const KEEP: usize = 4096;

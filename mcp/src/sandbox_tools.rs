@@ -1,0 +1,247 @@
+//! MCP tools for sandboxes: create, list, info, kill, set_timeout.
+
+use std::collections::BTreeMap;
+
+use coppice_runtime::model::SandboxInfo;
+use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::explain::{About, explain};
+use crate::session::CoppiceMcp;
+
+// Arguments. Doc comments become the field descriptions of each tool's input schema.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxArgs {
+    /// Sandbox to act on; omit to use this session's default sandbox.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyArgs {}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeoutArgs {
+    /// Sandbox to act on; omit to use this session's default sandbox.
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
+    /// New lifetime in seconds, counted from now.
+    pub timeout_secs: f64,
+}
+
+// Results. Every one is an object that names the sandbox it acted on.
+
+/// A sandbox as the tools report it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SandboxView {
+    pub sandbox_id: String,
+    pub template: String,
+    /// "running" while usable.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; the sandbox is killed then unless extended.
+    pub expires_at: String,
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    /// Address on the host bridge, when the sandbox has a network.
+    pub ip: Option<String>,
+    /// IPv6 address on the host bridge, when the host has IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
+    /// Sandbox ports reachable from the host through the daemon (network policy "expose").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<coppice_runtime::expose::ExposedPort>,
+    pub hostname: String,
+}
+
+impl From<SandboxInfo> for SandboxView {
+    fn from(i: SandboxInfo) -> Self {
+        SandboxView {
+            sandbox_id: i.id,
+            template: i.template,
+            state: i.state.as_str().into(),
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            memory_bytes: i.limits.memory_bytes,
+            cpus: i.limits.cpus,
+            pids: i.limits.pids,
+            metadata: i.metadata,
+            ip: i.ip,
+            ip6: i.ip6,
+            exposed: i.exposed,
+            hostname: i.hostname,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SandboxOutput {
+    pub sandbox_id: String,
+    pub sandbox: SandboxView,
+    /// True when this is the session's default sandbox (used when sandbox_id is omitted).
+    pub is_default: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SandboxListOutput {
+    pub sandboxes: Vec<SandboxView>,
+    /// This session's default sandbox, once one has been created.
+    pub default_sandbox_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KillOutput {
+    pub sandbox_id: String,
+    pub killed: bool,
+}
+
+#[tool_router(router = sandbox_router, vis = "pub(crate)")]
+impl CoppiceMcp {
+    /// Create a new sandbox: an isolated Linux machine (Debian, network, a user "user" with
+    /// home /home/user, root available). You rarely need this: every tool given no sandbox_id
+    /// uses your session's default sandbox, created on first use.
+    #[tool(annotations(
+        title = "Create sandbox",
+        read_only_hint = false,
+        destructive_hint = false,
+        idempotent_hint = false,
+        open_world_hint = false
+    ))]
+    async fn sandbox_create(
+        &self,
+        Parameters(a): Parameters<CreateSandbox>,
+    ) -> Result<Json<SandboxOutput>, String> {
+        let info = self
+            .tools()
+            .create_sandbox(a)
+            .await
+            .map_err(|e| explain(e, About::Sandbox))?;
+        self.state.record_created(&info.id);
+        Ok(Json(SandboxOutput {
+            sandbox_id: info.id.clone(),
+            sandbox: info.into(),
+            is_default: false,
+        }))
+    }
+
+    /// List live sandboxes, with this session's default sandbox marked.
+    #[tool(annotations(
+        title = "List sandboxes",
+        read_only_hint = true,
+        destructive_hint = false,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn sandbox_list(
+        &self,
+        Parameters(_): Parameters<EmptyArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SandboxListOutput>, String> {
+        let list = self
+            .tools()
+            .list_sandboxes()
+            .map_err(|e| explain(e, About::Sandbox))?;
+        Ok(Json(SandboxListOutput {
+            sandboxes: list.into_iter().map(SandboxView::from).collect(),
+            default_sandbox_id: self.current_default(&ctx).await,
+        }))
+    }
+
+    /// Describe a sandbox: template, limits, expiry, address.
+    #[tool(annotations(
+        title = "Sandbox info",
+        read_only_hint = true,
+        destructive_hint = false,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn sandbox_info(
+        &self,
+        Parameters(a): Parameters<SandboxArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SandboxOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let info = self
+            .tools()
+            .sandbox_info(&id)
+            .map_err(|e| explain(e, About::Sandbox))?;
+        Ok(Json(SandboxOutput {
+            is_default: self.current_default(&ctx).await.as_deref() == Some(&id),
+            sandbox_id: id,
+            sandbox: info.into(),
+        }))
+    }
+
+    /// Kill a sandbox and everything in it; its files are gone. Without sandbox_id, kills
+    /// this session's default sandbox (the next call creates a fresh one).
+    #[tool(annotations(
+        title = "Kill sandbox",
+        read_only_hint = false,
+        destructive_hint = true,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn sandbox_kill(
+        &self,
+        Parameters(a): Parameters<SandboxArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<KillOutput>, String> {
+        let id = match a.sandbox_id.filter(|s| !s.is_empty()) {
+            Some(id) => id,
+            None => self.current_default(&ctx).await.ok_or_else(|| {
+                "this session has no default sandbox yet; pass sandbox_id (see sandbox_list)"
+                    .to_string()
+            })?,
+        };
+        self.tools()
+            .kill_sandbox(&id)
+            .await
+            .map_err(|e| explain(e, About::Sandbox))?;
+        self.state.defaults.lock().await.retain(|_, v| *v != id);
+        Ok(Json(KillOutput {
+            sandbox_id: id,
+            killed: true,
+        }))
+    }
+
+    /// Set how long a sandbox lives from now (it is killed then). The default sandbox is
+    /// extended automatically while you use it.
+    #[tool(annotations(
+        title = "Set sandbox timeout",
+        read_only_hint = false,
+        destructive_hint = false,
+        idempotent_hint = true,
+        open_world_hint = false
+    ))]
+    async fn sandbox_set_timeout(
+        &self,
+        Parameters(a): Parameters<SetTimeoutArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SandboxOutput>, String> {
+        let id = self.sandbox(a.sandbox_id, &ctx).await?;
+        let info = self
+            .tools()
+            .set_timeout(
+                &id,
+                SetTimeout {
+                    timeout_secs: a.timeout_secs,
+                },
+            )
+            .map_err(|e| explain(e, About::Sandbox))?;
+        Ok(Json(SandboxOutput {
+            is_default: self.current_default(&ctx).await.as_deref() == Some(&id),
+            sandbox_id: id,
+            sandbox: info.into(),
+        }))
+    }
+}
