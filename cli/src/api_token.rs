@@ -45,15 +45,7 @@ pub fn load_or_create(configured: Option<&str>, state_dir: &Path) -> anyhow::Res
     Ok(token)
 }
 
-/// 32 random bytes, hex.
-fn new_token() -> String {
-    use std::fmt::Write;
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+use coppice_runtime::ids::new_api_token as new_token;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! Checks in front of the TCP listener that are not about one route (docs/security.md):
 //!
+//! - [`require_bearer`]: every route but `/health` needs the daemon's bearer token.
 //! - [`host_guard`]: on a loopback listener every request's `Host`, and `Origin` when a browser
 //!   sends one, must name this host (loopback names, `*.localhost`, the E2B domain). A page on
 //!   any other name that rebinds its DNS to 127.0.0.1 gets a 403 before any route runs.
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -135,7 +136,7 @@ async fn check_access_token(State(t): State<Arc<Tools>>, req: Request, next: Nex
         .headers()
         .get(ACCESS_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok());
-    if given.is_some_and(|g| coppice_mcp::http::constant_time_eq(g.as_bytes(), want.as_bytes())) {
+    if given.is_some_and(|g| coppice_envd::auth::constant_time_eq(g.as_bytes(), want.as_bytes())) {
         return next.run(req).await;
     }
     (
@@ -153,6 +154,51 @@ fn traffic_sandbox(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/api/v1/sandboxes/")?;
     let (id, tail) = rest.split_once('/')?;
     (tail == "exec" || tail.starts_with("envd/")).then_some(id)
+}
+
+/// Wraps every route of `app` in the bearer-token check when the listener requires one.
+pub fn require_bearer(app: Router, opts: &coppice_mcp::http::HttpOptions) -> Router {
+    match &opts.bearer_token {
+        Some(token) => app.layer(middleware::from_fn_with_state(
+            Arc::new(token.clone()),
+            bearer,
+        )),
+        None => app,
+    }
+}
+
+/// Rejects requests without the bearer token: 401 with `WWW-Authenticate: Bearer`.
+async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if given.is_some_and(|g| coppice_envd::auth::constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let error = if given.is_some() {
+        "error=\"invalid_token\", "
+    } else {
+        ""
+    };
+    let challenge = format!("Bearer realm=\"coppice\", {error}scope=\"mcp\"");
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({
+            "code": "unauthenticated",
+            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token: when set, every route of its TCP listener but /health needs it)"
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The daemon's HTTP app. Handlers only translate HTTP to tool calls and results back; the
 //! same app is served on loopback TCP and on the unix control socket used by the CLI.
 
+mod agent_proxy;
 pub mod e2b;
 pub mod guard;
 
@@ -18,7 +19,6 @@ use coppice_tools::Tools;
 use coppice_tools::commands::Exec;
 use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
-use http_body_util::BodyExt;
 
 mod network;
 mod snapshots;
@@ -71,7 +71,7 @@ fn with_mcp(
     let app = api.merge(coppice_mcp::http::router(mcp, opts.clone()));
     // The token guards the whole listener (native API and envd proxy too), not just /mcp;
     // only the liveness probe stays open.
-    coppice_mcp::http::require_bearer(app, &opts).route("/health", get(health))
+    guard::require_bearer(app, &opts).route("/health", get(health))
 }
 
 /// The TCP listener's app (docs/security.md): the native API and MCP behind the bearer
@@ -208,30 +208,17 @@ async fn exec(
         .into_response())
 }
 
-/// Forwards a request to the sandbox's agent unchanged, streaming both ways.
+/// Forwards a request to the sandbox's agent, streaming both ways.
 async fn envd_proxy(
     State(t): AppState,
     Path((id, rest)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let agent = t.runtime().agent(&id)?;
-    let (mut parts, body) = req.into_parts();
-    let query = parts
-        .uri
+    let query = req
+        .uri()
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    parts.uri = format!("/{rest}{query}")
-        .parse()
-        .map_err(|e| Error::InvalidArgument(format!("bad path: {e}")))?;
-    parts
-        .headers
-        .insert(header::HOST, http::HeaderValue::from_static("agent"));
-    let body = body.map_err(std::io::Error::other).boxed_unsync();
-    let resp = agent
-        .send(http::Request::from_parts(parts, body))
-        .await
-        .map_err(Error::from)?;
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(agent_proxy::forward(&agent, req, Some(format!("/{rest}{query}"))).await?)
 }

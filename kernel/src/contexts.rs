@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -140,10 +142,6 @@ impl Contexts {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn specs(&self) -> BTreeMap<String, KernelSpec> {
         find_kernelspecs(&kernelspec_dirs(&self.home))
     }
@@ -207,7 +205,7 @@ impl Contexts {
             self.record_pid(&ctx, k.pid);
             *slot = Slot::Running(Box::new(k));
         }
-        self.lock().insert(id, ctx.clone());
+        self.map.lock().insert(id, ctx.clone());
         Ok(ctx.info.clone())
     }
 
@@ -227,6 +225,7 @@ impl Contexts {
     /// The contexts created with `create` (`all`: also the default ones started so far).
     pub fn list(&self, all: bool) -> Vec<ContextInfo> {
         let mut out: Vec<ContextInfo> = self
+            .map
             .lock()
             .values()
             .filter(|c| all || !c.is_default)
@@ -237,7 +236,8 @@ impl Contexts {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Context>, Error> {
-        self.lock()
+        self.map
+            .lock()
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound(id.to_string()))
@@ -261,6 +261,7 @@ impl Contexts {
     /// Removes a context and kills its kernel.
     pub async fn remove(&self, id: &str) -> Result<(), Error> {
         let ctx = self
+            .map
             .lock()
             .remove(id)
             .ok_or_else(|| Error::NotFound(id.into()))?;
@@ -322,7 +323,7 @@ impl Contexts {
             (None, language) => {
                 let language = normalize_language(language.unwrap_or("python"));
                 let id = default_id(&language);
-                if let Some(c) = self.lock().get(&id) {
+                if let Some(c) = self.map.lock().get(&id) {
                     return Ok(c.clone());
                 }
                 let spec = self.resolve_spec(&language)?;
@@ -337,7 +338,7 @@ impl Contexts {
                     slot: tokio::sync::Mutex::new(Slot::Empty),
                     pid: AtomicU32::new(0),
                 });
-                Ok(self.lock().entry(id).or_insert(ctx).clone())
+                Ok(self.map.lock().entry(id).or_insert(ctx).clone())
             }
         }
     }
@@ -432,7 +433,7 @@ impl Contexts {
 
     /// Kills every kernel (agent shutdown).
     pub fn shutdown(&self) {
-        for ctx in self.lock().values() {
+        for ctx in self.map.lock().values() {
             if let Ok(slot) = ctx.slot.try_lock()
                 && let Slot::Running(k) = &*slot
             {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -122,56 +122,6 @@ async fn session_deleted(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Wraps every route of `app` in the bearer-token check when the listener requires one.
-pub fn require_bearer(app: Router, opts: &HttpOptions) -> Router {
-    match &opts.bearer_token {
-        Some(token) => app.layer(middleware::from_fn_with_state(
-            Arc::new(token.clone()),
-            bearer,
-        )),
-        None => app,
-    }
-}
-
-/// Rejects requests without the bearer token: 401 with `WWW-Authenticate: Bearer`.
-async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-        return next.run(req).await;
-    }
-    let error = if given.is_some() {
-        "error=\"invalid_token\", "
-    } else {
-        ""
-    };
-    let challenge = format!("Bearer realm=\"coppice\", {error}scope=\"mcp\"");
-    let mut resp = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(serde_json::json!({
-            "code": "unauthenticated",
-            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token: when set, every route of its TCP listener but /health needs it)"
-        })),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `POST /mcp-stdio` with `Upgrade: coppice-mcp-stdio`: after `101 Switching Protocols` the
 /// connection carries MCP's stdio framing (newline-delimited JSON-RPC) both ways, served by a
 /// fresh handler whose session is the connection.
@@ -227,12 +177,5 @@ mod tests {
         let o = HttpOptions::for_tcp("0.0.0.0:7070", Some("t".into())).unwrap();
         assert_eq!(o.bearer_token.as_deref(), Some("t"));
         assert!(o.allowed_hosts.is_empty());
-    }
-
-    #[test]
-    fn token_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -6,9 +6,9 @@
 //!
 //! A removed entry closes its listener and the connections relayed through it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,6 +75,7 @@ impl Exposer {
     /// host port in use) changes nothing.
     pub async fn sync(&self, id: &str, target: IpAddr, wanted: &[Expose]) -> Result<Vec<Expose>> {
         let current: HashMap<u16, SocketAddr> = self
+            .open
             .lock()
             .get(id)
             .map(|m| m.iter().map(|(p, l)| (*p, l.host)).collect())
@@ -111,7 +112,7 @@ impl Exposer {
             });
         }
         let removed: Vec<Listener> = {
-            let mut open = self.lock();
+            let mut open = self.open.lock();
             let mine = open.entry(id.to_string()).or_default();
             let gone: Vec<u16> = mine
                 .keys()
@@ -135,7 +136,7 @@ impl Exposer {
 
     /// Closes every listener of sandbox `id` (it is gone).
     pub async fn close(&self, id: &str) {
-        let removed = self.lock().remove(id).unwrap_or_default();
+        let removed = self.open.lock().remove(id).unwrap_or_default();
         for (_, l) in removed {
             l.shut().await;
         }
@@ -144,6 +145,7 @@ impl Exposer {
     /// Sandbox `id`'s open listeners, by sandbox port.
     pub fn ports(&self, id: &str) -> Vec<ExposedPort> {
         let mut out: Vec<ExposedPort> = self
+            .open
             .lock()
             .get(id)
             .map(|m| {
@@ -158,10 +160,6 @@ impl Exposer {
             .unwrap_or_default();
         out.sort_by_key(|p| p.port);
         out
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u16, Listener>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -9,6 +9,8 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod expose;
+pub mod fsutil;
+pub mod ids;
 pub mod limits;
 pub mod manager;
 pub mod model;

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coppice_envd::AgentClient;
-use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::clock::{now_ms, rfc3339_ms};
@@ -102,15 +101,7 @@ fn lock_host() -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Sandbox ids: 20 characters of [a-z0-9], like E2B's (and never a '-', which host-based
-/// routing splits on).
-pub fn new_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..20)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
+pub use crate::ids::new_id;
 
 impl Runtime {
     /// Opens the state, checks the host, ensures the default template and recovers what a

@@ -1247,6 +1247,31 @@ pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 mod tests {
     use super::*;
 
+    /// One test of "is this a domain" for every surface (E2B's allowOut/denyOut included):
+    /// addresses and CIDRs are not; names, wildcards and internationalized names are.
+    #[test]
+    fn domain_or_address() {
+        for d in [
+            "example.com",
+            "*.example.com",
+            "*",
+            "bücher.de",
+            "例え.jp",
+            "localhost",
+        ] {
+            assert!(looks_like_domain(d), "{d}");
+        }
+        for a in [
+            "203.0.113.7",
+            "198.51.100.0/24",
+            "2001:db8::/32",
+            "::1",
+            " 10.0.0.1 ",
+        ] {
+            assert!(!looks_like_domain(a), "{a}");
+        }
+    }
+
     fn ctx() -> HostContext {
         HostContext {
             host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],

@@ -21,6 +21,7 @@
 //! - [`TemplateStore::build_debootstrap`]: an independent Debian root by `debootstrap
 //!   --variant=minbase`, then the same sandbox-user setup.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
@@ -29,7 +30,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -455,7 +455,7 @@ impl TemplateStore {
             source: source.to_owned(),
             layers: vec![dir.join(ROOTFS)],
             size_bytes: size_bytes(&rootfs),
-            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            created_at: crate::clock::rfc3339_ms(crate::clock::now_ms()),
             packages,
         };
         let rec = TemplateRecord {
@@ -842,8 +842,14 @@ fn host_mirror(host_root: &Path) -> Option<String> {
     pick_mirror(&sources)
 }
 
-const HOSTS: &str = "127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-                     ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+/// A sandbox's `/etc/hosts`: loopback names and `hostname` on 127.0.1.1, as Debian writes it.
+/// Templates carry it with the placeholder name "sandbox"; each sandbox gets its own at start.
+pub fn hosts_text(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+}
 
 // ---------------------------------------------------------------------------------------------
 // Host template
@@ -1184,7 +1190,13 @@ fn setup_sandbox(rootfs: &Path, host: &Path, notes: &mut Vec<String>) -> Result<
         0o644,
         (0, 0),
     )?;
-    write_in_root(rootfs, "etc/hosts", HOSTS.as_bytes(), 0o644, (0, 0))?;
+    write_in_root(
+        rootfs,
+        "etc/hosts",
+        hosts_text("sandbox").as_bytes(),
+        0o644,
+        (0, 0),
+    )?;
     let host_resolv = fs::read_to_string(host.join("etc/resolv.conf")).unwrap_or_default();
     let fallbacks: Vec<String> = [
         "run/systemd/resolve/resolv.conf",
@@ -1381,10 +1393,6 @@ struct Shared<'a> {
     stats: Mutex<TreeStats>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Visits the directory tree below `start` with `threads` workers sharing one queue of
 /// directories (relative paths; `start` is visited first as ""). `visit` handles one
 /// directory and pushes the subdirectories to descend into. Stops at the first error.
@@ -1398,9 +1406,9 @@ where
     let work = || {
         loop {
             let rel = {
-                let mut q = lock(&queue);
+                let mut q = queue.lock();
                 loop {
-                    if lock(&error).is_some() {
+                    if error.lock().is_some() {
                         q.0.clear();
                     }
                     if let Some(rel) = q.0.pop() {
@@ -1411,17 +1419,17 @@ where
                         cv.notify_all();
                         return;
                     }
-                    q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                    cv.wait(&mut q);
                 }
             };
             let mut subdirs = Vec::new();
             let res = visit(&rel, &mut subdirs);
-            let mut q = lock(&queue);
+            let mut q = queue.lock();
             q.1 -= 1;
             match res {
                 Ok(()) => q.0.extend(subdirs),
                 Err(e) => {
-                    lock(&error).get_or_insert(e);
+                    error.lock().get_or_insert(e);
                 }
             }
             cv.notify_all();
@@ -1436,7 +1444,7 @@ where
             }
         });
     }
-    match error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match error.into_inner() {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -1467,10 +1475,10 @@ fn copy_tree(src: &Path, dst: &Path, opts: &TreeOpts) -> Result<TreeStats> {
         copy_dir_entries(&shared, rel, subdirs)
     })?;
     // Directory times last: creating entries changed them.
-    for (path, md) in lock(&shared.dir_times).iter().rev() {
+    for (path, md) in shared.dir_times.lock().iter().rev() {
         set_times(path, md);
     }
-    Ok(*lock(&shared.stats))
+    Ok(*shared.stats.lock())
 }
 
 fn copy_dir_entries(sh: &Shared, rel: &Path, subdirs: &mut Vec<PathBuf>) -> Result<()> {
@@ -1532,7 +1540,7 @@ fn copy_dir_entries(sh: &Shared, rel: &Path, subdirs: &mut Vec<PathBuf>) -> Resu
             if md.nlink() > 1 {
                 // Keep hard links inside the tree as hard links.
                 let key = (md.dev(), md.ino());
-                let first = lock(&sh.inodes).get(&key).cloned();
+                let first = sh.inodes.lock().get(&key).cloned();
                 if let Some(first) = first
                     && fs::hard_link(&first, &dst).is_ok()
                 {
@@ -1540,7 +1548,7 @@ fn copy_dir_entries(sh: &Shared, rel: &Path, subdirs: &mut Vec<PathBuf>) -> Resu
                     continue;
                 }
                 copy_file(&src, &dst, &md, sh.opts.owner)?;
-                lock(&sh.inodes).entry(key).or_insert(dst);
+                sh.inodes.lock().entry(key).or_insert(dst);
             } else {
                 copy_file(&src, &dst, &md, sh.opts.owner)?;
             }
@@ -1551,9 +1559,9 @@ fn copy_dir_entries(sh: &Shared, rel: &Path, subdirs: &mut Vec<PathBuf>) -> Resu
         }
     }
     if !times.is_empty() {
-        lock(&sh.dir_times).extend(times);
+        sh.dir_times.lock().extend(times);
     }
-    let mut total = lock(&sh.stats);
+    let mut total = sh.stats.lock();
     total.dirs += st.dirs;
     total.files += st.files;
     total.linked += st.linked;
@@ -1684,24 +1692,7 @@ fn set_times(path: &Path, md: &fs::Metadata) {
 
 /// Apparent size of a tree in bytes (`du -sb`): every entry's size, hard-linked inodes once.
 pub fn size_bytes(path: impl AsRef<Path>) -> u64 {
-    fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(md) = fs::symlink_metadata(p) else {
-            return 0;
-        };
-        if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
-            return 0;
-        }
-        let mut total = md.size();
-        if md.is_dir()
-            && let Ok(rd) = fs::read_dir(p)
-        {
-            for e in rd.flatten() {
-                total += walk(&e.path(), seen);
-            }
-        }
-        total
-    }
-    walk(path.as_ref(), &mut HashSet::new())
+    crate::fsutil::tree_size(path, crate::fsutil::Measure::Apparent)
 }
 
 /// Deletes a tree, first detaching anything mounted beneath it (a debootstrap that died with
@@ -1729,11 +1720,11 @@ fn remove_tree(path: &Path) -> Result<()> {
                 fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
             }
         }
-        lock(&dirs).push(dir);
+        dirs.lock().push(dir);
         Ok(())
     })?;
     // Deepest first, so every directory is empty when its turn comes.
-    let mut dirs = dirs.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut dirs = dirs.into_inner();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     for d in dirs {
         fs::remove_dir(&d).ctx(|| format!("removing {}", d.display()))?;

@@ -483,14 +483,14 @@ pub(crate) struct Background {
     sandbox: String,
     pid: u32,
     cmd: String,
-    state: std::sync::Mutex<BgState>,
+    state: parking_lot::Mutex<BgState>,
     changed: tokio::sync::Notify,
 }
 
 /// Background processes by (sandbox, pid).
 #[derive(Default)]
 pub(crate) struct Registry {
-    procs: std::sync::Mutex<HashMap<(String, u32), Arc<Background>>>,
+    procs: parking_lot::Mutex<HashMap<(String, u32), Arc<Background>>>,
 }
 
 /// Finished background processes are forgotten this long after they end.
@@ -498,20 +498,17 @@ const FINISHED_TTL: Duration = Duration::from_secs(3600);
 
 impl Registry {
     fn get(&self, sandbox: &str, pid: u32) -> Option<Arc<Background>> {
-        lock(&self.procs).get(&(sandbox.to_string(), pid)).cloned()
+        self.procs.lock().get(&(sandbox.to_string(), pid)).cloned()
     }
 
     fn prune(&self) {
-        lock(&self.procs).retain(|_, p| {
-            lock(&p.state)
+        self.procs.lock().retain(|_, p| {
+            p.state
+                .lock()
                 .finished_at
                 .is_none_or(|t| t.elapsed() < FINISHED_TTL)
         });
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One process in a sandbox, as `commands_list` shows it.
@@ -573,11 +570,14 @@ impl Tools {
             state: Default::default(),
             changed: tokio::sync::Notify::new(),
         });
-        lock(&self.registry.procs).insert((id.to_string(), pid), bg.clone());
+        self.registry
+            .procs
+            .lock()
+            .insert((id.to_string(), pid), bg.clone());
         tokio::spawn(async move {
             let mut end = None;
             while let Some(msg) = stream.next().await {
-                let mut st = lock(&bg.state);
+                let mut st = bg.state.lock();
                 match msg {
                     Ok(ProcessEventMessage { event }) => match event {
                         ProcessEvent::Data(DataEvent::Stdout(d) | DataEvent::Pty(d)) => {
@@ -595,7 +595,7 @@ impl Tools {
                 drop(st);
                 bg.changed.notify_waiters();
             }
-            let mut st = lock(&bg.state);
+            let mut st = bg.state.lock();
             st.end = Some(end.unwrap_or((-1, "the output stream ended".into())));
             st.finished_at = Some(std::time::Instant::now());
             drop(st);
@@ -625,14 +625,14 @@ impl Tools {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = bg.changed.notified();
-            if lock(&bg.state).end.is_some() {
+            if bg.state.lock().end.is_some() {
                 break;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
         }
-        let st = lock(&bg.state);
+        let st = bg.state.lock();
         Ok(CommandOutput {
             pid,
             cmd: bg.cmd.clone(),
@@ -649,7 +649,7 @@ impl Tools {
         let agent = self.rt.agent(id)?;
         let listed: ListResponse = agent.unary("process.Process/List", &Empty {}).await?;
         self.registry.prune();
-        let procs = lock(&self.registry.procs);
+        let procs = self.registry.procs.lock();
         let mut out: Vec<CommandInfo> = listed
             .processes
             .iter()
@@ -662,7 +662,7 @@ impl Tools {
             })
             .collect();
         for ((sb, pid), bg) in procs.iter() {
-            let st = lock(&bg.state);
+            let st = bg.state.lock();
             if sb == id && st.end.is_some() && !out.iter().any(|c| c.pid == *pid) {
                 out.push(CommandInfo {
                     pid: *pid,

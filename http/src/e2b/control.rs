@@ -11,14 +11,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use coppice_runtime::Error;
+use coppice_runtime::clock::{parse_rfc3339_ms, rfc3339_ms};
 use coppice_runtime::manager::snapshots::ForkOutcome;
 use coppice_runtime::manager::{Resumed, SandboxMetrics};
 use coppice_runtime::model::{SandboxInfo, SandboxState};
 use coppice_runtime::state::OnTimeout;
-use coppice_runtime::{Error, clock::rfc3339_ms};
 use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
 use coppice_tools::snapshots::ForkSandbox;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -136,7 +136,7 @@ async fn api_key(State(s): St, req: Request, next: Next) -> Response {
         s.opts
             .api_keys
             .iter()
-            .any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))
+            .any(|k| coppice_envd::auth::constant_time_eq(k.as_bytes(), g.as_bytes()))
     });
     if ok {
         return next.run(req).await;
@@ -150,10 +150,6 @@ async fn api_key(State(s): St, req: Request, next: Next) -> Response {
         "invalid API key: set E2B_API_KEY to one of the daemon's e2b_api_keys"
     };
     E2bError(StatusCode::UNAUTHORIZED, msg.into()).into_response()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `NewSandbox` (v1) and `NewSandboxV2`: every field but `templateID` optional; fields this
@@ -319,14 +315,7 @@ pub(super) fn is_empty_json(v: &Value) -> bool {
     }
 }
 
-/// 32 random characters from [a-z0-9]: the sandbox's envd access token.
-pub(super) fn new_token() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..32)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
+pub(super) use coppice_runtime::ids::new_token;
 
 /// The `Sandbox` object of create/connect/resume.
 pub(super) fn sandbox_json(s: &E2bState, info: &SandboxInfo) -> Result<Value, Error> {
@@ -394,30 +383,6 @@ struct ListQuery {
     order: Option<String>,
     /// RFC 3339, any offset.
     started_after: Option<String>,
-}
-
-/// RFC 3339 with any UTC offset (the Python SDK sends `+00:00`, JS `Z`) → unix ms.
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (base, offset_min) = if let Some(b) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
-        (b, 0i64)
-    } else {
-        // The offset is the last `+HH:MM` / `-HH:MM` after the time part.
-        let t = s.find('T').or_else(|| s.find(' '))?;
-        let pos = s[t..].rfind(['+', '-'])? + t;
-        let (b, off) = s.split_at(pos);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (h, m) = off[1..]
-            .split_once(':')
-            .unwrap_or((&off[1..3.min(off.len())], "0"));
-        (
-            b,
-            sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?),
-        )
-    };
-    let t = humantime::parse_rfc3339_weak(base).ok()?;
-    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
-    Some(ms - offset_min * 60_000)
 }
 
 async fn list_v1(s: St, Query(q): Query<ListQuery>) -> Result<Response, E2bError> {
@@ -738,22 +703,4 @@ async fn logs_v2(
         })
         .collect();
     Ok(Json(json!({ "logs": logs })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_offsets() {
-        let z = parse_rfc3339_ms("2026-11-23T17:40:12.446Z").unwrap();
-        assert_eq!(parse_rfc3339_ms("2026-11-23T17:40:12.446+00:00"), Some(z));
-        assert_eq!(parse_rfc3339_ms("2026-11-23T19:40:12.446+02:00"), Some(z));
-        assert_eq!(parse_rfc3339_ms("2026-11-23T16:40:12.446-01:00"), Some(z));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-23T17:40:12.446123+00:00"),
-            Some(z)
-        );
-        assert_eq!(parse_rfc3339_ms("yesterday"), None);
-    }
 }

@@ -136,29 +136,15 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
         Error::PermissionDenied(m) => error(StatusCode::FORBIDDEN, &m, Some(id)),
         other => error(StatusCode::BAD_GATEWAY, &other.to_string(), Some(id)),
     };
-    let (mut parts, body) = req.into_parts();
-    // Hop-by-hop headers are the connection's, not the request's.
-    for h in [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        parts.headers.remove(h);
-    }
-    parts.headers.remove("keep-alive");
-    let body: BoxBody = body.map_err(std::io::Error::other).boxed_unsync();
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
         let agent = s.tools.runtime().agent_for_proxy(id).map_err(unreachable)?;
-        parts
-            .headers
-            .insert(header::HOST, http::HeaderValue::from_static("agent"));
-        let resp = agent
-            .send(http::Request::from_parts(parts, body))
+        return crate::agent_proxy::forward(&agent, req, None)
             .await
-            .map_err(|e| unreachable(Error::from(e)))?;
-        let (parts, body) = resp.into_parts();
-        return Ok(Response::from_parts(parts, Body::new(body)));
+            .map_err(unreachable);
     }
+    let (mut parts, body) = req.into_parts();
+    crate::agent_proxy::strip_hop_by_hop(&mut parts.headers);
+    let body: BoxBody = body.map_err(std::io::Error::other).boxed_unsync();
     // Any other port: a service inside the sandbox, on its bridge address.
     let info = s.tools.sandbox_info(id).map_err(unreachable)?;
     if s.tools.runtime().is_paused(id).map_err(unreachable)? {

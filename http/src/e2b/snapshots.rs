@@ -4,7 +4,6 @@
 //! `coppice_tools::network`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -238,13 +237,10 @@ pub(super) struct E2bNetwork {
     other: BTreeMap<String, Value>,
 }
 
-/// A domain rather than an IP address or CIDR block.
-fn is_domain(entry: &str) -> bool {
-    let addr = entry.trim().split('/').next().unwrap_or("");
-    addr.parse::<IpAddr>().is_err()
-        && !addr.contains(':')
-        && addr.chars().any(|c| c.is_ascii_alphabetic())
-}
+/// A domain rather than an IP address or CIDR block: the policy's one test, which also takes
+/// `*` patterns and internationalized names (so they get the domain checker's precise error,
+/// not "not a CIDR").
+use coppice_runtime::policy::looks_like_domain as is_domain;
 
 impl E2bNetwork {
     /// Refuses what this server cannot honour: domain names in denyOut, proxies, transform rules, ...

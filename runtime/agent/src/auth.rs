@@ -124,9 +124,7 @@ fn check_signature(query: &str, op: &str, token: &str, now: u64) -> Result<(), &
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use coppice_envd::auth::constant_time_eq;
 
 #[cfg(test)]
 mod tests {

@@ -4,11 +4,13 @@
 //! it through a plain reverse proxy, and the host's own tools use this same client. Only the
 //! Connect protocol with the JSON codec is spoken (the SDKs never send binary protobuf).
 
+pub mod auth;
 pub mod client;
 pub mod connect;
 pub mod deadline;
 pub mod filesystem;
 pub mod process;
+pub mod time;
 pub mod wire;
 
 pub use client::AgentClient;

@@ -530,11 +530,8 @@ fn write_identity(upper: &Path, hostname: &str, id: &str) -> Result<()> {
         .ctx(|| "writing /etc/machine-id")?;
     std::fs::write(etc.join("hostname"), format!("{hostname}\n"))
         .ctx(|| "writing /etc/hostname")?;
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-    );
-    std::fs::write(etc.join("hosts"), hosts).ctx(|| "writing /etc/hosts")
+    std::fs::write(etc.join("hosts"), crate::templates::hosts_text(hostname))
+        .ctx(|| "writing /etc/hosts")
 }
 
 /// A machine-id (32 hex digits, systemd's format) from a sandbox id: 128-bit FNV-1a.

@@ -6,7 +6,6 @@
 //! a sandbox created with `OnTimeout::Pause` is paused, not killed, when its timeout passes.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use serde::Serialize;
 use super::Runtime;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
+use crate::fsutil::{Measure, tree_size};
 use crate::model::{SandboxInfo, SandboxState};
 use crate::state::{OnTimeout, SandboxRecord};
 
@@ -241,7 +241,7 @@ impl Runtime {
             let total = rustix::fs::statvfs(&state_dir)
                 .map(|s| s.f_blocks * s.f_frsize)
                 .unwrap_or(0);
-            (tree_size(&upper), total)
+            (tree_size(&upper, Measure::Allocated), total)
         })
         .await
         .map_err(Error::internal)?;
@@ -271,26 +271,4 @@ impl Runtime {
         self.record(id)?;
         self.store.events_of(id, since_ms, limit)
     }
-}
-
-/// Bytes allocated to the files under `dir` (not following symlinks).
-fn tree_size(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(md) = e.path().symlink_metadata() else {
-                continue;
-            };
-            total += md.blocks() * 512;
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
 }

@@ -185,41 +185,7 @@ pub fn permissions_string(mode: u32) -> String {
     s
 }
 
-/// RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, like protobuf-JSON timestamps.
-pub fn rfc3339(secs: i64, nanos: u32) -> Option<String> {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    if !(1..=9999).contains(&y) {
-        return None;
-    }
-    let frac = match nanos {
-        0 => String::new(),
-        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
-        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
-        n => format!(".{n:09}"),
-    };
-    Some(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    ))
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+pub use coppice_envd::time::rfc3339;
 
 /// `user.*` xattrs as metadata (envd's `ReadMetadata`); empty when unsupported or unset.
 pub fn read_metadata(path: &Path) -> BTreeMap<String, String> {
@@ -277,20 +243,6 @@ mod tests {
         assert_eq!(permissions_string(libc::S_IFLNK | 0o777), "Lrwxrwxrwx");
         assert_eq!(permissions_string(libc::S_IFDIR | 0o1777), "dtrwxrwxrwx");
         assert_eq!(permissions_string(libc::S_IFREG | 0o4755), "urwxr-xr-x");
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(1_767_225_600, 500_000_000).unwrap(),
-            "2026-01-01T00:00:00.500Z"
-        );
-        assert_eq!(
-            rfc3339(951_782_400 + 86_399, 1).unwrap(),
-            "2000-02-29T23:59:59.000000001Z"
-        );
-        assert_eq!(rfc3339(-86_400, 0).unwrap(), "1969-12-31T00:00:00Z");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use coppice_envd::ConnectError;
@@ -45,10 +47,6 @@ pub enum Msg {
         end: EndEvent,
         timed_out: bool,
     },
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Default)]
@@ -119,7 +117,7 @@ impl Processes {
         });
         // Subscribed before the pump starts, so the Start stream misses nothing.
         let watcher = proc.subscribe();
-        lock(&self.table).insert(pid, proc.clone());
+        self.table.lock().insert(pid, proc.clone());
         tokio::spawn(pump(state.clone(), proc.clone(), outputs, exit));
         if let Some(timeout) = timeout {
             let weak = Arc::downgrade(&proc);
@@ -143,7 +141,7 @@ impl Processes {
         selector: &ProcessSelector,
         include_finished: bool,
     ) -> Result<Arc<Proc>, ConnectError> {
-        let table = lock(&self.table);
+        let table = self.table.lock();
         let visible = |p: &&Arc<Proc>| include_finished || !p.is_finished();
         let found = match selector {
             ProcessSelector::Pid(pid) => table.get(pid).filter(visible).cloned(),
@@ -170,7 +168,7 @@ impl Processes {
 
     /// Running processes, for `List`.
     pub fn list(&self) -> Vec<ProcessInfo> {
-        let table = lock(&self.table);
+        let table = self.table.lock();
         let mut list: Vec<ProcessInfo> = table
             .values()
             .filter(|p| !p.is_finished())
@@ -185,7 +183,7 @@ impl Processes {
     }
 
     fn remove_if_same(&self, proc: &Arc<Proc>) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         // The pid may already belong to a newer process.
         if table.get(&proc.pid).is_some_and(|p| Arc::ptr_eq(p, proc)) {
             table.remove(&proc.pid);
@@ -195,13 +193,13 @@ impl Processes {
 
 impl Proc {
     pub fn is_finished(&self) -> bool {
-        lock(&self.watch).end.is_some()
+        self.watch.lock().end.is_some()
     }
 
     /// A new watcher of this process's output from now on (or of its end, if it has ended).
     pub fn subscribe(&self) -> mpsc::Receiver<Msg> {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
-        let mut watch = lock(&self.watch);
+        let mut watch = self.watch.lock();
         match &watch.end {
             Some(end) => {
                 let _ = tx.try_send(end.clone());
@@ -275,17 +273,17 @@ impl Proc {
     }
 
     async fn broadcast(&self, msg: Msg) {
-        let watchers = lock(&self.watch).watchers.clone();
+        let watchers = self.watch.lock().watchers.clone();
         let sent = join_all(watchers.iter().map(|w| w.send(msg.clone()))).await;
         if sent.iter().any(Result::is_err) {
             // Some client went away; it stops watching (the process keeps running).
-            lock(&self.watch).watchers.retain(|w| !w.is_closed());
+            self.watch.lock().watchers.retain(|w| !w.is_closed());
         }
     }
 
     async fn finish(&self, end: Msg) {
         let watchers = {
-            let mut watch = lock(&self.watch);
+            let mut watch = self.watch.lock();
             watch.end = Some(end.clone());
             std::mem::take(&mut watch.watchers)
         };
