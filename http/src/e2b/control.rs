@@ -1,9 +1,9 @@
 //! The E2B control plane: v1 and v2 routes of the SDKs in use (reference §1), over the tool
-//! layer. Snapshots, fork and network updates are in [`super::snapshots`].
+//! layer. Lifecycle routes are in [`super::lifecycle`];
+//! snapshots, fork and network updates in [`super::snapshots`], [`super::fork`], [`super::network`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -12,18 +12,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use coppice_runtime::Error;
-use coppice_runtime::clock::{parse_rfc3339_ms, rfc3339_ms};
+use coppice_runtime::clock::parse_rfc3339_ms;
 use coppice_runtime::manager::snapshots::ForkOutcome;
-use coppice_runtime::manager::{Resumed, SandboxMetrics};
-use coppice_runtime::model::{SandboxInfo, SandboxState};
+use coppice_runtime::model::SandboxInfo;
 use coppice_runtime::state::OnTimeout;
 use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
 use coppice_tools::snapshots::ForkSandbox;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::snapshots::{self, E2bNetwork};
-use super::{E2bState, ENVD_VERSION};
+use super::E2bState;
+use super::error::{E2bError, bad};
+use super::network::E2bNetwork;
+use super::wire::{listed_json, sandbox_json, state_str};
+use super::{fork, lifecycle, network, snapshots};
+use coppice_runtime::ids::new_token;
 
 type St = State<Arc<E2bState>>;
 
@@ -34,24 +37,24 @@ pub(super) fn router(state: Arc<E2bState>) -> axum::Router {
     Router::new()
         .route("/sandboxes", post(create_v1).get(list_v1))
         .route("/v2/sandboxes", post(create_v2).get(list_v2))
-        .route("/sandboxes/metrics", get(metrics_many))
+        .route("/sandboxes/metrics", get(lifecycle::metrics_many))
         .route("/sandboxes/{id}", get(get_info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
-        .route("/sandboxes/{id}/connect", post(connect))
-        .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/pause", post(pause))
-        .route("/sandboxes/{id}/resume", post(resume))
-        .route("/sandboxes/{id}/metrics", get(metrics))
-        .route("/sandboxes/{id}/logs", get(logs_v1))
-        .route("/v2/sandboxes/{id}/logs", get(logs_v2))
+        .route("/sandboxes/{id}/connect", post(lifecycle::connect))
+        .route("/v2/sandboxes/{id}/connect", post(lifecycle::connect))
+        .route("/sandboxes/{id}/pause", post(lifecycle::pause))
+        .route("/sandboxes/{id}/resume", post(lifecycle::resume))
+        .route("/sandboxes/{id}/metrics", get(lifecycle::metrics))
+        .route("/sandboxes/{id}/logs", get(lifecycle::logs_v1))
+        .route("/v2/sandboxes/{id}/logs", get(lifecycle::logs_v2))
         .route(
             "/sandboxes/{id}/snapshots",
             post(snapshots::create_snapshot),
         )
         .route("/snapshots", get(snapshots::list_snapshots))
         .route("/templates/{id}", delete(snapshots::delete_snapshot))
-        .route("/sandboxes/{id}/fork", post(snapshots::fork))
-        .route("/sandboxes/{id}/network", put(snapshots::update_network))
+        .route("/sandboxes/{id}/fork", post(fork::fork))
+        .route("/sandboxes/{id}/network", put(network::update_network))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key))
         .fallback(not_routed)
         .with_state(state)
@@ -82,48 +85,6 @@ async fn not_routed(uri: axum::http::Uri) -> Response {
     } else {
         StatusCode::NOT_FOUND.into_response()
     }
-}
-
-/// An error in E2B's shape: `{"code": <status>, "message": "..."}`.
-#[derive(Debug)]
-pub(super) struct E2bError(pub StatusCode, pub String);
-
-impl From<Error> for E2bError {
-    fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::SandboxNotFound(_)
-            | Error::SandboxEnded { .. }
-            | Error::TemplateNotFound(_)
-            | Error::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
-            // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
-            Error::InvalidArgument(_) | Error::HostUnsupported(_) => StatusCode::BAD_REQUEST,
-            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
-            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            // E2B's answer past a concurrency limit; the SDKs raise RateLimitException.
-            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            // Never 503 for these: the SDKs retry 502/503/504 with backoff.
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        E2bError(status, e.to_string())
-    }
-}
-
-impl IntoResponse for E2bError {
-    fn into_response(self) -> Response {
-        let body = json!({ "code": self.0.as_u16(), "message": self.1 });
-        (self.0, Json(body)).into_response()
-    }
-}
-
-impl From<axum::extract::rejection::JsonRejection> for E2bError {
-    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
-        E2bError(StatusCode::BAD_REQUEST, e.body_text())
-    }
-}
-
-pub(super) fn bad(msg: impl Into<String>) -> E2bError {
-    E2bError(StatusCode::BAD_REQUEST, msg.into())
 }
 
 /// `X-API-Key` against the configured keys (header names are case-insensitive on the wire).
@@ -306,57 +267,6 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub(super) fn is_empty_json(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(m) => m.values().all(is_empty_json),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-pub(super) use coppice_runtime::ids::new_token;
-
-/// The `Sandbox` object of create/connect/resume.
-pub(super) fn sandbox_json(s: &E2bState, info: &SandboxInfo) -> Result<Value, Error> {
-    let mut v = json!({
-        "templateID": info.template,
-        "sandboxID": info.id,
-        "clientID": "coppice",
-        "envdVersion": ENVD_VERSION,
-        "trafficAccessToken": null,
-        "domain": s.opts.domain,
-    });
-    if let Some(token) = s.tools.access_token(&info.id)? {
-        v["envdAccessToken"] = json!(token);
-    }
-    Ok(v)
-}
-
-fn state_str(state: SandboxState) -> &'static str {
-    match state {
-        SandboxState::Paused => "paused",
-        _ => "running",
-    }
-}
-
-/// `ListedSandbox` (and the common part of `SandboxDetail`).
-fn listed_json(info: &SandboxInfo) -> Value {
-    json!({
-        "templateID": info.template,
-        "sandboxID": info.id,
-        "clientID": "coppice",
-        "startedAt": info.created_at,
-        "endAt": info.expires_at,
-        "cpuCount": info.limits.cpus.map_or(1, |c| (c.ceil() as i64).max(1)),
-        "memoryMB": info.limits.memory_bytes.map_or(0, |m| m >> 20),
-        "diskSizeMB": 0,
-        "state": state_str(info.state),
-        "envdVersion": ENVD_VERSION,
-        "metadata": info.metadata,
-    })
-}
-
 async fn get_info(State(s): St, Path(id): Path<String>) -> Result<Response, E2bError> {
     let info = s.tools.sandbox_info(&id)?;
     let mut v = listed_json(&info);
@@ -504,203 +414,4 @@ async fn set_timeout(
         },
     )?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConnectBody {
-    timeout: Option<u64>,
-    #[serde(default)]
-    auto_pause: Option<bool>,
-}
-
-/// Optional JSON body: absent or empty means all defaults.
-pub(super) fn optional_body<T: for<'de> Deserialize<'de> + Default>(
-    raw: &[u8],
-) -> Result<T, E2bError> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(raw).map_err(|e| bad(format!("invalid JSON body: {e}")))
-}
-
-/// `connect`: 200 when it was running (its timeout extended if asked for more), 201 when it
-/// was paused and is now resumed.
-async fn connect(
-    State(s): St,
-    Path(id): Path<String>,
-    raw: axum::body::Bytes,
-) -> Result<Response, E2bError> {
-    let b: ConnectBody = optional_body(&raw)?;
-    let (info, what) = s
-        .tools
-        .resume_sandbox(&id, b.timeout.map(Duration::from_secs))
-        .await?;
-    let status = match what {
-        Resumed::Thawed => StatusCode::CREATED,
-        Resumed::WasRunning => StatusCode::OK,
-    };
-    ensure_reachable(&s, &info.id).await?;
-    Ok((status, Json(sandbox_json(&s, &info)?)).into_response())
-}
-
-/// A sandbox made by the native API or MCP has no access token, and E2B sandbox traffic
-/// without one is refused: connecting gives it one, which the response carries.
-async fn ensure_reachable(s: &E2bState, id: &str) -> Result<(), Error> {
-    if s.tools.access_token(id)?.is_none() && !s.tools.runtime().open_traffic(id)? {
-        s.tools.set_access_token(id, &new_token()).await?;
-    }
-    Ok(())
-}
-
-async fn pause(State(s): St, Path(id): Path<String>) -> Result<Response, E2bError> {
-    s.tools.pause_sandbox(&id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The deprecated `resume`: 409 when the sandbox is not paused.
-async fn resume(
-    State(s): St,
-    Path(id): Path<String>,
-    raw: axum::body::Bytes,
-) -> Result<Response, E2bError> {
-    let b: ConnectBody = optional_body(&raw)?;
-    let info = s.tools.sandbox_info(&id)?;
-    if info.state != SandboxState::Paused {
-        return Err(E2bError(
-            StatusCode::CONFLICT,
-            format!("sandbox '{id}' is not paused"),
-        ));
-    }
-    if let Some(p) = b.auto_pause {
-        s.tools
-            .set_on_timeout(&id, if p { OnTimeout::Pause } else { OnTimeout::Kill })?;
-    }
-    let (info, _) = s
-        .tools
-        .resume_sandbox(&id, b.timeout.map(Duration::from_secs))
-        .await?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&s, &info)?)).into_response())
-}
-
-fn metric_json(m: &SandboxMetrics) -> Value {
-    json!({
-        "timestamp": rfc3339_ms(m.at_ms),
-        "timestampUnix": m.at_ms / 1000,
-        "cpuCount": m.cpu_count,
-        "cpuUsedPct": m.cpu_used_pct,
-        "memUsed": m.mem_used,
-        "memTotal": m.mem_total,
-        "memCache": m.mem_cache,
-        "diskUsed": m.disk_used,
-        "diskTotal": m.disk_total,
-    })
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct MetricsQuery {
-    start: Option<i64>,
-    end: Option<i64>,
-}
-
-/// Coppice samples on request (no history): the array holds the current sample when "now"
-/// is inside the asked window.
-async fn metrics(
-    State(s): St,
-    Path(id): Path<String>,
-    Query(q): Query<MetricsQuery>,
-) -> Result<Response, E2bError> {
-    let m = s.tools.sandbox_metrics(&id).await?;
-    let now = m.at_ms / 1000;
-    let inside = q.start.is_none_or(|t| t <= now) && q.end.is_none_or(|t| t >= now);
-    let items: Vec<Value> = if inside {
-        vec![metric_json(&m)]
-    } else {
-        vec![]
-    };
-    Ok(Json(items).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ManyQuery {
-    sandbox_ids: Option<String>,
-}
-
-async fn metrics_many(State(s): St, Query(q): Query<ManyQuery>) -> Result<Response, E2bError> {
-    let mut out = serde_json::Map::new();
-    for id in q
-        .sandbox_ids
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-    {
-        match s.tools.sandbox_metrics(id).await {
-            Ok(m) => {
-                out.insert(id.to_string(), metric_json(&m));
-            }
-            Err(Error::SandboxNotFound(_) | Error::SandboxEnded { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Json(json!({ "sandboxes": out })).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct LogsQuery {
-    /// Unix milliseconds.
-    start: Option<i64>,
-    limit: Option<u32>,
-}
-
-/// The sandbox's lifecycle events (created, paused, resumed, ...) as log lines.
-async fn logs_v1(
-    State(s): St,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> Result<Response, E2bError> {
-    let events = s.tools.sandbox_events(
-        &id,
-        q.start.unwrap_or(0),
-        q.limit.unwrap_or(1000).min(10_000),
-    )?;
-    let line = |e: &coppice_tools::lifecycle::SandboxEvent| {
-        if e.detail.is_empty() {
-            format!("sandbox {}", e.kind)
-        } else {
-            format!("sandbox {}: {}", e.kind, e.detail)
-        }
-    };
-    let logs: Vec<Value> = events
-        .iter()
-        .map(|e| json!({ "timestamp": rfc3339_ms(e.at_ms), "line": line(e) }))
-        .collect();
-    let entries: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({ "timestamp": rfc3339_ms(e.at_ms), "level": "info", "message": line(e),
-                    "fields": { "event": e.kind } })
-        })
-        .collect();
-    Ok(Json(json!({ "logs": logs, "logEntries": entries })).into_response())
-}
-
-async fn logs_v2(
-    State(s): St,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> Result<Response, E2bError> {
-    let events = s
-        .tools
-        .sandbox_events(&id, 0, q.limit.unwrap_or(1000).min(10_000))?;
-    let logs: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            json!({ "timestamp": rfc3339_ms(e.at_ms), "level": "info",
-                    "message": if e.detail.is_empty() { format!("sandbox {}", e.kind) } else { format!("sandbox {}: {}", e.kind, e.detail) },
-                    "fields": { "event": e.kind } })
-        })
-        .collect();
-    Ok(Json(json!({ "logs": logs })).into_response())
 }

@@ -12,8 +12,13 @@
 //! `envdAccessToken` itself.
 
 mod control;
+mod error;
+mod fork;
+mod lifecycle;
+mod network;
 mod proxy;
 mod snapshots;
+mod wire;
 
 use std::sync::Arc;
 
