@@ -3,9 +3,11 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::btrfs::{self, Storage};
 use super::cgroup::{self, CgroupLayout};
+use super::domains::DomainRegistry;
 use super::net::{self, NetConfig};
 use super::netpolicy;
 use super::spawn::SpawnPlan;
@@ -25,6 +27,8 @@ pub struct LinuxBackend {
     net: Option<NetConfig>,
     /// What network policies are compiled against (with `net` only).
     policy_ctx: HostContext,
+    /// Domain rules' run-time state, shared with the resolver and the SNI proxy.
+    domains: Arc<DomainRegistry>,
     agent_binary: PathBuf,
     /// Forks the helper that starts each sandbox (`coppice-spawn --serve`).
     spawner: Spawner,
@@ -100,6 +104,7 @@ impl LinuxBackend {
             ),
             Err(e) => tracing::warn!("capping the sandboxes' parent cgroup: {e}"),
         }
+        let domains = Arc::new(DomainRegistry::default());
         let (net, policy_ctx) = if cfg.network {
             let mut net = NetConfig::default();
             net.ipv6 = match cfg.network_ipv6.trim() {
@@ -117,7 +122,7 @@ impl LinuxBackend {
             }
             net::ensure_host(&net).await?;
             let ctx = netpolicy::host_context().await?;
-            let ctx = super::netdomains::start(cfg, &net, ctx).await?;
+            let ctx = super::netdomains::start(cfg, &net, ctx, &domains).await?;
             netpolicy::ensure_shared(&ctx).await?;
             (Some(net), ctx)
         } else {
@@ -145,6 +150,7 @@ impl LinuxBackend {
             cgroups,
             net,
             policy_ctx,
+            domains,
             agent_binary,
             spawner,
         })
@@ -293,7 +299,16 @@ impl LinuxBackend {
             Some(n) => {
                 let ip = n.sandbox_ip(rec.slot);
                 let ip6 = n.sandbox_ip6(rec.slot);
-                netpolicy::apply(rec.slot, ip, ip6, rec.pid, policy, &self.policy_ctx).await
+                netpolicy::apply(
+                    rec.slot,
+                    ip,
+                    ip6,
+                    rec.pid,
+                    policy,
+                    &self.policy_ctx,
+                    &self.domains,
+                )
+                .await
             }
             None => Ok(()),
         }
@@ -380,8 +395,13 @@ impl LinuxBackend {
         }
         let unwired = t0.elapsed();
         if let Some(n) = &self.net
-            && let Err(e) =
-                netpolicy::remove(rec.slot, n.sandbox_ip(rec.slot), n.sandbox_ip6(rec.slot)).await
+            && let Err(e) = netpolicy::remove(
+                rec.slot,
+                n.sandbox_ip(rec.slot),
+                n.sandbox_ip6(rec.slot),
+                &self.domains,
+            )
+            .await
         {
             tracing::warn!(sandbox = %rec.id, "removing network policy: {e}");
         }

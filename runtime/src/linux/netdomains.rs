@@ -5,16 +5,23 @@
 //! domains are refused with a message saying why.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use super::domains::DomainRegistry;
 use super::net::NetConfig;
-use super::{dns, netpolicy, sniproxy};
+use super::{dns, nftrun, sniproxy};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::policy::{CheckedPolicy, HostContext};
+use crate::policy::HostContext;
 
 /// Starts the resolver and the proxy; returns `ctx` with them filled in (unchanged when they
 /// could not start: that is logged, and the daemon runs without domain rules).
-pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Result<HostContext> {
+pub async fn start(
+    cfg: &Config,
+    net: &NetConfig,
+    mut ctx: HostContext,
+    domains: &Arc<DomainRegistry>,
+) -> Result<HostContext> {
     let upstream = match &cfg.dns_upstream {
         Some(s) => dns::parse_upstream(s)?,
         None => match dns::default_upstream() {
@@ -33,11 +40,11 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
     full.resolver = Some(IpAddr::V4(gw));
     full.sni_proxy_port = Some(sniproxy::PROXY_PORT);
     let started = async {
-        sniproxy::start(IpAddr::V4(gw)).await?;
+        sniproxy::start(IpAddr::V4(gw), domains.clone()).await?;
         // IPv6 admissions need the proxy on the bridge's IPv6 address; without it domain
         // rules stay IPv4 (AAAA records withheld) rather than unavailable.
         if let Some(v6) = net.ipv6 {
-            match sniproxy::start(IpAddr::V6(v6.gateway)).await {
+            match sniproxy::start(IpAddr::V6(v6.gateway), domains.clone()).await {
                 Ok(()) => full.sni_proxy6 = Some(v6.gateway),
                 Err(e) => tracing::warn!("domain rules are IPv4 only: {e}"),
             }
@@ -52,8 +59,8 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
                 Err(e) => warn_no_resolver6(&ctx.dns_servers, &e),
             }
         }
-        dns::serve(listeners, upstream, full.clone());
-        netpolicy::nft_run(&dns::nft_redirect(
+        dns::serve(listeners, upstream, full.clone(), domains.clone());
+        nftrun::nft_run(&dns::nft_redirect(
             &net.bridge,
             gw,
             full.sni_proxy6,
@@ -68,7 +75,7 @@ pub async fn start(cfg: &Config, net: &NetConfig, mut ctx: HostContext) -> Resul
         Err(e) => {
             tracing::warn!("domain rules unavailable: {e}");
             // A redirect left by an earlier daemon would send DNS to nobody.
-            let _ = netpolicy::nft_run(&format!(
+            let _ = nftrun::nft_run(&format!(
                 "table inet {t} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
                  flush chain inet {t} domain_redirect\n",
                 t = super::net::NFT_TABLE
@@ -98,17 +105,4 @@ fn warn_no_resolver6(dns_servers: &[IpAddr], e: &Error) {
              cannot listen on IPv6 to redirect them: {e}"
         ),
     }
-}
-
-/// Refuses a policy with domains when the resolver is not running (it could not be enforced).
-pub fn check_supported(policy: &CheckedPolicy, ctx: &HostContext) -> Result<()> {
-    if !policy.domains.is_empty() && !policy.air_gapped && ctx.resolver.is_none() {
-        return Err(Error::Unavailable(
-            "domain rules need Coppice's DNS resolver, which is not running on this host (see \
-             the daemon log: no upstream nameserver, or port 53 on the bridge address is taken); \
-             use CIDR rules instead"
-                .into(),
-        ));
-    }
-    Ok(())
 }

@@ -4,14 +4,10 @@
 //!
 //! A sandbox's own transaction (its chains, rules and map elements) is sent over netlink by
 //! [`super::nftwire`], at a cost that does not grow with the number of sandboxes. The shared
-//! objects, loaded once at start, and the resolver's admissions go through libnftables
-//! in-process (dlopen of `libnftables.so.1`, which the `nft` command itself links): ~0.3 ms
-//! instead of ~10 ms for an `nft -f` exec. When the library cannot be loaded the `nft`
-//! command is used.
+//! objects, loaded once at start, and the resolver's admissions go through
+//! [`super::nftrun`].
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Mutex, OnceLock};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
@@ -20,97 +16,11 @@ use super::net::{self, NFT_TABLE};
 use crate::error::{Error, Result};
 use crate::policy::{self, CheckedPolicy, HostContext, Protocol, SandboxAddrs};
 
-/// An nftables context from libnftables, used by one thread at a time.
-struct LibNft {
-    ctx: *mut c_void,
-    run: unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
-    error_buffer: unsafe extern "C" fn(*mut c_void) -> *const c_char,
-}
+pub use super::nftrun::nft_run;
 
-// SAFETY: the context is only used under the Mutex in `libnft()`, one call at a time, and
-// libnftables keeps no thread-local state.
-unsafe impl Send for LibNft {}
+use std::sync::Arc;
 
-fn libnft() -> Option<&'static Mutex<LibNft>> {
-    static LIB: OnceLock<Option<Mutex<LibNft>>> = OnceLock::new();
-    LIB.get_or_init(|| {
-        // SAFETY: dlopen/dlsym with valid C strings; the library is never unloaded, so the
-        // function pointers stay valid for the life of the process. Signatures are those of
-        // <nftables/libnftables.h> (stable since libnftables 0.9).
-        unsafe {
-            let lib = libc::dlopen(c"libnftables.so.1".as_ptr(), libc::RTLD_NOW);
-            if lib.is_null() {
-                tracing::info!("libnftables.so.1 not found; network policy uses the nft command");
-                return None;
-            }
-            let sym = |name: &CStr| libc::dlsym(lib, name.as_ptr());
-            let (new, buffer_output, buffer_error, run, error_buffer) = (
-                sym(c"nft_ctx_new"),
-                sym(c"nft_ctx_buffer_output"),
-                sym(c"nft_ctx_buffer_error"),
-                sym(c"nft_run_cmd_from_buffer"),
-                sym(c"nft_ctx_get_error_buffer"),
-            );
-            if [new, buffer_output, buffer_error, run, error_buffer]
-                .iter()
-                .any(|p| p.is_null())
-            {
-                return None;
-            }
-            let new: unsafe extern "C" fn(u32) -> *mut c_void = std::mem::transmute(new);
-            let buffer: unsafe extern "C" fn(*mut c_void) -> c_int =
-                std::mem::transmute(buffer_output);
-            let buffer_err: unsafe extern "C" fn(*mut c_void) -> c_int =
-                std::mem::transmute(buffer_error);
-            let ctx = new(0);
-            if ctx.is_null() {
-                return None;
-            }
-            // Buffer output and errors instead of printing them on our stdout/stderr.
-            buffer(ctx);
-            buffer_err(ctx);
-            Some(Mutex::new(LibNft {
-                ctx,
-                run: std::mem::transmute::<
-                    *mut c_void,
-                    unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
-                >(run),
-                error_buffer: std::mem::transmute::<
-                    *mut c_void,
-                    unsafe extern "C" fn(*mut c_void) -> *const c_char,
-                >(error_buffer),
-            }))
-        }
-    })
-    .as_ref()
-}
-
-/// Runs one nft script as one transaction (all of it or none of it).
-pub async fn nft_run(script: &str) -> Result<()> {
-    let Some(lib) = libnft() else {
-        return net::nft_load(script).await;
-    };
-    let script =
-        CString::new(script).map_err(|_| Error::internal("nft script contains a NUL byte"))?;
-    let lib = lib.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: ctx is a live context; script is NUL-terminated; the error buffer is a
-    // NUL-terminated string owned by the context, copied before the lock is released.
-    let (rc, err) = unsafe {
-        let rc = (lib.run)(lib.ctx, script.as_ptr());
-        let p = (lib.error_buffer)(lib.ctx);
-        let err = if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().trim().to_string()
-        };
-        (rc, err)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::Internal(format!("nft transaction failed: {err}")))
-    }
-}
+use super::domains::DomainRegistry;
 
 /// The host facts the compiler needs: every local address and the resolv.conf nameservers.
 pub async fn host_context() -> Result<HostContext> {
@@ -167,15 +77,16 @@ pub async fn apply(
     pid: Option<i32>,
     policy: &CheckedPolicy,
     ctx: &HostContext,
+    domains: &Arc<DomainRegistry>,
 ) -> Result<()> {
-    super::netdomains::check_supported(policy, ctx)?;
+    super::domains::check_supported(policy, ctx)?;
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
-    let dropped = super::dns::pruned(ip, policy);
+    let dropped = domains.pruned(ip, policy);
     let addrs = SandboxAddrs { ip, ip6 };
     let ops = policy::apply_ops(slot, addrs, policy, ctx, &dropped);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
     super::nftbatch::run(ops).await?;
-    let late = super::dns::register(addrs, policy);
+    let late = domains.register(addrs, policy);
     if !late.is_empty() {
         // Admitted under the old policy while the transaction ran.
         nft_run(&late).await?;
@@ -184,11 +95,11 @@ pub async fn apply(
     // here; ending the forbidden connections (a few execs) happens right after, off the
     // caller's path.
     if let Some(pid) = pid {
-        let (policy, ctx) = (policy.clone(), ctx.clone());
+        let (policy, ctx, domains) = (policy.clone(), ctx.clone(), domains.clone());
         tokio::spawn(async move {
-            cut_flows(ip, IpAddr::V4(ip), pid, &policy, &ctx).await;
+            cut_flows(&domains, ip, IpAddr::V4(ip), pid, &policy, &ctx).await;
             if let Some(ip6) = ip6 {
-                cut_flows(ip, IpAddr::V6(ip6), pid, &policy, &ctx).await;
+                cut_flows(&domains, ip, IpAddr::V6(ip6), pid, &policy, &ctx).await;
             }
         });
     }
@@ -196,10 +107,15 @@ pub async fn apply(
 }
 
 /// Removes the sandbox's chains and map and set entries.
-pub async fn remove(slot: u32, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<()> {
+pub async fn remove(
+    slot: u32,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    domains: &DomainRegistry,
+) -> Result<()> {
     // Its admitted domain addresses first, on their own: a new sandbox on this address must
     // not inherit them even if removing the chain fails.
-    let forget = super::dns::forget(ip);
+    let forget = domains.forget(ip);
     if !forget.is_empty() {
         nft_run(&forget).await?;
     }
@@ -316,6 +232,7 @@ async fn flows_from(ip: IpAddr) -> Option<Vec<Flow>> {
 /// Best effort: without conntrack-tools only the rules act. `sandbox`: the sandbox's IPv4
 /// address (the registry's key), `ip`: its address of the family being cut.
 async fn cut_flows(
+    domains: &DomainRegistry,
     sandbox: Ipv4Addr,
     ip: IpAddr,
     pid: i32,
@@ -334,7 +251,7 @@ async fn cut_flows(
                 "icmp" | "icmpv6" => Some(Protocol::Icmp),
                 _ => None,
             };
-            let admitted = super::dns::is_admitted(sandbox, f.dst);
+            let admitted = domains.is_admitted(sandbox, f.dst);
             !admitted && !policy.permits(ctx, f.dst, proto, f.dport)
         })
         .collect();

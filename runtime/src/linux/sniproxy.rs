@@ -16,12 +16,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::dns;
+use super::domains::DomainRegistry;
 use crate::error::{Error, Result};
 
 /// Port of the proxy on the bridge address.
@@ -34,7 +35,7 @@ const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the proxy on `listen`:[`PROXY_PORT`] and serves in the background (once per family).
-pub async fn start(listen: IpAddr) -> Result<()> {
+pub async fn start(listen: IpAddr, domains: Arc<DomainRegistry>) -> Result<()> {
     let addr = SocketAddr::from((listen, PROXY_PORT));
     let l = TcpListener::bind(addr).await.map_err(Error::io(format!(
         "binding the domain check proxy to {addr}"
@@ -47,8 +48,9 @@ pub async fn start(listen: IpAddr) -> Result<()> {
             let Some(slot) = caps.take(from.ip()) else {
                 continue;
             };
+            let domains = domains.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve(conn, from).await {
+                if let Err(e) = serve(&domains, conn, from).await {
                     tracing::debug!(%from, "domain check proxy: {e}");
                 }
                 drop(slot);
@@ -180,18 +182,22 @@ fn sockaddr_opt<T: Copy>(conn: &TcpStream, level: i32, name: i32) -> std::io::Re
     Ok(addr)
 }
 
-async fn serve(mut conn: TcpStream, from: SocketAddr) -> std::io::Result<()> {
+async fn serve(
+    domains: &DomainRegistry,
+    mut conn: TcpStream,
+    from: SocketAddr,
+) -> std::io::Result<()> {
     // Either of the sandbox's addresses; the registry knows it by its IPv4 one.
-    let Some(sandbox) = dns::sandbox_of(from.ip()) else {
+    let Some(sandbox) = domains.sandbox_of(from.ip()) else {
         return Ok(());
     };
     let dst = original_dst(&conn)?;
     // Only a redirected connection to an address admitted for this sandbox is relayed: a
     // direct connection to the proxy has the proxy itself as its "original" destination.
-    let Some(policy) = dns::policy_of(sandbox) else {
+    let Some(policy) = domains.policy_of(sandbox) else {
         return Ok(());
     };
-    if policy.air_gapped || policy.domains.is_empty() || !dns::is_admitted(sandbox, dst.ip()) {
+    if policy.air_gapped || policy.domains.is_empty() || !domains.is_admitted(sandbox, dst.ip()) {
         tracing::debug!(%sandbox, %dst, "domain check proxy: destination not admitted");
         return Ok(());
     }
