@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::state::AgentState;
+use crate::env::Env;
 
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 /// Middleware over every route of the agent.
-pub async fn guard(State(state): State<Arc<AgentState>>, req: Request, next: Next) -> Response {
+pub async fn guard(State(state): State<Arc<Env>>, req: Request, next: Next) -> Response {
     let token = state.access_token.read().expect("token lock").clone();
     let Some(token) = token else {
         return next.run(req).await;

@@ -22,8 +22,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use serde::Deserialize;
 
+use crate::env::Env;
 use crate::process::{child_env, prepare_as_user};
-use crate::state::AgentState;
 use crate::users;
 
 /// A line is sent after this long without output, so proxies and clients see a live stream.
@@ -33,7 +33,35 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Kernel connection files and logs: root's, outside the user's home.
 const RUN_DIR: &str = "/tmp/.coppice-kernels";
 
-pub fn router() -> Router<Arc<AgentState>> {
+/// The code service: the sandbox's environment and its code contexts, created on first use
+/// (kernels run as the agent's default user).
+pub struct CodeService {
+    env: Arc<Env>,
+    contexts: OnceLock<Arc<Contexts>>,
+}
+
+impl CodeService {
+    pub fn new(env: Arc<Env>) -> Self {
+        Self {
+            env,
+            contexts: OnceLock::new(),
+        }
+    }
+
+    fn contexts(&self) -> &Arc<Contexts> {
+        self.contexts.get_or_init(|| {
+            let home = users::lookup(&self.env.default_user)
+                .map(|u| u.home)
+                .unwrap_or_else(|_| PathBuf::from("/"));
+            let launcher = Arc::new(AgentLauncher {
+                env: self.env.clone(),
+            });
+            Arc::new(Contexts::new(launcher, PathBuf::from(RUN_DIR), home))
+        })
+    }
+}
+
+pub fn router() -> Router<Arc<CodeService>> {
     Router::new()
         .route("/execute", post(execute))
         .route("/contexts", post(create).get(list))
@@ -43,28 +71,14 @@ pub fn router() -> Router<Arc<AgentState>> {
         .route("/contexts/kernelspecs", get(kernelspecs))
 }
 
-/// The sandbox's contexts, created on first use (kernels run as the agent's default user).
-fn contexts(state: &Arc<AgentState>) -> &'static Arc<Contexts> {
-    static CONTEXTS: OnceLock<Arc<Contexts>> = OnceLock::new();
-    CONTEXTS.get_or_init(|| {
-        let home = users::lookup(&state.default_user)
-            .map(|u| u.home)
-            .unwrap_or_else(|_| PathBuf::from("/"));
-        let launcher = Arc::new(AgentLauncher {
-            state: state.clone(),
-        });
-        Arc::new(Contexts::new(launcher, PathBuf::from(RUN_DIR), home))
-    })
-}
-
 struct AgentLauncher {
-    state: Arc<AgentState>,
+    env: Arc<Env>,
 }
 
 impl Launcher for AgentLauncher {
     fn launch(&self, spec: &LaunchSpec) -> std::io::Result<Launched> {
-        let user = users::lookup(&self.state.default_user)
-            .map_err(|e| std::io::Error::other(e.message))?;
+        let user =
+            users::lookup(&self.env.default_user).map_err(|e| std::io::Error::other(e.message))?;
         let env = child_env(&user, &spec.env, &BTreeMap::new());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -109,13 +123,13 @@ impl Launcher for AgentLauncher {
         if !nix::unistd::Uid::effective().is_root() {
             return Ok(()); // development: kernels run as ourselves
         }
-        let user = users::lookup(&self.state.default_user)
-            .map_err(|e| std::io::Error::other(e.message))?;
+        let user =
+            users::lookup(&self.env.default_user).map_err(|e| std::io::Error::other(e.message))?;
         std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
     }
 
     fn sandbox_env(&self) -> BTreeMap<String, String> {
-        self.state.env_snapshot()
+        self.env.env_snapshot()
     }
 }
 
@@ -143,12 +157,12 @@ fn bad_request(message: String) -> Response {
 }
 
 /// `POST /execute`: NDJSON, one line per output, `end_of_execution` last, keepalives between.
-async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+async fn execute(State(state): State<Arc<CodeService>>, body: Bytes) -> Response {
     let req: ExecuteRequest = match parse(&body) {
         Ok(r) => r,
         Err(m) => return bad_request(m),
     };
-    let rx = match contexts(&state).execute(req) {
+    let rx = match state.contexts().execute(req) {
         Ok(rx) => rx,
         Err(e) => return error_response(e),
     };
@@ -187,12 +201,13 @@ async fn execute(State(state): State<Arc<AgentState>>, body: Bytes) -> Response 
         .expect("static response")
 }
 
-async fn create(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+async fn create(State(state): State<Arc<CodeService>>, body: Bytes) -> Response {
     let req: CreateContext = match parse(&body) {
         Ok(r) => r,
         Err(m) => return bad_request(m),
     };
-    match contexts(&state)
+    match state
+        .contexts()
         .create(req.language.as_deref(), req.cwd.as_deref())
         .await
     {
@@ -208,19 +223,19 @@ struct ListQuery {
     all: bool,
 }
 
-async fn list(State(state): State<Arc<AgentState>>, Query(q): Query<ListQuery>) -> Response {
-    axum::Json(contexts(&state).list(q.all)).into_response()
+async fn list(State(state): State<Arc<CodeService>>, Query(q): Query<ListQuery>) -> Response {
+    axum::Json(state.contexts().list(q.all)).into_response()
 }
 
-async fn restart(State(state): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
-    match contexts(&state).restart(&id).await {
+async fn restart(State(state): State<Arc<CodeService>>, UrlPath(id): UrlPath<String>) -> Response {
+    match state.contexts().restart(&id).await {
         Ok(info) => axum::Json(info).into_response(),
         Err(e) => error_response(e),
     }
 }
 
-async fn remove(State(state): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
-    match contexts(&state).remove(&id).await {
+async fn remove(State(state): State<Arc<CodeService>>, UrlPath(id): UrlPath<String>) -> Response {
+    match state.contexts().remove(&id).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => error_response(e),
     }
@@ -234,12 +249,13 @@ struct WarmRequest {
 
 /// Coppice extension: starts the default context of a language (Python) now, so the first
 /// execution does not wait for the kernel. 400 when the template has no such kernel.
-async fn warm(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+async fn warm(State(state): State<Arc<CodeService>>, body: Bytes) -> Response {
     let req: WarmRequest = match parse(&body) {
         Ok(r) => r,
         Err(m) => return bad_request(m),
     };
-    match contexts(&state)
+    match state
+        .contexts()
         .warm(req.language.as_deref().unwrap_or("python"))
         .await
     {
@@ -249,8 +265,8 @@ async fn warm(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
 }
 
 /// Coppice extension: the kernelspecs installed in the sandbox (name → language).
-async fn kernelspecs(State(state): State<Arc<AgentState>>) -> Response {
-    let home = users::lookup(&state.default_user)
+async fn kernelspecs(State(state): State<Arc<CodeService>>) -> Response {
+    let home = users::lookup(&state.env.default_user)
         .map(|u| u.home)
         .unwrap_or_else(|_| PathBuf::from("/"));
     let specs = coppice_kernel::contexts::find_kernelspecs(

@@ -29,13 +29,13 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::env::Env;
 use crate::filesystem::{FsCreds, caller, create_dirs, entry, run_as};
-use crate::state::AgentState;
 
 /// Read size for downloads: large enough for throughput, small against the agent's RSS.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
-pub fn router() -> Router<Arc<AgentState>> {
+pub fn router() -> Router<Arc<Env>> {
     Router::new()
         .route("/files", axum::routing::get(get_file).post(post_files))
         // Uploads are streamed to disk; axum's 2 MB default limit is for buffered extractors.
@@ -94,7 +94,7 @@ impl IntoResponse for FilesError {
 /// The caller's identity for `/files` (`?username=`, else the default user). An unknown user
 /// is 401, as in envd.
 fn files_caller(
-    state: &AgentState,
+    state: &Env,
     headers: &HeaderMap,
     q: &FilesQuery,
 ) -> Result<(crate::users::UserIdentity, FsCreds), FilesError> {
@@ -103,7 +103,7 @@ fn files_caller(
 }
 
 async fn get_file(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<Env>>,
     Query(q): Query<FilesQuery>,
     headers: HeaderMap,
 ) -> Result<Response, FilesError> {
@@ -180,7 +180,7 @@ fn content_disposition(name: &str) -> String {
 }
 
 async fn post_files(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<Env>>,
     Query(q): Query<FilesQuery>,
     headers: HeaderMap,
     body: Body,
@@ -197,7 +197,7 @@ async fn post_files(
 
 /// Receives an upload into files, returning what was written.
 async fn receive(
-    state: &AgentState,
+    state: &Env,
     q: &FilesQuery,
     headers: &HeaderMap,
     data: &mut BodyDataStream,

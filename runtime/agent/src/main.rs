@@ -5,11 +5,12 @@
 mod auth;
 mod code;
 mod connect_axum;
+mod env;
 mod files;
 mod filesystem;
+mod init;
 mod process;
 mod reaper;
-mod state;
 mod users;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -21,7 +22,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use clap::Parser;
 
-use crate::state::AgentState;
+use crate::env::Env;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,23 +70,30 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(serve(args))
 }
 
-/// Routes of the envd-compatible API.
-pub fn app(state: Arc<AgentState>) -> Router {
+/// Routes of the envd-compatible API: each service with the state it needs; only here are
+/// they all known.
+pub fn app(env: Arc<Env>) -> Router {
+    let processes = Arc::new(process::ProcessService {
+        env: env.clone(),
+        processes: process::Processes::default(),
+    });
+    let filesystem = Arc::new(filesystem::FilesystemService {
+        env: env.clone(),
+        watchers: filesystem::Watchers::default(),
+    });
+    let code = Arc::new(code::CodeService::new(env.clone()));
     Router::new()
         .route("/health", get(health))
-        .route("/envs", get(state::get_envs))
-        .route("/init", post(state::post_init))
-        .merge(process::router())
-        .merge(filesystem::router())
+        .route("/envs", get(init::get_envs))
+        .route("/init", post(init::post_init))
         .merge(files::router())
-        .merge(code::router())
+        .with_state(env.clone())
+        .merge(process::router().with_state(processes))
+        .merge(filesystem::router().with_state(filesystem))
+        .merge(code::router().with_state(code))
         // Keep this layer last: it must cover every route merged above (including code
         // kernels' /execute), or those routes would skip the access-token check.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(env, auth::guard))
 }
 
 async fn health() -> http::StatusCode {
@@ -93,12 +101,12 @@ async fn health() -> http::StatusCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let state = AgentState::new(args.default_user.clone());
-    reaper::start(state.clone());
+    let env = Env::new(args.default_user.clone());
+    reaper::start();
     // Load the NSS modules and passwd file now, not on the first request's user lookup.
     let default_user = args.default_user.clone();
     tokio::task::spawn_blocking(move || users::lookup(&default_user));
-    let app = app(state);
+    let app = app(env);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(fd) = args.listen_fd {

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -18,8 +18,6 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
-
-use crate::state::AgentState;
 
 type Registry = BTreeMap<u32, oneshot::Sender<WaitStatus>>;
 
@@ -32,7 +30,7 @@ fn children() -> MutexGuard<'static, Registry> {
 }
 
 /// Starts the reaper task. Must run inside the tokio runtime.
-pub fn start(_state: Arc<AgentState>) {
+pub fn start() {
     if std::process::id() != 1 {
         // Outside a pid namespace (development, tests) orphans of our children would go to the
         // host's init; as a subreaper they come to us, like they would to PID 1.
@@ -124,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn reaps_registered_child_and_reports_status() {
-        start(crate::state::AgentState::new("root".into()));
+        start();
         let (_child, rx) = spawn(Command::new("/bin/sh").args(["-c", "exit 3"])).unwrap();
         let status = tokio::time::timeout(std::time::Duration::from_secs(10), rx)
             .await

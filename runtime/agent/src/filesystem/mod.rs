@@ -33,10 +33,16 @@ use crate::connect_axum::{
     RpcError, keepalive_interval, parse_stream_request, parse_unary, stream_response, timeout_ms,
     unary_ok,
 };
-use crate::state::AgentState;
+use crate::env::Env;
 use crate::users::{self, UserIdentity};
 
-pub fn router() -> Router<Arc<AgentState>> {
+/// What the filesystem service works with: the sandbox's environment and its watchers.
+pub struct FilesystemService {
+    pub env: Arc<Env>,
+    pub watchers: Watchers,
+}
+
+pub fn router() -> Router<Arc<FilesystemService>> {
     Router::new()
         .route("/filesystem.Filesystem/Stat", post(stat))
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
@@ -54,11 +60,11 @@ pub fn router() -> Router<Arc<AgentState>> {
 
 /// The user a request acts as (`Authorization: Basic` or the default) and their credentials.
 pub fn caller(
-    state: &AgentState,
+    env: &Env,
     headers: &HeaderMap,
     username: Option<&str>,
 ) -> Result<(UserIdentity, FsCreds), ConnectError> {
-    let name = users::requested_user(headers, username, &state.default_user);
+    let name = users::requested_user(headers, username, &env.default_user);
     let user = users::lookup(&name)?;
     let creds = FsCreds::for_user(&user);
     Ok((user, creds))
@@ -80,11 +86,15 @@ fn not_found_as(err: std::io::Error, what: &str, path: &Path) -> ConnectError {
     }
 }
 
-async fn stat(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn stat(
+    State(state): State<Arc<FilesystemService>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     reply(
         async {
             let req: PathRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let path = entry::resolve(&req.path, &user)?;
             let entry = run_as(creds, move || {
                 entry::entry_info(&path, &mut Names::default())
@@ -98,14 +108,14 @@ async fn stat(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: By
 }
 
 async fn make_dir(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<FilesystemService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     reply(
         async {
             let req: PathRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let path = entry::resolve(&req.path, &user)?;
             let entry = run_as(creds, move || {
                 match std::fs::metadata(&path) {
@@ -145,14 +155,14 @@ pub fn create_dirs(path: &Path) -> Result<(), ConnectError> {
 }
 
 async fn move_entry(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<FilesystemService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     reply(
         async {
             let req: MoveRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let source = entry::resolve(&req.source, &user)?;
             let destination = entry::resolve(&req.destination, &user)?;
             let entry = run_as(creds, move || {
@@ -178,14 +188,14 @@ async fn move_entry(
 }
 
 async fn list_dir(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<FilesystemService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     reply(
         async {
             let req: ListDirRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let path = entry::resolve(&req.path, &user)?;
             let depth = req.depth.max(1);
             let entries = run_as(creds, move || {
@@ -242,11 +252,15 @@ fn walk(
     Ok(())
 }
 
-async fn remove(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn remove(
+    State(state): State<Arc<FilesystemService>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     reply(
         async {
             let req: PathRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let path = entry::resolve(&req.path, &user)?;
             run_as(creds, move || {
                 let res = match std::fs::symlink_metadata(&path) {
@@ -283,13 +297,13 @@ fn watch_spec(req: &WatchDirRequest, user: &UserIdentity) -> Result<WatchSpec, C
 /// Server stream: `start`, then events; a `keepalive` after each idle interval. Runs until the
 /// client goes away (the body is dropped, which drops the receiver and stops the watcher).
 async fn watch_dir(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<FilesystemService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let setup = async {
         let req: WatchDirRequest = parse_stream_request(&body).map_err(|e| e.0)?;
-        let (user, creds) = caller(&state, &headers, None)?;
+        let (user, creds) = caller(&state.env, &headers, None)?;
         let spec = watch_spec(&req, &user)?;
         watch::stream(spec, creds).await
     };
@@ -327,14 +341,14 @@ async fn watch_dir(
 }
 
 async fn create_watcher(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<FilesystemService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     reply(
         async {
             let req: CreateWatcherRequest = parse_unary(&body).map_err(|e| e.0)?;
-            let (user, creds) = caller(&state, &headers, None)?;
+            let (user, creds) = caller(&state.env, &headers, None)?;
             let spec = watch_spec(&req, &user)?;
             let watcher_id = state.watchers.create(spec, creds).await?;
             Ok(CreateWatcherResponse { watcher_id })
@@ -343,7 +357,7 @@ async fn create_watcher(
     )
 }
 
-async fn get_watcher_events(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+async fn get_watcher_events(State(state): State<Arc<FilesystemService>>, body: Bytes) -> Response {
     reply((|| {
         let req: GetWatcherEventsRequest = parse_unary(&body).map_err(|e| e.0)?;
         let events = state.watchers.take_events(&req.watcher_id)?;
@@ -351,7 +365,7 @@ async fn get_watcher_events(State(state): State<Arc<AgentState>>, body: Bytes) -
     })())
 }
 
-async fn remove_watcher(State(state): State<Arc<AgentState>>, body: Bytes) -> Response {
+async fn remove_watcher(State(state): State<Arc<FilesystemService>>, body: Bytes) -> Response {
     reply((|| {
         let req: WatcherIdRequest = parse_unary(&body).map_err(|e| e.0)?;
         state.watchers.remove(&req.watcher_id)?;

@@ -33,10 +33,16 @@ use crate::connect_axum::{
     RpcError, keepalive_interval, parse_stream_request, parse_unary, stream_response, timeout_ms,
     unary_ok,
 };
-use crate::state::AgentState;
+use crate::env::Env;
 use crate::users;
 
-pub fn router() -> Router<Arc<AgentState>> {
+/// What the process service works with: the sandbox's environment and its process table.
+pub struct ProcessService {
+    pub env: Arc<Env>,
+    pub processes: Processes,
+}
+
+pub fn router() -> Router<Arc<ProcessService>> {
     Router::new()
         .route("/process.Process/Start", post(start))
         .route("/process.Process/Connect", post(connect))
@@ -51,20 +57,24 @@ pub fn router() -> Router<Arc<AgentState>> {
 /// `Start`: spawns the process, then streams start, output and end. Errors before the start
 /// event (bad user, bad cwd, exec failure) are unary-style responses, as envd's are.
 async fn start(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ProcessService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, RpcError> {
     let req: StartRequest = parse_stream_request(&body)?;
-    let user = users::lookup(&users::requested_user(&headers, None, &state.default_user))?;
+    let user = users::lookup(&users::requested_user(
+        &headers,
+        None,
+        &state.env.default_user,
+    ))?;
     let cwd = spawn::child_cwd(req.process.cwd.as_deref(), &user)?;
-    let env = spawn::child_env(&user, &state.env_snapshot(), &req.process.envs);
+    let env = spawn::child_env(&user, &state.env.env_snapshot(), &req.process.envs);
     let spawned = spawn::spawn(&req, &user, &env, &cwd)?;
     // connect-timeout-ms bounds the process's lifetime, not just this stream.
     let timeout = timeout_ms(&headers).map(Duration::from_millis);
     let (proc, watcher) = state
         .processes
-        .launch(&state, req.process, req.tag, spawned, timeout);
+        .launch(req.process, req.tag, spawned, timeout);
     tracing::debug!(pid = proc.pid, cmd = %proc.config.cmd, user = %user.name, "process started");
     Ok(event_stream(
         proc.pid,
@@ -77,7 +87,7 @@ async fn start(
 
 /// `Connect`: watches a running process from now on, or gets the end of a finished one.
 async fn connect(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ProcessService>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, RpcError> {
@@ -94,7 +104,7 @@ async fn connect(
     ))
 }
 
-async fn list(State(state): State<Arc<AgentState>>, body: Bytes) -> Result<Response, RpcError> {
+async fn list(State(state): State<Arc<ProcessService>>, body: Bytes) -> Result<Response, RpcError> {
     let _: Empty = parse_unary(&body)?;
     Ok(unary_ok(&ListResponse {
         processes: state.processes.list(),
@@ -102,7 +112,7 @@ async fn list(State(state): State<Arc<AgentState>>, body: Bytes) -> Result<Respo
 }
 
 async fn send_input(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ProcessService>>,
     body: Bytes,
 ) -> Result<Response, RpcError> {
     let req: SendInputRequest = parse_unary(&body)?;
@@ -112,7 +122,7 @@ async fn send_input(
 }
 
 async fn send_signal(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ProcessService>>,
     body: Bytes,
 ) -> Result<Response, RpcError> {
     let req: SendSignalRequest = parse_unary(&body)?;
@@ -134,7 +144,7 @@ async fn send_signal(
 }
 
 async fn close_stdin(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ProcessService>>,
     body: Bytes,
 ) -> Result<Response, RpcError> {
     let req: CloseStdinRequest = parse_unary(&body)?;
@@ -143,7 +153,10 @@ async fn close_stdin(
     Ok(unary_ok(&Empty {}))
 }
 
-async fn update(State(state): State<Arc<AgentState>>, body: Bytes) -> Result<Response, RpcError> {
+async fn update(
+    State(state): State<Arc<ProcessService>>,
+    body: Bytes,
+) -> Result<Response, RpcError> {
     let req: UpdateRequest = parse_unary(&body)?;
     let proc = state.processes.find(&req.process, false)?;
     if let Some(size) = req.pty.and_then(|p| p.size) {
@@ -154,7 +167,7 @@ async fn update(State(state): State<Arc<AgentState>>, body: Bytes) -> Result<Res
 
 /// `StreamInput` (client streaming): each envelope is acted on as soon as it arrives; the
 /// answer, one `{}` message or an error, comes once the request body ends.
-async fn stream_input(State(state): State<Arc<AgentState>>, body: Body) -> Response {
+async fn stream_input(State(state): State<Arc<ProcessService>>, body: Body) -> Response {
     let outcome = consume_input(&state, body).await.map(|()| Empty {});
     if let Err(e) = &outcome {
         tracing::debug!("StreamInput failed: {e}");
@@ -162,7 +175,7 @@ async fn stream_input(State(state): State<Arc<AgentState>>, body: Body) -> Respo
     stream_response(futures::stream::iter([outcome]))
 }
 
-async fn consume_input(state: &AgentState, body: Body) -> Result<(), ConnectError> {
+async fn consume_input(state: &ProcessService, body: Body) -> Result<(), ConnectError> {
     let mut chunks = body.into_data_stream();
     let mut decoder = EnvelopeDecoder::default();
     let mut target = None;

@@ -24,7 +24,6 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use super::spawn::{ChildIo, Spawned};
 use super::status::end_event;
-use crate::state::AgentState;
 
 /// How long a finished process stays visible to `Connect` (envd retains exits for a while).
 const RETAIN_FINISHED: Duration = Duration::from_secs(60);
@@ -51,7 +50,8 @@ pub enum Msg {
 
 #[derive(Default)]
 pub struct Processes {
-    table: Mutex<HashMap<u32, Arc<Proc>>>,
+    /// Shared with each process's pump, which forgets its process a while after it ended.
+    table: Arc<Mutex<HashMap<u32, Arc<Proc>>>>,
 }
 
 pub struct Proc {
@@ -79,7 +79,6 @@ impl Processes {
     /// watcher that sees all of its output (for the `Start` stream).
     pub fn launch(
         &self,
-        state: &Arc<AgentState>,
         config: ProcessConfig,
         tag: Option<String>,
         spawned: Spawned,
@@ -118,7 +117,7 @@ impl Processes {
         // Subscribed before the pump starts, so the Start stream misses nothing.
         let watcher = proc.subscribe();
         self.table.lock().insert(pid, proc.clone());
-        tokio::spawn(pump(state.clone(), proc.clone(), outputs, exit));
+        tokio::spawn(pump(self.table.clone(), proc.clone(), outputs, exit));
         if let Some(timeout) = timeout {
             let weak = Arc::downgrade(&proc);
             tokio::spawn(async move {
@@ -180,14 +179,6 @@ impl Processes {
             .collect();
         list.sort_by_key(|p| p.pid);
         list
-    }
-
-    fn remove_if_same(&self, proc: &Arc<Proc>) {
-        let mut table = self.table.lock();
-        // The pid may already belong to a newer process.
-        if table.get(&proc.pid).is_some_and(|p| Arc::ptr_eq(p, proc)) {
-            table.remove(&proc.pid);
-        }
     }
 }
 
@@ -350,7 +341,7 @@ async fn write_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()>
 /// Forwards a process's output to its watchers until the process has exited and its output is
 /// drained, then sends the end event and, after a while, forgets the process.
 async fn pump(
-    state: Arc<AgentState>,
+    table: Arc<Mutex<HashMap<u32, Arc<Proc>>>>,
     proc: Arc<Proc>,
     outputs: [Option<Output>; 2],
     mut exit: oneshot::Receiver<WaitStatus>,
@@ -412,7 +403,11 @@ async fn pump(
         let proc = proc.clone();
         async move {
             sleep(RETAIN_FINISHED).await;
-            state.processes.remove_if_same(&proc);
+            let mut table = table.lock();
+            // The pid may already belong to a newer process.
+            if table.get(&proc.pid).is_some_and(|p| Arc::ptr_eq(p, &proc)) {
+                table.remove(&proc.pid);
+            }
         }
     };
     tokio::spawn(forget);
