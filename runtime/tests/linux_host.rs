@@ -606,8 +606,9 @@ fn nft_load(script: &str) {
 
 #[test]
 fn nft_batches_over_netlink() {
+    use coppice_runtime::linux::nftcompile::{self, SandboxAddrs};
     use coppice_runtime::linux::nftwire;
-    use coppice_runtime::policy::{self, HostContext, NetworkPolicy, Rule, SandboxAddrs};
+    use coppice_runtime::policy::{self, HostContext, NetworkPolicy, Rule};
     if !root_or_skip("nft_batches_over_netlink") {
         return;
     }
@@ -622,7 +623,7 @@ fn nft_batches_over_netlink() {
             dns_servers: vec!["10.255.255.53".parse().unwrap()],
             ..Default::default()
         };
-        nft_load(&policy::nft_shared("coppice", &ctx));
+        nft_load(&nftcompile::nft_shared("coppice", &ctx));
         let mut conn = nftwire::Conn::open().unwrap();
         let addrs = SandboxAddrs {
             ip: Ipv4Addr::new(10, 88, 0, 7),
@@ -641,7 +642,7 @@ fn nft_batches_over_netlink() {
         }
         .check()
         .unwrap();
-        let ops = policy::apply_ops(5, addrs, &p, &ctx, &[]);
+        let ops = nftcompile::apply_ops(5, addrs, &p, &ctx, &[]);
         conn.run(&ops).unwrap();
         let list = |what: &[&str]| {
             let out = Command::new("nft").args(what).output().unwrap();
@@ -677,32 +678,32 @@ fn nft_batches_over_netlink() {
 
         // Domain admissions of both families, as the kernel and nft read them back; an update
         // that drops them deletes them in its own transaction.
-        let admitted: Vec<policy::ElemKey> = ["198.51.100.41", "2001:db8:10::29"]
+        let admitted: Vec<nftcompile::ElemKey> = ["198.51.100.41", "2001:db8:10::29"]
             .iter()
             .map(|d| addrs.admission(d.parse().unwrap()).unwrap())
             .collect();
-        let adds: Vec<policy::NftOp> = admitted
+        let adds: Vec<nftcompile::NftOp> = admitted
             .iter()
-            .map(|&key| policy::NftOp::AddElem {
+            .map(|&key| nftcompile::NftOp::AddElem {
                 set: key.domain_set().unwrap(),
                 key,
-                data: policy::ElemData::None,
+                data: nftcompile::ElemData::None,
             })
             .collect();
         conn.run(&adds).unwrap();
-        let set4 = || list(&["list", "set", "inet", "coppice", policy::DOMAIN_SET4]);
-        let set6 = || list(&["list", "set", "inet", "coppice", policy::DOMAIN_SET6]);
+        let set4 = || list(&["list", "set", "inet", "coppice", nftcompile::DOMAIN_SET4]);
+        let set6 = || list(&["list", "set", "inet", "coppice", nftcompile::DOMAIN_SET6]);
         assert!(set4().contains("10.88.0.7 . 198.51.100.41"), "{}", set4());
         assert!(set6().contains("fd88::7 . 2001:db8:10::29"), "{}", set6());
-        conn.run(&policy::apply_ops(5, addrs, &p, &ctx, &admitted))
+        conn.run(&nftcompile::apply_ops(5, addrs, &p, &ctx, &admitted))
             .unwrap();
         assert!(!set4().contains("198.51.100.41"), "{}", set4());
         assert!(!set6().contains("2001:db8:10::29"), "{}", set6());
 
         // A refused op fails the whole batch, names the op, and leaves the socket usable.
         let bad = vec![
-            policy::NftOp::FlushChain("sbx5".into()),
-            policy::NftOp::DelChain("no-such-chain".into()),
+            nftcompile::NftOp::FlushChain("sbx5".into()),
+            nftcompile::NftOp::DelChain("no-such-chain".into()),
         ];
         let t = Instant::now();
         let err = conn.run(&bad).unwrap_err().to_string();
@@ -715,7 +716,7 @@ fn nft_batches_over_netlink() {
             list(&["list", "chain", "inet", "coppice", "sbx5"]).contains("tcp dport 443"),
             "the flush in the failed batch did not happen"
         );
-        conn.run(&policy::remove_ops(5, addrs)).unwrap();
+        conn.run(&nftcompile::remove_ops(5, addrs)).unwrap();
         let table = list(&["list", "table", "inet", "coppice"]);
         assert!(!table.contains("sbx5"), "{table}");
     })

@@ -39,7 +39,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use super::domains::DomainRegistry;
 use super::net::NFT_TABLE;
 use crate::error::{Error, Result};
-use crate::policy::{DOMAIN_SET4, DOMAIN_SET6, HostContext};
+use crate::linux::nftcompile::{DOMAIN_SET4, DOMAIN_SET6};
+use crate::policy::HostContext;
 
 /// How long one upstream exchange may take before the sandbox gets SERVFAIL.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
@@ -348,7 +349,7 @@ pub fn nft_redirect(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut s = crate::policy::nft_domain_set(NFT_TABLE);
+    let mut s = crate::linux::nftcompile::nft_domain_set(NFT_TABLE);
     s += &format!(
         "table inet {NFT_TABLE} {{ chain domain_redirect {{ type nat hook prerouting priority dstnat; policy accept; }}; }}\n\
          flush chain inet {NFT_TABLE} domain_redirect\n\
@@ -383,8 +384,8 @@ pub fn nft_redirect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linux::nftcompile::SandboxAddrs;
     use crate::policy::NetworkPolicy;
-    use crate::policy::SandboxAddrs;
 
     #[test]
     fn upstream_forms() {

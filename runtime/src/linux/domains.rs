@@ -13,10 +13,8 @@ use parking_lot::Mutex;
 
 use super::net::NFT_TABLE;
 use crate::error::{Error, Result};
-use crate::policy::{
-    CheckedPolicy, DOMAIN_SET4, DOMAIN_SET6, ElemData, ElemKey, HostContext, NftOp, Protocol,
-    SandboxAddrs,
-};
+use crate::linux::nftcompile::{DOMAIN_SET4, DOMAIN_SET6, ElemData, ElemKey, NftOp, SandboxAddrs};
+use crate::policy::{CheckedPolicy, HostContext, Protocol};
 
 /// Shortest time an admitted address stays in the allow set. DNS answers with TTL 0 or 1 are
 /// common (load balancers, CDNs); admitting for that long would let the entry expire between
@@ -61,7 +59,7 @@ fn delete_lines(addrs: SandboxAddrs, dsts: impl IntoIterator<Item = IpAddr>) -> 
         s += &format!("{add}\n{}\n", NftOp::DelElem { set, key });
     }
     if !s.is_empty() {
-        s.insert_str(0, &crate::policy::nft_domain_set(NFT_TABLE));
+        s.insert_str(0, &crate::linux::nftcompile::nft_domain_set(NFT_TABLE));
     }
     s
 }
@@ -242,7 +240,8 @@ impl DomainRegistry {
         if planned.is_empty() {
             return Ok(());
         }
-        super::nftrun::nft_run(&(crate::policy::nft_domain_set(NFT_TABLE) + &script)).await?;
+        super::nftrun::nft_run(&(crate::linux::nftcompile::nft_domain_set(NFT_TABLE) + &script))
+            .await?;
         let mut reg = self.reg.lock();
         if let Some(entry) = reg.sandboxes.get_mut(&sandbox) {
             entry.admitted.retain(|_, (u, _)| *u > now);

@@ -11,6 +11,7 @@ pub mod net;
 pub mod netdomains;
 pub mod netpolicy;
 pub mod nftbatch;
+pub mod nftcompile;
 pub mod nftrun;
 pub mod nftwire;
 pub mod seccomp;

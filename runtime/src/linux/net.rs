@@ -386,8 +386,8 @@ fn ruleset_body(cfg: &NetConfig) -> String {
 "#,
         v6_spoof = v6.spoof,
         v6_nat = v6.nat,
-        egress = crate::policy::EGRESS_CHAIN,
-        to_host = crate::policy::HOST_CHAIN,
+        egress = crate::linux::nftcompile::EGRESS_CHAIN,
+        to_host = crate::linux::nftcompile::HOST_CHAIN,
     )
 }
 

@@ -14,13 +14,15 @@ use netlink_packet_route::address::AddressAttribute;
 
 use super::net::{self, NFT_TABLE};
 use crate::error::{Error, Result};
-use crate::policy::{self, CheckedPolicy, HostContext, Protocol, SandboxAddrs};
+use crate::linux::nftcompile::SandboxAddrs;
+use crate::policy::{self, CheckedPolicy, HostContext, Protocol};
 
 pub use super::nftrun::nft_run;
 
 use std::sync::Arc;
 
 use super::domains::DomainRegistry;
+use super::nftcompile;
 
 /// The host facts the compiler needs: every local address and the resolv.conf nameservers.
 pub async fn host_context() -> Result<HostContext> {
@@ -65,7 +67,7 @@ pub async fn host_context() -> Result<HostContext> {
 /// Loads the shared chains, maps and sets every sandbox's policy uses (idempotent; after
 /// [`net::ensure_host`], with the final host context: it holds the resolver rules).
 pub async fn ensure_shared(ctx: &HostContext) -> Result<()> {
-    nft_run(&policy::nft_shared(NFT_TABLE, ctx)).await
+    nft_run(&nftcompile::nft_shared(NFT_TABLE, ctx)).await
 }
 
 /// Makes `policy` the one in force for the sandbox at `ip` (slot `slot`, init `pid` once
@@ -83,7 +85,7 @@ pub async fn apply(
     // Domain-admitted addresses the new policy no longer allows go in the same transaction.
     let dropped = domains.pruned(ip, policy);
     let addrs = SandboxAddrs { ip, ip6 };
-    let ops = policy::apply_ops(slot, addrs, policy, ctx, &dropped);
+    let ops = nftcompile::apply_ops(slot, addrs, policy, ctx, &dropped);
     // Group-committed with other sandboxes' (fork fan-outs, linux/nftbatch.rs).
     super::nftbatch::run(ops).await?;
     let late = domains.register(addrs, policy);
@@ -119,7 +121,7 @@ pub async fn remove(
     if !forget.is_empty() {
         nft_run(&forget).await?;
     }
-    super::nftbatch::run(policy::remove_ops(slot, SandboxAddrs { ip, ip6 })).await
+    super::nftbatch::run(nftcompile::remove_ops(slot, SandboxAddrs { ip, ip6 })).await
 }
 
 /// Caps the sandbox's bandwidth at `bps` each way, or removes the cap: a tbf qdisc on the host
@@ -137,7 +139,7 @@ pub async fn apply_bandwidth(host_if: &str, pid: i32, bps: Option<u64>) -> Resul
         match bps {
             Some(bps) => {
                 args.extend(["replace", "dev", dev].map(String::from));
-                args.extend(policy::tbf_args(bps));
+                args.extend(tbf_args(bps));
             }
             None => args.extend(["del", "dev", dev, "root"].map(String::from)),
         }
@@ -302,9 +304,38 @@ fn ss_addr(ip: IpAddr) -> String {
     }
 }
 
+/// `tc qdisc replace dev <if> ...` arguments that cap an interface's egress at `bps`. The
+/// bucket holds 20 ms of traffic (at least 16 KiB): enough for TSO bursts, too little to show
+/// up in a measured rate; up to 50 ms of packets queue before drops.
+pub fn tbf_args(bps: u64) -> Vec<String> {
+    let burst = (bps / 8 / 50).max(16 * 1024);
+    vec![
+        "root".into(),
+        "tbf".into(),
+        "rate".into(),
+        format!("{bps}bit"),
+        "burst".into(),
+        burst.to_string(),
+        "latency".into(),
+        "50ms".into(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tbf_arguments() {
+        assert_eq!(
+            tbf_args(40_000_000).join(" "),
+            "root tbf rate 40000000bit burst 100000 latency 50ms"
+        );
+        assert_eq!(
+            tbf_args(1_000_000).join(" "),
+            "root tbf rate 1000000bit burst 16384 latency 50ms"
+        );
+    }
 
     #[test]
     fn ss_filter_addresses() {

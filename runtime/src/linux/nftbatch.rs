@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::policy::NftOp;
+use crate::linux::nftcompile::NftOp;
 
 type Job = (Vec<NftOp>, oneshot::Sender<Result<()>>);
 

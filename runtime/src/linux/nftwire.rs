@@ -20,7 +20,7 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::net::NFT_TABLE;
 use crate::error::{Error, Result};
-use crate::policy::{ElemData, ElemKey, NftOp, NftRule, REJECT_CHAIN, Verdict};
+use crate::linux::nftcompile::{ElemData, ElemKey, NftOp, NftRule, REJECT_CHAIN, Verdict};
 
 // nlmsghdr flags and types.
 const NLM_F_REQUEST: u16 = 0x1;
@@ -484,7 +484,7 @@ pub fn run(ops: &[NftOp]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::IPPROTO_TCP;
+    use crate::linux::nftcompile::IPPROTO_TCP;
 
     #[test]
     fn attributes_are_aligned_and_nested() {
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn domain_admission_elements() {
-        use crate::policy::{DOMAIN_SET4, DOMAIN_SET6, SandboxAddrs};
+        use crate::linux::nftcompile::{DOMAIN_SET4, DOMAIN_SET6, SandboxAddrs};
         let addrs = SandboxAddrs {
             ip: "10.88.0.7".parse().unwrap(),
             ip6: Some("fd88::7".parse().unwrap()),
