@@ -88,7 +88,7 @@ pub struct Config {
     /// Where sandbox uppers and snapshots live: "auto" (btrfs subvolumes, on the state
     /// directory's btrfs or a sparse loop-mounted image in it; plain directories when btrfs is
     /// unavailable), "btrfs" (or refuse to start), "plain" (directories; snapshots copy).
-    pub storage: crate::linux::btrfs::StorageMode,
+    pub storage: StorageMode,
     /// Size of the sparse btrfs image made when the state directory is not on btrfs, in GiB
     /// (only what sandboxes write takes host disk).
     pub btrfs_image_gib: u64,
@@ -211,6 +211,21 @@ fn static_agent_beside(release_dir: &Path, glibc_agent: &Path) -> Option<PathBuf
         Some(glibc) if glibc > built => None,
         _ => Some(candidate),
     }
+}
+
+/// How sandbox uppers are stored (the Linux backend's choice; other backends read what
+/// applies to them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// btrfs subvolumes when possible (the state directory's own btrfs, else a loop-mounted
+    /// image in it), plain directories otherwise.
+    #[default]
+    Auto,
+    /// btrfs subvolumes or refuse to start.
+    Btrfs,
+    /// Plain directories; snapshots copy the upper (`cp -a`).
+    Plain,
 }
 
 #[cfg(test)]

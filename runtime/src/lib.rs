@@ -5,6 +5,7 @@
 //! executor runs it on the host.
 
 pub mod accept;
+pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -21,14 +21,13 @@ mod network;
 pub mod snapshots;
 pub use lifecycle::{Resumed, SandboxMetrics};
 
-#[cfg(target_os = "linux")]
-pub type Backend = crate::linux::backend::LinuxBackend;
+use crate::backend::Backend;
 
 pub struct Runtime {
     cfg: Config,
     store: StateStore,
     templates: TemplateStore,
-    backend: Backend,
+    backend: Arc<dyn Backend>,
     /// Ready sandboxes per template, oldest first.
     pools: Mutex<HashMap<String, VecDeque<String>>>,
     refill: Notify,
@@ -45,6 +44,8 @@ pub struct Runtime {
     max_limits: Limits,
     /// Sandboxes whose agent does not answer (manager/health.rs).
     health: health::Health,
+    /// Pause/resume serialisation and CPU samples (manager/lifecycle.rs).
+    lifecycle: lifecycle::LifecycleState,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: std::fs::File,
 }
@@ -135,7 +136,7 @@ impl Runtime {
         let host = crate::limits::HostSize::current();
         let max_limits = crate::limits::maxima(&cfg.max_limits, host);
         let all = crate::limits::all_sandboxes(host, &cfg.host_reserve_memory, max_limits.pids)?;
-        let backend = Backend::new(&cfg, &all).await?;
+        let backend = crate::backend::for_host(&cfg, &all).await?;
         let exposer = crate::expose::Exposer::new(&cfg.expose_bind)?;
         let rt = Arc::new(Runtime {
             cfg,
@@ -151,6 +152,7 @@ impl Runtime {
             teardowns: Teardowns::default(),
             max_limits,
             health: Default::default(),
+            lifecycle: Default::default(),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -163,6 +165,11 @@ impl Runtime {
 
     pub fn templates(&self) -> &TemplateStore {
         &self.templates
+    }
+
+    /// Whether memory-state snapshots can be taken on this host, and why not.
+    pub fn memory_snapshot_support(&self) -> snapshots::MemorySnapshotSupport {
+        self.backend.memory_snapshots()
     }
 
     /// Runs the reaper and the pool filler until the process ends.
@@ -463,7 +470,7 @@ impl Runtime {
 
     /// Refuses new sandboxes when the storage is below its reserve (`disk_reserve`).
     fn check_disk_reserve(&self) -> Result<()> {
-        match self.backend.free_storage_bytes() {
+        match self.backend.storage().free_bytes() {
             Some(free) => crate::limits::disk_admission(free, &self.cfg.disk_reserve),
             None => Ok(()),
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coppice_runtime::manager::snapshots::{
     ForkRequest, ForkResult, ForkSettings, ForkSource, Lineage, MemorySnapshotSupport,
-    SnapshotInfo, SnapshotKind, SnapshotRequest, memory_snapshot_support,
+    SnapshotInfo, SnapshotKind, SnapshotRequest,
 };
 use coppice_runtime::model::{Limits, SandboxInfo};
 use serde::{Deserialize, Serialize};
@@ -212,6 +212,6 @@ impl Tools {
 
     /// Whether memory-state snapshots are possible on this host, and why not.
     pub fn memory_snapshot_support(&self) -> MemorySnapshotSupport {
-        memory_snapshot_support()
+        self.runtime().memory_snapshot_support()
     }
 }

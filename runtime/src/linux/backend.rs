@@ -22,7 +22,7 @@ use crate::state::SandboxRecord;
 pub const ID_COUNT: u32 = 65536;
 
 pub struct LinuxBackend {
-    cfg: Config,
+    pub(super) cfg: Config,
     cgroups: CgroupLayout,
     net: Option<NetConfig>,
     /// What network policies are compiled against (with `net` only).
@@ -33,15 +33,12 @@ pub struct LinuxBackend {
     /// Forks the helper that starts each sandbox (`coppice-spawn --serve`).
     spawner: Spawner,
     /// Uppers as btrfs subvolumes, or plain directories.
-    storage: Storage,
+    pub(super) storage: Storage,
+    /// CRIU's answer, probed when first asked.
+    pub(super) criu: std::sync::OnceLock<crate::backend::MemorySnapshotSupport>,
 }
 
-/// What the manager learns from a start.
-pub struct Started {
-    pub pid: i32,
-    pub pid_start: Option<u64>,
-    pub ip: Option<String>,
-}
+pub use crate::backend::Started;
 
 /// Mounts a tmpfs on `dir` (`<state>/sandboxes`) unless it is one already. With btrfs storage
 /// a sandbox's directory there holds only mount points, the agent's socket and its log, and on
@@ -151,6 +148,7 @@ impl LinuxBackend {
             net,
             policy_ctx,
             domains,
+            criu: Default::default(),
             agent_binary,
             spawner,
         })

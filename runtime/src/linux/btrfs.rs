@@ -23,24 +23,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 
-/// How sandbox uppers are stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageMode {
-    /// btrfs subvolumes when possible (the state directory's own btrfs, else a loop-mounted
-    /// image in it), plain directories otherwise.
-    #[default]
-    Auto,
-    /// btrfs subvolumes or refuse to start.
-    Btrfs,
-    /// Plain directories; snapshots copy the upper (`cp -a`).
-    Plain,
-}
+pub use crate::config::StorageMode;
 
 const BTRFS_IOCTL_MAGIC: u8 = 0x94;
 /// `struct btrfs_ioctl_vol_args`: fd and a name of up to BTRFS_PATH_NAME_MAX (4087) bytes.

@@ -19,12 +19,16 @@ use crate::fsutil::{Measure, tree_size};
 use crate::model::{SandboxInfo, SandboxState};
 use crate::state::{OnTimeout, SandboxRecord};
 
-/// Serialises state transitions (pause, resume, timeout changes) so a record is never
-/// rewritten from a stale read. Transitions are rare and quick; one daemon per host.
-static TRANSITIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The previous CPU sample per sandbox, so each metrics call reports use since the last one.
-static CPU_SAMPLES: Mutex<Option<HashMap<String, (Instant, u64)>>> = Mutex::new(None);
+/// The lifecycle's own state, held by the runtime.
+#[derive(Default)]
+pub(super) struct LifecycleState {
+    /// Serialises state transitions (pause, resume, timeout changes) so a record is never
+    /// rewritten from a stale read. Transitions are rare and quick.
+    transitions: tokio::sync::Mutex<()>,
+    /// The previous CPU sample per sandbox, so each metrics call reports use since the last
+    /// one.
+    cpu_samples: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+}
 
 /// One resource sample of a sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,7 +60,7 @@ pub enum Resumed {
 impl Runtime {
     /// Freezes every process of a running sandbox. `AlreadyExists` when it is already paused.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo> {
-        let _t = TRANSITIONS.lock().await;
+        let _t = self.lifecycle.transitions.lock().await;
         let mut rec = self.record(id)?;
         self.pause_locked(&mut rec, "").await?;
         Ok(self.info_of(&rec))
@@ -86,7 +90,7 @@ impl Runtime {
         id: &str,
         timeout: Option<Duration>,
     ) -> Result<(SandboxInfo, Resumed)> {
-        let _t = TRANSITIONS.lock().await;
+        let _t = self.lifecycle.transitions.lock().await;
         let mut rec = self.record(id)?;
         let now = now_ms();
         if rec.state != SandboxState::Paused {
@@ -113,7 +117,7 @@ impl Runtime {
         if rec.pooled || !matches!(self.store.on_timeout(&rec.id), Ok(OnTimeout::Pause)) {
             return false;
         }
-        let _t = TRANSITIONS.lock().await;
+        let _t = self.lifecycle.transitions.lock().await;
         let Ok(Some(mut current)) = self.store.get(&rec.id) else {
             return false;
         };
@@ -221,7 +225,11 @@ impl Runtime {
         let now = Instant::now();
         let used_ns = self.backend.cpu_usage_ns(id).unwrap_or(0);
         let (since, prev_ns) = {
-            let mut guard = CPU_SAMPLES.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self
+                .lifecycle
+                .cpu_samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let map = guard.get_or_insert_with(HashMap::new);
             let created = Duration::from_millis((now_ms() - rec.created_at_ms).max(1) as u64);
             let prev = map
@@ -235,16 +243,11 @@ impl Runtime {
         };
         let wall_ns = now.duration_since(since).as_nanos().max(1) as f64;
         let pct = (used_ns.saturating_sub(prev_ns) as f64 / wall_ns) * 100.0 / cpus.max(0.01);
-        let upper = self.backend.upper_dir(id);
-        let state_dir = self.cfg.state_dir.clone();
-        let (disk_used, disk_total) = tokio::task::spawn_blocking(move || {
-            let total = rustix::fs::statvfs(&state_dir)
-                .map(|s| s.f_blocks * s.f_frsize)
-                .unwrap_or(0);
-            (tree_size(&upper, Measure::Allocated), total)
-        })
-        .await
-        .map_err(Error::internal)?;
+        let upper = self.backend.storage().upper_dir(id);
+        let disk_total = self.backend.storage().total_bytes().unwrap_or(0);
+        let disk_used = tokio::task::spawn_blocking(move || tree_size(&upper, Measure::Allocated))
+            .await
+            .map_err(Error::internal)?;
         Ok(SandboxMetrics {
             at_ms: now_ms(),
             cpu_count,
@@ -256,7 +259,7 @@ impl Runtime {
             disk_total: rec
                 .limits
                 .disk_bytes
-                .filter(|_| self.backend.has_disk_limits())
+                .filter(|_| self.backend.storage().has_disk_limits())
                 .unwrap_or(disk_total),
         })
     }

@@ -44,19 +44,20 @@ impl Runtime {
         if old_bps != checked.bandwidth_bps
             && let Err(e) = self
                 .backend
+                .firewall()
                 .apply_bandwidth(&rec, checked.bandwidth_bps)
                 .await
         {
             self.store.set_network_policy(id, old.as_ref())?;
-            let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
+            let _ = self.backend.firewall().apply_bandwidth(&rec, old_bps).await;
             restore_exposed().await;
             return Err(e);
         }
-        if let Err(e) = self.backend.apply_policy(&rec, &checked).await {
+        if let Err(e) = self.backend.firewall().apply_policy(&rec, &checked).await {
             // The kernel kept the old rules: keep the store (and the cap) in step with them.
             self.store.set_network_policy(id, old.as_ref())?;
             if old_bps != checked.bandwidth_bps {
-                let _ = self.backend.apply_bandwidth(&rec, old_bps).await;
+                let _ = self.backend.firewall().apply_bandwidth(&rec, old_bps).await;
             }
             restore_exposed().await;
             return Err(e);
@@ -73,11 +74,12 @@ impl Runtime {
         policy: Option<&NetworkPolicy>,
     ) -> Result<()> {
         let checked = policy.cloned().unwrap_or_default().check()?;
-        self.backend.apply_policy(rec, &checked).await?;
+        self.backend.firewall().apply_policy(rec, &checked).await?;
         // A pooled sandbox being handed out is already running: cap it now. A new one is
         // capped by `apply_started_bandwidth` once its veth exists.
         if rec.pid.is_some() && checked.bandwidth_bps.is_some() {
             self.backend
+                .firewall()
                 .apply_bandwidth(rec, checked.bandwidth_bps)
                 .await?;
         }
@@ -126,7 +128,12 @@ impl Runtime {
     ) -> Result<()> {
         let checked = policy.map(|p| p.check()).transpose()?;
         match checked.and_then(|c| c.bandwidth_bps) {
-            Some(bps) => self.backend.apply_bandwidth(rec, Some(bps)).await,
+            Some(bps) => {
+                self.backend
+                    .firewall()
+                    .apply_bandwidth(rec, Some(bps))
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -143,9 +150,10 @@ impl Runtime {
                 }
             };
             let applied = match policy.check() {
-                Ok(checked) => match self.backend.apply_policy(rec, &checked).await {
+                Ok(checked) => match self.backend.firewall().apply_policy(rec, &checked).await {
                     Ok(()) if checked.bandwidth_bps.is_some() => {
                         self.backend
+                            .firewall()
                             .apply_bandwidth(rec, checked.bandwidth_bps)
                             .await
                     }

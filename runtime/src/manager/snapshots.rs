@@ -1,10 +1,8 @@
 //! Snapshots, forks, restore and lineage (ARCHITECTURE decision 4).
 //!
-//! A snapshot freezes the sandbox (cgroup freezer), takes a read-only btrfs snapshot of the
-//! subvolume holding its overlay upper (`<state>/btrfs/snapshots/<id>`, constant time; see
-//! `linux/btrfs.rs`), thaws it and records the layer. Without btrfs the upper is copied into
-//! `<state>/snapshots/<id>/layer` instead (`cp -a --reflink=auto`: owners, modes, xattrs, hard
-//! links, device nodes, and so overlay's whiteouts and opaque directories). A snapshot's layer stack is its own layer over the layers of the
+//! A snapshot freezes the sandbox, has the backend's storage take its writable layer (a
+//! copy-on-write snapshot in constant time where the storage has them, else a copy), thaws it
+//! and records the layer (how layers are stored is the backend's `Storage`). A snapshot's layer stack is its own layer over the layers of the
 //! snapshot its sandbox stood on, down to the template: a fork is a new sandbox whose overlay
 //! lowers are that stack and whose upper is fresh, so N forks cost N mounts, not N copies.
 //!
@@ -20,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -28,8 +26,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Runtime, new_id};
+use crate::backend::SnapshotMethod;
 use crate::clock::{now_ms, rfc3339_ms};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::fsutil::Measure;
 use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
 use crate::state::{LineageRecord, SnapshotRecord};
 
@@ -82,7 +82,7 @@ pub struct SnapshotInfo {
     pub template: String,
     /// Made by a fork from a live sandbox; deleted automatically once no fork stands on it.
     pub implicit: bool,
-    /// Bytes in its own layer (the files the sandbox had changed). A btrfs snapshot is
+    /// Bytes in its own layer (the files the sandbox had changed). A copy-on-write snapshot is
     /// counted in the background just after it is taken: 0 for the first moments.
     pub size_bytes: u64,
     /// Read-only layers a fork of it stacks (template layers included).
@@ -191,14 +191,7 @@ pub struct Lineage {
     pub descendants: Vec<LineageNode>,
 }
 
-/// Whether memory-state snapshots can be taken here, and why not.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct MemorySnapshotSupport {
-    pub available: bool,
-    /// `criu --version`'s version, when CRIU is installed.
-    pub criu_version: Option<String>,
-    pub reason: String,
-}
+pub use crate::backend::MemorySnapshotSupport;
 
 /// In-memory state of the snapshot machinery (held by the runtime).
 #[derive(Default)]
@@ -285,71 +278,6 @@ fn backend_queue_size(snap: &SnapState, id: &str, layer: PathBuf) {
     snap.sizing.notify_one();
 }
 
-/// Detects CRIU (`criu --version`, then `criu check`), once per process.
-pub fn memory_snapshot_support() -> MemorySnapshotSupport {
-    static SUPPORT: OnceLock<MemorySnapshotSupport> = OnceLock::new();
-    SUPPORT.get_or_init(detect_criu).clone()
-}
-
-fn detect_criu() -> MemorySnapshotSupport {
-    let out = std::process::Command::new("criu").arg("--version").output();
-    let version = match out {
-        Ok(o) if o.status.success() => parse_criu_version(&String::from_utf8_lossy(&o.stdout)),
-        _ => {
-            return MemorySnapshotSupport {
-                available: false,
-                criu_version: None,
-                reason: "CRIU is not installed (memory snapshots need CRIU >= 4.1)".into(),
-            };
-        }
-    };
-    let Some((major, minor, text)) = version else {
-        return MemorySnapshotSupport {
-            available: false,
-            criu_version: None,
-            reason: "`criu --version` printed no version".into(),
-        };
-    };
-    if (major, minor) < (4, 1) {
-        return MemorySnapshotSupport {
-            available: false,
-            criu_version: Some(text.clone()),
-            reason: format!(
-                "CRIU {text} is too old: memory snapshots need CRIU >= 4.1 (older releases do \
-                 not run on this kernel)"
-            ),
-        };
-    }
-    let check = std::process::Command::new("criu").arg("check").output();
-    if !check.is_ok_and(|o| o.status.success()) {
-        return MemorySnapshotSupport {
-            available: false,
-            criu_version: Some(text.clone()),
-            reason: format!("CRIU {text} is installed but `criu check` fails on this kernel"),
-        };
-    }
-    MemorySnapshotSupport {
-        available: false,
-        criu_version: Some(text.clone()),
-        reason: format!(
-            "CRIU {text} works on this host, but this build of Coppice does not implement \
-             memory snapshots yet"
-        ),
-    }
-}
-
-/// "Version: 4.1.1" → (4, 1, "4.1.1").
-fn parse_criu_version(out: &str) -> Option<(u32, u32, String)> {
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Version:"))?;
-    let text = line.split_once(':')?.1.trim().to_string();
-    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
-    let major = parts.next()??;
-    let minor = parts.next().flatten().unwrap_or(0);
-    Some((major, minor, text))
-}
-
 fn validate_snapshot_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -366,55 +294,10 @@ fn validate_snapshot_name(name: &str) -> Result<()> {
     }
 }
 
-/// Copies a sandbox's upper into a new layer directory, preserving everything overlay reads
-/// from a lower: owners, modes, times, hard links, xattrs (`trusted.overlay.opaque` marks
-/// opaque directories; required, not best effort) and device nodes (whiteouts are 0/0
-/// character devices). `--reflink=auto` shares extents where the filesystem can.
-fn copy_layer(src: &std::path::Path, dest: &std::path::Path) -> Result<()> {
-    let out = std::process::Command::new("cp")
-        .args([
-            "-a",
-            "--preserve=xattr",
-            "--reflink=auto",
-            "--no-target-directory",
-        ])
-        .arg(src)
-        .arg(dest)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ctx(|| "running cp")?;
-    if !out.status.success() {
-        return Err(Error::Internal(format!(
-            "copying {} to {}: {}",
-            src.display(),
-            dest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 impl Runtime {
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("snapshots")
-    }
-
-    /// A snapshot's layer: the upper in its read-only subvolume (btrfs), else its copy.
+    /// A snapshot's layer.
     fn snapshot_layer(&self, id: &str) -> PathBuf {
-        match self.backend.storage().snapshot_subvolume(id) {
-            Some(sv) => sv.join("upper"),
-            None => self.snapshots_dir().join(id).join("layer"),
-        }
-    }
-
-    /// Deletes a snapshot's subvolume and directory at once (a failed snapshot).
-    fn remove_snapshot_files_now(&self, id: &str) {
-        if let Some(sv) = self.backend.storage().snapshot_subvolume(id)
-            && let Err(e) = crate::linux::btrfs::remove_tree_or_subvolume(&sv)
-        {
-            tracing::warn!(snapshot = %id, "{e}");
-        }
-        let _ = std::fs::remove_dir_all(self.snapshots_dir().join(id));
+        self.backend.storage().layer_path(id)
     }
 
     /// Takes a filesystem snapshot of a running sandbox; it keeps running (frozen only while
@@ -434,7 +317,7 @@ impl Runtime {
     ) -> Result<SnapshotRecord> {
         let implicit = implicit_id.is_some();
         if req.kind == SnapshotKind::Memory {
-            let support = memory_snapshot_support();
+            let support = self.backend.memory_snapshots();
             if !support.available {
                 return Err(Error::HostUnsupported(format!(
                     "memory snapshots are unavailable on this host: {}; take a filesystem \
@@ -474,13 +357,9 @@ impl Runtime {
         if implicit {
             metadata.insert("coppice.implicit".into(), "fork".into());
         }
-        // A subvolume snapshot when the upper is a btrfs subvolume, else a copy (said in the
-        // record, so a slow snapshot explains itself).
-        let subvolume = self.backend.storage().upper_subvolume(sandbox_id).is_some();
-        metadata.insert(
-            "coppice.storage".into(),
-            if subvolume { "btrfs-snapshot" } else { "copy" }.into(),
-        );
+        // How the storage takes it, said in the record so a slow snapshot explains itself.
+        let method = self.backend.storage().snapshot_method(sandbox_id);
+        metadata.insert("coppice.storage".into(), method.as_str().into());
         let rec = SnapshotRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -500,44 +379,33 @@ impl Runtime {
         self.store.insert_snapshot(&rec)?;
         self.store
             .ensure_lineage(sandbox_id, &sbx.template, sbx.created_at_ms)?;
-        let dir = self.snapshots_dir().join(&id);
-        let upper = self.backend.upper_dir(sandbox_id);
         let t0 = std::time::Instant::now();
         let mut frozen_for = Duration::ZERO;
         let copied = {
-            let dir = dir.clone();
             let backend = &self.backend;
             let sid = sandbox_id.to_string();
             let id = id.clone();
             let frozen_for = &mut frozen_for;
             tokio::task::block_in_place(move || -> Result<(u64, Option<PathBuf>)> {
-                if !subvolume {
-                    std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-                }
                 backend.freeze(&sid)?;
                 let t = std::time::Instant::now();
-                let layer = if subvolume {
-                    backend.storage().snapshot_upper(&sid, &id)
-                } else {
-                    let layer = dir.join("layer");
-                    copy_layer(&upper, &layer).map(|()| layer)
-                };
+                let layer = backend.storage().snapshot_upper(&sid, &id);
                 *frozen_for = t.elapsed();
                 // Thaw whatever happened: a sandbox must never stay frozen by a snapshot.
                 let thawed = backend.thaw(&sid);
                 let layer = layer?;
                 thawed?;
-                if subvolume {
+                if method == SnapshotMethod::Snapshot {
                     // Counted by the collector task once the row is marked ready (below).
                     return Ok((0, Some(layer)));
                 }
-                Ok((crate::templates::size_bytes(&layer), None))
+                Ok((crate::fsutil::tree_size(&layer, Measure::Apparent), None))
             })
         };
         let (size, to_size) = match copied {
             Ok(sized) => sized,
             Err(e) => {
-                self.remove_snapshot_files_now(&id);
+                self.backend.storage().remove_layer_now(&id);
                 self.store.delete_snapshot(&id)?;
                 return Err(e);
             }
@@ -553,7 +421,7 @@ impl Runtime {
             "snapshot",
             &format!("{id} ({size} bytes, {:?})", t0.elapsed()),
         );
-        tracing::info!(sandbox = %sandbox_id, snapshot = %id, size, subvolume, ?frozen_for,
+        tracing::info!(sandbox = %sandbox_id, snapshot = %id, size, storage = method.as_str(), ?frozen_for,
                        elapsed = ?t0.elapsed(), "snapshot taken");
         Ok(SnapshotRecord {
             ready: true,
@@ -677,26 +545,7 @@ impl Runtime {
     }
 
     fn remove_snapshot_files(&self, s: &SnapshotRecord) {
-        // A subvolume goes in one ioctl (the kernel frees its extents in the background).
-        if let Some(sv) = self.backend.storage().snapshot_subvolume(&s.id)
-            && let Err(e) = crate::linux::btrfs::remove_tree_or_subvolume(&sv)
-        {
-            tracing::warn!(snapshot = %s.id, "{e}");
-        }
-        let dir = self.snapshots_dir().join(&s.id);
-        // Renamed aside at once (the id is free again), deleted off the request path.
-        let aside = self.snapshots_dir().join(format!(".removing-{}", s.id));
-        match std::fs::rename(&dir, &aside) {
-            Ok(()) => {
-                std::thread::spawn(move || {
-                    if let Err(e) = std::fs::remove_dir_all(&aside) {
-                        tracing::warn!("removing {}: {e}", aside.display());
-                    }
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("moving {} aside: {e}", dir.display()),
-        }
+        self.backend.storage().remove_layer(&s.id);
         self.store.event(None, "snapshot-deleted", &s.id);
     }
 
@@ -980,31 +829,10 @@ impl Runtime {
                 let _ = self.remove_snapshot(s);
             }
             let known: HashSet<&str> = all.iter().map(|s| s.id.as_str()).collect();
-            if let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) {
-                for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if !known.contains(name.as_str()) || name.starts_with(".removing-") {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-            if let Some(dir) = self.backend.storage().snapshots_dir()
-                && let Ok(entries) = std::fs::read_dir(dir)
-            {
-                for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let pinned = self
-                        .snap
-                        .pins
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(&name);
-                    if !known.contains(name.as_str()) && !pinned {
-                        tracing::info!(snapshot = %name, "removing a snapshot subvolume without a row");
-                        let _ = crate::linux::btrfs::remove_tree_or_subvolume(&e.path());
-                    }
-                }
-            }
+            let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
+            self.backend
+                .storage()
+                .remove_unknown_layers(&|name| known.contains(name) || pins.contains_key(name));
         }
         // Repeat: removing one implicit snapshot can free the implicit one below it.
         loop {
@@ -1038,7 +866,7 @@ impl Runtime {
         let queued =
             std::mem::take(&mut *self.snap.to_size.lock().unwrap_or_else(|e| e.into_inner()));
         for (id, layer) in queued {
-            let size = crate::templates::size_bytes(&layer);
+            let size = crate::fsutil::tree_size(&layer, Measure::Apparent);
             // A snapshot deleted meanwhile has no row left to update.
             if let Err(e) = self.store.mark_snapshot_ready(&id, size) {
                 tracing::warn!(snapshot = %id, "recording its size: {e}");
@@ -1073,19 +901,6 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn criu_versions() {
-        assert_eq!(
-            parse_criu_version("Version: 3.17.1\n"),
-            Some((3, 17, "3.17.1".into()))
-        );
-        assert_eq!(
-            parse_criu_version("Version: 4.1\nGitID: v4.1\n"),
-            Some((4, 1, "4.1".into()))
-        );
-        assert_eq!(parse_criu_version("nothing"), None);
-    }
 
     #[test]
     fn names() {
