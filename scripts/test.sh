@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 step "build (release, once for everything)"
 ./scripts/build.sh
 
+step "shape (file sizes, a platform-free manager, no development history: scripts/check-shape.sh)"
+./scripts/check-shape.sh
+
 step "lint"
 cargo clippy --release --workspace --all-targets -- -D warnings
 

@@ -18,6 +18,8 @@ use crate::templates::TemplateStore;
 mod health;
 mod lifecycle;
 mod network;
+#[cfg(test)]
+mod scenarios;
 pub mod snapshots;
 pub use lifecycle::{Resumed, SandboxMetrics};
 
@@ -47,7 +49,7 @@ pub struct Runtime {
     /// Pause/resume serialisation and CPU samples (manager/lifecycle.rs).
     lifecycle: lifecycle::LifecycleState,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
-    _host_lock: std::fs::File,
+    _host_lock: Option<std::fs::File>,
 }
 
 /// A tombstone's event in words.
@@ -137,6 +139,18 @@ impl Runtime {
         let max_limits = crate::limits::maxima(&cfg.max_limits, host);
         let all = crate::limits::all_sandboxes(host, &cfg.host_reserve_memory, max_limits.pids)?;
         let backend = crate::backend::for_host(&cfg, &all).await?;
+        Self::assemble(cfg, store, templates, backend, max_limits, Some(host_lock)).await
+    }
+
+    /// The runtime over `backend`, recovered from the store.
+    async fn assemble(
+        cfg: Config,
+        store: StateStore,
+        templates: TemplateStore,
+        backend: Arc<dyn Backend>,
+        max_limits: Limits,
+        host_lock: Option<std::fs::File>,
+    ) -> Result<Arc<Runtime>> {
         let exposer = crate::expose::Exposer::new(&cfg.expose_bind)?;
         let rt = Arc::new(Runtime {
             cfg,
@@ -157,6 +171,17 @@ impl Runtime {
         });
         rt.recover().await?;
         Ok(rt)
+    }
+
+    /// A runtime over a test backend on `cfg.state_dir` (its templates made by the test): no
+    /// host lock, no default template build.
+    #[cfg(test)]
+    pub(crate) async fn for_tests(cfg: Config, backend: Arc<dyn Backend>) -> Result<Arc<Runtime>> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(Error::io("creating the state dir"))?;
+        let store = StateStore::open(&cfg.state_dir.join("state.db"))?;
+        let templates = TemplateStore::new(&cfg.state_dir)?;
+        let max_limits = crate::limits::maxima(&cfg.max_limits, crate::limits::HostSize::current());
+        Self::assemble(cfg, store, templates, backend, max_limits, None).await
     }
 
     pub fn config(&self) -> &Config {

@@ -16,6 +16,7 @@ use crate::model::{Limits, TemplateInfo};
 use crate::policy::CheckedPolicy;
 use crate::state::SandboxRecord;
 
+#[cfg(test)]
 pub mod fake;
 
 /// What starting a sandbox produced.
