@@ -576,13 +576,7 @@ mod tests {
     use super::*;
     use crate::policy::{MAX_DOMAINS, NetworkPolicy};
 
-    fn ctx() -> HostContext {
-        HostContext {
-            host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],
-            dns_servers: vec!["10.255.255.53".parse().unwrap()],
-            ..Default::default()
-        }
-    }
+    use crate::policy::host::test_host as ctx;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

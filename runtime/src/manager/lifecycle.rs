@@ -27,7 +27,7 @@ pub(super) struct LifecycleState {
     transitions: tokio::sync::Mutex<()>,
     /// The previous CPU sample per sandbox, so each metrics call reports use since the last
     /// one.
-    cpu_samples: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+    cpu_samples: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 /// One resource sample of a sandbox.
@@ -230,7 +230,7 @@ impl Runtime {
                 .cpu_samples
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let map = guard.get_or_insert_with(HashMap::new);
+            let map = &mut *guard;
             let created = Duration::from_millis((now_ms() - rec.created_at_ms).max(1) as u64);
             let prev = map
                 .insert(id.to_string(), (now, used_ns))

@@ -95,3 +95,14 @@ pub fn parse_nameservers(resolv_conf: &str) -> Vec<IpAddr> {
         .filter_map(|rest| rest.trim().split(['%', ' ', '\t']).next()?.parse().ok())
         .collect()
 }
+
+/// The host the policy tests (here and in the nft compiler's) judge against: a host address,
+/// the bridge's, and one nameserver.
+#[cfg(test)]
+pub(crate) fn test_host() -> HostContext {
+    HostContext {
+        host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],
+        dns_servers: vec!["10.255.255.53".parse().unwrap()],
+        ..Default::default()
+    }
+}

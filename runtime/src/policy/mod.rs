@@ -26,7 +26,7 @@
 
 mod check;
 mod eval;
-mod host;
+pub(crate) mod host;
 mod model;
 
 pub use check::{CheckedPolicy, CheckedRule, DomainPattern, looks_like_domain};

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::check::looks_like_domain;
-use super::host::{HostContext, METADATA_V4, METADATA_V6, parse_nameservers};
+use super::host::{METADATA_V4, METADATA_V6, parse_nameservers};
 use super::model::{DefaultAction, MAX_RULES, NetworkPolicy, Port, Protocol, Rule};
 
 /// One test of "is this a domain" for every surface (E2B's allowOut/denyOut included):
@@ -31,13 +31,7 @@ fn domain_or_address() {
     }
 }
 
-fn ctx() -> HostContext {
-    HostContext {
-        host_addrs: vec!["192.0.2.2".parse().unwrap(), "10.88.0.1".parse().unwrap()],
-        dns_servers: vec!["10.255.255.53".parse().unwrap()],
-        ..Default::default()
-    }
-}
+use super::host::test_host as ctx;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
