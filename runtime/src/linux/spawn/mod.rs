@@ -1,0 +1,116 @@
+//! Starting a sandbox: the record (pure data, built by the daemon), the steps it expands to
+//! (`steps`, pure and golden-tested) and the executor that runs them in order, which runs
+//! in the single-threaded `coppice-spawn` helper, never in the tokio daemon (a fork of a
+//! multi-threaded process may only call async-signal-safe functions; the helper can do real
+//! work in its child).
+//!
+//! Sequence (helper = host root in a private mount namespace):
+//! 1. helper joins the sandbox's netns (owned by the initial user namespace, so root inside
+//!    cannot reconfigure its own interfaces), binds the agent's listening socket on the host;
+//! 2. clone(NEWUSER|NEWPID|NEWUTS|NEWIPC): the child will be the sandbox's PID 1;
+//! 3. helper writes the child's uid/gid maps, puts it into its cgroups, and mounts the root:
+//!    an overlay whose layers AND upper are idmapped mounts (the userns's mapping), so files
+//!    are stored on disk with natural ownership (0 = root inside) and any layer can be stacked
+//!    under any sandbox's uid range;
+//! 4. child unshares mount and cgroup namespaces (copying the prepared tree), mounts /proc and
+//!    /dev/pts, masks OCI paths, pivots, drops to uid 0 of its userns, sets no_new_privs and
+//!    seccomp, and execs the agent with the socket at fd 3.
+//!
+//! The helper's mount namespace dies with it, so a crash leaves no host mounts behind.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod exec;
+mod steps;
+mod sys;
+
+pub use exec::execute;
+pub use steps::{Mount, Step, When, render, steps};
+
+/// Everything the helper needs, as data. Built by the daemon; golden-testable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnPlan {
+    pub id: String,
+    pub hostname: String,
+    /// Host uid/gid that uid/gid 0 inside maps to.
+    pub id_base: u32,
+    pub id_count: u32,
+    /// Read-only layers, top first.
+    pub layers: Vec<PathBuf>,
+    /// Directory holding `upper/` and `work/` (one mount, as overlay requires).
+    pub fs_dir: PathBuf,
+    /// Empty host directory used as the mount point of the root inside the helper's namespace.
+    pub root_dir: PathBuf,
+    /// Empty host directory for scratch mounts inside the helper's namespace.
+    pub stage_dir: PathBuf,
+    /// The sandbox's network namespace (e.g. `/proc/<daemon>/fd/<n>`); None = a fresh empty one.
+    pub netns: Option<PathBuf>,
+    /// `cgroup.procs` files the sandbox's init is written to.
+    pub cgroup_procs: Vec<PathBuf>,
+    pub agent_binary: PathBuf,
+    pub agent_args: Vec<String>,
+    /// Host path of the agent's unix socket (the only way in).
+    pub agent_socket: PathBuf,
+    /// The agent's stderr.
+    pub log_file: PathBuf,
+    /// Environment of the agent (and so of every process it starts).
+    pub env: Vec<(String, String)>,
+    /// Size of the one tmpfs that holds /tmp and /dev/shm, in bytes or with a suffix ("256m").
+    pub tmpfs_size: String,
+    pub no_new_privs: bool,
+    pub seccomp: bool,
+    /// RLIMIT_NOFILE (soft and hard) of every process in the sandbox.
+    pub nofile: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnResult {
+    /// Host pid of the sandbox's init (the agent).
+    pub pid: i32,
+    /// How long each step took, in microseconds (for the daemon's debug log and the rigs).
+    #[serde(default)]
+    pub steps_us: Vec<(String, u64)>,
+}
+
+/// Files masked with an empty read-only file, as OCI runtimes do.
+pub const MASKED_FILES: &[&str] = &[
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+];
+/// What a sandbox's /sys/devices shows of the host's (the rest, its hardware, is hidden).
+pub const SYS_DEVICES_KEPT: &[&str] = &["system", "virtual"];
+
+/// Directories masked with an empty read-only tmpfs.
+pub const MASKED_DIRS: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+    "sys/kernel/security",
+    "sys/kernel/debug",
+];
+/// Paths made read-only.
+pub const READONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Device nodes of the minimal /dev: (name, major, minor).
+pub const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
