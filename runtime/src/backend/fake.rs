@@ -3,7 +3,7 @@
 //! failures are scripted per test, and layers are plain directories under a temporary root.
 //! Nothing here needs root or touches the host beyond that directory.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -42,6 +42,8 @@ pub struct FakeBackend {
     dead: Mutex<HashSet<String>>,
     start_failures: Mutex<VecDeque<Error>>,
     frozen: Mutex<HashSet<String>>,
+    /// The layer stack each sandbox was last started on.
+    started_on: Mutex<HashMap<String, Vec<PathBuf>>>,
     next_pid: AtomicI32,
 }
 
@@ -55,6 +57,7 @@ impl FakeBackend {
             dead: Mutex::new(HashSet::new()),
             start_failures: Mutex::new(VecDeque::new()),
             frozen: Mutex::new(HashSet::new()),
+            started_on: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(10_000),
         }
     }
@@ -84,6 +87,11 @@ impl FakeBackend {
         self.frozen.lock().contains(id)
     }
 
+    /// The layer stack sandbox `id` was last started on, top first.
+    pub fn started_on(&self, id: &str) -> Vec<PathBuf> {
+        self.started_on.lock().get(id).cloned().unwrap_or_default()
+    }
+
     fn record(&self, c: Call) {
         self.calls.lock().push(c);
     }
@@ -91,8 +99,11 @@ impl FakeBackend {
 
 #[async_trait]
 impl Backend for FakeBackend {
-    async fn start(&self, rec: &SandboxRecord, _: &TemplateInfo, _: bool) -> Result<Started> {
+    async fn start(&self, rec: &SandboxRecord, t: &TemplateInfo, _: bool) -> Result<Started> {
         self.record(Call::Start(rec.id.clone()));
+        self.started_on
+            .lock()
+            .insert(rec.id.clone(), t.layers.clone());
         if let Some(e) = self.start_failures.lock().pop_front() {
             return Err(e);
         }

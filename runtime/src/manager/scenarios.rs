@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::Runtime;
 use super::snapshots::{ForkRequest, ForkSettings, ForkSource, SnapshotKind, SnapshotRequest};
+use crate::backend::Storage;
 use crate::backend::fake::{Call, FakeBackend};
 use crate::config::Config;
 use crate::error::Error;
@@ -351,4 +352,67 @@ async fn a_fork_fan_out_reports_each_fork_and_pins_its_snapshot() {
         fake.calls()
             .contains(&Call::RemoveLayer(snap.snapshot_id.clone()))
     );
+}
+
+/// A filesystem snapshot of `id` named `name`.
+async fn snapshot_of(rt: &Runtime, id: &str, name: &str) -> String {
+    rt.snapshot(
+        id,
+        SnapshotRequest {
+            name: Some(name.into()),
+            metadata: BTreeMap::new(),
+            kind: SnapshotKind::Filesystem,
+        },
+    )
+    .await
+    .unwrap()
+    .snapshot_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_restarts_a_sandbox_on_its_snapshot_and_refuses_a_strangers() {
+    let dir = TestDir::new("restore");
+    let fake = fake(&dir);
+    let rt = runtime(&dir, &fake).await;
+    let id = rt.create(CreateRequest::default()).await.unwrap().id;
+    let other = rt.create(CreateRequest::default()).await.unwrap().id;
+    let snap = snapshot_of(&rt, &id, "before").await;
+    let foreign = snapshot_of(&rt, &other, "theirs").await;
+    let pid_before = rt.record(&id).unwrap().pid;
+
+    fake.clear_calls();
+    let info = rt.restore(&id, &snap).await.unwrap();
+    assert_eq!(info.state, SandboxState::Running);
+    let calls = fake.calls();
+    let stop = calls
+        .iter()
+        .position(|c| *c == Call::StopForRestart(id.clone()));
+    let start = calls.iter().position(|c| *c == Call::Start(id.clone()));
+    assert!(
+        stop.is_some() && stop < start,
+        "stop, then start: {calls:?}"
+    );
+    // The new processes stand on the snapshot's layer, over the template's.
+    let layers = fake.started_on(&id);
+    assert_eq!(layers.first(), Some(&fake.layer_path(&snap)), "{layers:?}");
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    assert_ne!(rt.record(&id).unwrap().pid, pid_before);
+    // The restored sandbox now stands on the snapshot: deleting it is refused.
+    assert!(matches!(
+        rt.delete_snapshot(&snap),
+        Err(Error::FailedPrecondition(_))
+    ));
+
+    // Another sandbox's snapshot is refused before anything is stopped.
+    fake.clear_calls();
+    let e = rt.restore(&id, &foreign).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+    // A restart that fails leaves no half-restored sandbox: it is torn down and says so.
+    fake.fail_next_start(Error::Internal("no memory".into()));
+    let e = rt.restore(&id, &snap).await.unwrap_err();
+    assert!(e.to_string().contains("is gone"), "{e}");
+    assert!(fake.calls().contains(&Call::Destroy(id.clone())));
+    assert!(matches!(rt.info(&id), Err(Error::SandboxEnded { .. })));
 }
