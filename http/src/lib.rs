@@ -110,9 +110,10 @@ pub fn error_code(e: &Error) -> Code {
         Error::SandboxNotFound(_)
         | Error::SandboxEnded { .. }
         | Error::TemplateNotFound(_)
-        | Error::SnapshotNotFound(_) => Code::NotFound,
+        | Error::SnapshotNotFound(_)
+        | Error::ContextNotFound(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::InvalidArgument(_) | Error::UnknownLanguage(_) => Code::InvalidArgument,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
         Error::PermissionDenied(_) => Code::PermissionDenied,

@@ -34,3 +34,16 @@ pub enum Error {
     #[error("{0}")]
     Died(String),
 }
+
+impl Error {
+    /// The kind sent in [`wire::ERROR_KIND_HEADER`].
+    pub fn kind(&self) -> &'static str {
+        use wire::error_kinds as k;
+        match self {
+            Error::BadRequest(_) => k::BAD_REQUEST,
+            Error::NotFound(_) => k::CONTEXT_NOT_FOUND,
+            Error::UnknownLanguage(_) => k::UNKNOWN_LANGUAGE,
+            Error::Start(_) | Error::Died(_) => k::KERNEL,
+        }
+    }
+}

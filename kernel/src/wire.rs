@@ -7,6 +7,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Header on an error answer of the code routes naming its kind (the body stays E2B's plain
+/// text), so the host-side tools learn the kind without reading the text.
+pub const ERROR_KIND_HEADER: &str = "coppice-error-kind";
+
+/// The kinds [`ERROR_KIND_HEADER`] carries.
+pub mod error_kinds {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const CONTEXT_NOT_FOUND: &str = "context_not_found";
+    pub const UNKNOWN_LANGUAGE: &str = "unknown_language";
+    pub const KERNEL: &str = "kernel";
+}
+
 /// Body of `POST /execute`. The Python SDK sends every key (nulls included), the JS SDK omits
 /// unset ones. `timeout` is Coppice's extension: seconds after which the kernel is interrupted
 /// (the E2B SDKs enforce their timeout client-side and never send it).

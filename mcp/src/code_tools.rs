@@ -1,10 +1,7 @@
 //! MCP tools of the code interpreter: run_code and the code_context_* tools, thin adapters
 //! over `coppice_tools::code`.
 
-use std::collections::BTreeMap;
-
 use coppice_tools::code::{ContextInfo, OutputLine, RunCode, RunCodeResult};
-use coppice_tools::sandboxes::SetTimeout;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
@@ -14,41 +11,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::explain::{About, explain};
+use crate::in_sandbox::InSandbox;
 use crate::session::CoppiceMcp;
 
-/// run_code's timeout when the caller gives none (E2B's default).
-const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 /// Text content keeps at most this much of stdout and of stderr (all of it is in the
 /// structured result).
 const TEXT_CAP: usize = 64 << 10;
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunCodeArgs {
-    /// Sandbox to act on; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// The code to run, e.g. "import pandas as pd\npd.DataFrame({'a': [1, 2]})". Variables,
-    /// imports and definitions persist in the context between calls; the value of the last
-    /// expression is the main result; matplotlib figures come back as PNG images without
-    /// savefig.
-    pub code: String,
-    /// Language of the default context to run in: "python" (default) or "bash" (any
-    /// language with a Jupyter kernel in the sandbox). Do not combine with context_id.
-    #[serde(default)]
-    pub language: Option<String>,
-    /// A context created with code_context_create (its own kernel and state). Omit to use
-    /// the language's default context.
-    #[serde(default)]
-    pub context_id: Option<String>,
-    /// Environment variables for this call only.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Interrupt the code after this many seconds (default 300); the context keeps its state
-    /// and stays usable.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-}
+/// RunCode's arguments: the tool layer's request and the sandbox it acts on.
+pub type RunCodeArgs = InSandbox<RunCode>;
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunCodeOutput {
@@ -230,26 +201,8 @@ impl CoppiceMcp {
         Parameters(a): Parameters<RunCodeArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let explicit = a.sandbox_id.as_deref().is_some_and(|s| !s.is_empty());
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
-        let timeout_secs = a.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if !explicit && timeout_secs.is_finite() && timeout_secs > 0.0 {
-            // The default sandbox must outlive the execution.
-            let keep = self.tools().runtime().config().default_timeout_secs as f64;
-            let _ = self.tools().set_timeout(
-                &id,
-                SetTimeout {
-                    timeout_secs: keep.max(timeout_secs + 60.0),
-                },
-            );
-        }
-        let req = RunCode {
-            code: a.code,
-            context_id: a.context_id,
-            language: a.language,
-            env: a.env,
-            timeout_secs: Some(timeout_secs),
-        };
+        let req = a.request;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
         let on_line = move |line: &OutputLine| match line {
             OutputLine::Stdout { text, .. } => {
@@ -404,12 +357,10 @@ impl CoppiceMcp {
 /// Error text for the code tools: the runtime's explanation plus where to look next.
 fn explain_code(e: coppice_runtime::Error) -> String {
     let hint = match &e {
-        coppice_runtime::Error::InvalidArgument(m) if m.contains("not found") => {
+        coppice_runtime::Error::ContextNotFound(_) => {
             "; call code_context_list to see the sandbox's contexts"
         }
-        coppice_runtime::Error::InvalidArgument(m) if m.contains("no kernel for language") => {
-            "; omit language to use Python"
-        }
+        coppice_runtime::Error::UnknownLanguage(_) => "; omit language to use Python",
         _ => "",
     };
     format!("{}{hint}", explain(e, About::Sandbox))

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coppice_tools::commands::{
-    CommandInfo, HeadTail, OutputStream, RunCommand, RunResult, Signal, StartCommand, StreamRead,
+    CommandInfo, DEFAULT_MAX_OUTPUT, OutputStream, RunCommand, RunResult, Signal, StartCommand,
+    StreamRead,
 };
-use coppice_tools::sandboxes::SetTimeout;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam, Resource};
@@ -17,41 +17,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::explain::{About, explain};
-use crate::limits::*;
+use crate::in_sandbox::InSandbox;
 use crate::resources;
 use crate::sandbox_tools::SandboxArgs;
 use crate::session::CoppiceMcp;
 
-// Arguments. Doc comments become the field descriptions of each tool's input schema.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunArgs {
-    /// Sandbox to run in; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Shell command line, run as `/bin/bash -lc CMD` (pipes, redirections, && work).
-    pub cmd: String,
-    /// Working directory; default: the user's home (/home/user, or /root for root).
-    #[serde(default)]
-    pub cwd: Option<String>,
-    /// Extra environment variables for this command.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// User to run as: "user" (default) or "root" (root inside the sandbox only).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Kill the command (its whole process group) after this many seconds; default 600.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-    /// Text written to the command's standard input, which is then closed. Without it the
-    /// command's stdin is closed at once.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Cap in bytes on each of stdout and stderr in the result; the start and the end are
-    /// kept and a marker shows what was cut. Default 65536.
-    #[serde(default)]
-    pub max_output_bytes: Option<usize>,
-}
+/// Run's arguments: the tool layer's request and the sandbox it acts on.
+pub type RunArgs = InSandbox<RunCommand>;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -145,14 +117,6 @@ pub struct RunOutput {
     pub sandbox_id: String,
     #[serde(flatten)]
     pub result: RunResult,
-    /// When stdout was truncated: a file in the sandbox holding all of it (its first and last
-    /// 4 MiB when longer than 8 MiB), also returned as a resource_link content block. Read it
-    /// with files_read (offset/limit) or files_search.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stdout_file: Option<String>,
-    /// When stderr was truncated: a file holding all of it, as for stdout_file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stderr_file: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -191,29 +155,16 @@ pub struct CommandsListOutput {
 }
 
 impl CoppiceMcp {
-    /// Saves a command's whole output (what `saved` kept of it) as `name` in the sandbox's
-    /// [`SAVED_OUTPUT_DIR`]; returns its path and adds a link to it. Best effort: a sandbox
-    /// where it cannot be written just gets no file.
-    async fn save_output(
-        &self,
-        id: &str,
-        name: &str,
-        saved: &HeadTail,
-        links: &mut Vec<Resource>,
-    ) -> Option<String> {
-        let data = saved.render().into_bytes();
-        let size = data.len() as u64;
-        let path = format!("{SAVED_OUTPUT_DIR}/{name}");
-        match self.tools().write_file(id, &path, data).await {
-            Ok(path) => {
-                links.push(resources::file_link(id, &path, size, Some("text/plain")));
-                Some(path)
-            }
-            Err(e) => {
-                tracing::debug!(sandbox = id, "command output not saved to {path}: {e}");
-                None
-            }
-        }
+    /// A resource link to an overflow file the tool layer saved (best effort: none when the
+    /// file cannot be read back).
+    async fn output_link(&self, id: &str, path: Option<&str>) -> Option<Resource> {
+        let entry = self.tools().stat(id, path?).await.ok()?;
+        Some(resources::file_link(
+            id,
+            &entry.path,
+            entry.size,
+            Some("text/plain"),
+        ))
     }
 }
 
@@ -246,109 +197,53 @@ impl CoppiceMcp {
         Parameters(a): Parameters<RunArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
-        let explicit = a.sandbox_id.as_deref().is_some_and(|s| !s.is_empty());
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
-        let timeout_secs = a.timeout_secs.unwrap_or(600.0);
-        if !explicit && timeout_secs.is_finite() && timeout_secs > 0.0 {
-            // The default sandbox must outlive the command (the reaper would kill it first).
-            let keep = self.tools().runtime().config().default_timeout_secs as f64;
-            let _ = self.tools().set_timeout(
-                &id,
-                SetTimeout {
-                    timeout_secs: keep.max(timeout_secs + 60.0),
-                },
-            );
-        }
-        let req = RunCommand {
-            cmd: a.cmd,
-            cwd: a.cwd,
-            env: a.env,
-            user: a.user,
-            timeout_secs: Some(timeout_secs),
-            stdin: a.stdin,
-            max_output_bytes: a
-                .max_output_bytes
-                .unwrap_or(DEFAULT_MAX_OUTPUT)
-                .clamp(64, MAX_OUTPUT_CAP),
-        };
+        let req = a.request;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OutputStream, Vec<u8>)>();
         let token = ctx.meta.get_progress_token();
         let on_output = move |stream: OutputStream, data: &[u8]| {
             let _ = tx.send((stream, data.to_vec()));
         };
         let peer = ctx.peer.clone();
-        // Progress: one notification per output chunk, `progress` = bytes so far. All output
-        // is also kept (bounded) in case the result has to cut it.
+        // Progress: one notification per output chunk, `progress` = bytes so far.
         let forward = async move {
             let mut total = 0u64;
-            let mut saved = (
-                HeadTail::new(SAVED_OUTPUT_BYTES),
-                HeadTail::new(SAVED_OUTPUT_BYTES),
-            );
             while let Some((stream, data)) = rx.recv().await {
                 total += data.len() as u64;
-                match stream {
-                    OutputStream::Stdout => saved.0.push(&data),
-                    OutputStream::Stderr => saved.1.push(&data),
+                let Some(token) = &token else { continue };
+                let mut text = String::from_utf8_lossy(&data).into_owned();
+                if text.len() > 8192 {
+                    let mut cut = 8192;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
                 }
-                if let Some(token) = &token {
-                    let mut text = String::from_utf8_lossy(&data).into_owned();
-                    if text.len() > 8192 {
-                        let mut cut = 8192;
-                        while !text.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        text.truncate(cut);
-                        text.push('…');
-                    }
-                    let label = match stream {
-                        OutputStream::Stdout => "stdout",
-                        OutputStream::Stderr => "stderr",
-                    };
-                    let note = ProgressNotificationParam::new(token.clone(), total as f64)
-                        .with_message(format!("[{label}] {text}"));
-                    if let Err(e) = peer.notify_progress(note).await {
-                        tracing::debug!("progress notification not sent: {e}");
-                    }
+                let label = match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                };
+                let note = ProgressNotificationParam::new(token.clone(), total as f64)
+                    .with_message(format!("[{label}] {text}"));
+                if let Err(e) = peer.notify_progress(note).await {
+                    tracing::debug!("progress notification not sent: {e}");
                 }
             }
-            saved
         };
         let run = self
             .tools()
             .run_command(&id, req, on_output, ctx.ct.clone());
-        let (result, (saved_out, saved_err)) = tokio::join!(run, forward);
+        let (result, ()) = tokio::join!(run, forward);
         let result = result.map_err(|e| explain(e, About::Process))?;
         let mut links = Vec::new();
-        let mut out = RunOutput {
+        for path in [&result.stdout_file, &result.stderr_file] {
+            links.extend(self.output_link(&id, path.as_deref()).await);
+        }
+        let out = RunOutput {
             sandbox_id: id,
-            stdout_file: None,
-            stderr_file: None,
             result,
         };
-        if !out.result.cancelled {
-            let pid = out.result.pid;
-            if out.result.stdout_truncated {
-                out.stdout_file = self
-                    .save_output(
-                        &out.sandbox_id,
-                        &format!("{pid}-stdout.log"),
-                        &saved_out,
-                        &mut links,
-                    )
-                    .await;
-            }
-            if out.result.stderr_truncated {
-                out.stderr_file = self
-                    .save_output(
-                        &out.sandbox_id,
-                        &format!("{pid}-stderr.log"),
-                        &saved_err,
-                        &mut links,
-                    )
-                    .await;
-            }
-        }
         let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
         let mut result = CallToolResult::structured(value);
         result

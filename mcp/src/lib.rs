@@ -13,6 +13,7 @@ mod command_tools;
 mod explain;
 mod file_tools;
 pub mod http;
+mod in_sandbox;
 pub mod limits;
 pub mod markdown;
 pub mod network_tools;

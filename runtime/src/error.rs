@@ -11,10 +11,16 @@ pub enum Error {
     /// A sandbox that existed and ended: its tombstone says how.
     #[error("sandbox '{id}' not found: it is gone, {why}")]
     SandboxEnded { id: String, why: String },
-    #[error("template '{0}' not found (list templates with `coppice template list`)")]
+    #[error("template '{0}' not found (list the templates to see the installed ones)")]
     TemplateNotFound(String),
-    #[error("snapshot '{0}' not found (list snapshots with `coppice snapshot list`)")]
+    #[error("snapshot '{0}' not found (list the snapshots to see the existing ones)")]
     SnapshotNotFound(String),
+    /// A code context that does not exist in the sandbox (E2B's text: "Context X not found").
+    #[error("{0}")]
+    ContextNotFound(String),
+    /// run_code asked for a language the sandbox has no kernel for.
+    #[error("{0}")]
+    UnknownLanguage(String),
     /// The request is valid but the current state forbids it (e.g. deleting a snapshot that
     /// forks still stand on).
     #[error("{0}")]

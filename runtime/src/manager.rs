@@ -642,6 +642,20 @@ impl Runtime {
         }
     }
 
+    /// Keeps a sandbox alive for at least `at_least` from now (capped at the maximum timeout):
+    /// its lease is extended when it would end sooner, never shortened. For calls that run
+    /// work in the sandbox, so the reaper does not kill it under them.
+    pub fn keep_alive(&self, id: &str, at_least: Duration) -> Result<()> {
+        let at_least = at_least.min(Duration::from_secs(self.cfg.max_timeout_secs));
+        let mut rec = self.record(id)?;
+        let until = now_ms() + at_least.as_millis() as i64;
+        if rec.expires_at_ms < until {
+            rec.expires_at_ms = until;
+            self.store.update(&rec)?;
+        }
+        Ok(())
+    }
+
     /// Extends (or shortens) a sandbox's lifetime, counted from now.
     pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo> {
         let timeout = self.effective_timeout(Some(timeout))?;

@@ -14,19 +14,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, Tools};
 
-/// Run code in a sandbox's code context.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Run code in a code context (a Jupyter kernel whose state persists between calls). The doc
+/// comments are the field descriptions every surface's schema shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunCode {
+    /// The code to run, e.g. "import pandas as pd\npd.DataFrame({'a': [1, 2]})". Variables,
+    /// imports and definitions persist in the context between calls; the value of the last
+    /// expression is the main result; matplotlib figures come back as PNG images without
+    /// savefig.
     pub code: String,
-    /// A context from `create_code_context`; none = the default context of `language`.
-    pub context_id: Option<String>,
-    /// Language of the default context to use (python when neither this nor a context is given).
+    /// Language of the default context to run in: "python" (default) or "bash" (any
+    /// language with a Jupyter kernel in the sandbox). Do not combine with context_id.
+    #[serde(default)]
     pub language: Option<String>,
-    /// Environment variables for this execution only.
+    /// A context created with code_context_create (its own kernel and state). Omit to use
+    /// the language's default context.
+    #[serde(default)]
+    pub context_id: Option<String>,
+    /// Environment variables for this call only.
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Interrupt the kernel after this many seconds (the context keeps its state).
+    /// Interrupt the code after this many seconds (default 300); the context keeps its state
+    /// and stays usable.
+    #[serde(default)]
     pub timeout_secs: Option<f64>,
 }
+
+/// Default of `RunCode::timeout_secs` (E2B's).
+pub const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 
 /// One timestamped chunk of stdout or stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -136,9 +152,15 @@ impl RunCodeResult {
     }
 }
 
-/// Maps an error answer of the agent's code routes.
-fn agent_error(status: http::StatusCode, body: &[u8]) -> Error {
+/// Maps an error answer of the agent's code routes: by the kind it names, else by status.
+fn agent_error(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Error {
+    use coppice_kernel::wire::{ERROR_KIND_HEADER, error_kinds};
     let text = String::from_utf8_lossy(body).trim().to_string();
+    match headers.get(ERROR_KIND_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(error_kinds::CONTEXT_NOT_FOUND) => return Error::ContextNotFound(text),
+        Some(error_kinds::UNKNOWN_LANGUAGE) => return Error::UnknownLanguage(text),
+        _ => {}
+    }
     match status.as_u16() {
         400 | 404 => Error::InvalidArgument(text),
         405..=499 => Error::InvalidArgument(format!("{status}: {text}")),
@@ -174,6 +196,7 @@ impl Tools {
     ) -> Result<Option<T>> {
         let resp = self.code_request(id, method, path, body).await?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp
             .into_body()
             .collect()
@@ -181,7 +204,7 @@ impl Tools {
             .map_err(|e| Error::Unavailable(format!("reading the agent's answer: {e}")))?
             .to_bytes();
         if !status.is_success() {
-            return Err(agent_error(status, &bytes));
+            return Err(agent_error(status, &headers, &bytes));
         }
         if bytes.is_empty() {
             return Ok(None);
@@ -200,25 +223,26 @@ impl Tools {
         mut on_line: impl FnMut(&OutputLine) + Send,
         cancel: CancellationToken,
     ) -> Result<RunCodeResult> {
-        if let Some(t) = req.timeout_secs
-            && !(t.is_finite() && t > 0.0)
-        {
+        let t = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(t.is_finite() && t > 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "timeout_secs must be a positive number of seconds, got {t}"
             )));
         }
+        self.keep_alive_for(id, t)?;
         let body = serde_json::to_vec(&ExecuteRequest {
             code: req.code,
             context_id: req.context_id,
             language: req.language,
             env_vars: Some(req.env).filter(|e| !e.is_empty()),
-            timeout: req.timeout_secs,
+            timeout: Some(t),
         })
         .map_err(Error::internal)?;
         let resp = self
             .code_request(id, http::Method::POST, "/execute", Some(body))
             .await?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let mut body = resp.into_body();
         if !status.is_success() {
             let bytes = body
@@ -226,7 +250,7 @@ impl Tools {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            return Err(agent_error(status, &bytes));
+            return Err(agent_error(status, &headers, &bytes));
         }
         let mut result = RunCodeResult::default();
         let mut buf: Vec<u8> = Vec::new();

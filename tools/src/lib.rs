@@ -4,6 +4,7 @@
 pub mod code;
 pub mod commands;
 pub mod files;
+mod lease;
 pub mod lifecycle;
 pub mod network;
 pub mod sandboxes;

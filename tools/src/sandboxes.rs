@@ -13,7 +13,7 @@ use crate::{Error, Result, Tools};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// Template to start from (see `coppice template list`); default: "default", a Debian
+    /// Template to start from (the template list shows the installed ones); default: "default", a Debian
     /// system with the host's tools.
     #[serde(default)]
     pub template: Option<String>,

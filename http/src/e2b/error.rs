@@ -17,9 +17,12 @@ impl From<Error> for E2bError {
             Error::SandboxNotFound(_)
             | Error::SandboxEnded { .. }
             | Error::TemplateNotFound(_)
-            | Error::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+            | Error::SnapshotNotFound(_)
+            | Error::ContextNotFound(_) => StatusCode::NOT_FOUND,
             // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
-            Error::InvalidArgument(_) | Error::HostUnsupported(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidArgument(_) | Error::UnknownLanguage(_) | Error::HostUnsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             // E2B's answer past a concurrency limit; the SDKs raise RateLimitException.

@@ -141,7 +141,8 @@ fn error_response(e: coppice_kernel::Error) -> Response {
         E::NotFound(_) => StatusCode::NOT_FOUND,
         E::Start(_) | E::Died(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, e.to_string()).into_response()
+    let kind = [(coppice_kernel::wire::ERROR_KIND_HEADER, e.kind())];
+    (status, kind, e.to_string()).into_response()
 }
 
 /// JSON bodies parsed by hand: the SDKs' Content-Type varies, and an empty body means defaults.

@@ -12,9 +12,14 @@ use coppice_envd::process::{
 };
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, Tools};
+
+mod run;
+pub use run::{
+    DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT_SECS, HeadTail, MAX_OUTPUT_CAP, OutputStream, RunCommand,
+    RunResult, SAVED_OUTPUT_BYTES, SAVED_OUTPUT_DIR,
+};
 
 /// Run `cmd` (argv, no shell) in a sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,108 +116,6 @@ impl Tools {
     }
 }
 
-/// Run a shell command line (`/bin/bash -lc CMD`, as E2B does) to completion.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunCommand {
-    pub cmd: String,
-    pub cwd: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub user: Option<String>,
-    pub timeout_secs: Option<f64>,
-    /// Written to the command's stdin, which is then closed.
-    pub stdin: Option<String>,
-    /// Cap on each of stdout and stderr in the result (head and tail are kept).
-    pub max_output_bytes: usize,
-}
-
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
-
-/// The outcome of a finished (or stopped) command.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct RunResult {
-    /// Process id inside the sandbox.
-    pub pid: u32,
-    /// Exit code; -1 when the command was killed by a signal (see `status`).
-    pub exit_code: i32,
-    /// How it ended, e.g. "exit status 0" or "signal: killed".
-    pub status: String,
-    /// Standard output as UTF-8 (invalid bytes replaced); see `stdout_truncated`.
-    pub stdout: String,
-    pub stderr: String,
-    /// True when stdout was longer than the cap: the middle was cut and a marker inserted.
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    /// Total bytes the command wrote to each stream.
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
-    /// True when the command was killed because its timeout passed.
-    pub timed_out: bool,
-    /// True when the caller cancelled the call and the process group was killed.
-    pub cancelled: bool,
-}
-
-/// Keeps the first and last `cap/2` bytes of a stream, counting everything.
-#[derive(Debug, Default)]
-pub struct HeadTail {
-    cap: usize,
-    head: Vec<u8>,
-    tail: std::collections::VecDeque<u8>,
-    total: u64,
-}
-
-impl HeadTail {
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            ..Default::default()
-        }
-    }
-
-    pub fn push(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        let head_cap = self.cap / 2;
-        if self.head.len() < head_cap {
-            let n = (head_cap - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        let tail_cap = self.cap - head_cap;
-        self.tail.extend(data);
-        let excess = self.tail.len().saturating_sub(tail_cap);
-        self.tail.drain(..excess);
-    }
-
-    pub fn truncated(&self) -> bool {
-        self.total > (self.head.len() + self.tail.len()) as u64
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// The text, with `[... N bytes truncated ...]` where the middle was cut.
-    pub fn render(&self) -> String {
-        let mut out = String::from_utf8_lossy(&self.head).into_owned();
-        if self.truncated() {
-            let cut = self.total - (self.head.len() + self.tail.len()) as u64;
-            out.push_str(&format!(
-                "\n[... {cut} bytes truncated; raise max_output_bytes or redirect output to a file and read it with files_read ...]\n"
-            ));
-        }
-        let (a, b) = self.tail.as_slices();
-        let mut tail = a.to_vec();
-        tail.extend_from_slice(b);
-        out.push_str(&String::from_utf8_lossy(&tail));
-        out
-    }
-}
-
 fn shell_start(
     cmd: &str,
     cwd: Option<String>,
@@ -252,109 +155,6 @@ fn exit_code_of(end: &coppice_envd::process::EndEvent) -> i32 {
 }
 
 impl Tools {
-    /// Runs a shell command line to completion. Each output chunk is passed to `on_output` as
-    /// it arrives; cancelling `cancel` kills the process group and returns what was seen.
-    pub async fn run_command(
-        &self,
-        id: &str,
-        req: RunCommand,
-        mut on_output: impl FnMut(OutputStream, &[u8]) + Send,
-        cancel: CancellationToken,
-    ) -> Result<RunResult> {
-        if req.cmd.trim().is_empty() {
-            return Err(Error::InvalidArgument("cmd is empty".into()));
-        }
-        let agent = self.rt.agent(id)?;
-        let start = shell_start(&req.cmd, req.cwd, req.env, req.stdin.is_some());
-        let mut stream = agent
-            .server_stream_as::<_, ProcessEventMessage>(
-                "process.Process/Start",
-                &start,
-                timeout_ms(req.timeout_secs)?,
-                req.user.as_deref().unwrap_or_default(),
-            )
-            .await?;
-        let mut out = HeadTail::new(req.max_output_bytes);
-        let mut err = HeadTail::new(req.max_output_bytes);
-        let mut pid = 0;
-        let mut end = None;
-        let mut timed_out = false;
-        let mut cancelled = false;
-        loop {
-            let msg = tokio::select! {
-                msg = stream.next() => msg,
-                _ = cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    if pid != 0 {
-                        tracing::info!(sandbox = id, pid, "call cancelled: killing the process group");
-                        let _ = self.signal_process(id, pid, Signal::Sigkill).await;
-                    }
-                    // Keep reading: the end event follows the kill.
-                    continue;
-                }
-            };
-            match msg {
-                None => break,
-                Some(Ok(ProcessEventMessage { event })) => match event {
-                    ProcessEvent::Start { pid: p } => {
-                        pid = p;
-                        if cancelled {
-                            let _ = self.signal_process(id, pid, Signal::Sigkill).await;
-                        } else if let Some(input) = &req.stdin {
-                            let sel = ProcessSelector::Pid(pid);
-                            agent
-                                .unary::<_, Empty>(
-                                    "process.Process/SendInput",
-                                    &SendInputRequest {
-                                        process: sel.clone(),
-                                        input: ProcessInput::Stdin(input.as_bytes().to_vec()),
-                                    },
-                                )
-                                .await?;
-                            agent
-                                .unary::<_, Empty>(
-                                    "process.Process/CloseStdin",
-                                    &CloseStdinRequest { process: sel },
-                                )
-                                .await?;
-                        }
-                    }
-                    ProcessEvent::Data(DataEvent::Stdout(d) | DataEvent::Pty(d)) => {
-                        out.push(&d);
-                        on_output(OutputStream::Stdout, &d);
-                    }
-                    ProcessEvent::Data(DataEvent::Stderr(d)) => {
-                        err.push(&d);
-                        on_output(OutputStream::Stderr, &d);
-                    }
-                    ProcessEvent::End(e) => end = Some(e),
-                    ProcessEvent::Keepalive {} => {}
-                },
-                Some(Err(e)) if e.code == coppice_envd::Code::DeadlineExceeded => {
-                    timed_out = true;
-                    break;
-                }
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
-        let end = end.ok_or_else(|| {
-            Error::Unavailable("the command's output stream ended before it exited".into())
-        })?;
-        Ok(RunResult {
-            pid,
-            exit_code: exit_code_of(&end),
-            status: end.status,
-            stdout: out.render(),
-            stderr: err.render(),
-            stdout_truncated: out.truncated(),
-            stderr_truncated: err.truncated(),
-            stdout_bytes: out.total(),
-            stderr_bytes: err.total(),
-            timed_out,
-            cancelled,
-        })
-    }
-
     /// Sends SIGTERM or SIGKILL to a process's whole process group.
     pub async fn signal_process(&self, id: &str, pid: u32, signal: Signal) -> Result<()> {
         self.rt
