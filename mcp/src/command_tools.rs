@@ -1,12 +1,11 @@
 //! MCP tools for commands: run to completion (streamed, cancellable, overflow saved in the
 //! sandbox), start in the background, read, write stdin, signal, list.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coppice_tools::commands::{
-    CommandInfo, DEFAULT_MAX_OUTPUT, OutputStream, RunCommand, RunResult, Signal, StartCommand,
-    StreamRead,
+    CommandInfo, DEFAULT_MAX_OUTPUT, OutputStream, ReadCommand, RunCommand, RunResult,
+    SignalCommand, SignalName, StartCommand, StreamRead, WriteStdin,
 };
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -14,7 +13,7 @@ use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam, Resou
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::explain::{About, explain};
 use crate::in_sandbox::InSandbox;
@@ -22,94 +21,12 @@ use crate::resources;
 use crate::sandbox_tools::SandboxArgs;
 use crate::session::CoppiceMcp;
 
-/// Run's arguments: the tool layer's request and the sandbox it acts on.
+// Arguments: the tool layer's requests and the sandbox they act on.
 pub type RunArgs = InSandbox<RunCommand>;
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartArgs {
-    /// Sandbox to run in; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Shell command line, run as `/bin/bash -lc CMD` in the background.
-    pub cmd: String,
-    /// Working directory; default: the user's home.
-    #[serde(default)]
-    pub cwd: Option<String>,
-    /// Extra environment variables for this command.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// User to run as: "user" (default) or "root".
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Kill the command after this many seconds; default: no limit (it ends with the sandbox).
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadArgs {
-    /// Sandbox of the process; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Pid returned by commands_start.
-    pub pid: u32,
-    /// Return stdout from this byte offset (the previous call's stdout.next_offset); default 0.
-    #[serde(default)]
-    pub stdout_offset: u64,
-    /// Return stderr from this byte offset (the previous call's stderr.next_offset); default 0.
-    #[serde(default)]
-    pub stderr_offset: u64,
-    /// Wait up to this many seconds for the process to exit before answering (returns as soon
-    /// as it exits); default 0 = answer at once. At most 300.
-    #[serde(default)]
-    pub wait_secs: f64,
-    /// Most bytes returned per stream (the newest are kept); default 65536.
-    #[serde(default)]
-    pub max_bytes: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WriteStdinArgs {
-    /// Sandbox of the process; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Pid returned by commands_start.
-    pub pid: u32,
-    /// Text to write to the process's standard input (include "\n" to end a line).
-    #[serde(default)]
-    pub data: String,
-    /// Close stdin after writing, so the process reads end-of-file.
-    #[serde(default)]
-    pub close: bool,
-}
-
-/// A signal the sandbox agent can deliver.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
-pub enum SignalName {
-    /// Ask the process to stop.
-    #[serde(rename = "SIGTERM")]
-    Sigterm,
-    /// Stop it at once.
-    #[serde(rename = "SIGKILL")]
-    Sigkill,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SignalArgs {
-    /// Sandbox of the process; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Pid of the process (from commands_start or commands_list); its whole process group
-    /// receives the signal.
-    pub pid: u32,
-    /// "SIGTERM" (default) or "SIGKILL".
-    #[serde(default)]
-    pub signal: Option<SignalName>,
-}
+pub type StartArgs = InSandbox<StartCommand>;
+pub type ReadArgs = InSandbox<ReadCommand>;
+pub type WriteStdinArgs = InSandbox<WriteStdin>;
+pub type SignalArgs = InSandbox<SignalCommand>;
 
 // Results. Every one is an object that names the sandbox it acted on.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -165,13 +82,6 @@ impl CoppiceMcp {
             entry.size,
             Some("text/plain"),
         ))
-    }
-}
-
-fn signal_of(s: Option<SignalName>) -> Signal {
-    match s {
-        Some(SignalName::Sigkill) => Signal::Sigkill,
-        _ => Signal::Sigterm,
     }
 }
 
@@ -269,16 +179,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let pid = self
             .tools()
-            .start_command(
-                &id,
-                StartCommand {
-                    cmd: a.cmd,
-                    cwd: a.cwd,
-                    env: a.env,
-                    user: a.user,
-                    timeout_secs: a.timeout_secs,
-                },
-            )
+            .start_command(&id, a.request)
             .await
             .map_err(|e| explain(e, About::Process))?;
         Ok(Json(StartOutput {
@@ -302,17 +203,17 @@ impl CoppiceMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ReadOutput>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
-        if !(a.wait_secs.is_finite() && a.wait_secs >= 0.0) {
+        if !(a.request.wait_secs.is_finite() && a.request.wait_secs >= 0.0) {
             return Err("wait_secs must be a number of seconds from 0 to 300".into());
         }
-        let wait = Duration::from_secs_f64(a.wait_secs.min(300.0));
+        let wait = Duration::from_secs_f64(a.request.wait_secs.min(300.0));
         let read = self.tools().read_command(
             &id,
-            a.pid,
-            a.stdout_offset,
-            a.stderr_offset,
+            a.request.pid,
+            a.request.stdout_offset,
+            a.request.stderr_offset,
             wait,
-            a.max_bytes.unwrap_or(DEFAULT_MAX_OUTPUT).max(1),
+            a.request.max_bytes.unwrap_or(DEFAULT_MAX_OUTPUT).max(1),
         );
         // A cancelled call stops waiting.
         let out = tokio::select! {
@@ -346,12 +247,17 @@ impl CoppiceMcp {
     ) -> Result<Json<DoneOutput>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         self.tools()
-            .write_stdin(&id, a.pid, a.data.as_bytes(), a.close)
+            .write_stdin(
+                &id,
+                a.request.pid,
+                a.request.data.as_bytes(),
+                a.request.close,
+            )
             .await
             .map_err(|e| explain(e, About::Process))?;
         Ok(Json(DoneOutput {
             sandbox_id: id,
-            pid: a.pid,
+            pid: a.request.pid,
             ok: true,
         }))
     }
@@ -371,12 +277,12 @@ impl CoppiceMcp {
     ) -> Result<Json<DoneOutput>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         self.tools()
-            .signal_process(&id, a.pid, signal_of(a.signal))
+            .signal_process(&id, a.request.pid, SignalName::signal(a.request.signal))
             .await
             .map_err(|e| explain(e, About::Process))?;
         Ok(Json(DoneOutput {
             sandbox_id: id,
-            pid: a.pid,
+            pid: a.request.pid,
             ok: true,
         }))
     }

@@ -1,147 +1,31 @@
 //! MCP tools for files: read, write, edit, list, stat, mkdir, move, remove, search.
 
-use coppice_tools::files::{ContentKind, FileEntry, FileRead, Search, SearchMatch};
+use coppice_tools::files::{
+    ContentKind, EditFile, Encoding, FileEntry, FilePath, FileRead, ListFiles, MoveFile, ReadFile,
+    Search, SearchMatch, WriteFile,
+};
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::explain::{About, explain};
+use crate::in_sandbox::InSandbox;
 use crate::limits::*;
 use crate::resources;
 use crate::session::CoppiceMcp;
 
-// Arguments. Doc comments become the field descriptions of each tool's input schema.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadFileArgs {
-    /// Sandbox to read from; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// File path; relative paths are relative to /home/user.
-    pub path: String,
-    /// For text files: 1-based line to start at; default 1.
-    #[serde(default)]
-    pub offset: Option<u64>,
-    /// For text files: number of lines to return; default 2000.
-    #[serde(default)]
-    pub limit: Option<u64>,
-}
-
-/// How `content` is encoded.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// Plain text, written as UTF-8.
-    #[default]
-    Utf8,
-    /// Base64 of arbitrary bytes.
-    Base64,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WriteFileArgs {
-    /// Sandbox to write to; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// File path; relative paths are relative to /home/user. Missing parent directories are
-    /// created; an existing file is replaced.
-    pub path: String,
-    /// The whole new content of the file.
-    pub content: String,
-    /// "utf8" (default) or "base64".
-    #[serde(default)]
-    pub encoding: Encoding,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EditFileArgs {
-    /// Sandbox of the file; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Text file to edit; relative paths are relative to /home/user.
-    pub path: String,
-    /// Exact text to replace, including whitespace and indentation. It must occur exactly
-    /// once unless replace_all is set.
-    pub old_string: String,
-    /// Text to put in its place.
-    pub new_string: String,
-    /// Replace every occurrence instead of requiring exactly one.
-    #[serde(default)]
-    pub replace_all: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ListFilesArgs {
-    /// Sandbox to list; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Directory to list; default /home/user.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Levels to descend: 1 (default) lists the directory itself, 2 also its subdirectories...
-    /// At most 10.
-    #[serde(default)]
-    pub depth: Option<u32>,
-    /// Only entries matching this glob: "*.py" matches names; a pattern with "/" such as
-    /// "src/**/*.rs" matches paths relative to `path`.
-    #[serde(default)]
-    pub glob: Option<String>,
-    /// Most entries returned; default 1000.
-    #[serde(default)]
-    pub max_entries: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PathArgs {
-    /// Sandbox to act on; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Path; relative paths are relative to /home/user.
-    pub path: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MoveArgs {
-    /// Sandbox to act on; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Existing file or directory.
-    pub source: String,
-    /// New path (an existing file there is replaced).
-    pub destination: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SearchArgs {
-    /// Sandbox to search; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Extended regular expression, as `grep -E` takes it.
-    pub pattern: String,
-    /// File or directory to search recursively; default /home/user. `.git` and
-    /// `node_modules` are skipped, binary files ignored.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Only search files whose name matches this glob, e.g. "*.py".
-    #[serde(default)]
-    pub glob: Option<String>,
-    /// Match case-insensitively.
-    #[serde(default)]
-    pub case_insensitive: bool,
-    /// Most matches returned; default 100, at most 1000.
-    #[serde(default)]
-    pub max_results: Option<usize>,
-}
+// Arguments: the tool layer's requests and the sandbox they act on.
+pub type ReadFileArgs = InSandbox<ReadFile>;
+pub type WriteFileArgs = InSandbox<WriteFile>;
+pub type EditFileArgs = InSandbox<EditFile>;
+pub type ListFilesArgs = InSandbox<ListFiles>;
+pub type PathArgs = InSandbox<FilePath>;
+pub type MoveArgs = InSandbox<MoveFile>;
+pub type SearchArgs = InSandbox<Search>;
 
 // Results. Every one is an object that names the sandbox it acted on.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -232,7 +116,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let mut file = self
             .tools()
-            .read_file(&id, &a.path, a.offset, a.limit)
+            .read_file(&id, &a.request.path, a.request.offset, a.request.limit)
             .await
             .map_err(|e| explain(e, About::File))?;
         let image = file.image_base64.take();
@@ -299,12 +183,12 @@ impl CoppiceMcp {
         Parameters(a): Parameters<WriteFileArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<FileWriteOutput>, String> {
-        let data = match a.encoding {
-            Encoding::Utf8 => a.content.into_bytes(),
+        let data = match a.request.encoding {
+            Encoding::Utf8 => a.request.content.into_bytes(),
             Encoding::Base64 => {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD
-                    .decode(a.content.trim())
+                    .decode(a.request.content.trim())
                     .map_err(|e| format!("content is not valid base64 ({e}); send text with encoding \"utf8\" or fix the encoding"))?
             }
         };
@@ -312,7 +196,7 @@ impl CoppiceMcp {
         let bytes = data.len() as u64;
         let path = self
             .tools()
-            .write_file(&id, &a.path, data)
+            .write_file(&id, &a.request.path, data)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(FileWriteOutput {
@@ -339,7 +223,13 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let (path, replacements) = self
             .tools()
-            .edit_file(&id, &a.path, &a.old_string, &a.new_string, a.replace_all)
+            .edit_file(
+                &id,
+                &a.request.path,
+                &a.request.old_string,
+                &a.request.new_string,
+                a.request.replace_all,
+            )
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(FileEditOutput {
@@ -365,13 +255,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let (entries, truncated) = self
             .tools()
-            .list_files(
-                &id,
-                a.path.as_deref().unwrap_or(""),
-                a.depth.unwrap_or(1).clamp(1, 10),
-                a.glob.as_deref(),
-                a.max_entries.unwrap_or(1000).max(1),
-            )
+            .list_files(&id, &a.request)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(FileListOutput {
@@ -397,7 +281,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let entry = self
             .tools()
-            .stat(&id, &a.path)
+            .stat(&id, &a.request.path)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(FileEntryOutput {
@@ -422,7 +306,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let (entry, created) = self
             .tools()
-            .make_dir(&id, &a.path)
+            .make_dir(&id, &a.request.path)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(MkdirOutput {
@@ -448,7 +332,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let entry = self
             .tools()
-            .move_file(&id, &a.source, &a.destination)
+            .move_file(&id, &a.request.source, &a.request.destination)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(FileEntryOutput {
@@ -472,12 +356,12 @@ impl CoppiceMcp {
     ) -> Result<Json<RemoveOutput>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         self.tools()
-            .remove_file(&id, &a.path)
+            .remove_file(&id, &a.request.path)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(RemoveOutput {
             sandbox_id: id,
-            path: a.path,
+            path: a.request.path,
             removed: true,
         }))
     }
@@ -499,16 +383,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let res = self
             .tools()
-            .search_files(
-                &id,
-                Search {
-                    pattern: a.pattern,
-                    path: a.path.unwrap_or_default(),
-                    glob: a.glob,
-                    case_insensitive: a.case_insensitive,
-                    max_results: a.max_results.unwrap_or(100).clamp(1, 1000),
-                },
-            )
+            .search_files(&id, a.request)
             .await
             .map_err(|e| explain(e, About::File))?;
         Ok(Json(SearchOutput {

@@ -198,15 +198,9 @@ impl Tools {
     }
 }
 
-/// Start a shell command line in the background; its output is buffered by the tool layer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StartCommand {
-    pub cmd: String,
-    pub cwd: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub user: Option<String>,
-    pub timeout_secs: Option<f64>,
-}
+/// The background tools' requests.
+mod requests;
+pub use requests::{ReadCommand, SignalCommand, SignalName, StartCommand, WriteStdin};
 
 /// Bytes kept per stream of a background process; older output is dropped first.
 pub const BACKGROUND_BUFFER_BYTES: usize = 1 << 20;

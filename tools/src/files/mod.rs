@@ -6,6 +6,11 @@
 //! relative to that user's home): `GET`/`POST /files` for content, `filesystem.Filesystem`
 //! for metadata. Search runs `grep` inside the sandbox (see [`Tools::search_files`]).
 
+mod requests;
+pub use requests::{
+    EditFile, Encoding, FilePath, ListFiles, MoveFile, ReadFile, Search, WriteFile,
+};
+
 use base64::Engine;
 use bytes::Bytes;
 use coppice_envd::client::full_body;
@@ -140,19 +145,6 @@ pub struct SearchResult {
     /// grep's complaints (unreadable files and the like), if any.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub errors: String,
-}
-
-/// A grep-like search request.
-#[derive(Debug, Clone, Default)]
-pub struct Search {
-    /// Extended regular expression (grep -E).
-    pub pattern: String,
-    /// File or directory to search; relative paths are relative to the user's home.
-    pub path: String,
-    /// Only files whose name matches this glob (grep --include).
-    pub glob: Option<String>,
-    pub case_insensitive: bool,
-    pub max_results: usize,
 }
 
 fn encode_query(s: &str) -> String {
@@ -525,17 +517,14 @@ impl Tools {
         Ok(resp.entry.into())
     }
 
-    /// Lists a directory down to `depth` levels; `glob` filters by name (or by the path
-    /// relative to `path` when it contains a '/'). Returns the entries and whether
-    /// `max_entries` cut the list.
-    pub async fn list_files(
-        &self,
-        id: &str,
-        path: &str,
-        depth: u32,
-        glob: Option<&str>,
-        max_entries: usize,
-    ) -> Result<(Vec<FileEntry>, bool)> {
+    /// Lists a directory down to `depth` levels (default 1, at most 10); `glob` filters by
+    /// name (or by the path relative to `path` when it contains a '/'). Returns the entries
+    /// and whether `max_entries` (default 1000) cut the list.
+    pub async fn list_files(&self, id: &str, req: &ListFiles) -> Result<(Vec<FileEntry>, bool)> {
+        let path = req.path.as_deref().unwrap_or("");
+        let depth = req.depth.unwrap_or(1).clamp(1, 10);
+        let glob = req.glob.as_deref();
+        let max_entries = req.max_entries.unwrap_or(1000).max(1);
         let resp: ListDirResponse = self
             .rt
             .agent(id)?
@@ -627,6 +616,7 @@ impl Tools {
         if req.pattern.is_empty() {
             return Err(Error::InvalidArgument("pattern is empty".into()));
         }
+        let max_results = req.max_results.unwrap_or(100).clamp(1, 1000);
         let mut cmd: Vec<String> = vec!["grep".into(), "-rnHIE".into(), "--null".into()];
         if req.case_insensitive {
             cmd.push("-i".into());
@@ -639,10 +629,9 @@ impl Tools {
             cmd.push(format!("--include={g}"));
         }
         cmd.extend(["--".into(), req.pattern.clone()]);
-        cmd.push(if req.path.is_empty() {
-            ".".into()
-        } else {
-            req.path.clone()
+        cmd.push(match req.path.as_deref() {
+            None | Some("") => ".".into(),
+            Some(p) => p.into(),
         });
         let mut events = Box::pin(
             self.exec(
@@ -672,9 +661,9 @@ impl Tools {
                             matches.push(m);
                         }
                     }
-                    if matches.len() > req.max_results {
+                    if matches.len() > max_results {
                         truncated = true;
-                        matches.truncate(req.max_results);
+                        matches.truncate(max_results);
                         let _ = self.signal_process(id, pid, Signal::Sigkill).await;
                         break;
                     }
