@@ -11,6 +11,11 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use coppice_envd::filesystem::ListDirRequest;
+use coppice_kernel::wire::ExecuteRequest;
+use coppice_tools::commands::Exec;
+use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
+
 use crate::Command;
 
 pub mod network;
@@ -166,23 +171,18 @@ pub struct SandboxSpec {
 }
 
 impl SandboxSpec {
-    fn into_json(self) -> serde_json::Map<String, Value> {
-        let Value::Object(body) = json!({
-            "memory": self.memory, "cpus": self.cpus, "pids": self.pids,
-            "timeout_secs": self.timeout.map(|t| t.as_secs_f64()),
-            "env": string_map(self.env), "metadata": string_map(self.meta),
-        }) else {
-            unreachable!("json! of an object literal")
-        };
-        body
+    /// A create request with these settings (the rest at their defaults).
+    fn create_request(self) -> CreateSandbox {
+        CreateSandbox {
+            memory: self.memory,
+            cpus: self.cpus,
+            pids: self.pids,
+            timeout_secs: self.timeout.map(|t| t.as_secs_f64()),
+            env: self.env.into_iter().collect(),
+            metadata: self.meta.into_iter().collect(),
+            ..Default::default()
+        }
     }
-}
-
-fn string_map(items: Vec<(String, String)>) -> serde_json::Map<String, Value> {
-    items
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect()
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -229,7 +229,7 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Network(cmd) => network::run(cmd, d).await,
         Command::RunCode(args) => run_code(args, d).await,
         Command::Token => {
-            let v = d.json("GET", "/api/v1/token", None).await?;
+            let v = d.json("GET", "/api/v1/token", NO_BODY).await?;
             println!("{}", v["token"].as_str().unwrap_or_default());
             Ok(0)
         }
@@ -255,23 +255,20 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
                 .as_deref()
                 .map(network::read_policy)
                 .transpose()?;
-            let mut body = spec.into_json();
-            body.insert("template".into(), json!(template));
-            body.insert("network_policy".into(), json!(network_policy));
-            if let Some(disk) = disk {
-                body.insert("disk".into(), json!(disk));
-            }
-            if no_new_privs {
-                body.insert("no_new_privs".into(), json!(true));
-            }
-            let body = Value::Object(body);
-            let info = d.json("POST", "/api/v1/sandboxes", Some(body)).await?;
+            let body = CreateSandbox {
+                template,
+                network_policy,
+                disk,
+                no_new_privs: no_new_privs.then_some(true),
+                ..spec.create_request()
+            };
+            let info = d.json("POST", "/api/v1/sandboxes", Some(&body)).await?;
             print_value(&info, json, |v| {
                 println!("{}", v["id"].as_str().unwrap_or_default())
             });
         }
         SandboxCmd::List { json } => {
-            let list = d.json("GET", "/api/v1/sandboxes", None).await?;
+            let list = d.json("GET", "/api/v1/sandboxes", NO_BODY).await?;
             print_value(&list, json, |v| {
                 println!(
                     "{:<22} {:<12} {:<9} {:<14} EXPIRES",
@@ -291,26 +288,28 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
         }
         SandboxCmd::Info { id, json } => {
             let info = d
-                .json("GET", &format!("/api/v1/sandboxes/{id}"), None)
+                .json("GET", &format!("/api/v1/sandboxes/{id}"), NO_BODY)
                 .await?;
             print_value(&info, json, |v| {
                 println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
             });
         }
         SandboxCmd::Kill { id, json } => {
-            d.json("DELETE", &format!("/api/v1/sandboxes/{id}"), None)
+            d.json("DELETE", &format!("/api/v1/sandboxes/{id}"), NO_BODY)
                 .await?;
             print_value(&json!({"id": id, "killed": true}), json, |_| {
                 println!("killed {id}")
             });
         }
         SandboxCmd::SetTimeout { id, timeout, json } => {
-            let body = json!({ "timeout_secs": timeout.as_secs_f64() });
+            let body = SetTimeout {
+                timeout_secs: timeout.as_secs_f64(),
+            };
             let info = d
                 .json(
                     "POST",
                     &format!("/api/v1/sandboxes/{id}/timeout"),
-                    Some(body),
+                    Some(&body),
                 )
                 .await?;
             print_value(&info, json, |v| {
@@ -322,11 +321,13 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
 }
 
 async fn exec(args: ExecArgs, d: &Daemon) -> Result<i32, Failure> {
-    let body = json!({
-        "cmd": args.cmd, "user": args.user, "cwd": args.cwd,
-        "env": args.env.into_iter().map(|(k, v)| (k, Value::String(v))).collect::<serde_json::Map<_, _>>(),
-        "timeout_secs": args.timeout.map(|t| t.as_secs_f64()),
-    });
+    let body = Exec {
+        cmd: args.cmd,
+        user: args.user,
+        cwd: args.cwd,
+        env: args.env.into_iter().collect(),
+        timeout_secs: args.timeout.map(|t| t.as_secs_f64()),
+    };
     let resp = d
         .request(
             "POST",
@@ -409,10 +410,13 @@ async fn run_code(args: RunCodeArgs, d: &Daemon) -> Result<i32, Failure> {
     } else {
         args.code
     };
-    let body = json!({
-        "code": code, "language": args.language, "context_id": args.context,
-        "timeout": args.timeout.map(|t| t.as_secs_f64()),
-    });
+    let body = ExecuteRequest {
+        code,
+        language: args.language,
+        context_id: args.context,
+        env_vars: None,
+        timeout: args.timeout.map(|t| t.as_secs_f64()),
+    };
     let resp = d
         .request(
             "POST",
@@ -499,12 +503,12 @@ async fn files(cmd: FilesCmd, d: &Daemon) -> Result<i32, Failure> {
             depth,
             json,
         } => {
-            let body = json!({ "path": path, "depth": depth });
+            let body = ListDirRequest { path, depth };
             let list = d
                 .json(
                     "POST",
                     &format!("/api/v1/sandboxes/{id}/envd/filesystem.Filesystem/ListDir"),
-                    Some(body),
+                    Some(&body),
                 )
                 .await?;
             print_value(&list["entries"], json, |v| {
@@ -529,7 +533,7 @@ async fn files(cmd: FilesCmd, d: &Daemon) -> Result<i32, Failure> {
 async fn template(cmd: TemplateCmd, d: &Daemon) -> Result<i32, Failure> {
     match cmd {
         TemplateCmd::List { json } => {
-            let list = d.json("GET", "/api/v1/templates", None).await?;
+            let list = d.json("GET", "/api/v1/templates", NO_BODY).await?;
             print_value(&list, json, |v| {
                 println!("{:<20} {:<12} {:>10}  CREATED", "NAME", "SOURCE", "SIZE");
                 for t in v.as_array().into_iter().flatten() {
@@ -549,8 +553,12 @@ async fn template(cmd: TemplateCmd, d: &Daemon) -> Result<i32, Failure> {
             suite,
             mirror,
         } => {
-            let body =
-                json!({ "name": name, "packages": packages, "suite": suite, "mirror": mirror });
+            let body = BuildTemplate {
+                name,
+                packages,
+                suite,
+                mirror,
+            };
             let resp = check(
                 d.request("POST", "/api/v1/templates", json_body(&body))
                     .await?,
@@ -611,7 +619,10 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn json_body(v: &Value) -> BoxBody {
+/// The body of a JSON call that sends none.
+const NO_BODY: Option<&()> = None;
+
+fn json_body(v: &impl serde::Serialize) -> BoxBody {
     full_body(serde_json::to_vec(v).unwrap_or_default())
 }
 
@@ -653,9 +664,16 @@ impl Daemon {
     }
 
     /// A JSON request whose JSON answer (or error) is returned.
-    async fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    /// A JSON call: the body is a typed request (so a renamed field breaks the build, not
+    /// the call), the answer any JSON.
+    async fn json<B: serde::Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Value, Failure> {
         let body = body
-            .map(|b| json_body(&b))
+            .map(json_body)
             .unwrap_or_else(|| full_body(Bytes::new()));
         let resp = check(self.request(method, path, body).await?).await?;
         let bytes = resp

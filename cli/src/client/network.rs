@@ -1,9 +1,9 @@
 //! `coppice network get|set ID`: a sandbox's network policy.
 
 use clap::Subcommand;
-use serde_json::Value;
+use coppice_runtime::policy::NetworkPolicy;
 
-use super::{Daemon, Failure, print_value};
+use super::{Daemon, Failure, NO_BODY, print_value};
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -25,7 +25,7 @@ pub enum NetworkCmd {
 }
 
 /// A policy given on the command line: inline JSON, `-` (stdin) or a file name.
-pub(super) fn read_policy(arg: &str) -> Result<Value, Failure> {
+pub(super) fn read_policy(arg: &str) -> Result<NetworkPolicy, Failure> {
     let text = if arg.trim_start().starts_with('{') {
         arg.to_string()
     } else if arg == "-" {
@@ -39,13 +39,13 @@ pub(super) fn read_policy(arg: &str) -> Result<Value, Failure> {
             )
         })?
     };
-    serde_json::from_str(&text).map_err(|e| Failure(format!("the policy is not JSON: {e}"), 2))
+    serde_json::from_str(&text).map_err(|e| Failure(format!("not a network policy: {e}"), 2))
 }
 
 pub(super) async fn run(cmd: NetworkCmd, d: &Daemon) -> Result<i32, Failure> {
     let (value, json) = match cmd {
         NetworkCmd::Get { id, json } => (
-            d.json("GET", &format!("/api/v1/sandboxes/{id}/network"), None)
+            d.json("GET", &format!("/api/v1/sandboxes/{id}/network"), NO_BODY)
                 .await?,
             json,
         ),
@@ -55,7 +55,7 @@ pub(super) async fn run(cmd: NetworkCmd, d: &Daemon) -> Result<i32, Failure> {
                 d.json(
                     "PUT",
                     &format!("/api/v1/sandboxes/{id}/network"),
-                    Some(body),
+                    Some(&body),
                 )
                 .await?,
                 json,

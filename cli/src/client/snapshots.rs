@@ -2,9 +2,11 @@
 //! the daemon's native snapshot routes.
 
 use clap::{Args, Subcommand};
+use coppice_runtime::manager::snapshots::SnapshotKind;
+use coppice_tools::snapshots::{CreateSnapshot, ForkSandbox, RestoreSandbox};
 use serde_json::{Value, json};
 
-use super::{Daemon, Failure, SandboxSpec, human_size, key_value, print_value, string_map};
+use super::{Daemon, Failure, NO_BODY, SandboxSpec, human_size, key_value, print_value};
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
@@ -71,16 +73,19 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
             meta,
             json,
         } => {
-            let body = json!({
-                "name": name,
-                "kind": if memory_state { "memory" } else { "filesystem" },
-                "metadata": string_map(meta),
-            });
+            let body = CreateSnapshot {
+                name,
+                kind: Some(match memory_state {
+                    true => SnapshotKind::Memory,
+                    false => SnapshotKind::Filesystem,
+                }),
+                metadata: meta.into_iter().collect(),
+            };
             let info = d
                 .json(
                     "POST",
                     &format!("/api/v1/sandboxes/{sandbox}/snapshots"),
-                    Some(body),
+                    Some(&body),
                 )
                 .await?;
             print_value(&info, json, |v| {
@@ -92,7 +97,7 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
                 Some(s) => format!("/api/v1/snapshots?sandbox_id={s}"),
                 None => "/api/v1/snapshots".to_string(),
             };
-            let list = d.json("GET", &path, None).await?;
+            let list = d.json("GET", &path, NO_BODY).await?;
             print_value(&list, json, |v| {
                 println!(
                     "{:<22} {:<16} {:<11} {:<22} {:>8} {:>5} FORKS",
@@ -114,14 +119,14 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
         }
         SnapshotCmd::Info { id, json } => {
             let info = d
-                .json("GET", &format!("/api/v1/snapshots/{id}"), None)
+                .json("GET", &format!("/api/v1/snapshots/{id}"), NO_BODY)
                 .await?;
             print_value(&info, json, |v| {
                 println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
             });
         }
         SnapshotCmd::Delete { id, json } => {
-            d.json("DELETE", &format!("/api/v1/snapshots/{id}"), None)
+            d.json("DELETE", &format!("/api/v1/snapshots/{id}"), NO_BODY)
                 .await?;
             print_value(&json!({"snapshot_id": id, "deleted": true}), json, |_| {
                 println!("deleted {id}")
@@ -133,9 +138,17 @@ pub(super) async fn snapshot(cmd: SnapshotCmd, d: &Daemon) -> Result<i32, Failur
 
 /// Prints one fork id per line (errors on stderr); exits 1 when any fork failed.
 pub(super) async fn fork(a: ForkArgs, d: &Daemon) -> Result<i32, Failure> {
-    let mut body = a.spec.into_json();
-    body.insert("count".into(), json!(a.count));
-    let body = Value::Object(body);
+    let spec = a.spec.create_request();
+    let body = ForkSandbox {
+        count: Some(a.count),
+        memory: spec.memory,
+        cpus: spec.cpus,
+        pids: spec.pids,
+        timeout_secs: spec.timeout_secs,
+        env: spec.env,
+        metadata: spec.metadata,
+        ..Default::default()
+    };
     let path = match (&a.sandbox, &a.snapshot) {
         (Some(s), None) => format!("/api/v1/sandboxes/{s}/fork"),
         (None, Some(s)) => format!("/api/v1/snapshots/{s}/fork"),
@@ -146,7 +159,7 @@ pub(super) async fn fork(a: ForkArgs, d: &Daemon) -> Result<i32, Failure> {
             ));
         }
     };
-    let result = d.json("POST", &path, Some(body)).await?;
+    let result = d.json("POST", &path, Some(&body)).await?;
     print_value(&result, a.json, |v| {
         for f in v["forks"].as_array().into_iter().flatten() {
             match f["sandbox"]["id"].as_str() {
@@ -176,7 +189,9 @@ pub(super) async fn restore(
         .json(
             "POST",
             &format!("/api/v1/sandboxes/{id}/restore"),
-            Some(json!({ "snapshot_id": snapshot })),
+            Some(&RestoreSandbox {
+                snapshot_id: snapshot.clone(),
+            }),
         )
         .await?;
     print_value(&info, json, |_| println!("restored {id} to {snapshot}"));
@@ -185,7 +200,7 @@ pub(super) async fn restore(
 
 pub(super) async fn lineage(id: String, json: bool, d: &Daemon) -> Result<i32, Failure> {
     let l = d
-        .json("GET", &format!("/api/v1/lineage/{id}"), None)
+        .json("GET", &format!("/api/v1/lineage/{id}"), NO_BODY)
         .await?;
     print_value(&l, json, |v| {
         let line = |n: &Value| {
