@@ -129,7 +129,7 @@ async fn check_access_token(State(t): State<Arc<Tools>>, req: Request, next: Nex
     };
     // No token: the listener's own credential is all it needs. An unknown id is the
     // route's to report.
-    let Some(want) = t.runtime().traffic_token(id) else {
+    let Some(want) = t.traffic_token(id) else {
         return next.run(req).await;
     };
     let given = req

@@ -215,7 +215,7 @@ async fn envd_proxy(
     Path((id, rest)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let agent = t.runtime().agent(&id)?;
+    let agent = t.agent(&id)?;
     let query = req
         .uri()
         .query()

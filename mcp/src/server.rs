@@ -138,7 +138,7 @@ impl ServerHandler for CoppiceMcp {
         .with_server_info(Implementation::new("coppice", env!("CARGO_PKG_VERSION")))
         .with_instructions(instructions(
             self.state.mode,
-            self.tools().runtime().config().network,
+            self.tools().defaults().network,
         ))
     }
 

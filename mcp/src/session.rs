@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use coppice_tools::Tools;
-use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
+use coppice_tools::sandboxes::CreateSandbox;
 use rmcp::RoleServer;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::service::RequestContext;
@@ -117,7 +117,6 @@ impl CoppiceMcp {
     ) -> Result<String, String> {
         if let Some(id) = id.filter(|s| !s.is_empty()) {
             self.tools()
-                .runtime()
                 .check_visible(&id)
                 .map_err(|e| explain(e, About::Sandbox))?;
             return Ok(id);
@@ -125,12 +124,7 @@ impl CoppiceMcp {
         let key = self.key(ctx);
         let mut defaults = self.state.defaults.lock().await;
         if let Some(id) = defaults.get(&key).cloned() {
-            let secs = self.tools().runtime().config().default_timeout_secs as f64;
-            if self
-                .tools()
-                .set_timeout(&id, SetTimeout { timeout_secs: secs })
-                .is_ok()
-            {
+            if self.tools().touch_sandbox(&id).is_ok() {
                 return Ok(id);
             }
             tracing::info!(sandbox = %id, "default sandbox is gone; creating a new one");

@@ -1,11 +1,14 @@
 //! The tool layer: each capability as a typed request and response with exactly one
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
+mod access;
 pub mod code;
 pub mod commands;
 pub mod files;
+pub mod launch;
 mod lease;
 pub mod lifecycle;
+pub mod listing;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
@@ -29,10 +32,7 @@ impl Tools {
             registry: Default::default(),
         }
     }
-
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.rt
-    }
 }
 
+pub use access::Defaults;
 pub use coppice_runtime::{Error, Result};

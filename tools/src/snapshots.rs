@@ -212,6 +212,6 @@ impl Tools {
 
     /// Whether memory-state snapshots are possible on this host, and why not.
     pub fn memory_snapshot_support(&self) -> MemorySnapshotSupport {
-        self.runtime().memory_snapshot_support()
+        self.rt.memory_snapshot_support()
     }
 }

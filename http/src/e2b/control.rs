@@ -11,13 +11,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use coppice_runtime::Error;
 use coppice_runtime::clock::parse_rfc3339_ms;
-use coppice_runtime::manager::snapshots::ForkOutcome;
-use coppice_runtime::model::SandboxInfo;
+use coppice_runtime::model::SandboxState;
 use coppice_runtime::state::OnTimeout;
-use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
-use coppice_tools::snapshots::ForkSandbox;
+use coppice_tools::launch::LaunchSandbox;
+use coppice_tools::listing::ListSandboxes;
+use coppice_tools::sandboxes::SetTimeout;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -26,7 +25,6 @@ use super::error::{E2bError, bad};
 use super::network::E2bNetwork;
 use super::wire::{listed_json, sandbox_json, state_str};
 use super::{fork, lifecycle, network, snapshots};
-use coppice_runtime::ids::new_token;
 
 type St = State<Arc<E2bState>>;
 
@@ -183,85 +181,22 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
         return Err(bad("timeout must be at least 1 second"));
     }
     let is_alias = DEFAULT_ALIASES.contains(&req.template_id.as_str());
-    // A snapshot id or name in templateID is the SDK's `Sandbox.create(snapshot_id)`: one fork
-    // of that snapshot.
-    let snapshot = if is_alias {
-        None
-    } else {
-        match s.tools.snapshot_info(&req.template_id) {
-            Ok(i) => Some(i.snapshot_id),
-            Err(Error::SnapshotNotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let env = req.env_vars.unwrap_or_default();
-    let metadata = req.metadata.unwrap_or_default();
-    let timeout_secs = req.timeout.map(|t| t as f64);
-    let (info, fork_policy) = match snapshot {
-        Some(snapshot_id) => {
-            let mut r = s
-                .tools
-                .fork_sandbox(ForkSandbox {
-                    snapshot_id: Some(snapshot_id),
-                    count: Some(1),
-                    timeout_secs,
-                    env,
-                    metadata,
-                    ..Default::default()
-                })
-                .await?;
-            match r.forks.pop() {
-                Some(ForkOutcome {
-                    sandbox: Some(info),
-                    ..
-                }) => (info, network_policy),
-                other => {
-                    let why = other.and_then(|f| f.error).unwrap_or_default();
-                    return Err(E2bError(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!(
-                            "the sandbox from snapshot '{}' failed to start: {why}",
-                            req.template_id
-                        ),
-                    ));
-                }
-            }
-        }
-        None => {
-            let info = s
-                .tools
-                .create_sandbox(CreateSandbox {
-                    template: (!is_alias).then(|| req.template_id.clone()),
-                    timeout_secs,
-                    env,
-                    metadata,
-                    network_policy,
-                    ..Default::default()
-                })
-                .await?;
-            (info, None)
-        }
-    };
-    let secure = req.secure.unwrap_or(true);
-    let setup = async {
-        if secure {
-            s.tools.set_access_token(&info.id, &new_token()).await?;
-        } else {
-            s.tools.runtime().set_open_traffic(&info.id)?;
-        }
-        if req.auto_pause {
-            s.tools.set_on_timeout(&info.id, OnTimeout::Pause)?;
-        }
-        // A fork keeps its snapshot's policy unless the request names one.
-        if let Some(p) = fork_policy {
-            s.tools.set_network_policy(&info.id, p).await?;
-        }
-        Ok::<_, Error>(())
-    };
-    if let Err(e) = setup.await {
-        let _ = s.tools.kill_sandbox(&info.id).await;
-        return Err(e.into());
-    }
+    let info = s
+        .tools
+        .launch_sandbox(LaunchSandbox {
+            // A snapshot id or name in templateID is the SDK's `Sandbox.create(snapshot_id)`.
+            from: (!is_alias).then(|| req.template_id.clone()),
+            timeout_secs: req.timeout.map(|t| t as f64),
+            env: req.env_vars.unwrap_or_default(),
+            metadata: req.metadata.unwrap_or_default(),
+            network_policy,
+            access_token: req.secure.unwrap_or(true),
+            on_timeout: match req.auto_pause {
+                true => OnTimeout::Pause,
+                false => OnTimeout::Kill,
+            },
+        })
+        .await?;
     let mut body = sandbox_json(&s, &info)?;
     body["alias"] = json!(req.template_id);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -321,10 +256,6 @@ async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bEr
             "unknown state '{bad_state}' (use running, paused)"
         )));
     }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=100).contains(&limit) {
-        return Err(bad("limit must be between 1 and 100"));
-    }
     let started_after = match q.started_after.as_deref().filter(|s| !s.is_empty()) {
         Some(t) => Some(
             parse_rfc3339_ms(t)
@@ -337,51 +268,31 @@ async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bEr
         Some("desc") => true,
         Some(o) => return Err(bad(format!("order must be asc or desc, not '{o}'"))),
     };
-    let mut all: Vec<SandboxInfo> = s
-        .tools
-        .list_sandboxes()?
-        .into_iter()
-        .filter(|i| states.contains(&state_str(i.state)))
-        .filter(|i| {
-            wanted_meta
-                .iter()
-                .all(|(k, v)| i.metadata.get(k).is_some_and(|x| x == v))
-        })
-        .filter(|i| q.template.as_ref().is_none_or(|t| &i.template == t))
-        .filter(|i| {
-            started_after
-                .is_none_or(|after| parse_rfc3339_ms(&i.created_at).is_some_and(|at| at >= after))
-        })
-        .collect();
-    // Pages in a stable order with a cursor (not an offset), so sandboxes ending between
-    // pages do not shift the rest.
-    all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-    if desc {
-        all.reverse();
-    }
-    if !paged {
-        let items: Vec<Value> = all.iter().map(listed_json).collect();
-        return Ok(Json(items).into_response());
-    }
-    let start = match q.next_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
-            let (at, id) = token
-                .split_once('_')
-                .ok_or_else(|| bad("invalid nextToken"))?;
-            all.iter()
-                .position(|i| {
-                    let key = (i.created_at.as_str(), i.id.as_str());
-                    if desc { key < (at, id) } else { key > (at, id) }
-                })
-                .unwrap_or(all.len())
-        }
-        None => 0,
-    };
-    let page: Vec<&SandboxInfo> = all.iter().skip(start).take(limit).collect();
-    let mut resp = Json(page.iter().map(|i| listed_json(i)).collect::<Vec<_>>()).into_response();
-    if start + page.len() < all.len()
-        && let Some(last) = page.last()
-        && let Ok(v) = HeaderValue::from_str(&format!("{}_{}", last.created_at, last.id))
+    // E2B's two states: paused, and running for every other.
+    let states = [
+        SandboxState::Starting,
+        SandboxState::Running,
+        SandboxState::Paused,
+        SandboxState::Stopped,
+        SandboxState::Unhealthy,
+    ]
+    .into_iter()
+    .filter(|st| states.contains(&state_str(*st)))
+    .collect();
+    let page = s.tools.list_sandbox_page(&ListSandboxes {
+        states: Some(states),
+        metadata: wanted_meta,
+        template: q.template,
+        started_after_ms: started_after,
+        newest_first: desc,
+        limit: paged.then(|| q.limit.unwrap_or(100)),
+        cursor: q.next_token,
+    })?;
+    let items: Vec<Value> = page.sandboxes.iter().map(listed_json).collect();
+    let mut resp = Json(items).into_response();
+    if let Some(v) = page
+        .next_cursor
+        .and_then(|c| HeaderValue::from_str(&c).ok())
     {
         resp.headers_mut().insert("x-next-token", v);
     }

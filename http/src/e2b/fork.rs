@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use super::E2bState;
 use super::error::{E2bError, bad};
 use super::wire::{optional_body, sandbox_json};
-use coppice_runtime::ids::new_token;
 
 /// E2B's fork count range (the SDK checks it too).
 const MAX_E2B_FORKS: u32 = 20;
@@ -36,11 +35,7 @@ pub(super) async fn finish_fork(
     secure: bool,
 ) -> Result<Value, Error> {
     let setup = async {
-        if secure {
-            s.tools.set_access_token(&info.id, &new_token()).await?;
-        } else {
-            s.tools.runtime().set_open_traffic(&info.id)?;
-        }
+        s.tools.grant_access(&info.id, secure).await?;
         sandbox_json(s, info)
     };
     match setup.await {

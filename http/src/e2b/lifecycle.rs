@@ -54,7 +54,7 @@ pub(super) async fn connect(
 /// A sandbox made by the native API or MCP has no access token, and E2B sandbox traffic
 /// without one is refused: connecting gives it one, which the response carries.
 async fn ensure_reachable(s: &E2bState, id: &str) -> Result<(), Error> {
-    if s.tools.access_token(id)?.is_none() && !s.tools.runtime().open_traffic(id)? {
+    if s.tools.access_token(id)?.is_none() && !s.tools.open_traffic(id)? {
         s.tools.set_access_token(id, &new_token()).await?;
     }
     Ok(())

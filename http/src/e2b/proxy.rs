@@ -137,7 +137,7 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
         other => error(StatusCode::BAD_GATEWAY, &other.to_string(), Some(id)),
     };
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
-        let agent = s.tools.runtime().agent_for_proxy(id).map_err(unreachable)?;
+        let agent = s.tools.agent_for_proxy(id).map_err(unreachable)?;
         return crate::agent_proxy::forward(&agent, req, None)
             .await
             .map_err(unreachable);
@@ -147,7 +147,7 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     let body: BoxBody = body.map_err(std::io::Error::other).boxed_unsync();
     // Any other port: a service inside the sandbox, on its bridge address.
     let info = s.tools.sandbox_info(id).map_err(unreachable)?;
-    if s.tools.runtime().is_paused(id).map_err(unreachable)? {
+    if s.tools.is_paused(id).map_err(unreachable)? {
         return Err(error(
             StatusCode::BAD_GATEWAY,
             &format!("sandbox {id} is paused: connect to it to resume it"),
