@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COPPICE_MCP_TOKEN", hide_env_values = true)]
     mcp_token: Option<String>,
     /// An API key the E2B control plane accepts (`X-API-Key`; the SDKs' E2B_API_KEY).
-    /// Repeatable; adds to `e2b_api_keys` in the config.
+    /// Repeatable; adds to `[e2b] api_keys` in the config.
     #[arg(
         long = "e2b-api-key",
         env = "COPPICE_E2B_API_KEY",
@@ -90,12 +90,12 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    cfg.socket = socket;
+    cfg.listener.socket = socket;
     if let Some(d) = &args.state_dir {
         cfg.state_dir = d.clone();
     }
     if let Some(l) = &args.listen {
-        cfg.listen = l.clone();
+        cfg.listener.listen = l.clone();
     }
     if let Some(n) = args.pool_size {
         cfg.pool_size = n;
@@ -107,11 +107,11 @@ fn config(args: &ServeArgs, socket: PathBuf) -> anyhow::Result<Config> {
         cfg.network = false;
     }
     if let Some(t) = &args.mcp_token {
-        cfg.mcp_token = Some(t.clone());
+        cfg.listener.token = Some(t.clone());
     }
-    cfg.e2b_api_keys.extend(args.e2b_api_keys.iter().cloned());
+    cfg.e2b.api_keys.extend(args.e2b_api_keys.iter().cloned());
     if args.e2b_no_auth {
-        cfg.e2b_no_auth = true;
+        cfg.e2b.no_auth = true;
     }
     if let Some(u) = &args.dns_upstream {
         cfg.dns_upstream = Some(u.clone());
@@ -145,12 +145,13 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let cfg = config(&args, socket)?;
     // A listener without a configured token gets the state dir's; a non-loopback one must be
     // given one explicitly (a token only root can read is no use to remote clients).
-    let loopback = !HttpOptions::for_tcp(&cfg.listen, cfg.mcp_token.clone())?
+    let loopback = !HttpOptions::for_tcp(&cfg.listener.listen, cfg.listener.token.clone())?
         .allowed_hosts
         .is_empty();
-    let api_token = crate::api_token::load_or_create(cfg.mcp_token.as_deref(), &cfg.state_dir)?;
-    let tcp_mcp = HttpOptions::for_tcp(&cfg.listen, Some(api_token.clone()))?;
-    let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg, loopback)?;
+    let api_token =
+        crate::api_token::load_or_create(cfg.listener.token.as_deref(), &cfg.state_dir)?;
+    let tcp_mcp = HttpOptions::for_tcp(&cfg.listener.listen, Some(api_token.clone()))?;
+    let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg.e2b, loopback)?;
     let runtime = Runtime::start(cfg.clone()).await?;
     runtime.spawn_background_tasks();
     let tools = Tools::new(runtime);
@@ -161,23 +162,23 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     // The socket is root-only: no token; Host is not checked (clients name no real host).
     let unix_app = coppice_http::unix_app(tools, mcp, api_token);
 
-    let tcp = tokio::net::TcpListener::bind(&cfg.listen)
+    let tcp = tokio::net::TcpListener::bind(&cfg.listener.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.listen))?;
-    if let Some(dir) = cfg.socket.parent() {
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.listener.listen))?;
+    if let Some(dir) = cfg.listener.socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let _ = std::fs::remove_file(&cfg.socket);
-    let unix = tokio::net::UnixListener::bind(&cfg.socket)
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.socket.display()))?;
+    let _ = std::fs::remove_file(&cfg.listener.socket);
+    let unix = tokio::net::UnixListener::bind(&cfg.listener.socket)
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", cfg.listener.socket.display()))?;
     std::fs::set_permissions(
-        &cfg.socket,
+        &cfg.listener.socket,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     tracing::info!(
         "coppice ready: http://{} and unix:{} (state in {})",
-        cfg.listen,
-        cfg.socket.display(),
+        cfg.listener.listen,
+        cfg.listener.socket.display(),
         cfg.state_dir.display()
     );
 

@@ -28,6 +28,7 @@ pub struct AllowedHosts {
 }
 
 impl AllowedHosts {
+    /// A guard accepting these host names (and `{port}-{id}.{e2b_domain}` when a domain is set).
     pub fn new(names: &[String], e2b_domain: Option<&str>) -> Self {
         Self {
             names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
@@ -191,7 +192,7 @@ async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> R
         StatusCode::UNAUTHORIZED,
         axum::Json(serde_json::json!({
             "code": "unauthenticated",
-            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's mcp_token: when set, every route of its TCP listener but /health needs it)"
+            "message": "missing or wrong bearer token: send `Authorization: Bearer <token>` (the daemon's [listener] token: when set, every route of its TCP listener but /health needs it)"
         })),
     )
         .into_response();

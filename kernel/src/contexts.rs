@@ -132,6 +132,8 @@ fn default_id(language: &str) -> String {
 }
 
 impl Contexts {
+    /// An empty set: kernels start through `launcher`, keep their connection files and logs in
+    /// `run_dir`, and run in `home` unless a context names another cwd.
     pub fn new(launcher: Arc<dyn Launcher>, run_dir: PathBuf, home: PathBuf) -> Self {
         Self {
             launcher,

@@ -51,8 +51,11 @@ fn is_ipykernel(argv: &[String]) -> bool {
 /// What it takes to start a kernel process; the launcher decides how (user, reaping).
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
+    /// Command line from the kernelspec, with `{connection_file}` and `{resource_dir}` filled in.
     pub argv: Vec<String>,
+    /// Full environment: the sandbox-wide env plus the kernelspec's own.
     pub env: BTreeMap<String, String>,
+    /// Working directory, the context's cwd.
     pub cwd: PathBuf,
     /// The kernel's own stdout and stderr go here (start failures are read from it).
     pub log: PathBuf,
@@ -60,13 +63,16 @@ pub struct LaunchSpec {
 
 /// A started kernel process. `exited` resolves with a description of how it ended.
 pub struct Launched {
+    /// Pid of the kernel process.
     pub pid: u32,
+    /// Resolves with a description of how the process ended.
     pub exited: oneshot::Receiver<String>,
 }
 
 /// Starts and signals kernel processes. In the sandbox this is the agent, which must reap every
 /// child itself (PID 1) and runs kernels as the sandbox user.
 pub trait Launcher: Send + Sync + 'static {
+    /// Starts the kernel process as `spec` says.
     fn launch(&self, spec: &LaunchSpec) -> std::io::Result<Launched>;
     /// Sends `signal` to the kernel's process group; false when it is gone.
     fn signal(&self, pid: u32, signal: i32) -> bool;
@@ -79,12 +85,17 @@ pub trait Launcher: Send + Sync + 'static {
 /// A kernelspec found on disk.
 #[derive(Debug, Clone)]
 pub struct KernelSpec {
+    /// Directory name of the kernelspec, e.g. `python3`.
     pub name: String,
+    /// Directory holding its `kernel.json`, the kernel's `{resource_dir}`.
     pub dir: PathBuf,
+    /// The parsed `kernel.json`.
     pub spec: JupyterKernelspec,
 }
 
+/// One running Jupyter kernel process and its ZeroMQ connections.
 pub struct Kernel {
+    /// Pid of the kernel process.
     pub pid: u32,
     shell: ClientShellConnection,
     control: ClientControlConnection,
@@ -471,6 +482,7 @@ impl Kernel {
         Ok(())
     }
 
+    /// The Jupyter session id this client uses in its message headers.
     pub fn session(&self) -> &str {
         &self.session
     }

@@ -21,13 +21,16 @@ pub use contexts::Contexts;
 /// `BadRequest`/`UnknownLanguage`, 404 for `NotFound`, 500 otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request is malformed or contradicts itself (HTTP 400).
     #[error("{0}")]
     BadRequest(String),
     /// E2B's exact text, which its SDK shows as NotFoundException.
     #[error("Context {0} not found")]
     NotFound(String),
+    /// No kernel is installed for the language asked for (HTTP 400).
     #[error("{0}")]
     UnknownLanguage(String),
+    /// The kernel could not be started.
     #[error("{0}")]
     Start(String),
     /// The kernel process died (or had to be killed).

@@ -13,9 +13,13 @@ pub const ERROR_KIND_HEADER: &str = "coppice-error-kind";
 
 /// The kinds [`ERROR_KIND_HEADER`] carries.
 pub mod error_kinds {
+    /// The request body was malformed or inconsistent.
     pub const BAD_REQUEST: &str = "bad_request";
+    /// The named context does not exist.
     pub const CONTEXT_NOT_FOUND: &str = "context_not_found";
+    /// No kernel is installed for the requested language.
     pub const UNKNOWN_LANGUAGE: &str = "unknown_language";
+    /// The kernel could not be started or died.
     pub const KERNEL: &str = "kernel";
 }
 
@@ -24,13 +28,18 @@ pub mod error_kinds {
 /// (the E2B SDKs enforce their timeout client-side and never send it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExecuteRequest {
+    /// The code to run.
     pub code: String,
+    /// Context to run in; absent means the default context of `language`.
     #[serde(default)]
     pub context_id: Option<String>,
+    /// Language whose default context runs the code (Python when absent); not with `context_id`.
     #[serde(default)]
     pub language: Option<String>,
+    /// Environment variables set for this execution only.
     #[serde(default)]
     pub env_vars: Option<BTreeMap<String, String>>,
+    /// Seconds after which the kernel is interrupted; must be positive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
 }
@@ -38,8 +47,10 @@ pub struct ExecuteRequest {
 /// Body of `POST /contexts`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateContext {
+    /// Kernel language (Python when absent); E2B's aliases such as `js` are accepted.
     #[serde(default)]
     pub language: Option<String>,
+    /// Working directory of the kernel, relative to the user's home; absent: the home itself.
     #[serde(default)]
     pub cwd: Option<String>,
 }
@@ -47,8 +58,11 @@ pub struct CreateContext {
 /// A code context as `/contexts` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContextInfo {
+    /// Context id, passed as `context_id` to `/execute`.
     pub id: String,
+    /// Normalized language of its kernel, e.g. `python`.
     pub language: String,
+    /// Absolute working directory of its kernel.
     pub cwd: String,
 }
 
@@ -56,12 +70,16 @@ pub struct ContextInfo {
 /// field of their own go to `extra` keyed by MIME type.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultData {
+    /// `text/plain`, with the quotes around a string repr stripped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// `text/html`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
+    /// `text/markdown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub markdown: Option<String>,
+    /// `image/svg+xml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub svg: Option<String>,
     /// Base64, as Jupyter sends it.
@@ -73,16 +91,22 @@ pub struct ResultData {
     /// Base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pdf: Option<String>,
+    /// `text/latex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latex: Option<String>,
+    /// `application/json`, kept as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<Value>,
+    /// `application/javascript`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub javascript: Option<String>,
+    /// `e2b/data`, E2B's structured data, kept as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// `e2b/chart`, E2B's chart description, kept as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart: Option<Value>,
+    /// Every other MIME type, keyed by type.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
     /// True for the cell's value (`execute_result`), false for `display_data`.
@@ -170,28 +194,41 @@ fn strip_quotes(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputLine {
+    /// The execution began; carries the kernel's execution counter.
     NumberOfExecutions {
+        /// The kernel's execution count for this cell (`In [n]`).
         execution_count: i64,
     },
+    /// Text the code wrote to stdout.
     Stdout {
+        /// The text, as the kernel sent it.
         text: String,
         /// ISO-8601, the kernel's message date.
         timestamp: String,
     },
+    /// Text the code wrote to stderr.
     Stderr {
+        /// The text, as the kernel sent it.
         text: String,
+        /// ISO-8601, the kernel's message date.
         timestamp: String,
     },
     /// Boxed: a result is much larger than the other lines.
     Result(Box<ResultData>),
+    /// The code raised an error (or Coppice reports one from [`errors`]).
     Error {
+        /// Error class, e.g. `NameError`.
         name: String,
+        /// Error message.
         value: String,
         /// The traceback lines joined (with the kernel's ANSI colours).
         traceback: String,
     },
+    /// The execution finished; always the last line.
     EndOfExecution,
+    /// Sent while the execution is quiet, to keep the stream alive.
     Keepalive,
+    /// Recorded by the reader when the stream ended without `end_of_execution`; never sent.
     UnexpectedEndOfExecution,
 }
 

@@ -56,7 +56,7 @@ impl HttpOptions {
         } else {
             if token.is_none() {
                 anyhow::bail!(
-                    "listen address {listen} is not loopback: MCP over HTTP needs a bearer token there; set mcp_token in the config file or pass --mcp-token (or COPPICE_MCP_TOKEN)"
+                    "listen address {listen} is not loopback: MCP over HTTP needs a bearer token there; set `token` under [listener] in the config file or pass --mcp-token (or COPPICE_MCP_TOKEN)"
                 );
             }
             // A required token already defeats DNS rebinding; the server's own names are not
@@ -173,7 +173,7 @@ mod tests {
         assert!(HttpOptions::for_tcp("localhost:7070", None).is_ok());
         assert!(HttpOptions::for_tcp("[::1]:7070", None).is_ok());
         let err = HttpOptions::for_tcp("0.0.0.0:7070", None).unwrap_err();
-        assert!(err.to_string().contains("mcp_token"));
+        assert!(err.to_string().contains("[listener]"));
         let o = HttpOptions::for_tcp("0.0.0.0:7070", Some("t".into())).unwrap();
         assert_eq!(o.bearer_token.as_deref(), Some("t"));
         assert!(o.allowed_hosts.is_empty());

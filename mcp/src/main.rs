@@ -87,10 +87,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// when stdin closes.
 async fn embedded(args: Args) -> anyhow::Result<()> {
     let mut cfg = coppice_runtime::Config {
-        socket: args.socket.clone(),
         pool_size: 0,
         ..Default::default()
     };
+    cfg.listener.socket = args.socket.clone();
     if let Some(dir) = args.state_dir {
         cfg.state_dir = dir;
     }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::explain::{About, explain};
 use crate::session::CoppiceMcp;
 
+/// network_policy_get's arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicyGetArgs {
@@ -20,6 +21,7 @@ pub struct NetworkPolicyGetArgs {
     pub sandbox_id: Option<String>,
 }
 
+/// network_policy_set's arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicySetArgs {

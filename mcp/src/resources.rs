@@ -21,7 +21,9 @@ pub const FILE_TEMPLATE: &str = "coppice://sandboxes/{id}/files/{+path}";
 /// What a `coppice://` URI names.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
+    /// `coppice://sandboxes`: the sandbox list.
     Sandboxes,
+    /// `coppice://sandboxes/{id}`: one sandbox.
     Sandbox(String),
     /// A sandbox and an absolute path in it.
     File(String, String),

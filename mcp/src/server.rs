@@ -20,6 +20,7 @@ static TOOL_ROUTER: std::sync::LazyLock<ToolRouter<CoppiceMcp>> =
     std::sync::LazyLock::new(CoppiceMcp::all_tools);
 
 impl CoppiceMcp {
+    /// The MCP server of one session over shared state.
     pub fn new(state: McpState) -> Self {
         Self {
             state,

@@ -25,7 +25,9 @@ pub enum Mode {
 /// per request for stateless HTTP).
 #[derive(Clone)]
 pub struct McpState {
+    /// The tool layer every tool call goes through.
     pub tools: Tools,
+    /// How the server runs (embedded in a CLI process or in the daemon).
     pub mode: Mode,
     /// Default sandbox per session key.
     pub(crate) defaults: Arc<tokio::sync::Mutex<HashMap<String, String>>>,
@@ -36,6 +38,7 @@ pub struct McpState {
 }
 
 impl McpState {
+    /// Shared state with no default sandboxes yet.
     pub fn new(tools: Tools, mode: Mode) -> Self {
         Self {
             tools,

@@ -146,6 +146,7 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    /// Lines from `read`, answers to `write`; lines over `limit` bytes are replaced.
     pub fn new(read: R, write: W, limit: usize) -> Self {
         Self {
             read,

@@ -24,6 +24,7 @@ pub struct Slot {
 }
 
 impl PerSource {
+    /// A bound of `max` open connections per source address.
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,

@@ -8,15 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::Limits;
 
+/// The daemon's settings; every field has an embedded default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where templates, sandboxes and the state database live.
     pub state_dir: PathBuf,
-    /// HTTP listen address (loopback by default).
-    pub listen: String,
-    /// Unix control socket used by the CLI.
-    pub socket: PathBuf,
     /// Template used when a request names none.
     pub default_template: String,
     /// Warm sandboxes kept ready per template (0 turns pooling off).
@@ -69,22 +66,11 @@ pub struct Config {
     /// Paths of the helper binaries; default: next to the running executable (for the agent,
     /// its static musl build from the same cargo target dir when that is at least as new).
     pub agent_binary: Option<PathBuf>,
+    /// Path of the coppice-spawn helper; default: next to the running executable.
     pub spawn_binary: Option<PathBuf>,
     /// How long the daemon waits for a sandbox's agent to start answering a call (after the
     /// request body is sent) before answering 504; a stopped agent fails at once.
     pub agent_deadline_secs: u64,
-    /// Bearer token for every route of the TCP listener (MCP and the API); required when
-    /// `listen` is not loopback.
-    pub mcp_token: Option<String>,
-    /// API keys the E2B control plane accepts in `X-API-Key`. With none (and `e2b_no_auth`
-    /// off) every E2B control-plane call is refused.
-    pub e2b_api_keys: Vec<String>,
-    /// Accept any E2B API key (local development only; refused on a non-loopback listener).
-    pub e2b_no_auth: bool,
-    /// Domain for E2B host-based sandbox routing (`{port}-{id}.{domain}`), also returned to
-    /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
-    /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
-    pub e2b_domain: Option<String>,
     /// Where sandbox uppers and snapshots live: "auto" (btrfs subvolumes, on the state
     /// directory's btrfs or a sparse loop-mounted image in it; plain directories when btrfs is
     /// unavailable), "btrfs" (or refuse to start), "plain" (directories; snapshots copy).
@@ -95,14 +81,54 @@ pub struct Config {
     /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
     /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
     pub dns_upstream: Option<String>,
+    /// `[listener]`: where the daemon listens and what its TCP listener asks for.
+    pub listener: ListenerConfig,
+    /// `[e2b]`: the E2B-compatible API.
+    pub e2b: E2bConfig,
+}
+
+/// `[listener]`: the daemon's TCP listener and the CLI's control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// HTTP listen address (loopback by default).
+    pub listen: String,
+    /// Unix control socket used by the CLI.
+    pub socket: PathBuf,
+    /// Bearer token for every route of the TCP listener (MCP and the API); required when
+    /// `listen` is not loopback.
+    pub token: Option<String>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            socket: PathBuf::from("/run/coppice/coppice.sock"),
+            token: None,
+        }
+    }
+}
+
+/// `[e2b]`: the E2B-compatible control plane and sandbox traffic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2bConfig {
+    /// API keys the E2B control plane accepts in `X-API-Key`. With none (and `no_auth` off)
+    /// every E2B control-plane call is refused.
+    pub api_keys: Vec<String>,
+    /// Accept any E2B API key (local development only; refused on a non-loopback listener).
+    pub no_auth: bool,
+    /// Domain for E2B host-based sandbox routing (`{port}-{id}.{domain}`), also returned to
+    /// the SDKs as the sandbox domain. Unset: any `{port}-{id}.<host>` is routed and no
+    /// domain is returned (the SDKs then need `E2B_SANDBOX_URL`).
+    pub domain: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("/var/lib/coppice"),
-            listen: "127.0.0.1:7070".into(),
-            socket: PathBuf::from("/run/coppice/coppice.sock"),
             default_template: "default".into(),
             pool_size: 2,
             pool_templates: Vec::new(),
@@ -135,13 +161,11 @@ impl Default for Config {
             agent_binary: None,
             spawn_binary: None,
             agent_deadline_secs: 30,
-            mcp_token: None,
-            e2b_api_keys: Vec::new(),
-            e2b_no_auth: false,
-            e2b_domain: None,
             storage: Default::default(),
             btrfs_image_gib: 64,
             dns_upstream: None,
+            listener: ListenerConfig::default(),
+            e2b: E2bConfig::default(),
         }
     }
 }
@@ -156,6 +180,7 @@ impl Config {
             .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
     }
 
+    /// Where helper binary `name` (coppice-agent, coppice-spawn) is.
     pub fn helper_binary(&self, name: &str) -> PathBuf {
         let explicit = match name {
             "coppice-agent" => self.agent_binary.clone(),
@@ -180,10 +205,12 @@ impl Config {
         sibling
     }
 
+    /// Where each sandbox's directory lives.
     pub fn sandboxes_dir(&self) -> PathBuf {
         self.state_dir.join("sandboxes")
     }
 
+    /// The templates that get a warm pool.
     pub fn pooled_templates(&self) -> Vec<String> {
         if self.pool_templates.is_empty() {
             vec![self.default_template.clone()]
@@ -234,13 +261,19 @@ mod tests {
 
     #[test]
     fn toml_overrides_keep_defaults() {
-        let cfg: Config = toml::from_str("pool_size = 0\nlisten = \"0.0.0.0:9\"\n").unwrap();
+        let cfg: Config =
+            toml::from_str("pool_size = 0\n[listener]\nlisten = \"0.0.0.0:9\"\n").unwrap();
         assert_eq!(cfg.pool_size, 0);
-        assert_eq!(cfg.listen, "0.0.0.0:9");
+        assert_eq!(cfg.listener.listen, "0.0.0.0:9");
+        assert_eq!(cfg.listener.socket, ListenerConfig::default().socket);
         assert_eq!(cfg.default_template, "default");
         assert!(
             toml::from_str::<Config>("pool_sise = 1").is_err(),
             "typos are errors"
+        );
+        assert!(
+            toml::from_str::<Config>("[e2b]\napi_key = [\"k\"]").is_err(),
+            "in sections too"
         );
     }
 

@@ -2,17 +2,26 @@
 
 use coppice_envd::ConnectError;
 
+/// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No such sandbox visible to callers, and no record of one that ended.
     #[error(
         "sandbox '{0}' not found (it may have been killed or timed out; list sandboxes to see live ones)"
     )]
     SandboxNotFound(String),
     /// A sandbox that existed and ended: its tombstone says how.
     #[error("sandbox '{id}' not found: it is gone, {why}")]
-    SandboxEnded { id: String, why: String },
+    SandboxEnded {
+        /// The sandbox asked for.
+        id: String,
+        /// How it ended and when, e.g. `its timeout passed at <time>`.
+        why: String,
+    },
+    /// No installed template has this name.
     #[error("template '{0}' not found (list the templates to see the installed ones)")]
     TemplateNotFound(String),
+    /// No ready snapshot has this id or name.
     #[error("snapshot '{0}' not found (list the snapshots to see the existing ones)")]
     SnapshotNotFound(String),
     /// A code context that does not exist in the sandbox (E2B's text: "Context X not found").
@@ -25,10 +34,13 @@ pub enum Error {
     /// forks still stand on).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request itself is wrong (a bad value, a conflicting option).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// What the request would create exists already.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The operation cannot be served right now (a paused sandbox, another daemon owns the host).
     #[error("{0}")]
     Unavailable(String),
     /// The caller's credential does not cover this sandbox or operation.
@@ -40,29 +52,39 @@ pub enum Error {
     /// The sandbox did not answer in time (its agent is stopped, hung or overloaded).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// This host lacks a kernel or tool feature the operation needs.
     #[error("host is missing a required feature: {0}")]
     HostUnsupported(String),
+    /// The sandbox's agent answered with an error.
     #[error("sandbox agent: {0}")]
     Agent(#[from] ConnectError),
+    /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, e.g. `reading <path>`.
         context: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// The state database failed.
     #[error("state store: {0}")]
     State(#[from] rusqlite::Error),
+    /// A bug or broken invariant in the runtime.
     #[error("{0}")]
     Internal(String),
 }
 
+/// The runtime's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A `map_err` adapter: turns an I/O error into [`Error::Io`] with `context`.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
     }
 
+    /// An [`Error::Internal`] with `msg`.
     pub fn internal(msg: impl std::fmt::Display) -> Error {
         Error::Internal(msg.to_string())
     }
@@ -70,6 +92,7 @@ impl Error {
 
 /// Adds context to I/O results: `fs::read(p).ctx(|| format!("reading {p:?}"))`.
 pub trait IoContext<T> {
+    /// Wraps the error with the context `what` returns, called only on failure.
     fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
 }
 

@@ -57,6 +57,7 @@ pub struct Exposer {
 }
 
 impl Exposer {
+    /// No listeners yet; they will listen on the IP address `bind` (else `InvalidArgument`).
     pub fn new(bind: &str) -> Result<Exposer> {
         let bind = bind.trim().parse().map_err(|_| {
             Error::InvalidArgument(format!(

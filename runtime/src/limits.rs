@@ -7,7 +7,9 @@ use crate::model::{Limits, parse_size};
 /// The host's sizes the maxima default to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HostSize {
+    /// Total RAM in bytes (`u64::MAX` when unknown).
     pub memory_bytes: u64,
+    /// CPUs this process may run on.
     pub cpus: f64,
 }
 
@@ -53,6 +55,7 @@ pub fn all_sandboxes(host: HostSize, reserve: &str, max_pids: Option<u64>) -> Re
 /// The host-wide ceilings a new sandbox is admitted under (admission control).
 #[derive(Debug, Clone, Copy)]
 pub struct Ceilings {
+    /// Most sandboxes callers may own at once (pooled ones not counted).
     pub sandboxes: usize,
     /// Sum of the memory limits of all sandboxes; None: only the parent cgroup's cap.
     pub committed_memory: Option<u64>,

@@ -25,6 +25,7 @@ pub use lifecycle::{Resumed, SandboxMetrics};
 
 use crate::backend::Backend;
 
+/// The sandbox runtime: creates, tracks and tears down sandboxes on one host through a backend.
 pub struct Runtime {
     cfg: Config,
     store: StateStore,
@@ -184,10 +185,12 @@ impl Runtime {
         Self::assemble(cfg, store, templates, backend, max_limits, None).await
     }
 
+    /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// The installed templates.
     pub fn templates(&self) -> &TemplateStore {
         &self.templates
     }
@@ -603,10 +606,12 @@ impl Runtime {
             .with_shared_access_token(route.and_then(|r| r.token))
     }
 
+    /// What callers see of sandbox `id`; `SandboxNotFound` or `SandboxEnded` if not visible.
     pub fn info(&self, id: &str) -> Result<SandboxInfo> {
         Ok(self.info_of(&self.record(id)?))
     }
 
+    /// Every sandbox visible to callers (not pooled, not starting), oldest first.
     pub fn list(&self) -> Result<Vec<SandboxInfo>> {
         Ok(self
             .store
@@ -665,6 +670,7 @@ impl Runtime {
         Ok(self.info_of(&rec))
     }
 
+    /// Kills sandbox `id` and removes all it owns; returns once it is gone.
     pub async fn kill(&self, id: &str) -> Result<()> {
         let rec = self.record(id)?;
         self.destroy(rec).await
@@ -856,6 +862,7 @@ impl Runtime {
         self.pool_len(template)
     }
 
+    /// Every installed template.
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
         self.templates.list()
     }

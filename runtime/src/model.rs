@@ -22,14 +22,18 @@ pub struct Limits {
 /// What a caller asks for when creating a sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateRequest {
+    /// Template to start from; None: the configured default template.
     pub template: Option<String>,
+    /// Resource limits; unset ones take the configured defaults.
     #[serde(default)]
     pub limits: Limits,
     /// Lifetime before the reaper kills it; default from config (5 minutes).
     #[serde(default, with = "opt_secs")]
     pub timeout: Option<Duration>,
+    /// Environment variables every process of the sandbox gets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Caller's key-value metadata, reported back and usable as a list filter.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// Network policy in force from the start; None: the default policy.
@@ -41,13 +45,17 @@ pub struct CreateRequest {
     pub no_new_privs: Option<bool>,
 }
 
+/// Where a sandbox is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     /// Being set up (in a pool or for a request).
     Starting,
+    /// Up, with its processes running.
     Running,
+    /// Frozen: every process is stopped until it is resumed.
     Paused,
+    /// Gone or not running (also what an unreadable stored state reads as).
     Stopped,
     /// Running, but its agent does not answer (stopped, hung): reported with the reason,
     /// never stored (the daemon's health check decides it afresh).
@@ -55,6 +63,7 @@ pub enum SandboxState {
 }
 
 impl SandboxState {
+    /// The lowercase name, as serialized.
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Starting => "starting",
@@ -65,6 +74,7 @@ impl SandboxState {
         }
     }
 
+    /// The state named `s` (as [`Self::as_str`] writes it), or None.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "starting" => SandboxState::Starting,
@@ -80,15 +90,21 @@ impl SandboxState {
 /// What every surface reports about a sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxInfo {
+    /// Sandbox id.
     pub id: String,
+    /// Name of the template it was started from.
     pub template: String,
+    /// Where it is in its life.
     pub state: SandboxState,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339; when the reaper will kill it.
     pub expires_at: String,
+    /// Its limits as in force (defaults filled in).
     pub limits: Limits,
+    /// Caller's key-value metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Environment variables every process gets.
     pub env: BTreeMap<String, String>,
     /// Address of the sandbox on the host bridge.
     pub ip: Option<String>,
@@ -100,19 +116,23 @@ pub struct SandboxInfo {
     pub exposed: Vec<crate::expose::ExposedPort>,
     /// Host pid of the sandbox's init (the agent).
     pub pid: Option<i32>,
+    /// Hostname inside the sandbox (`sbx-` and the start of its id).
     pub hostname: String,
     /// Why the sandbox is `unhealthy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_reason: Option<String>,
 }
 
+/// A template as every surface reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateInfo {
+    /// Template name, as sandboxes name it.
     pub name: String,
     /// How it was made: "host" (from the host's system directories) or "debootstrap".
     pub source: String,
     /// Read-only layers, top first (directories on the host).
     pub layers: Vec<std::path::PathBuf>,
+    /// Bytes its layers hold on disk.
     pub size_bytes: u64,
     /// RFC 3339.
     pub created_at: String,

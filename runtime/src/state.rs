@@ -21,26 +21,36 @@ pub use hot::AgentRoute;
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRecord {
+    /// Sandbox id.
     pub id: String,
+    /// Name of the template it was started from.
     pub template: String,
+    /// Its stored state (never `Unhealthy`).
     pub state: SandboxState,
     /// Small integer owning the sandbox's uid range, IP and host interface name.
     pub slot: u32,
     /// Host pid of the sandbox's init, and its start time (clock ticks since boot) so that a
     /// recycled pid is never mistaken for the sandbox after a restart.
     pub pid: Option<i32>,
+    /// Start time of `pid`, in clock ticks since boot.
     pub pid_start: Option<u64>,
     /// Unix milliseconds.
     pub created_at_ms: i64,
+    /// When the reaper acts on it, Unix milliseconds (`i64::MAX` while pooled).
     pub expires_at_ms: i64,
+    /// Its limits, defaults filled in.
     pub limits: Limits,
+    /// Environment variables every process gets.
     pub env: BTreeMap<String, String>,
+    /// Caller's key-value metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Hostname inside the sandbox.
     pub hostname: String,
     /// Waiting in a warm pool, not yet handed out.
     pub pooled: bool,
 }
 
+/// The daemon's SQLite state: sandboxes, policies, snapshots, lineage and events.
 pub struct StateStore {
     conn: Mutex<Connection>,
     /// In-memory answers for the per-call agent lookup (state/hot.rs); every write below that
@@ -101,6 +111,7 @@ CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox, at_ms);
 ";
 
 impl StateStore {
+    /// Opens (creating it owner-only if need be) the database at `path` and its tables.
     pub fn open(path: &Path) -> Result<Self> {
         owner_only(path)?;
         let conn = Connection::open(path)?;
@@ -116,6 +127,7 @@ impl StateStore {
         })
     }
 
+    /// A store in memory, for tests.
     pub fn open_in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
@@ -130,6 +142,7 @@ impl StateStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stores a new sandbox row.
     pub fn insert(&self, r: &SandboxRecord) -> Result<()> {
         let conn = self.conn();
         conn.execute(
@@ -204,6 +217,7 @@ impl StateStore {
         Ok(changed > 0)
     }
 
+    /// Deletes a sandbox's row and its network policy.
     pub fn delete(&self, id: &str) -> Result<()> {
         let conn = self.conn();
         conn.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
@@ -228,6 +242,7 @@ impl StateStore {
         Ok(text.map(|t| from_json(&t)))
     }
 
+    /// Stores a sandbox's network policy; None removes it (the default policy applies).
     pub fn set_network_policy(
         &self,
         id: &str,
@@ -247,6 +262,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// The stored sandbox `id`, pooled or not.
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>> {
         Ok(self
             .conn()
@@ -258,6 +274,7 @@ impl StateStore {
             .optional()?)
     }
 
+    /// Every stored sandbox, oldest first.
     pub fn all(&self) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY created_at_ms"))?;
@@ -294,6 +311,7 @@ impl StateStore {
         Ok(next)
     }
 
+    /// Records an event (best effort: a failure is only logged).
     pub fn event(&self, sandbox: Option<&str>, kind: &str, detail: &str) {
         let at = crate::clock::now_ms();
         if let Err(e) = self.conn().execute(

@@ -19,6 +19,7 @@ pub struct Defaults {
 }
 
 impl Tools {
+    /// The daemon's defaults a surface shows or applies.
     pub fn defaults(&self) -> Defaults {
         let cfg = self.rt.config();
         Defaults {
@@ -47,6 +48,7 @@ impl Tools {
         self.rt.open_traffic(id)
     }
 
+    /// Whether the sandbox is paused (its traffic waits for a resume).
     pub fn is_paused(&self, id: &str) -> Result<bool> {
         self.rt.is_paused(id)
     }

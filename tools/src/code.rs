@@ -47,6 +47,7 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 300.0;
 /// One timestamped chunk of stdout or stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutputChunk {
+    /// The text as the kernel sent it.
     pub text: String,
     /// When the kernel sent it (ISO-8601).
     pub timestamp: String,
@@ -69,7 +70,9 @@ pub struct CodeResult {
 /// An error raised by the code (or by Coppice: TimeoutError, KernelDiedError, KernelStartError).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CodeError {
+    /// The exception's class name, e.g. "ZeroDivisionError".
     pub name: String,
+    /// The exception's message.
     pub value: String,
     /// The traceback as the kernel formats it (with ANSI colour codes).
     pub traceback: String,
@@ -80,10 +83,13 @@ pub struct CodeError {
 pub struct RunCodeResult {
     /// The kernel's execution counter for this call (None when the code never ran).
     pub execution_count: Option<i64>,
+    /// Standard output, in chunks as they came.
     pub stdout: Vec<OutputChunk>,
+    /// Standard error, in chunks as they came.
     pub stderr: Vec<OutputChunk>,
     /// Results in the order the kernel produced them.
     pub results: Vec<CodeResult>,
+    /// The error the code raised, if it did.
     pub error: Option<CodeError>,
     /// True when the timeout passed and the kernel was interrupted.
     pub timed_out: bool,
@@ -147,6 +153,7 @@ impl RunCodeResult {
         self.stdout.iter().map(|c| c.text.as_str()).collect()
     }
 
+    /// All of stderr as one string.
     pub fn stderr_text(&self) -> String {
         self.stderr.iter().map(|c| c.text.as_str()).collect()
     }

@@ -20,13 +20,17 @@ pub struct LaunchSandbox {
     /// A template name or a snapshot id or name (a snapshot wins: one fork of it); none = the
     /// default template.
     pub from: Option<String>,
+    /// Lifetime in seconds; default: the daemon's.
     pub timeout_secs: Option<f64>,
+    /// Environment of every process in the sandbox.
     pub env: BTreeMap<String, String>,
+    /// Free-form labels kept with the sandbox.
     pub metadata: BTreeMap<String, String>,
     /// None: the default policy, or for a snapshot the policy its sandbox had.
     pub network_policy: Option<NetworkPolicy>,
     /// Issue an access token its traffic must carry; false: its traffic is open.
     pub access_token: bool,
+    /// What happens when the timeout passes: kill (default) or pause.
     pub on_timeout: OnTimeout,
 }
 

@@ -26,6 +26,7 @@ pub struct Tools {
 }
 
 impl Tools {
+    /// The tool layer over a runtime.
     pub fn new(rt: Arc<Runtime>) -> Self {
         Self {
             rt,

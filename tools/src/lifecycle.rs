@@ -14,7 +14,9 @@ use crate::{Result, Tools};
 pub struct SandboxEvent {
     /// Unix milliseconds.
     pub at_ms: i64,
+    /// What happened, e.g. "created", "paused", "killed".
     pub kind: String,
+    /// Details (a reason, a snapshot id), possibly empty.
     pub detail: String,
 }
 
@@ -34,26 +36,32 @@ impl Tools {
         self.rt.resume(id, timeout).await
     }
 
+    /// Sets the token the sandbox's traffic (envd, ports) must carry.
     pub async fn set_access_token(&self, id: &str, token: &str) -> Result<()> {
         self.rt.set_access_token(id, token).await
     }
 
+    /// The sandbox's traffic token, if it has one.
     pub fn access_token(&self, id: &str) -> Result<Option<String>> {
         self.rt.access_token(id)
     }
 
+    /// Sets what the sandbox's timeout does: kill or pause.
     pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
         self.rt.set_on_timeout(id, on)
     }
 
+    /// What the sandbox's timeout does.
     pub fn on_timeout(&self, id: &str) -> Result<OnTimeout> {
         self.rt.on_timeout(id)
     }
 
+    /// CPU, memory and disk use of a sandbox.
     pub async fn sandbox_metrics(&self, id: &str) -> Result<SandboxMetrics> {
         self.rt.metrics(id).await
     }
 
+    /// The sandbox's lifecycle events since `since_ms` (Unix ms), oldest first, at most `limit`.
     pub fn sandbox_events(&self, id: &str, since_ms: i64, limit: u32) -> Result<Vec<SandboxEvent>> {
         Ok(self
             .rt

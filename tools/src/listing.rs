@@ -12,6 +12,7 @@ pub struct ListSandboxes {
     pub states: Option<Vec<SandboxState>>,
     /// Only sandboxes whose metadata holds every one of these pairs.
     pub metadata: Vec<(String, String)>,
+    /// Only sandboxes from this template.
     pub template: Option<String>,
     /// Only sandboxes created at or after this time (Unix ms).
     pub started_after_ms: Option<i64>,
@@ -26,7 +27,9 @@ pub struct ListSandboxes {
 /// One page, and the cursor of the next when there is more.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxPage {
+    /// The sandboxes of this page.
     pub sandboxes: Vec<SandboxInfo>,
+    /// Pass as `cursor` for the next page; none when this is the last.
     pub next_cursor: Option<String>,
 }
 

@@ -16,6 +16,7 @@ use crate::{Result, Tools};
 /// A sandbox's policy as every surface reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NetworkPolicyInfo {
+    /// The sandbox the policy belongs to.
     pub sandbox_id: String,
     /// The policy in force (the default one, `{"default":"allow"}`, unless set).
     pub policy: NetworkPolicy,
@@ -32,6 +33,7 @@ pub fn e2b_network_policy(
 }
 
 impl Tools {
+    /// The sandbox's network policy in force.
     pub fn network_policy(&self, id: &str) -> Result<NetworkPolicyInfo> {
         Ok(NetworkPolicyInfo {
             sandbox_id: id.to_string(),

@@ -51,12 +51,15 @@ pub struct CreateSandbox {
     pub no_new_privs: Option<bool>,
 }
 
+/// Set a sandbox's remaining lifetime.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetTimeout {
+    /// Seconds from now.
     pub timeout_secs: f64,
 }
 
 impl Tools {
+    /// Creates a sandbox; sizes and timeouts are checked here.
     pub async fn create_sandbox(&self, req: CreateSandbox) -> Result<SandboxInfo> {
         let memory_bytes = size_arg(req.memory.as_deref())?;
         let disk_bytes = size_arg(req.disk.as_deref())?;
@@ -79,22 +82,27 @@ impl Tools {
             .await
     }
 
+    /// Live sandboxes (pooled and half-started ones not included).
     pub fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>> {
         self.rt.list()
     }
 
+    /// One sandbox, or a tombstone error saying how it ended.
     pub fn sandbox_info(&self, id: &str) -> Result<SandboxInfo> {
         self.rt.info(id)
     }
 
+    /// Kills a sandbox and removes its files.
     pub async fn kill_sandbox(&self, id: &str) -> Result<()> {
         self.rt.kill(id).await
     }
 
+    /// Sets a sandbox's remaining lifetime, counted from now.
     pub fn set_timeout(&self, id: &str, req: SetTimeout) -> Result<SandboxInfo> {
         self.rt.set_timeout(id, secs(req.timeout_secs)?)
     }
 
+    /// The installed templates.
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
         self.rt.list_templates()
     }
@@ -120,11 +128,15 @@ fn secs(s: f64) -> Result<Duration> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildTemplate {
+    /// Name of the new template.
     pub name: String,
+    /// Debian packages installed on top of the base system.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// debootstrap suite, e.g. "bookworm"; default: the runtime's default suite.
     #[serde(default)]
     pub suite: Option<String>,
+    /// Debian mirror URL; default: the host's apt source.
     #[serde(default)]
     pub mirror: Option<String>,
 }
@@ -133,9 +145,21 @@ pub struct BuildTemplate {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BuildEvent {
-    Progress { line: String },
-    Done { template: TemplateInfo },
-    Error { message: String },
+    /// A line of the build's output.
+    Progress {
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The build finished.
+    Done {
+        /// The new template.
+        template: TemplateInfo,
+    },
+    /// The build failed.
+    Error {
+        /// Why.
+        message: String,
+    },
 }
 
 impl Tools {

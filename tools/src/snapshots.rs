@@ -128,6 +128,7 @@ impl ForkOverrides {
 }
 
 impl Tools {
+    /// Snapshots a sandbox's files (and memory, when asked and supported).
     pub async fn create_snapshot(
         &self,
         sandbox_id: &str,
@@ -150,6 +151,7 @@ impl Tools {
         self.rt.list_snapshots(sandbox_id)
     }
 
+    /// One snapshot, by id or name.
     pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo> {
         self.rt.snapshot_info(id)
     }
@@ -159,6 +161,7 @@ impl Tools {
         self.rt.delete_snapshot(id)
     }
 
+    /// Forks sandboxes from a snapshot or a live sandbox.
     pub async fn fork_sandbox(&self, req: ForkSandbox) -> Result<ForkResult> {
         let source = match (
             req.snapshot_id.filter(|s| !s.is_empty()),
@@ -197,6 +200,7 @@ impl Tools {
             .await
     }
 
+    /// Rolls a sandbox back to one of its snapshots in place.
     pub async fn restore_sandbox(
         &self,
         sandbox_id: &str,

@@ -169,5 +169,6 @@ fn nix_statfs_type(path: &std::path::Path) -> Option<i64> {
     let c = std::ffi::CString::new(path_str(path)).ok()?;
     // SAFETY: statfs(2) into a zeroed struct we own.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `buf` a statfs struct we own.
     (unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0).then_some(buf.f_type as i64)
 }

@@ -101,12 +101,12 @@ async fn api_key(State(s): St, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let msg = if s.opts.api_keys.is_empty() {
-        "no E2B API keys are configured on this Coppice daemon: set e2b_api_keys in its config \
+        "no E2B API keys are configured on this Coppice daemon: set [e2b] api_keys in its config \
          or start it with --e2b-api-key"
     } else if given.is_none() {
-        "missing X-API-Key header: set E2B_API_KEY to one of the daemon's e2b_api_keys"
+        "missing X-API-Key header: set E2B_API_KEY to one of the daemon's [e2b] api_keys"
     } else {
-        "invalid API key: set E2B_API_KEY to one of the daemon's e2b_api_keys"
+        "invalid API key: set E2B_API_KEY to one of the daemon's [e2b] api_keys"
     };
     E2bError(StatusCode::UNAUTHORIZED, msg.into()).into_response()
 }

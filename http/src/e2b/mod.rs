@@ -35,6 +35,7 @@ pub const ENVD_VERSION: &str = "0.6.4";
 
 /// envd's port and the code interpreter's (both served by the sandbox's agent).
 pub const ENVD_PORT: u16 = 49983;
+/// The port E2B's code-interpreter SDKs reach the kernel server on (`{port}-{id}` hosts).
 pub const CODE_INTERPRETER_PORT: u16 = 49999;
 
 /// How the E2B surface authenticates and names sandboxes.
@@ -51,23 +52,26 @@ pub struct E2bOptions {
 impl E2bOptions {
     /// From the daemon config; `loopback` says whether the listener is loopback-only (the
     /// no-auth mode is refused anywhere else).
-    pub fn from_config(cfg: &coppice_runtime::Config, loopback: bool) -> anyhow::Result<Self> {
+    pub fn from_config(
+        cfg: &coppice_runtime::config::E2bConfig,
+        loopback: bool,
+    ) -> anyhow::Result<Self> {
         let api_keys: Vec<String> = cfg
-            .e2b_api_keys
+            .api_keys
             .iter()
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect();
-        if cfg.e2b_no_auth && !loopback {
+        if cfg.no_auth && !loopback {
             anyhow::bail!(
-                "e2b_no_auth accepts any E2B API key and is only allowed on a loopback listener; \
-                 configure e2b_api_keys (or --e2b-api-key) instead"
+                "[e2b] no_auth accepts any E2B API key and is only allowed on a loopback \
+                 listener; configure [e2b] api_keys (or --e2b-api-key) instead"
             );
         }
         Ok(Self {
             api_keys,
-            no_auth: cfg.e2b_no_auth,
-            domain: cfg.e2b_domain.clone().filter(|d| !d.is_empty()),
+            no_auth: cfg.no_auth,
+            domain: cfg.domain.clone().filter(|d| !d.is_empty()),
         })
     }
 }

@@ -27,12 +27,14 @@ use crate::connect::{
 /// A body type that any proxied request can be turned into.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// A [`BoxBody`] holding `bytes` in one frame.
 pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
+/// Client for one agent's envd API at its unix socket; idle connections are pooled per socket.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     socket: PathBuf,
@@ -46,6 +48,7 @@ pub struct AgentClient {
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 impl AgentClient {
+    /// A client for the agent listening on `socket`, without token or deadline.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
@@ -74,6 +77,7 @@ impl AgentClient {
         self
     }
 
+    /// The agent's unix socket.
     pub fn socket(&self) -> &Path {
         &self.socket
     }

@@ -21,21 +21,37 @@ pub const FLAG_END_STREAM: u8 = 0x02;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
+    /// The operation was cancelled, typically by the caller.
     Canceled,
+    /// An error with no better code.
     Unknown,
+    /// The request is malformed or names something invalid.
     InvalidArgument,
+    /// The deadline passed before the operation finished.
     DeadlineExceeded,
+    /// The named process, file or watcher does not exist.
     NotFound,
+    /// The entry to create already exists.
     AlreadyExists,
+    /// The caller may not do this.
     PermissionDenied,
+    /// A limit was hit (quota, disk space, message size).
     ResourceExhausted,
+    /// The system is not in the state the operation needs.
     FailedPrecondition,
+    /// The operation was aborted, e.g. by a conflict.
     Aborted,
+    /// A value was past the valid range.
     OutOfRange,
+    /// The operation or feature is not implemented.
     Unimplemented,
+    /// A bug or broken invariant on the server.
     Internal,
+    /// The service cannot be reached right now; retrying may help.
     Unavailable,
+    /// Data was lost or corrupted.
     DataLoss,
+    /// The request carried no valid credentials.
     Unauthenticated,
 }
 
@@ -77,24 +93,30 @@ impl Code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ConnectError {
+    /// What kind of failure this is.
     pub code: Code,
+    /// Human-readable detail.
     #[serde(default)]
     pub message: String,
 }
 
 impl ConnectError {
+    /// An error with this code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
+    /// A `not_found` error.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(Code::NotFound, message)
     }
+    /// An `invalid_argument` error.
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
     }
+    /// An `internal` error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
     }
@@ -118,6 +140,7 @@ impl ConnectError {
 /// The JSON of the final (flag 0x02) envelope of a stream.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EndStream {
+    /// Why the stream failed; absent when it ended normally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ConnectError>,
 }
@@ -125,11 +148,14 @@ pub struct EndStream {
 /// One decoded envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// Envelope flags (`FLAG_COMPRESSED`, `FLAG_END_STREAM`).
     pub flags: u8,
+    /// The payload, JSON for both data and end-of-stream envelopes.
     pub data: Bytes,
 }
 
 impl Envelope {
+    /// Whether this is the stream's final envelope.
     pub fn is_end_stream(&self) -> bool {
         self.flags & FLAG_END_STREAM != 0
     }
@@ -166,6 +192,7 @@ pub struct EnvelopeDecoder {
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 impl EnvelopeDecoder {
+    /// Appends bytes as they arrive; [`Self::next_envelope`] takes the finished envelopes out.
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }

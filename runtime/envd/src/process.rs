@@ -7,30 +7,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{b64, is_false, is_zero_i32};
 
+/// Connect service name of the process API, the path prefix of its RPCs.
 pub const SERVICE: &str = "process.Process";
 
+/// What to run: the command, its arguments, environment and working directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessConfig {
+    /// Program to execute.
     pub cmd: String,
+    /// Arguments passed to the program (without `argv[0]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Environment variables for the process; they override the sandbox-wide env.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub envs: BTreeMap<String, String>,
+    /// Working directory, resolved against the user's home; absent means the home itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
 }
 
+/// Terminal size of a PTY, in character cells.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PtySize {
+    /// Width in columns.
     #[serde(default)]
     pub cols: u32,
+    /// Height in rows.
     #[serde(default)]
     pub rows: u32,
 }
 
+/// Asks for the process to run on a pseudo-terminal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pty {
+    /// Initial terminal size; absent leaves the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<PtySize>,
 }
@@ -39,16 +50,22 @@ pub struct Pty {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ProcessSelector {
+    /// The process with this pid.
     Pid(u32),
+    /// The process started with this tag.
     Tag(String),
 }
 
+/// Body of `Start`: run a new process and stream its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartRequest {
+    /// What to run.
     pub process: ProcessConfig,
+    /// Run on a PTY instead of stdin/stdout/stderr pipes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pty: Option<Pty>,
+    /// Caller-chosen tag the process can later be selected by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// When false the child's stdin is closed at once (E2B `stdin=False`). Absent = open.
@@ -56,25 +73,34 @@ pub struct StartRequest {
     pub stdin: Option<bool>,
 }
 
+/// Body of `Connect`: attach to the event stream of a running process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectRequest {
+    /// The process to attach to.
     pub process: ProcessSelector,
 }
 
+/// Body of `List`; it has no fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRequest {}
 
+/// One running process as reported by `List`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
+    /// The config it was started with.
     pub config: ProcessConfig,
+    /// Process id inside the sandbox.
     pub pid: u32,
+    /// Tag given at start, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
 
+/// Reply to `List`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListResponse {
+    /// The processes still running.
     #[serde(default)]
     pub processes: Vec<ProcessInfo>,
 }
@@ -83,27 +109,37 @@ pub struct ListResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ProcessInput {
+    /// Bytes written to the process's stdin pipe.
     Stdin(#[serde(with = "b64")] Vec<u8>),
+    /// Bytes written to the process's PTY.
     Pty(#[serde(with = "b64")] Vec<u8>),
 }
 
+/// Body of `SendInput`: write one chunk of input to a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendInputRequest {
+    /// The process to write to.
     pub process: ProcessSelector,
+    /// The bytes and where they go.
     pub input: ProcessInput,
 }
 
+/// Signal that `SendSignal` can deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Signal {
+    /// No signal given; `SendSignal` rejects it as an invalid argument.
     #[serde(rename = "SIGNAL_UNSPECIFIED")]
     Unspecified,
+    /// `SIGTERM`.
     #[serde(rename = "SIGNAL_SIGTERM")]
     Sigterm,
+    /// `SIGKILL`.
     #[serde(rename = "SIGNAL_SIGKILL")]
     Sigkill,
 }
 
 impl Signal {
+    /// The Linux signal number, or `None` for [`Signal::Unspecified`].
     pub fn number(self) -> Option<i32> {
         match self {
             Signal::Unspecified => None,
@@ -113,21 +149,29 @@ impl Signal {
     }
 }
 
+/// Body of `SendSignal`: signal a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendSignalRequest {
+    /// The process to signal.
     pub process: ProcessSelector,
+    /// The signal, given by name or by number.
     #[serde(deserialize_with = "crate::wire::signal_by_name_or_number")]
     pub signal: Signal,
 }
 
+/// Body of `CloseStdin`: close a process's stdin pipe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseStdinRequest {
+    /// The process whose stdin is closed.
     pub process: ProcessSelector,
 }
 
+/// Body of `Update`: change a running process, today only its PTY size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateRequest {
+    /// The process to update.
     pub process: ProcessSelector,
+    /// New PTY settings; absent changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pty: Option<Pty>,
 }
@@ -136,47 +180,75 @@ pub struct UpdateRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum StreamInputRequest {
-    Start { process: ProcessSelector },
-    Data { input: ProcessInput },
+    /// First message: the process the stream writes to.
+    Start {
+        /// The process to write to.
+        process: ProcessSelector,
+    },
+    /// A chunk of input for that process.
+    Data {
+        /// The bytes and where they go.
+        input: ProcessInput,
+    },
+    /// Sent to keep the stream open; carries nothing.
     Keepalive {},
 }
 
+/// Output of a process, by the stream it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum DataEvent {
+    /// Bytes the process wrote to stdout.
     Stdout(#[serde(with = "b64")] Vec<u8>),
+    /// Bytes the process wrote to stderr.
     Stderr(#[serde(with = "b64")] Vec<u8>),
+    /// Bytes the process wrote to its PTY.
     Pty(#[serde(with = "b64")] Vec<u8>),
 }
 
+/// How a process ended, as reported by envd (shaped after Go's `os.ProcessState`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndEvent {
+    /// Exit code; -1 when the process was killed by a signal.
     #[serde(default, skip_serializing_if = "is_zero_i32")]
     pub exit_code: i32,
+    /// Whether the process exited by itself rather than by a signal.
     #[serde(default, skip_serializing_if = "is_false")]
     pub exited: bool,
+    /// Go's `ProcessState.String()`, e.g. `exit status 0` or `signal: killed`.
     #[serde(default)]
     pub status: String,
+    /// Set to the same text when the exit was not clean.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
+/// One event in the stream of a started or connected process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ProcessEvent {
-    Start { pid: u32 },
+    /// The process started.
+    Start {
+        /// Process id inside the sandbox.
+        pid: u32,
+    },
+    /// Output from the process.
     Data(DataEvent),
+    /// The process ended; the last event of the stream.
     End(EndEvent),
+    /// Sent to keep the stream open; carries nothing.
     Keepalive {},
 }
 
 /// Both `StartResponse` and `ConnectResponse`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessEventMessage {
+    /// The event.
     pub event: ProcessEvent,
 }
 
+/// Empty message, the reply of RPCs that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 

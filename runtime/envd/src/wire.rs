@@ -24,10 +24,12 @@ pub mod b64 {
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the bytes as standard padded base64.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(v))
     }
 
+    /// Reads base64 in standard or URL-safe alphabet, padded or not.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         // Protobuf-JSON parsers accept URL-safe and unpadded forms too.
@@ -50,10 +52,12 @@ pub mod b64 {
 pub mod i64_string {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the number as a decimal string.
     pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.to_string())
     }
 
+    /// Reads a decimal string or a JSON number.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]

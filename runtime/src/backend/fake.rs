@@ -19,17 +19,29 @@ use crate::state::SandboxRecord;
 /// One call the manager made, with the sandbox or snapshot it named.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {
+    /// `Backend::start` of this sandbox.
     Start(String),
+    /// `Backend::stop_for_restart` of this sandbox.
     StopForRestart(String),
+    /// `Backend::destroy` of this sandbox.
     Destroy(String),
+    /// `Backend::freeze` of this sandbox.
     Freeze(String),
+    /// `Backend::thaw` of this sandbox.
     Thaw(String),
+    /// `Backend::set_limits` of this sandbox, with the limits.
     SetLimits(String, Limits),
+    /// `Backend::sweep`, with the live sandboxes' ids, sorted.
     Sweep(Vec<String>),
+    /// `Firewall::apply_policy` for this sandbox.
     ApplyPolicy(String),
+    /// `Firewall::apply_bandwidth` for this sandbox, with the cap.
     ApplyBandwidth(String, Option<u64>),
+    /// `Storage::snapshot_upper`: the sandbox, then the snapshot.
     SnapshotUpper(String, String),
+    /// `Storage::remove_layer` of this snapshot.
     RemoveLayer(String),
+    /// `Storage::remove_layer_now` of this snapshot.
     RemoveLayerNow(String),
     /// The layers `remove_unknown_layers` kept, sorted.
     KeptLayers(Vec<String>),

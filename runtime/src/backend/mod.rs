@@ -87,9 +87,11 @@ pub trait Backend: Send + Sync {
 /// Whether memory-state snapshots can be taken here, and why not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemorySnapshotSupport {
+    /// Whether memory snapshots can be taken on this host.
     pub available: bool,
     /// `criu --version`'s version, when CRIU is installed.
     pub criu_version: Option<String>,
+    /// Why they cannot be taken, for the caller to read.
     pub reason: String,
 }
 

@@ -21,6 +21,7 @@ use crate::state::SandboxRecord;
 /// Ids per sandbox user namespace.
 pub const ID_COUNT: u32 = 65536;
 
+/// The Linux backend: sandboxes as namespaces, cgroups, an overlay root and a veth each.
 pub struct LinuxBackend {
     pub(super) cfg: Config,
     cgroups: CgroupLayout,
@@ -154,18 +155,22 @@ impl LinuxBackend {
         })
     }
 
+    /// The sandbox's directory under `<state>/sandboxes/`.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.sandboxes_dir().join(id)
     }
 
+    /// Path of the sandbox agent's unix socket, in its directory.
     pub fn agent_socket(&self, id: &str) -> PathBuf {
         self.sandbox_dir(id).join("agent.sock")
     }
 
+    /// The IPv4 address of slot `slot`; None without networking.
     pub fn ip_of(&self, slot: u32) -> Option<String> {
         self.net.as_ref().map(|n| n.sandbox_ip(slot).to_string())
     }
 
+    /// The IPv6 address of slot `slot`; None without networking or IPv6.
     pub fn ip6_of(&self, slot: u32) -> Option<String> {
         self.net
             .as_ref()
@@ -322,10 +327,12 @@ impl LinuxBackend {
         }
     }
 
+    /// What network policies are compiled against on this host.
     pub fn policy_context(&self) -> &HostContext {
         &self.policy_ctx
     }
 
+    /// First host id of slot `slot`'s user namespace range ([`ID_COUNT`] ids).
     pub fn id_base(&self, slot: u32) -> u32 {
         self.cfg.id_base + slot * ID_COUNT
     }
@@ -465,6 +472,7 @@ impl LinuxBackend {
         &self.storage
     }
 
+    /// Memory charged to the sandbox's cgroup, in bytes.
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).memory_usage()
     }
@@ -482,6 +490,7 @@ impl LinuxBackend {
         self.cgroups.open(id).freeze()
     }
 
+    /// Thaws a frozen sandbox and waits until it runs again.
     pub fn thaw(&self, id: &str) -> Result<()> {
         self.cgroups.open(id).thaw()
     }
@@ -517,6 +526,7 @@ impl LinuxBackend {
             .map_err(Error::internal)?
     }
 
+    /// [`Self::thaw`] off the async threads (pause/resume).
     pub async fn thaw_async(&self, id: &str) -> Result<()> {
         let cg = self.cgroups.open(id);
         tokio::task::spawn_blocking(move || cg.thaw())
@@ -524,10 +534,12 @@ impl LinuxBackend {
             .map_err(Error::internal)?
     }
 
+    /// Page cache charged to the sandbox's cgroup, in bytes.
     pub fn memory_cache(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).memory_cache()
     }
 
+    /// Whether the sandbox's cgroup freezer reports it frozen.
     pub fn frozen(&self, id: &str) -> bool {
         self.cgroups.open(id).frozen()
     }

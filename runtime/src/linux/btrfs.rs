@@ -48,9 +48,27 @@ const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 /// The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID).
 const SUBVOL_ROOT_INO: u64 = 256;
 
-nix::ioctl_write_ptr!(ioc_subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
-nix::ioctl_write_ptr!(ioc_snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
-nix::ioctl_write_ptr!(ioc_snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
+nix::ioctl_write_ptr!(
+    /// `BTRFS_IOC_SUBVOL_CREATE`: a new empty subvolume, named in `VolArgs`, in directory `fd`.
+    ioc_subvol_create,
+    BTRFS_IOCTL_MAGIC,
+    14,
+    VolArgs
+);
+nix::ioctl_write_ptr!(
+    /// `BTRFS_IOC_SNAP_DESTROY`: deletes the subvolume named in `VolArgs` from directory `fd`.
+    ioc_snap_destroy,
+    BTRFS_IOCTL_MAGIC,
+    15,
+    VolArgs
+);
+nix::ioctl_write_ptr!(
+    /// `BTRFS_IOC_SNAP_CREATE_V2`: snapshots the subvolume `VolArgsV2::fd` into directory `fd`.
+    ioc_snap_create_v2,
+    BTRFS_IOCTL_MAGIC,
+    23,
+    VolArgsV2
+);
 
 /// Splits `path` into its opened parent directory and its last component.
 fn parent_and_name(path: &Path) -> Result<(File, &OsStr)> {
@@ -135,6 +153,7 @@ pub fn is_readonly_subvolume(path: &Path) -> bool {
             .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }
 
+/// Whether `path` is on a btrfs filesystem.
 pub fn is_btrfs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
@@ -221,10 +240,12 @@ impl Storage {
         }
     }
 
+    /// Whether sandbox storage is btrfs subvolumes (else plain directories).
     pub fn is_btrfs(&self) -> bool {
         self.root.is_some()
     }
 
+    /// How sandbox storage is set up, in words (logged at start).
     pub fn describe(&self) -> &str {
         &self.how
     }

@@ -42,8 +42,20 @@ struct QgroupLimitArgs {
     rsv_excl: u64,
 }
 
-nix::ioctl_readwrite!(ioc_quota_ctl, BTRFS_IOCTL_MAGIC, 40, QuotaCtlArgs);
-nix::ioctl_read!(ioc_qgroup_limit, BTRFS_IOCTL_MAGIC, 43, QgroupLimitArgs);
+nix::ioctl_readwrite!(
+    /// `BTRFS_IOC_QUOTA_CTL`: the quota command in `QuotaCtlArgs` for the filesystem of `fd`.
+    ioc_quota_ctl,
+    BTRFS_IOCTL_MAGIC,
+    40,
+    QuotaCtlArgs
+);
+nix::ioctl_read!(
+    /// `BTRFS_IOC_QGROUP_LIMIT`: sets the limits in `QgroupLimitArgs` (qgroup 0: that of `fd`).
+    ioc_qgroup_limit,
+    BTRFS_IOCTL_MAGIC,
+    43,
+    QgroupLimitArgs
+);
 
 /// Turns simple quotas on for the btrfs filesystem at `root` (nothing changes when they are
 /// on already). Err says why they cannot be.

@@ -46,9 +46,11 @@ pub enum Placement {
 }
 
 impl Placement {
+    /// Whether the controller is in the cgroup2 hierarchy.
     pub fn is_v2(&self) -> bool {
         matches!(self, Placement::V2)
     }
+    /// Whether the controller is not available at all.
     pub fn is_missing(&self) -> bool {
         matches!(self, Placement::Missing)
     }
@@ -60,8 +62,11 @@ pub struct CgroupLayout {
     /// The cgroup2 mount: `/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a
     /// hybrid one, `None` on a pure v1 host.
     pub unified: Option<PathBuf>,
+    /// Where the memory controller is.
     pub memory: Placement,
+    /// Where the cpu controller is.
     pub cpu: Placement,
+    /// Where the pids controller is.
     pub pids: Placement,
     /// v1 `freezer.state` or v2 `cgroup.freeze` (a core cgroup2 feature, not a controller).
     pub freezer: Placement,
@@ -477,10 +482,12 @@ pub struct SandboxCgroup {
 }
 
 impl SandboxCgroup {
+    /// The group's name, the sandbox id.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The host's cgroup layout it lives in.
     pub fn layout(&self) -> &CgroupLayout {
         &self.layout
     }
@@ -545,6 +552,7 @@ impl SandboxCgroup {
         self.set_frozen(true, Duration::from_secs(2))
     }
 
+    /// Thaws every task and waits (up to 2 s) until the kernel reports the group thawed.
     pub fn thaw(&self) -> Result<()> {
         self.set_frozen(false, Duration::from_secs(2))
     }

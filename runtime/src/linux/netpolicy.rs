@@ -163,9 +163,13 @@ pub async fn apply_bandwidth(host_if: &str, pid: i32, bps: Option<u64>) -> Resul
 /// One tracked connection from a sandbox, as `conntrack -L` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
+    /// Protocol name as conntrack prints it, e.g. `tcp`.
     pub proto: String,
+    /// Destination address.
     pub dst: IpAddr,
+    /// Source port, for protocols that have ports.
     pub sport: Option<u16>,
+    /// Destination port, for protocols that have ports.
     pub dport: Option<u16>,
 }
 

@@ -18,14 +18,17 @@ pub const POLICY_MAP6: &str = "sandbox_policy6";
 /// Verdict maps of exemptions (sandbox address → `jump sbx<slot>_exempt`), for sandboxes
 /// whose policy opens protected destinations or has domains.
 pub const EXEMPT_MAP: &str = "sandbox_exempt";
+/// The same for the sandboxes' IPv6 addresses.
 pub const EXEMPT_MAP6: &str = "sandbox_exempt6";
 /// Addresses of air-gapped sandboxes, rejected before anything else.
 pub const AIRGAP_SET: &str = "airgapped4";
+/// The same for air-gapped sandboxes' IPv6 addresses.
 pub const AIRGAP_SET6: &str = "airgapped6";
 /// Shared chain every rejection jumps to.
 pub const REJECT_CHAIN: &str = "policy_reject";
-/// Shared chains the base chains jump to for sandbox traffic through the host and to it.
+/// Shared chain the forward base chain jumps to for sandbox traffic through the host.
 pub const EGRESS_CHAIN: &str = "sandbox_egress";
+/// Shared chain the input base chain jumps to for sandbox traffic to the host itself.
 pub const HOST_CHAIN: &str = "sandbox_to_host";
 
 /// The set of (sandbox address . destination address) pairs the resolver admitted, each with
@@ -263,20 +266,34 @@ pub enum NftOp {
     /// Deletes an empty, unreferenced chain.
     DelChain(String),
     /// Appends a rule to a chain.
-    AddRule { chain: String, rule: NftRule },
+    AddRule {
+        /// Chain the rule is appended to.
+        chain: String,
+        /// The rule.
+        rule: NftRule,
+    },
     /// Adds an element to a set or map (no change when the same element exists).
     AddElem {
+        /// Set or map the element goes in.
         set: &'static str,
+        /// Key of the element.
         key: ElemKey,
+        /// Its value in a map; [`ElemData::None`] for a set.
         data: ElemData,
     },
     /// Deletes an element of a set or map.
-    DelElem { set: &'static str, key: ElemKey },
+    DelElem {
+        /// Set or map to delete from.
+        set: &'static str,
+        /// Key of the element.
+        key: ElemKey,
+    },
 }
 
 /// The key of a set element.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ElemKey {
+    /// A sandbox's address, as in the verdict maps and the air-gap sets.
     Addr(IpAddr),
     /// `ipv4_addr . ipv4_addr`, as in [`DOMAIN_SET4`].
     Pair(Ipv4Addr, Ipv4Addr),
@@ -298,8 +315,11 @@ impl ElemKey {
 /// The value of a map element.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ElemData {
+    /// No value: an element of a set.
     None,
+    /// `goto <chain>`: the chain decides, nothing after it runs.
     Goto(String),
+    /// `jump <chain>`: the chain may return to the rule after the lookup.
     Jump(String),
 }
 
@@ -307,15 +327,22 @@ pub enum ElemData {
 /// with IP protocol `l4proto` and destination port in `dport` gets `verdict`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NftRule {
+    /// Destination network; `None`: any destination.
     pub daddr: Option<IpNet>,
+    /// IP protocol number (`IPPROTO_*`); `None`: any protocol.
     pub l4proto: Option<u8>,
+    /// Destination port range, inclusive; `None`: any port.
     pub dport: Option<(u16, u16)>,
+    /// What happens to a matching packet.
     pub verdict: Verdict,
+    /// Comment attached to the rule, shown by `nft list`.
     pub comment: Option<&'static str>,
 }
 
+/// What a rule does with a packet it matches.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict {
+    /// Let it through.
     Accept,
     /// `goto` [`REJECT_CHAIN`].
     Reject,
@@ -323,8 +350,11 @@ pub enum Verdict {
 
 /// IP protocol numbers of the protocols policy rules name.
 pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// ICMP (IPv4).
 pub const IPPROTO_ICMP: u8 = 1;
+/// ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 impl NftRule {
@@ -402,7 +432,9 @@ impl std::fmt::Display for NftOp {
 /// A sandbox's addresses, for its elements in the per-family maps and sets.
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxAddrs {
+    /// The sandbox's IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, when the host has IPv6.
     pub ip6: Option<Ipv6Addr>,
 }
 
@@ -465,6 +497,7 @@ pub struct SandboxRules {
     pub policy: Vec<NftRule>,
 }
 
+/// The rules of one sandbox's exemption and policy chains for `policy` on this host.
 pub fn sandbox_rules(policy: &CheckedPolicy, ctx: &HostContext) -> SandboxRules {
     if policy.air_gapped {
         return SandboxRules {
@@ -512,6 +545,7 @@ pub fn sandbox_rules(policy: &CheckedPolicy, ctx: &HostContext) -> SandboxRules 
     }
 }
 
+/// The nft address family keyword of a network: `ip` or `ip6`.
 pub fn family(net: &IpNet) -> &'static str {
     match net {
         IpNet::V4(_) => "ip",

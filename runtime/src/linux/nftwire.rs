@@ -383,6 +383,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Opens and binds a netfilter socket in the calling thread's network namespace.
     pub fn open() -> Result<Conn> {
         let err =
             |e: std::io::Error| Error::Internal(format!("opening a netfilter netlink socket: {e}"));

@@ -39,8 +39,11 @@ pub struct SandboxMetrics {
     pub cpu_count: u32,
     /// CPU use since the previous sample (or since creation), percent of `cpu_count` cores.
     pub cpu_used_pct: f64,
+    /// Memory charged to the sandbox now, in bytes.
     pub mem_used: u64,
+    /// Its memory limit in bytes (0: none).
     pub mem_total: u64,
+    /// Of `mem_used`, page cache, in bytes.
     pub mem_cache: u64,
     /// Bytes in the sandbox's writable layer.
     pub disk_used: u64,
@@ -170,16 +173,19 @@ impl Runtime {
         self.store.set_access_token(id, token)
     }
 
+    /// The agent access token of visible sandbox `id`, if it has one.
     pub fn access_token(&self, id: &str) -> Result<Option<String>> {
         self.record(id)?;
         self.store.access_token(id)
     }
 
+    /// Sets what the reaper does at visible sandbox `id`'s timeout.
     pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
         self.record(id)?;
         self.store.set_on_timeout(id, on)
     }
 
+    /// What the reaper does at sandbox `id`'s timeout (kill unless set otherwise).
     pub fn on_timeout(&self, id: &str) -> Result<OnTimeout> {
         self.store.on_timeout(id)
     }

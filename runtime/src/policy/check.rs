@@ -14,7 +14,9 @@ use crate::error::Result;
 /// A rule after validation: network normalised (host bits cleared), ports merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRule {
+    /// Destination network, host bits cleared.
     pub net: IpNet,
+    /// Protocol the rule is narrowed to; None: any (tcp and udp when it has ports).
     pub protocol: Option<Protocol>,
     /// Sorted, non-overlapping inclusive ranges; empty = every port.
     pub ports: Vec<(u16, u16)>,
@@ -23,9 +25,13 @@ pub struct CheckedRule {
 /// A validated policy, ready to compile or evaluate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedPolicy {
+    /// What happens to traffic no rule decides.
     pub default: DefaultAction,
+    /// Destinations allowed; they beat deny rules.
     pub allow: Vec<CheckedRule>,
+    /// Destinations denied.
     pub deny: Vec<CheckedRule>,
+    /// No egress at all, DNS included; the rules then have no effect.
     pub air_gapped: bool,
     /// Bits per second, each direction.
     pub bandwidth_bps: Option<u64>,

@@ -63,6 +63,7 @@ impl HostContext {
             || (net.prefix_len() == net.max_prefix_len() && self.host_addrs.contains(&net.addr()))
     }
 
+    /// Whether `ip` lies inside a protected range or is one of the host's addresses.
     pub fn is_protected_addr(&self, ip: IpAddr) -> bool {
         protected_ranges().iter().any(|r| r.contains(&ip)) || self.host_addrs.contains(&ip)
     }

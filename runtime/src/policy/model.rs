@@ -124,11 +124,14 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// What a policy does with traffic no rule decides.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultAction {
+    /// Let it through.
     #[default]
     Allow,
+    /// Reject it.
     Deny,
 }
 
@@ -147,13 +150,17 @@ pub struct Rule {
     pub ports: Vec<Port>,
 }
 
+/// An IP protocol a rule can be narrowed to.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP.
     Tcp,
+    /// UDP.
     Udp,
+    /// ICMP (ICMPv6 for an IPv6 destination).
     Icmp,
 }
 
@@ -161,11 +168,14 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Port {
+    /// One port.
     Single(u16),
+    /// An inclusive range, written `"low-high"`.
     Range(String),
 }
 
 impl Rule {
+    /// A rule for every protocol and port of `cidr`.
     pub fn cidr(cidr: &str) -> Rule {
         Rule {
             cidr: cidr.into(),
@@ -174,6 +184,7 @@ impl Rule {
         }
     }
 
+    /// A rule for TCP `ports` of `cidr` (every TCP port when `ports` is empty).
     pub fn tcp(cidr: &str, ports: &[u16]) -> Rule {
         Rule {
             cidr: cidr.into(),

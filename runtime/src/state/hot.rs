@@ -21,7 +21,9 @@ use crate::model::SandboxState;
 /// How to reach one sandbox's agent, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRoute {
+    /// The sandbox's stored state.
     pub state: SandboxState,
+    /// Waiting in a warm pool, not yet handed out.
     pub pooled: bool,
     /// Host pid of the agent (watched while a call waits for it).
     pub pid: Option<i32>,

@@ -10,12 +10,15 @@ use crate::error::Result;
 /// What happens when a sandbox's timeout passes (E2B's `autoPause`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnTimeout {
+    /// The reaper kills the sandbox.
     #[default]
     Kill,
+    /// The reaper pauses the sandbox; it can be resumed later.
     Pause,
 }
 
 impl OnTimeout {
+    /// The value stored in `sandbox_lifecycle.on_timeout`.
     pub fn as_str(self) -> &'static str {
         match self {
             OnTimeout::Kill => "kill",
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS e2b_open_traffic (id TEXT PRIMARY KEY);
 ";
 
 impl StateStore {
+    /// Stores the sandbox agent's access token (replacing any).
     pub fn set_access_token(&self, id: &str, token: &str) -> Result<()> {
         let conn = self.conn();
         conn.execute(
@@ -46,6 +50,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// The sandbox agent's access token, if one was set.
     pub fn access_token(&self, id: &str) -> Result<Option<String>> {
         Ok(self
             .conn()
@@ -64,6 +69,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether the sandbox's E2B traffic is open to callers without a token.
     pub fn open_traffic(&self, id: &str) -> Result<bool> {
         Ok(self
             .conn()
@@ -73,6 +79,7 @@ impl StateStore {
             .is_some())
     }
 
+    /// Stores what the reaper does at the sandbox's timeout.
     pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
         self.conn().execute(
             "INSERT INTO sandbox_lifecycle (id, on_timeout) VALUES (?1, ?2)
@@ -82,6 +89,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// What the reaper does at the sandbox's timeout (kill when nothing was stored).
     pub fn on_timeout(&self, id: &str) -> Result<OnTimeout> {
         let v: Option<String> = self
             .conn()

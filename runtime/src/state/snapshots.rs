@@ -15,14 +15,18 @@ use super::{StateStore, from_json, json};
 use crate::error::{Error, Result};
 use crate::model::Limits;
 
+/// One row of the `snapshots` table: a stored layer and what it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
+    /// Snapshot id, also its directory under `<state>/snapshots/`.
     pub id: String,
+    /// Optional caller-given label, unique among snapshots.
     pub name: Option<String>,
     /// The sandbox it was taken of.
     pub sandbox_id: String,
     /// The snapshot that sandbox stood on: its layers lie below this one.
     pub base_snapshot: Option<String>,
+    /// Name of the template at the bottom of its layer stack.
     pub template: String,
     /// "filesystem" or "memory".
     pub kind: String,
@@ -30,20 +34,30 @@ pub struct SnapshotRecord {
     pub implicit: bool,
     /// False while the layer is being copied (and after a crash mid-copy).
     pub ready: bool,
+    /// Bytes in its own layer; 0 until counted.
     pub size_bytes: u64,
+    /// When it was taken, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Caller's key-value metadata.
     pub metadata: BTreeMap<String, String>,
     /// The source sandbox's limits and env: forks inherit them unless they override.
     pub limits: Limits,
+    /// The source sandbox's environment variables.
     pub env: BTreeMap<String, String>,
 }
 
+/// One row of the `lineage` table: where a sandbox came from and what it stands on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LineageRecord {
+    /// The sandbox, which may be gone.
     pub sandbox_id: String,
+    /// The snapshot it was forked or restored from; never changes.
     pub parent_snapshot: Option<String>,
+    /// The top snapshot layer it stands on now; changes on restore.
     pub base_snapshot: Option<String>,
+    /// Name of the template it descends from.
     pub template: String,
+    /// When the sandbox was created, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
 }
 
@@ -114,6 +128,7 @@ impl StateStore {
         }
     }
 
+    /// Marks snapshot `id` ready and records its size (also how a later count updates the size).
     pub fn mark_snapshot_ready(&self, id: &str, size_bytes: u64) -> Result<()> {
         self.conn().execute(
             "UPDATE snapshots SET ready = 1, size_bytes = ?2 WHERE id = ?1",
@@ -122,6 +137,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// The snapshot with this id or, failing that, this name; ready or not.
     pub fn get_snapshot(&self, id_or_name: &str) -> Result<Option<SnapshotRecord>> {
         Ok(self
             .conn()
@@ -133,6 +149,7 @@ impl StateStore {
             .optional()?)
     }
 
+    /// Every snapshot, ready or not, oldest first.
     pub fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("{SELECT_SNAPSHOT} ORDER BY created_at_ms, id"))?;
@@ -140,6 +157,7 @@ impl StateStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// Deletes snapshot `id`'s row (its layer is the caller's to remove).
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.conn()
             .execute("DELETE FROM snapshots WHERE id = ?1", params![id])?;
@@ -197,6 +215,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// Sets the snapshot sandbox `sandbox_id` now stands on (after a restore).
     pub fn set_lineage_base(&self, sandbox_id: &str, base: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE lineage SET base_snapshot = ?2 WHERE sandbox_id = ?1",
@@ -205,6 +224,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// Deletes sandbox `sandbox_id`'s lineage row.
     pub fn delete_lineage(&self, sandbox_id: &str) -> Result<()> {
         self.conn().execute(
             "DELETE FROM lineage WHERE sandbox_id = ?1",
@@ -213,6 +233,7 @@ impl StateStore {
         Ok(())
     }
 
+    /// Sandbox `sandbox_id`'s lineage row, if it has one.
     pub fn get_lineage(&self, sandbox_id: &str) -> Result<Option<LineageRecord>> {
         Ok(self
             .conn()

@@ -128,6 +128,7 @@ impl TemplateStore {
         self.root.join(name)
     }
 
+    /// Whether `name` is a valid name of a complete template here.
     pub fn exists(&self, name: &str) -> bool {
         validate_name(name).is_ok() && self.dir(name).join(INFO_FILE).is_file()
     }

@@ -201,6 +201,7 @@ fn etc_excludes() {
 #[test]
 fn tree_copy_modes() {
     use std::os::unix::fs::symlink;
+    // SAFETY: geteuid takes no arguments and always succeeds.
     let root = unsafe { libc::geteuid() } == 0;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");

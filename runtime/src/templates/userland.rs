@@ -7,17 +7,25 @@ use std::path::{Path, PathBuf};
 
 /// The sandbox user.
 pub const SANDBOX_USER: &str = "user";
+/// uid of [`SANDBOX_USER`].
 pub const SANDBOX_UID: u32 = 1000;
+/// gid of [`SANDBOX_USER`]'s own group.
 pub const SANDBOX_GID: u32 = 1000;
+/// Home directory of [`SANDBOX_USER`].
 pub const SANDBOX_HOME: &str = "/home/user";
+/// What a template's `/etc/hostname` says.
 pub const SANDBOX_HOSTNAME: &str = "sandbox";
 
 /// The account files of a sandbox root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accounts {
+    /// `/etc/passwd`.
     pub passwd: String,
+    /// `/etc/group`.
     pub group: String,
+    /// `/etc/shadow`.
     pub shadow: String,
+    /// `/etc/gshadow`.
     pub gshadow: String,
 }
 

@@ -25,11 +25,15 @@ pub use run::{
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Exec {
+    /// Program and arguments.
     pub cmd: Vec<String>,
+    /// User to run as: "user" (default) or "root".
     #[serde(default)]
     pub user: Option<String>,
+    /// Working directory; default: the user's home.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Kill the command after this many seconds (none = no limit).
@@ -41,20 +45,30 @@ pub struct Exec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
+    /// The process started.
     Start {
+        /// Process id inside the sandbox.
         pid: u32,
     },
+    /// Output on stdout.
     Stdout {
+        /// The bytes, as they came.
         #[serde(with = "coppice_envd::wire::b64")]
         data: Vec<u8>,
     },
+    /// Output on stderr.
     Stderr {
+        /// The bytes, as they came.
         #[serde(with = "coppice_envd::wire::b64")]
         data: Vec<u8>,
     },
+    /// The process ended.
     Exit {
+        /// Exit code (-1 for a signal death).
         exit_code: i32,
+        /// How it ended, e.g. "exit status 0" or "signal: killed".
         status: String,
+        /// Why the agent could not run it to the end, if it could not.
         error: Option<String>,
     },
 }
@@ -220,14 +234,19 @@ pub struct StreamRead {
 /// The state and new output of a background process.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandOutput {
+    /// Process id inside the sandbox.
     pub pid: u32,
+    /// The command line given to commands_start.
     pub cmd: String,
+    /// True until the process has exited.
     pub running: bool,
     /// Exit code once it has ended (-1 for a signal death).
     pub exit_code: Option<i32>,
     /// How it ended, e.g. "exit status 0" or "signal: killed".
     pub status: Option<String>,
+    /// Standard output since the requested offset.
     pub stdout: StreamRead,
+    /// Standard error since the requested offset.
     pub stderr: StreamRead,
 }
 
@@ -308,12 +327,15 @@ impl Registry {
 /// One process in a sandbox, as `commands_list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandInfo {
+    /// Process id inside the sandbox.
     pub pid: u32,
     /// The command line (for shell commands, the string given to bash).
     pub cmd: String,
+    /// True until the process has exited.
     pub running: bool,
     /// True for processes started with commands_start (their output can be read).
     pub background: bool,
+    /// Exit code of a finished background command (-1 for a signal death).
     pub exit_code: Option<i32>,
 }
 

@@ -60,7 +60,9 @@ pub const SAVED_OUTPUT_DIR: &str = "/tmp/coppice-output";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
@@ -75,12 +77,15 @@ pub struct RunResult {
     pub status: String,
     /// Standard output as UTF-8 (invalid bytes replaced); see `stdout_truncated`.
     pub stdout: String,
+    /// Standard error as UTF-8 (invalid bytes replaced); see `stderr_truncated`.
     pub stderr: String,
     /// True when stdout was longer than the cap: the middle was cut and a marker inserted.
     pub stdout_truncated: bool,
+    /// True when stderr was longer than the cap, as for stdout.
     pub stderr_truncated: bool,
     /// Total bytes the command wrote to each stream.
     pub stdout_bytes: u64,
+    /// Total bytes the command wrote to stderr.
     pub stderr_bytes: u64,
     /// True when the command was killed because its timeout passed.
     pub timed_out: bool,
@@ -105,6 +110,7 @@ pub struct HeadTail {
 }
 
 impl HeadTail {
+    /// Keeps at most `cap` bytes: the first and the last half.
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
@@ -112,6 +118,7 @@ impl HeadTail {
         }
     }
 
+    /// Counts `data` and keeps what fits in the head or the tail.
     pub fn push(&mut self, mut data: &[u8]) {
         self.total += data.len() as u64;
         let head_cap = self.cap / 2;
@@ -126,10 +133,12 @@ impl HeadTail {
         self.tail.drain(..excess);
     }
 
+    /// Whether anything was dropped from the middle.
     pub fn truncated(&self) -> bool {
         self.total > (self.head.len() + self.tail.len()) as u64
     }
 
+    /// Every byte pushed, kept or not.
     pub fn total(&self) -> u64 {
         self.total
     }

@@ -42,8 +42,11 @@ pub const DEFAULT_LINE_LIMIT: u64 = 2000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentKind {
+    /// UTF-8 text, returned by lines.
     Text,
+    /// Anything else, returned as base64.
     Binary,
+    /// An image an MCP client can show (png, jpeg, gif, webp).
     Image,
 }
 
@@ -52,6 +55,7 @@ pub enum ContentKind {
 pub struct FileRead {
     /// Absolute path in the sandbox.
     pub path: String,
+    /// Text, binary or image.
     pub kind: ContentKind,
     /// File size in bytes.
     pub size: u64,
@@ -90,16 +94,20 @@ pub struct FileRead {
 pub struct FileEntry {
     /// Absolute path in the sandbox.
     pub path: String,
+    /// The last component of the path.
     pub name: String,
     /// "file", "dir" or "symlink".
     pub kind: String,
+    /// Size in bytes.
     pub size: u64,
     /// Like `ls -l`: "-rw-r--r--".
     pub permissions: String,
+    /// Owning user's name.
     pub owner: String,
     /// Last modification, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modified: Option<String>,
+    /// Where a symlink points.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
 }
@@ -129,6 +137,7 @@ impl From<EntryInfo> for FileEntry {
 /// One line that matched a search.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SearchMatch {
+    /// Absolute path of the file.
     pub path: String,
     /// 1-based line number.
     pub line: u64,
@@ -139,6 +148,7 @@ pub struct SearchMatch {
 /// Search results.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SearchResult {
+    /// The matches, in grep's order.
     pub matches: Vec<SearchMatch>,
     /// True when there were more matches than max_results (narrow the pattern or path).
     pub truncated: bool,
@@ -505,6 +515,7 @@ impl Tools {
         Ok((path, count))
     }
 
+    /// Metadata of one path.
     pub async fn stat(&self, id: &str, path: &str) -> Result<FileEntry> {
         let resp: EntryResponse = self
             .rt
@@ -580,6 +591,7 @@ impl Tools {
         }
     }
 
+    /// Moves or renames a file or directory; returns where it is now.
     pub async fn move_file(&self, id: &str, source: &str, destination: &str) -> Result<FileEntry> {
         let resp: EntryResponse = self
             .rt

@@ -201,8 +201,9 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<u32> {
     };
     // Every signal blocked across the clone, so that none is handled in the child before it
     // has reset the agent's handlers.
-    // SAFETY: plain signal-mask calls on local sets.
+    // SAFETY: an all-zero sigset_t is a valid value, filled in by pthread_sigmask below.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: fills a local set and swaps it in as this thread's mask, saving the old one.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
@@ -260,8 +261,8 @@ unsafe fn child_setup_and_exec(ctx: &ChildCtx) -> c_int {
             .raw_os_error()
             .unwrap_or(libc::EINVAL)
     };
-    // SAFETY (whole function): raw system calls on descriptors, strings and arrays the parent
-    // prepared; glibc's wrappers used here are thin syscall wrappers (errno lands in the
+    // SAFETY: (the whole function) raw system calls on descriptors, strings and arrays the
+    // parent prepared; glibc's wrappers used here are thin syscall wrappers (errno lands in the
     // suspended parent thread's TLS, which it does not read).
     unsafe {
         // Handlers of the agent must not run here: back to SIG_DFL (ignored signals stay

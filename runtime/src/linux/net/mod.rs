@@ -51,11 +51,14 @@ pub const SANDBOX_IF: &str = "eth0";
 /// An IPv4 network: base address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Subnet {
+    /// Network address.
     pub base: Ipv4Addr,
+    /// Prefix length in bits.
     pub prefix: u8,
 }
 
 impl Ipv4Subnet {
+    /// The subnet `base`/`prefix`.
     pub const fn new(base: Ipv4Addr, prefix: u8) -> Self {
         Ipv4Subnet { base, prefix }
     }
@@ -73,6 +76,7 @@ impl Ipv4Subnet {
         }
     }
 
+    /// Whether `ip` lies in the subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.base) & self.mask()
     }
@@ -101,7 +105,9 @@ pub struct NetConfig {
 /// (`fd88::1/64`): sandbox addresses are `network + 2 + slot`, like the IPv4 ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv6Subnet {
+    /// The bridge's address in the network, every sandbox's IPv6 gateway.
     pub gateway: Ipv6Addr,
+    /// Prefix length in bits (64..=120).
     pub prefix: u8,
 }
 
@@ -139,6 +145,7 @@ impl Ipv6Subnet {
         Ipv6Addr::from(u128::from(self.gateway) & self.mask())
     }
 
+    /// Whether `ip` lies in the network.
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         u128::from(ip) & self.mask() == u128::from(self.network())
     }
@@ -176,12 +183,19 @@ pub const SANDBOX_SYSCTLS: &[(&str, &str)] = &[
 /// Everything [`create`] will set up for one slot (pure data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxNetPlan {
+    /// The sandbox's slot.
     pub slot: u32,
+    /// Host end of its veth, `cps<slot>`.
     pub host_if: String,
+    /// Sandbox end of its veth, inside the netns ([`SANDBOX_IF`]).
     pub sandbox_if: &'static str,
+    /// The sandbox's IPv4 address.
     pub ip: Ipv4Addr,
+    /// Prefix length of the sandbox subnet.
     pub prefix: u8,
+    /// The bridge's address, its default gateway.
     pub gateway: Ipv4Addr,
+    /// Host bridge the veth's host end joins.
     pub bridge: String,
     /// Paths under `/proc/sys/` of the sandbox's netns, and their values.
     pub sysctls: &'static [(&'static str, &'static str)],
@@ -235,10 +249,12 @@ impl NetConfig {
             .min(u64::from(u32::MAX)) as u32
     }
 
+    /// Host-side name of slot `slot`'s veth, as [`host_ifname`].
     pub fn host_ifname(&self, slot: u32) -> String {
         host_ifname(slot)
     }
 
+    /// The network setup of slot `slot`; `InvalidArgument` when the slot does not fit the subnets.
     pub fn plan(&self, slot: u32) -> Result<SandboxNetPlan> {
         if slot >= self.max_slots() {
             return Err(Error::InvalidArgument(format!(

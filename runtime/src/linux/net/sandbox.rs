@@ -17,9 +17,13 @@ use crate::error::{Error, IoContext, Result};
 /// the host end of its veth.
 #[derive(Debug)]
 pub struct SandboxNet {
+    /// The sandbox's slot.
     pub slot: u32,
+    /// The sandbox's IPv4 address.
     pub ip: Ipv4Addr,
+    /// Host end of its veth, `cps<slot>`.
     pub host_if: String,
+    /// The netns, open.
     pub netns: OwnedFd,
 }
 
@@ -49,6 +53,7 @@ pub async fn prepare(cfg: &NetConfig, slot: u32) -> Result<PendingNet> {
 }
 
 impl PendingNet {
+    /// The netns, for the sandbox to join (e.g. through `/proc/<pid>/fd/<n>`).
     pub fn netns(&self) -> BorrowedFd<'_> {
         self.netns.as_fd()
     }

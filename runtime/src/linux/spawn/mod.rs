@@ -32,10 +32,13 @@ pub use steps::{Mount, Step, When, render, steps};
 /// Everything the helper needs, as data. Built by the daemon; golden-testable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnPlan {
+    /// Sandbox id.
     pub id: String,
+    /// Hostname set in the sandbox's UTS namespace.
     pub hostname: String,
     /// Host uid/gid that uid/gid 0 inside maps to.
     pub id_base: u32,
+    /// How many ids the user namespace maps, from `id_base` on.
     pub id_count: u32,
     /// Read-only layers, top first.
     pub layers: Vec<PathBuf>,
@@ -49,7 +52,9 @@ pub struct SpawnPlan {
     pub netns: Option<PathBuf>,
     /// `cgroup.procs` files the sandbox's init is written to.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Host path of the agent binary, opened by the helper and exec'd by fd.
     pub agent_binary: PathBuf,
+    /// Arguments passed to the agent after its name.
     pub agent_args: Vec<String>,
     /// Host path of the agent's unix socket (the only way in).
     pub agent_socket: PathBuf,
@@ -59,12 +64,15 @@ pub struct SpawnPlan {
     pub env: Vec<(String, String)>,
     /// Size of the one tmpfs that holds /tmp and /dev/shm, in bytes or with a suffix ("256m").
     pub tmpfs_size: String,
+    /// Set no_new_privs for every process of the sandbox (setuid binaries then cannot elevate).
     pub no_new_privs: bool,
+    /// Install the default seccomp profile.
     pub seccomp: bool,
     /// RLIMIT_NOFILE (soft and hard) of every process in the sandbox.
     pub nofile: u64,
 }
 
+/// What the helper reports once the sandbox's init has exec'd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnResult {
     /// Host pid of the sandbox's init (the agent).

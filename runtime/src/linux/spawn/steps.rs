@@ -16,19 +16,28 @@ pub const CAP_SYS_PTRACE: u32 = 19;
 /// OCI masks name paths a kernel or a rootfs may not have).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
+    /// Unconditionally.
     Always,
+    /// Only if the target exists (a file or directory to mask).
     IfExists,
+    /// Only if the target is a directory.
     IfDir,
 }
 
 /// One mount(2) call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mount {
+    /// What to mount: an fs name (`tmpfs`, `proc`) or the path to bind; None for a remount.
     pub source: Option<PathBuf>,
+    /// Where it is mounted.
     pub target: PathBuf,
+    /// Filesystem type; None for binds and remounts.
     pub fstype: Option<&'static str>,
+    /// mount(2) flags.
     pub flags: MsFlags,
+    /// Filesystem options, e.g. tmpfs's `size=` and `mode=`.
     pub data: Option<String>,
+    /// Whether the mount depends on its target being present.
     pub when: When,
 }
 
@@ -51,47 +60,72 @@ pub enum Step {
     Clone,
     /// Helper: the child's `uid_map` or `gid_map`.
     WriteIdMap {
+        /// `uid_map` or `gid_map`, under the child's `/proc/<pid>/`.
         file: &'static str,
+        /// The map's text: `0 <id_base> <id_count>`.
         map: String,
     },
     /// Helper: the child into one cgroup.
     JoinCgroup(PathBuf),
     /// Helper: an idmapped (the child's user namespace) clone of `src`, attached at `at`.
     AttachIdmapped {
+        /// Tree to clone (a template layer, or the sandbox's own fs directory).
         src: PathBuf,
+        /// Where the clone is attached.
         at: PathBuf,
+        /// Attach it read-only.
         readonly: bool,
     },
     /// Helper: a volatile overlay created with the sandbox root's fs ids, attached at `target`.
     Overlay {
+        /// Read-only layers, topmost first.
         lowers: Vec<PathBuf>,
+        /// Writable upper directory.
         upper: PathBuf,
+        /// Overlay's work directory, on the upper's filesystem.
         work: PathBuf,
+        /// Host uid and gid (the sandbox's root) whose credentials create the overlay.
         mounter: u32,
+        /// Where the overlay is attached: the sandbox's root.
         target: PathBuf,
     },
+    /// Create a directory.
     Mkdir {
+        /// Directory to create.
         path: PathBuf,
+        /// Create missing parents too (`mkdir -p`).
         parents: bool,
     },
+    /// One mount(2) call, see [`Mount`].
     Mount(Mount),
     /// A character device, mode 0666 whatever the umask.
     Mknod {
+        /// Path of the node.
         path: PathBuf,
+        /// Device major number.
         major: u64,
+        /// Device minor number.
         minor: u64,
     },
+    /// Create a symlink.
     Symlink {
+        /// What the link points to.
         target: &'static str,
+        /// Path of the link.
         link: PathBuf,
     },
+    /// Set a path's permission bits.
     Chmod {
+        /// Path to change.
         path: PathBuf,
+        /// New mode, e.g. `0o1777`.
         mode: u32,
     },
     /// lchown to the sandbox's root.
     Chown {
+        /// Path to change (the link itself, for a symlink).
         path: PathBuf,
+        /// Host uid and gid of the sandbox's root, used for both.
         id: u32,
     },
     /// Helper: tell the child to go on, then wait until it exec'd (or says why not).
@@ -100,6 +134,7 @@ pub enum Step {
     WaitForRelease,
     /// Child: its own mount and cgroup namespaces (the mount tree is copied).
     UnshareMountCgroup,
+    /// Child: set the sandbox's hostname in its UTS namespace.
     SetHostname(String),
     /// Child: make `root` the root and detach the host's.
     PivotRoot(PathBuf),
@@ -112,14 +147,18 @@ pub enum Step {
     LimitFiles(u64),
     /// Child: a capability out of the bounding set, for every process of the sandbox.
     DropBoundingCap(u32),
+    /// Child: set no_new_privs, so no exec can gain privileges.
     NoNewPrivs,
     /// Child: the default seccomp profile; `keep_privs` installs it without no_new_privs.
     Seccomp {
+        /// Install it without setting no_new_privs first.
         keep_privs: bool,
     },
     /// Child: execveat of the agent's fd.
     Exec {
+        /// The agent's argv.
         argv: Vec<String>,
+        /// The agent's environment, as `KEY=value` strings.
         envp: Vec<String>,
     },
 }

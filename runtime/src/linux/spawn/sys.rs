@@ -55,10 +55,11 @@ pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 
 pub(super) fn dup2(from: RawFd, to: RawFd) -> Result<(), String> {
     // dup2 clears close-on-exec on `to`, except when from == to: then clear it by hand.
-    // SAFETY: plain fcntl/dup2 on descriptors this process owns.
     let ret = if from == to {
+        // SAFETY: plain fcntl on a descriptor this process owns; no memory is passed.
         unsafe { libc::fcntl(to, libc::F_SETFD, 0) }
     } else {
+        // SAFETY: plain dup2 on descriptors this process owns; no memory is passed.
         unsafe { libc::dup2(from, to) }
     };
     if ret < 0 {

@@ -67,17 +67,23 @@ impl SnapshotKind {
     }
 }
 
+/// What a caller asks for when snapshotting a sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRequest {
+    /// Optional label: 1-64 letters, digits, `-`, `_` and `.`, not starting with a dot.
     pub name: Option<String>,
+    /// Caller's key-value metadata, stored with the snapshot.
     pub metadata: BTreeMap<String, String>,
+    /// Files only, or files plus process memory.
     pub kind: SnapshotKind,
 }
 
 /// A snapshot as every surface reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotInfo {
+    /// Snapshot id.
     pub snapshot_id: String,
+    /// The label given at creation, if any.
     pub name: Option<String>,
     /// "filesystem" (files only) or "memory" (files and processes).
     pub kind: SnapshotKind,
@@ -85,6 +91,7 @@ pub struct SnapshotInfo {
     pub sandbox_id: String,
     /// The snapshot that sandbox stood on, if it was itself a fork or restored.
     pub parent_snapshot_id: Option<String>,
+    /// Name of the template at the bottom of its layer stack.
     pub template: String,
     /// Made by a fork from a live sandbox; deleted automatically once no fork stands on it.
     pub implicit: bool,
@@ -95,6 +102,7 @@ pub struct SnapshotInfo {
     pub depth: usize,
     /// RFC 3339.
     pub created_at: String,
+    /// Caller's key-value metadata given at creation.
     pub metadata: BTreeMap<String, String>,
     /// Live sandboxes standing on it (forks, restored sandboxes).
     pub dependant_sandboxes: Vec<String>,
@@ -106,12 +114,16 @@ pub struct SnapshotInfo {
 /// the snapshot's source sandbox (limits, env) and the configured defaults (timeout).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ForkSettings {
+    /// Memory, CPU and pid limits; unset ones come from the source sandbox.
     #[serde(default)]
     pub limits: Limits,
+    /// Lifetime before the reaper kills the fork; None: the configured default.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Environment variables, merged over the source sandbox's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Caller's key-value metadata of the fork.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
@@ -140,12 +152,16 @@ impl ForkSettings {
 /// Where forks come from: exactly one of a snapshot or a live sandbox (implicit snapshot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ForkSource {
+    /// Fork an existing snapshot, by id.
     Snapshot(String),
+    /// Take an implicit snapshot of this live sandbox, by id, and fork that.
     Sandbox(String),
 }
 
+/// What a caller asks for when forking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForkRequest {
+    /// What to fork.
     pub source: ForkSource,
     /// Number of forks (1..=100). With `per_fork`, at most its length is used per index.
     pub count: u32,
@@ -158,24 +174,33 @@ pub struct ForkRequest {
 /// One fork's result: a sandbox or the reason it failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForkOutcome {
+    /// Position of the fork among the request's `count` (0-based).
     pub index: u32,
+    /// The new sandbox, when the fork succeeded.
     pub sandbox: Option<SandboxInfo>,
+    /// Why the fork failed, when it did.
     pub error: Option<String>,
 }
 
+/// The answer to a [`ForkRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForkResult {
+    /// The snapshot the forks stand on.
     pub snapshot_id: String,
     /// True when the snapshot was taken for this fork (from a live sandbox).
     pub implicit_snapshot: bool,
+    /// One outcome per fork, in index order.
     pub forks: Vec<ForkOutcome>,
+    /// Forks that started.
     pub created: u32,
+    /// Forks that failed.
     pub failed: u32,
 }
 
 /// One node of a lineage listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LineageNode {
+    /// Sandbox or snapshot id.
     pub id: String,
     /// "sandbox" or "snapshot".
     pub kind: String,
@@ -184,11 +209,14 @@ pub struct LineageNode {
     pub parent: Option<String>,
     /// A sandbox still running, or a snapshot still stored.
     pub alive: bool,
+    /// Name of the template it descends from.
     pub template: String,
 }
 
+/// A sandbox's or snapshot's place in the tree of snapshots and forks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Lineage {
+    /// The node asked about.
     pub node: LineageNode,
     /// Parent, grandparent, ... up to the sandbox born from a template.
     pub ancestors: Vec<LineageNode>,
@@ -496,6 +524,7 @@ impl Runtime {
         })
     }
 
+    /// The ready snapshot `id`; `SnapshotNotFound` if there is none.
     pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo> {
         self.snapshot_info_of(&self.snapshot_record(id)?)
     }
