@@ -57,20 +57,35 @@ pub struct Config {
     /// Off by default so `user` has the passwordless sudo E2B templates promise; the seccomp
     /// profile is installed either way (docs/decisions/0006-sudo-without-no-new-privs.md).
     pub no_new_privs: bool,
+    /// How long the daemon waits for a sandbox's agent to start answering a call (after the
+    /// request body is sent) before answering 504; a stopped agent fails at once.
+    pub agent_deadline_secs: u64,
+    /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
+    /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
+    pub dns_upstream: Option<String>,
+    /// `[linux]`: settings of the Linux backend.
+    pub linux: LinuxConfig,
+    /// `[listener]`: where the daemon listens and what its TCP listener asks for.
+    pub listener: ListenerConfig,
+    /// `[e2b]`: the E2B-compatible API.
+    pub e2b: E2bConfig,
+}
+
+/// `[linux]`: how the Linux backend isolates and stores sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinuxConfig {
     /// Install the default seccomp profile in sandboxes.
     pub seccomp: bool,
     /// Open files per process in sandboxes (RLIMIT_NOFILE, soft and hard).
     pub sandbox_nofile: u64,
     /// First host uid/gid of the ranges given to sandboxes (65536 ids each).
     pub id_base: u32,
-    /// Paths of the helper binaries; default: next to the running executable (for the agent,
+    /// Path of the coppice-agent binary; default: next to the running executable (for the agent,
     /// its static musl build from the same cargo target dir when that is at least as new).
     pub agent_binary: Option<PathBuf>,
     /// Path of the coppice-spawn helper; default: next to the running executable.
     pub spawn_binary: Option<PathBuf>,
-    /// How long the daemon waits for a sandbox's agent to start answering a call (after the
-    /// request body is sent) before answering 504; a stopped agent fails at once.
-    pub agent_deadline_secs: u64,
     /// Where sandbox uppers and snapshots live: "auto" (btrfs subvolumes, on the state
     /// directory's btrfs or a sparse loop-mounted image in it; plain directories when btrfs is
     /// unavailable), "btrfs" (or refuse to start), "plain" (directories; snapshots copy).
@@ -78,13 +93,20 @@ pub struct Config {
     /// Size of the sparse btrfs image made when the state directory is not on btrfs, in GiB
     /// (only what sandboxes write takes host disk).
     pub btrfs_image_gib: u64,
-    /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
-    /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
-    pub dns_upstream: Option<String>,
-    /// `[listener]`: where the daemon listens and what its TCP listener asks for.
-    pub listener: ListenerConfig,
-    /// `[e2b]`: the E2B-compatible API.
-    pub e2b: E2bConfig,
+}
+
+impl Default for LinuxConfig {
+    fn default() -> Self {
+        Self {
+            seccomp: true,
+            sandbox_nofile: 4096,
+            id_base: 0x1000_0000,
+            agent_binary: None,
+            spawn_binary: None,
+            storage: StorageMode::default(),
+            btrfs_image_gib: 64,
+        }
+    }
 }
 
 /// `[listener]`: the daemon's TCP listener and the CLI's control socket.
@@ -155,15 +177,9 @@ impl Default for Config {
             network_ipv6: "fd88::1/64".into(),
             expose_bind: "127.0.0.1".into(),
             no_new_privs: false,
-            seccomp: true,
-            sandbox_nofile: 4096,
-            id_base: 0x1000_0000,
-            agent_binary: None,
-            spawn_binary: None,
             agent_deadline_secs: 30,
-            storage: Default::default(),
-            btrfs_image_gib: 64,
             dns_upstream: None,
+            linux: LinuxConfig::default(),
             listener: ListenerConfig::default(),
             e2b: E2bConfig::default(),
         }
@@ -183,8 +199,8 @@ impl Config {
     /// Where helper binary `name` (coppice-agent, coppice-spawn) is.
     pub fn helper_binary(&self, name: &str) -> PathBuf {
         let explicit = match name {
-            "coppice-agent" => self.agent_binary.clone(),
-            "coppice-spawn" => self.spawn_binary.clone(),
+            "coppice-agent" => self.linux.agent_binary.clone(),
+            "coppice-spawn" => self.linux.spawn_binary.clone(),
             _ => None,
         };
         if let Some(path) = explicit {

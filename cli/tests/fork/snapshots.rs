@@ -66,7 +66,7 @@ fn plain_storage_fallback_snapshots_by_copying() {
     let (state, socket) = (dir.join("state"), dir.join("coppice.sock"));
     std::fs::write(
         dir.join("config.toml"),
-        "storage = \"plain\"\npool_size = 0\n",
+        "pool_size = 0\n[linux]\nstorage = \"plain\"\n",
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -260,8 +260,8 @@ impl LinuxBackend {
             )
             .to_string(),
             no_new_privs,
-            seccomp: self.cfg.seccomp,
-            nofile: self.cfg.sandbox_nofile,
+            seccomp: self.cfg.linux.seccomp,
+            nofile: self.cfg.linux.sandbox_nofile,
         };
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
         let prepared = t0.elapsed();
@@ -334,7 +334,7 @@ impl LinuxBackend {
 
     /// First host id of slot `slot`'s user namespace range ([`ID_COUNT`] ids).
     pub fn id_base(&self, slot: u32) -> u32 {
-        self.cfg.id_base + slot * ID_COUNT
+        self.cfg.linux.id_base + slot * ID_COUNT
     }
 
     /// Whether sandboxes' disk limits are enforced (btrfs storage with simple quotas).

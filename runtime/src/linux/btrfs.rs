@@ -7,7 +7,7 @@
 //! the daemon makes (once) a sparse image `<state>/btrfs.img`, formats it with mkfs.btrfs and
 //! mounts it at `<state>/btrfs` (at every start unless already mounted; it stays mounted when
 //! the daemon stops, because live sandboxes' overlays keep using it). Without btrfs (no
-//! mkfs.btrfs, no loop devices, or `storage = "plain"`) uppers are plain directories and
+//! mkfs.btrfs, no loop devices, or `storage = "plain"` under `[linux]`) uppers are plain directories and
 //! snapshots are copies; the log and each snapshot's metadata say which.
 //!
 //! Subvolumes are made and removed through the btrfs ioctls (no `btrfs` process per
@@ -187,10 +187,10 @@ impl Storage {
     /// Sets up the storage the configuration asks for (see the module docs). `Auto` falls back
     /// to plain directories with a warning; `Btrfs` fails instead.
     pub fn setup(cfg: &Config) -> Result<Storage> {
-        if cfg.storage == StorageMode::Plain {
+        if cfg.linux.storage == StorageMode::Plain {
             let s = Storage {
                 root: None,
-                how: "plain directories (storage = \"plain\"); snapshots copy the upper; \
+                how: "plain directories ([linux] storage = \"plain\"); snapshots copy the upper; \
                       no disk limits"
                     .into(),
                 quotas: false,
@@ -221,9 +221,9 @@ impl Storage {
                     quotas,
                 })
             }
-            Err(why) if cfg.storage == StorageMode::Btrfs => Err(Error::HostUnsupported(format!(
-                "storage = \"btrfs\" but btrfs is unavailable: {why}"
-            ))),
+            Err(why) if cfg.linux.storage == StorageMode::Btrfs => Err(Error::HostUnsupported(
+                format!("[linux] storage = \"btrfs\" but btrfs is unavailable: {why}"),
+            )),
             Err(why) => {
                 let how = format!(
                     "plain directories, btrfs is unavailable ({why}); snapshots copy the upper \
@@ -346,7 +346,7 @@ fn setup_btrfs(cfg: &Config) -> std::result::Result<(PathBuf, String), String> {
         let f =
             File::create(&partial).map_err(|e| format!("creating {}: {e}", partial.display()))?;
         // Sparse: only what the sandboxes write takes space on the host.
-        f.set_len(cfg.btrfs_image_gib.max(1) << 30)
+        f.set_len(cfg.linux.btrfs_image_gib.max(1) << 30)
             .map_err(|e| format!("sizing {}: {e}", partial.display()))?;
         drop(f);
         let out = Command::new("mkfs.btrfs")
@@ -388,7 +388,7 @@ fn setup_btrfs(cfg: &Config) -> std::result::Result<(PathBuf, String), String> {
         format!(
             "btrfs subvolumes in {} (sparse, {} GiB, loop-mounted at {})",
             image.display(),
-            cfg.btrfs_image_gib,
+            cfg.linux.btrfs_image_gib,
             cfg.state_dir.join("btrfs").display()
         ),
     ))
@@ -407,9 +407,10 @@ mod tests {
 
     #[test]
     fn storage_modes_parse() {
-        let cfg: Config = toml::from_str("storage = \"plain\"\nbtrfs_image_gib = 8\n").unwrap();
-        assert_eq!(cfg.storage, StorageMode::Plain);
-        assert_eq!(cfg.btrfs_image_gib, 8);
-        assert!(toml::from_str::<Config>("storage = \"zfs\"").is_err());
+        let cfg: Config =
+            toml::from_str("[linux]\nstorage = \"plain\"\nbtrfs_image_gib = 8\n").unwrap();
+        assert_eq!(cfg.linux.storage, StorageMode::Plain);
+        assert_eq!(cfg.linux.btrfs_image_gib, 8);
+        assert!(toml::from_str::<Config>("[linux]\nstorage = \"zfs\"").is_err());
     }
 }
