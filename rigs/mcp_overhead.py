@@ -24,7 +24,7 @@ bytes equal).
 
 Reference: ``write_read_1mib_codec_floor_p50``, the JSON and base64 work of one write+read
 (parse the request, decode, encode, serialize the reply) timed in-process by
-``coppice-mcp --codec-floor`` in the same run: the part of the server's share no server can skip.
+the ``codec_floor`` example (mcp/examples) in the same run: the part of the server's share no server can skip.
 
 Targets (SPECIFICATION.md): MCP overhead over the direct call <= 1 ms at p50; ``commands_run true``
 <= 5 ms p50 end to end.
@@ -370,9 +370,10 @@ def build_metrics(res: dict[str, dict[str, dict]]) -> list[dict]:
 
 def codec_floor(mcp_bin: Path) -> dict | None:
     """The JSON/base64 work no server can skip for one 1 MiB write+read, timed in-process by
-    ``coppice-mcp --codec-floor`` (None with a binary that lacks the flag)."""
+    the ``codec_floor`` example built beside ``coppice-mcp`` (None when it is not built)."""
+    floor_bin = mcp_bin.parent / "examples" / "codec_floor"
     try:
-        out = subprocess.run([str(mcp_bin), "--codec-floor"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([str(floor_bin)], capture_output=True, text=True, timeout=120)
         return json.loads(out.stdout) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
@@ -495,7 +496,7 @@ def main() -> int:
     if metrics and floor:
         metrics.append(metric("write_read_1mib_codec_floor_p50", floor["p50_ms"], "ms",
                               label="in-process JSON parse + base64 decode + base64 encode + JSON serialize "
-                                    "of one 1 MiB write+read (coppice-mcp --codec-floor), same run",
+                                    "of one 1 MiB write+read (mcp/examples/codec_floor.rs), same run",
                               parts_p50_ms=floor.get("parts_p50_ms"), n=floor.get("samples")))
     if metrics:
         print_report(res, metrics, floor)

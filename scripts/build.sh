@@ -2,7 +2,8 @@
 # Builds every binary (release) once, in the shared target dir; run.sh and test.sh call it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --bins
+# The examples are the rigs' helpers (codec_floor), not part of the product.
+cargo build --release --workspace --bins --examples
 # The agent starts once per sandbox: as a static musl binary it skips the dynamic loader and
 # glibc's CPU probing (decision 0002). The daemon uses it when it is at least as new as the
 # glibc agent beside the daemon, and the glibc agent otherwise.

@@ -4,7 +4,7 @@
 use coppice_tools::code::{ContextInfo, OutputLine, RunCode, RunCodeResult};
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
+use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::explain::{About, explain};
 use crate::in_sandbox::InSandbox;
+use crate::progress::notify_output;
 use crate::session::CoppiceMcp;
 
 /// Text content keeps at most this much of stdout and of stderr (all of it is in the
@@ -218,21 +219,10 @@ impl CoppiceMcp {
         // One progress notification per output chunk; `progress` counts the chunks.
         let forward = async move {
             let mut n = 0u64;
-            while let Some((label, mut text)) = rx.recv().await {
+            while let Some((label, text)) = rx.recv().await {
                 n += 1;
-                let Some(token) = &token else { continue };
-                if text.len() > 8192 {
-                    let mut cut = 8192;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push('…');
-                }
-                let note = ProgressNotificationParam::new(token.clone(), n as f64)
-                    .with_message(format!("[{label}] {text}"));
-                if let Err(e) = peer.notify_progress(note).await {
-                    tracing::debug!("progress notification not sent: {e}");
+                if let Some(token) = &token {
+                    notify_output(&peer, token, n as f64, label, &text).await;
                 }
             }
         };

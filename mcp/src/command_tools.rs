@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use coppice_tools::commands::{
-    CommandInfo, DEFAULT_MAX_OUTPUT, OutputStream, ReadCommand, RunCommand, RunResult,
-    SignalCommand, SignalName, StartCommand, StreamRead, WriteStdin,
+    CommandInfo, CommandOutput, DEFAULT_MAX_OUTPUT, OutputStream, ReadCommand, RunCommand,
+    RunResult, SignalCommand, SignalName, StartCommand, WriteStdin,
 };
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam, Resource};
+use rmcp::model::{CallToolResult, ContentBlock, Resource};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::explain::{About, explain};
 use crate::in_sandbox::InSandbox;
+use crate::progress::notify_output;
 use crate::resources;
 use crate::sandbox_tools::SandboxArgs;
 use crate::session::CoppiceMcp;
@@ -47,15 +48,8 @@ pub struct StartOutput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ReadOutput {
     pub sandbox_id: String,
-    pub pid: u32,
-    pub cmd: String,
-    pub running: bool,
-    /// Exit code once it has ended (-1 for death by signal).
-    pub exit_code: Option<i32>,
-    /// How it ended, e.g. "exit status 0" or "signal: killed".
-    pub status: Option<String>,
-    pub stdout: StreamRead,
-    pub stderr: StreamRead,
+    #[serde(flatten)]
+    pub output: CommandOutput,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -121,24 +115,12 @@ impl CoppiceMcp {
             while let Some((stream, data)) = rx.recv().await {
                 total += data.len() as u64;
                 let Some(token) = &token else { continue };
-                let mut text = String::from_utf8_lossy(&data).into_owned();
-                if text.len() > 8192 {
-                    let mut cut = 8192;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push('…');
-                }
                 let label = match stream {
                     OutputStream::Stdout => "stdout",
                     OutputStream::Stderr => "stderr",
                 };
-                let note = ProgressNotificationParam::new(token.clone(), total as f64)
-                    .with_message(format!("[{label}] {text}"));
-                if let Err(e) = peer.notify_progress(note).await {
-                    tracing::debug!("progress notification not sent: {e}");
-                }
+                let text = String::from_utf8_lossy(&data);
+                notify_output(&peer, token, total as f64, label, &text).await;
             }
         };
         let run = self
@@ -222,13 +204,7 @@ impl CoppiceMcp {
         };
         Ok(Json(ReadOutput {
             sandbox_id: id,
-            pid: out.pid,
-            cmd: out.cmd,
-            running: out.running,
-            exit_code: out.exit_code,
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr,
+            output: out,
         }))
     }
 

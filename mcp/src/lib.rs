@@ -17,6 +17,7 @@ mod in_sandbox;
 pub mod limits;
 pub mod markdown;
 pub mod network_tools;
+mod progress;
 pub mod resources;
 mod sandbox_tools;
 mod schema_formats;

@@ -2,8 +2,6 @@
 //! socket when there is one; otherwise runs an embedded runtime for this session only.
 //! Only MCP goes to stdout; logs go to stderr (`COPPICE_LOG`, default `warn`).
 
-mod codec_floor;
-
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -33,20 +31,12 @@ struct Args {
     /// Print the tool reference (docs/tools.md) generated from the schemas, then exit.
     #[arg(long)]
     print_tools_markdown: bool,
-    /// Time the JSON and base64 work of a 1 MiB files_write + files_read in-process (the
-    /// floor the MCP overhead rig compares with), print it as JSON, then exit.
-    #[arg(long, hide = true)]
-    codec_floor: bool,
 }
 
 fn main() {
     let args = Args::parse();
     if args.print_tools_markdown {
         print!("{}", coppice_mcp::markdown::tools_markdown());
-        return;
-    }
-    if args.codec_floor {
-        codec_floor::run(1 << 20, 30);
         return;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("COPPICE_LOG")

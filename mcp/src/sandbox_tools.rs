@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::explain::{About, explain};
+use crate::in_sandbox::InSandbox;
 use crate::session::CoppiceMcp;
 
 // Arguments. Doc comments become the field descriptions of each tool's input schema.
@@ -26,15 +27,8 @@ pub struct SandboxArgs {
 #[serde(deny_unknown_fields)]
 pub struct EmptyArgs {}
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SetTimeoutArgs {
-    /// Sandbox to act on; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// New lifetime in seconds, counted from now.
-    pub timeout_secs: f64,
-}
+/// The tool layer's request and the sandbox it acts on.
+pub type SetTimeoutArgs = InSandbox<SetTimeout>;
 
 // Results. Every one is an object that names the sandbox it acted on.
 
@@ -231,12 +225,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let info = self
             .tools()
-            .set_timeout(
-                &id,
-                SetTimeout {
-                    timeout_secs: a.timeout_secs,
-                },
-            )
+            .set_timeout(&id, a.request)
             .map_err(|e| explain(e, About::Sandbox))?;
         Ok(Json(SandboxOutput {
             is_default: self.current_default(&ctx).await.as_deref() == Some(&id),

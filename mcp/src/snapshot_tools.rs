@@ -2,11 +2,9 @@
 //! `coppice_tools::snapshots`. A child module of `server` (it shares the session-default
 //! sandbox logic and the error mapping).
 
-use std::collections::BTreeMap;
-
 use coppice_runtime::Error;
 use coppice_runtime::manager::snapshots::{
-    ForkResult, Lineage, MemorySnapshotSupport, SnapshotInfo, SnapshotKind,
+    ForkResult, Lineage, MemorySnapshotSupport, SnapshotInfo,
 };
 use coppice_tools::snapshots::{CreateSnapshot, ForkSandbox, RestoreSandbox};
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -16,26 +14,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::explain::{About, explain};
+use crate::in_sandbox::InSandbox;
 use crate::sandbox_tools::{SandboxOutput, SandboxView};
 use crate::session::CoppiceMcp;
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotCreateArgs {
-    /// Sandbox to snapshot; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Optional unique name (letters, digits, '-', '_', '.'); usable wherever a snapshot id is.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// "filesystem" (default: files; processes restart in a fork) or "memory" (files and
-    /// running processes; needs CRIU >= 4.1 on the host, else an error, never a downgrade).
-    #[serde(default)]
-    pub kind: Option<SnapshotKind>,
-    /// Free-form labels kept with the snapshot.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
+/// The tool layer's request and the sandbox it acts on.
+pub type SnapshotCreateArgs = InSandbox<CreateSnapshot>;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,15 +36,8 @@ pub struct SnapshotDeleteArgs {
     pub snapshot_id: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreArgs {
-    /// Sandbox to roll back; omit to use this session's default sandbox.
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// A snapshot (id or name) taken of that sandbox.
-    pub snapshot_id: String,
-}
+/// The tool layer's request and the sandbox it acts on.
+pub type RestoreArgs = InSandbox<RestoreSandbox>;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -164,14 +141,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let snapshot = self
             .tools()
-            .create_snapshot(
-                &id,
-                CreateSnapshot {
-                    name: a.name,
-                    kind: a.kind,
-                    metadata: a.metadata,
-                },
-            )
+            .create_snapshot(&id, a.request)
             .await
             .map_err(explain_snapshot)?;
         Ok(Json(SnapshotOutput {
@@ -277,12 +247,7 @@ impl CoppiceMcp {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let info = self
             .tools()
-            .restore_sandbox(
-                &id,
-                RestoreSandbox {
-                    snapshot_id: a.snapshot_id,
-                },
-            )
+            .restore_sandbox(&id, a.request)
             .await
             .map_err(explain_snapshot)?;
         Ok(Json(SandboxOutput {

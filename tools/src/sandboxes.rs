@@ -52,9 +52,10 @@ pub struct CreateSandbox {
 }
 
 /// Set a sandbox's remaining lifetime.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SetTimeout {
-    /// Seconds from now.
+    /// New lifetime in seconds, counted from now.
     pub timeout_secs: f64,
 }
 

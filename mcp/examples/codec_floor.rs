@@ -1,6 +1,6 @@
-//! `coppice-mcp --codec-floor`: the JSON and base64 work a 1 MiB `files_write` + `files_read`
-//! cannot avoid, timed in this process, as a floor for rigs/mcp_overhead.py's server-side
-//! figures: parse the 1.4 MB request, decode its base64, encode the bytes again and serialize
+//! `codec_floor` (target/release/examples/codec_floor; a rig's tool, not part of the product):
+//! the JSON and base64 work a 1 MiB `files_write` + `files_read` cannot avoid, timed in this
+//! process, as a floor for rigs/mcp_overhead.py's server-side figures: parse the 1.4 MB request, decode its base64, encode the bytes again and serialize
 //! the reply. No I/O, no rmcp: what any server speaking this protocol has to spend.
 
 use std::time::Instant;
@@ -10,8 +10,12 @@ use serde_json::{Value, json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+fn main() {
+    run(1 << 20, 30);
+}
+
 /// Prints `{"bytes", "samples", "p50_ms", "min_ms", "parts_p50_ms": {..}}` on stdout.
-pub fn run(bytes: usize, samples: usize) {
+fn run(bytes: usize, samples: usize) {
     let data: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     let request = serde_json::to_vec(&json!({
         "jsonrpc": "2.0", "id": 7, "method": "tools/call",
