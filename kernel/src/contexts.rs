@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::Error;
+use crate::error::Error;
 use crate::kernel::{Kernel, KernelSpec, Launcher};
 use crate::wire::{ContextInfo, ExecuteRequest, OutputLine, errors};
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::Error;
+use crate::error::Error;
 use crate::wire::{OutputLine, ResultData, errors};
 
 /// How long a kernel may take to answer its first `kernel_info_request`.

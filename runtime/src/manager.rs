@@ -21,7 +21,6 @@ mod network;
 #[cfg(test)]
 mod scenarios;
 pub mod snapshots;
-pub use lifecycle::{Resumed, SandboxMetrics};
 
 use crate::backend::Backend;
 

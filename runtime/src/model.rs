@@ -197,6 +197,56 @@ pub fn memory_tmpfs_bytes(configured: &str, memory_limit: Option<u64>) -> u64 {
     }
 }
 
+/// One resource sample of a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SandboxMetrics {
+    /// Unix milliseconds of the sample.
+    pub at_ms: i64,
+    /// CPU cores the sandbox may use (its quota rounded up; at least 1).
+    pub cpu_count: u32,
+    /// CPU use since the previous sample (or since creation), percent of `cpu_count` cores.
+    pub cpu_used_pct: f64,
+    /// Memory charged to the sandbox now, in bytes.
+    pub mem_used: u64,
+    /// Its memory limit in bytes (0: none).
+    pub mem_total: u64,
+    /// Of `mem_used`, page cache, in bytes.
+    pub mem_cache: u64,
+    /// Bytes in the sandbox's writable layer.
+    pub disk_used: u64,
+    /// Size of the filesystem holding it.
+    pub disk_total: u64,
+}
+
+/// What `resume` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// It was paused and now runs again.
+    Thawed,
+    /// It was already running (its timeout may have been extended).
+    WasRunning,
+}
+
+/// What happens when a sandbox's timeout passes (E2B's `autoPause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// The reaper kills the sandbox.
+    #[default]
+    Kill,
+    /// The reaper pauses the sandbox; it can be resumed later.
+    Pause,
+}
+
+impl OnTimeout {
+    /// The value stored in `sandbox_lifecycle.on_timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Kill => "kill",
+            OnTimeout::Pause => "pause",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,12 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::model::{Limits, SandboxState};
 
-mod snapshots;
-pub use snapshots::{LineageRecord, SnapshotRecord};
+pub mod hot;
 mod lifecycle;
-pub use lifecycle::OnTimeout;
-mod hot;
-pub use hot::AgentRoute;
+pub mod snapshots;
 
 /// One sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use coppice_runtime::ids::new_token;
 use coppice_runtime::manager::snapshots::ForkOutcome;
+use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::SandboxInfo;
 use coppice_runtime::policy::NetworkPolicy;
-use coppice_runtime::state::OnTimeout;
 
 use crate::sandboxes::CreateSandbox;
 use crate::snapshots::ForkSandbox;

@@ -1,7 +1,7 @@
 //! The tool layer: each capability as a typed request and response with exactly one
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
-mod access;
+pub mod access;
 pub mod code;
 pub mod commands;
 pub mod files;
@@ -35,5 +35,4 @@ impl Tools {
     }
 }
 
-pub use access::Defaults;
 pub use coppice_runtime::{Error, Result};

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use coppice_runtime::manager::{Resumed, SandboxMetrics};
+use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::SandboxInfo;
-use coppice_runtime::state::OnTimeout;
+use coppice_runtime::model::{Resumed, SandboxMetrics};
 
 use crate::{Result, Tools};
 

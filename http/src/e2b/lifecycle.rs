@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use coppice_runtime::Error;
 use coppice_runtime::clock::rfc3339_ms;
-use coppice_runtime::manager::Resumed;
+use coppice_runtime::model::OnTimeout;
+use coppice_runtime::model::Resumed;
 use coppice_runtime::model::SandboxState;
-use coppice_runtime::state::OnTimeout;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

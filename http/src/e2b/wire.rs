@@ -2,7 +2,7 @@
 
 use coppice_runtime::Error;
 use coppice_runtime::clock::rfc3339_ms;
-use coppice_runtime::manager::SandboxMetrics;
+use coppice_runtime::model::SandboxMetrics;
 use coppice_runtime::model::{SandboxInfo, SandboxState};
 use serde::Deserialize;
 use serde_json::{Value, json};

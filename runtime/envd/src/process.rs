@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::wire::{b64, is_false, is_zero_i32};
 
@@ -155,7 +155,7 @@ pub struct SendSignalRequest {
     /// The process to signal.
     pub process: ProcessSelector,
     /// The signal, given by name or by number.
-    #[serde(deserialize_with = "crate::wire::signal_by_name_or_number")]
+    #[serde(deserialize_with = "signal_by_name_or_number")]
     pub signal: Signal,
 }
 
@@ -251,6 +251,28 @@ pub struct ProcessEventMessage {
 /// Empty message, the reply of RPCs that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
+
+/// A signal may arrive as its name or as its number (protobuf JSON allows both).
+fn signal_by_name_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(i64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => match s.as_str() {
+            "SIGNAL_SIGTERM" => Signal::Sigterm,
+            "SIGNAL_SIGKILL" => Signal::Sigkill,
+            "SIGNAL_UNSPECIFIED" => Signal::Unspecified,
+            other => return Err(serde::de::Error::custom(format!("unknown signal {other}"))),
+        },
+        Either::N(15) => Signal::Sigterm,
+        Either::N(9) => Signal::Sigkill,
+        Either::N(0) => Signal::Unspecified,
+        Either::N(n) => return Err(serde::de::Error::custom(format!("unknown signal {n}"))),
+    })
+}
 
 #[cfg(test)]
 mod tests {

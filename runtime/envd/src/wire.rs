@@ -1,6 +1,4 @@
-//! Protobuf-JSON helpers: base64 bytes, int64 as string or number, enums by name or number.
-
-use serde::{Deserialize, Deserializer};
+//! Protobuf-JSON helpers: base64 bytes, int64 as string or number.
 
 pub(crate) fn is_false(b: &bool) -> bool {
     !*b
@@ -70,29 +68,4 @@ pub mod i64_string {
             Either::N(n) => Ok(n),
         }
     }
-}
-
-/// Enum fields may arrive as their name or as their number.
-pub(crate) fn signal_by_name_or_number<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<crate::process::Signal, D::Error> {
-    use crate::process::Signal;
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        S(String),
-        N(i64),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::S(s) => match s.as_str() {
-            "SIGNAL_SIGTERM" => Signal::Sigterm,
-            "SIGNAL_SIGKILL" => Signal::Sigkill,
-            "SIGNAL_UNSPECIFIED" => Signal::Unspecified,
-            other => return Err(serde::de::Error::custom(format!("unknown signal {other}"))),
-        },
-        Either::N(15) => Signal::Sigterm,
-        Either::N(9) => Signal::Sigkill,
-        Either::N(0) => Signal::Unspecified,
-        Either::N(n) => return Err(serde::de::Error::custom(format!("unknown signal {n}"))),
-    })
 }

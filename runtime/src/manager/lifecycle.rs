@@ -10,14 +10,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use coppice_envd::AgentClient;
-use serde::Serialize;
 
 use super::Runtime;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::fsutil::{Measure, tree_size};
+use crate::model::OnTimeout;
+use crate::model::{Resumed, SandboxMetrics};
 use crate::model::{SandboxInfo, SandboxState};
-use crate::state::{OnTimeout, SandboxRecord};
+use crate::state::SandboxRecord;
 
 /// The lifecycle's own state, held by the runtime.
 #[derive(Default)]
@@ -28,36 +29,6 @@ pub(super) struct LifecycleState {
     /// The previous CPU sample per sandbox, so each metrics call reports use since the last
     /// one.
     cpu_samples: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-/// One resource sample of a sandbox.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SandboxMetrics {
-    /// Unix milliseconds of the sample.
-    pub at_ms: i64,
-    /// CPU cores the sandbox may use (its quota rounded up; at least 1).
-    pub cpu_count: u32,
-    /// CPU use since the previous sample (or since creation), percent of `cpu_count` cores.
-    pub cpu_used_pct: f64,
-    /// Memory charged to the sandbox now, in bytes.
-    pub mem_used: u64,
-    /// Its memory limit in bytes (0: none).
-    pub mem_total: u64,
-    /// Of `mem_used`, page cache, in bytes.
-    pub mem_cache: u64,
-    /// Bytes in the sandbox's writable layer.
-    pub disk_used: u64,
-    /// Size of the filesystem holding it.
-    pub disk_total: u64,
-}
-
-/// What `resume` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// It was paused and now runs again.
-    Thawed,
-    /// It was already running (its timeout may have been extended).
-    WasRunning,
 }
 
 impl Runtime {

@@ -211,7 +211,7 @@ mod tests {
             (r.state, r.token.as_deref()),
             (SandboxState::Paused, Some("t1"))
         );
-        s.set_on_timeout("a", super::super::OnTimeout::Pause)
+        s.set_on_timeout("a", crate::model::OnTimeout::Pause)
             .unwrap();
         assert_eq!(check(&s, "a").unwrap().token.as_deref(), Some("t1"));
         s.forget_lifecycle("a").unwrap();

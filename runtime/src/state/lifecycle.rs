@@ -6,26 +6,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::StateStore;
 use crate::error::Result;
-
-/// What happens when a sandbox's timeout passes (E2B's `autoPause`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnTimeout {
-    /// The reaper kills the sandbox.
-    #[default]
-    Kill,
-    /// The reaper pauses the sandbox; it can be resumed later.
-    Pause,
-}
-
-impl OnTimeout {
-    /// The value stored in `sandbox_lifecycle.on_timeout`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnTimeout::Kill => "kill",
-            OnTimeout::Pause => "pause",
-        }
-    }
-}
+use crate::model::OnTimeout;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sandbox_lifecycle (

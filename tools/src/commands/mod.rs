@@ -13,9 +13,11 @@ use coppice_envd::process::{
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use self::shell::{exit_code_of, shell_start, timeout_ms};
 use crate::{Error, Result, Tools};
 
 mod run;
+mod shell;
 pub use run::{
     DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT_SECS, HeadTail, MAX_OUTPUT_CAP, OutputStream, RunCommand,
     RunResult, SAVED_OUTPUT_BYTES, SAVED_OUTPUT_DIR,
@@ -127,44 +129,6 @@ impl Tools {
                 },
             }
         }))
-    }
-}
-
-fn shell_start(
-    cmd: &str,
-    cwd: Option<String>,
-    env: BTreeMap<String, String>,
-    stdin: bool,
-) -> StartRequest {
-    StartRequest {
-        process: ProcessConfig {
-            cmd: "/bin/bash".into(),
-            args: vec!["-l".into(), "-c".into(), cmd.to_string()],
-            envs: env,
-            cwd,
-        },
-        pty: None,
-        tag: None,
-        stdin: Some(stdin),
-    }
-}
-
-fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>> {
-    match secs {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some((s * 1000.0).max(1.0) as u64)),
-        Some(s) => Err(Error::InvalidArgument(format!(
-            "timeout_secs must be a positive number of seconds, got {s}"
-        ))),
-    }
-}
-
-/// Exit code of an end event: the code, or -1 for a signal death.
-fn exit_code_of(end: &coppice_envd::process::EndEvent) -> i32 {
-    if end.status.starts_with("signal") && end.exit_code == 0 {
-        -1
-    } else {
-        end.exit_code
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Signal;
+use coppice_envd::process::Signal;
 
 /// Start a shell command line in the background; its output is buffered by the tool layer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

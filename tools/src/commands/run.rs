@@ -12,8 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{Signal, exit_code_of, shell_start, timeout_ms};
+use super::shell::{exit_code_of, shell_start, timeout_ms};
 use crate::{Error, Result, Tools};
+use coppice_envd::process::Signal;
 
 /// Run a shell command line (`/bin/bash -lc CMD`, as E2B does) to completion. The doc
 /// comments are the field descriptions every surface's schema shows.

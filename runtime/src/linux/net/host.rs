@@ -12,10 +12,10 @@ use netlink_packet_route::link::LinkFlags;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use tokio::io::AsyncWriteExt;
 
+use super::config::{Ipv6Subnet, NFT_TABLE, NetConfig};
 use super::netlink::destroy;
 use super::netlink::{host_handle, link_by_name, nl_err, nl_errno, write_existing};
 use super::ruleset::{host_ruleset, host_ruleset_recreate};
-use super::{Ipv6Subnet, NFT_TABLE, NetConfig};
 use crate::error::{Error, IoContext, Result};
 
 /// Makes the host ready for sandboxes: the bridge (with its gateway address, up), IPv4

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Ipv4Subnet, NFT_TABLE, NetConfig};
+use super::config::{Ipv4Subnet, NFT_TABLE, NetConfig};
 
 /// Base chains of the table and their hooks (declared before they are flushed).
 pub(super) const BASE_CHAINS: [(&str, &str); 3] = [

@@ -9,8 +9,8 @@ use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use super::config::{HOST_IF_PREFIX, NetConfig, SandboxNetPlan};
 use super::netlink::{destroy, host_handle, link_by_name, nl_err, nl_errno, write_existing};
-use super::{HOST_IF_PREFIX, NetConfig, SandboxNetPlan};
 use crate::error::{Error, IoContext, Result};
 
 /// One sandbox's network: its netns (alive while `netns` is open or a process is inside) and

@@ -8,12 +8,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
+use super::plan::{SpawnPlan, SpawnResult};
 use super::steps::{Mount, Step, When, steps};
 use super::sys::{
     MOUNT_ATTR_IDMAP, MOUNT_ATTR_RDONLY, bind_agent_socket, cloexec_from, clone, cstrings, dup2,
     mount_setattr_idmap, open_path, pipe, with_fs_ids, write_file,
 };
-use super::{SpawnPlan, SpawnResult};
 
 /// Step timer for `SpawnResult::steps_us`: one entry per phase.
 struct Timer {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use super::{DEVICES, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, SYS_DEVICES_KEPT, SpawnPlan};
+use super::plan::{
+    DEVICES, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, SYS_DEVICES_KEPT, SpawnPlan,
+};
 
 /// linux/capability.h; not in libc 0.2.
 pub const CAP_SYS_PTRACE: u32 = 19;

@@ -37,7 +37,7 @@ use crate::clock::{now_ms, rfc3339_ms};
 use crate::error::{Error, Result};
 use crate::fsutil::Measure;
 use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
-use crate::state::{LineageRecord, SnapshotRecord};
+use crate::state::snapshots::{LineageRecord, SnapshotRecord};
 
 /// Forks per request.
 pub const MAX_FORKS: u32 = 100;
