@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Guard rails on the code's shape (run by scripts/test.sh): no source file past the size limit,
-# the runtime's manager names no platform, and the README, docs and code carry no development
-# history (that goes in CHANGELOG.md and commit messages).
+# the runtime's manager names no platform, no import cycle between files, and the README, docs
+# and code carry no development history (that goes in CHANGELOG.md and commit messages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -30,6 +30,11 @@ if hits=$(git ls-files README.md SPECIFICATION.md 'docs/*' '*.rs' '*.py' '*.sh' 
     | xargs grep -niE 'session [0-9]|\(issue [0-9]|issue [0-9]+'"'"'s|last CI run|in later issues'); then
   echo "shape: development history in the product's text (move it to CHANGELOG.md):" >&2
   echo "$hits" >&2
+  fail=1
+fi
+
+# 4. Imports only point down: no cycle between files (scripts/import-cycles.py).
+if ! python3 scripts/import-cycles.py .; then
   fail=1
 fi
 
