@@ -1,8 +1,5 @@
 //! MCP tools for sandboxes: create, list, info, kill, set_timeout.
 
-use std::collections::BTreeMap;
-
-use coppice_runtime::model::SandboxInfo;
 use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::service::RequestContext;
@@ -13,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::explain::{About, explain};
 use crate::in_sandbox::InSandbox;
 use crate::session::CoppiceMcp;
+pub use coppice_tools::sandboxes::SandboxView;
 
 // Arguments. Doc comments become the field descriptions of each tool's input schema.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -31,52 +29,6 @@ pub struct EmptyArgs {}
 pub type SetTimeoutArgs = InSandbox<SetTimeout>;
 
 // Results. Every one is an object that names the sandbox it acted on.
-
-/// A sandbox as the tools report it.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct SandboxView {
-    pub sandbox_id: String,
-    pub template: String,
-    /// "running" while usable.
-    pub state: String,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339; the sandbox is killed then unless extended.
-    pub expires_at: String,
-    pub memory_bytes: Option<u64>,
-    pub cpus: Option<f64>,
-    pub pids: Option<u64>,
-    pub metadata: BTreeMap<String, String>,
-    /// Address on the host bridge, when the sandbox has a network.
-    pub ip: Option<String>,
-    /// IPv6 address on the host bridge, when the host has IPv6.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip6: Option<String>,
-    /// Sandbox ports reachable from the host through the daemon (network policy "expose").
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub exposed: Vec<coppice_runtime::expose::ExposedPort>,
-    pub hostname: String,
-}
-
-impl From<SandboxInfo> for SandboxView {
-    fn from(i: SandboxInfo) -> Self {
-        SandboxView {
-            sandbox_id: i.id,
-            template: i.template,
-            state: i.state.as_str().into(),
-            created_at: i.created_at,
-            expires_at: i.expires_at,
-            memory_bytes: i.limits.memory_bytes,
-            cpus: i.limits.cpus,
-            pids: i.limits.pids,
-            metadata: i.metadata,
-            ip: i.ip,
-            ip6: i.ip6,
-            exposed: i.exposed,
-            hostname: i.hostname,
-        }
-    }
-}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SandboxOutput {

@@ -195,3 +195,57 @@ impl Tools {
         rx
     }
 }
+
+/// A sandbox as the tools report it to agents: its identity, lifetime, limits and addresses
+/// (not its environment, which may hold secrets, nor host details such as its pid).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SandboxView {
+    /// Sandbox id.
+    pub sandbox_id: String,
+    /// Template it was started from.
+    pub template: String,
+    /// "running" while usable.
+    pub state: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; the sandbox is killed then unless extended.
+    pub expires_at: String,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in cores.
+    pub cpus: Option<f64>,
+    /// Process and thread limit.
+    pub pids: Option<u64>,
+    /// Free-form labels given at create.
+    pub metadata: BTreeMap<String, String>,
+    /// Address on the host bridge, when the sandbox has a network.
+    pub ip: Option<String>,
+    /// IPv6 address on the host bridge, when the host has IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
+    /// Sandbox ports reachable from the host through the daemon (network policy "expose").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<coppice_runtime::expose::ExposedPort>,
+    /// Host name inside the sandbox.
+    pub hostname: String,
+}
+
+impl From<SandboxInfo> for SandboxView {
+    fn from(i: SandboxInfo) -> Self {
+        SandboxView {
+            sandbox_id: i.id,
+            template: i.template,
+            state: i.state.as_str().into(),
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+            memory_bytes: i.limits.memory_bytes,
+            cpus: i.limits.cpus,
+            pids: i.limits.pids,
+            metadata: i.metadata,
+            ip: i.ip,
+            ip6: i.ip6,
+            exposed: i.exposed,
+            hostname: i.hostname,
+        }
+    }
+}
