@@ -263,9 +263,10 @@ async fn list(State(s): St, q: ListQuery, paged: bool) -> Result<Response, E2bEr
         ),
         None => None,
     };
+    // Newest first unless asked otherwise, as E2B lists.
     let desc = match q.order.as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
+        None | Some("desc") => true,
+        Some("asc") => false,
         Some(o) => return Err(bad(format!("order must be asc or desc, not '{o}'"))),
     };
     // E2B's two states: paused, and running for every other.

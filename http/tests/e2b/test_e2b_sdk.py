@@ -111,6 +111,10 @@ def test_list_filters_and_pages(daemon):
         assert len(second) == 1 and not pager.has_next
         ids = {i.sandbox_id for i in first + second}
         assert ids == {m.sandbox_id for m in made}
+        # Newest first, as E2B lists: the first page of one holds the last one made.
+        newest = Sandbox.list(query=q, limit=1).next_items()
+        assert [i.sandbox_id for i in newest] == [made[2].sandbox_id]
+        assert [i.sandbox_id for i in first + second] == [m.sandbox_id for m in reversed(made)]
         one = Sandbox.list(query=SandboxQuery(metadata={"tag": tag, "n": "1"})).next_items()
         assert [i.sandbox_id for i in one] == [made[1].sandbox_id]
         future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
@@ -261,10 +265,12 @@ def test_commands_run_env_cwd_user(daemon):
 
 
 def test_userland_promise(sbx):
-    r = sbx.commands.run("sudo -n id -u; python3 -c 'print(6*7)'; grep -E 'NoNewPrivs|Seccomp:' /proc/self/status")
+    r = sbx.commands.run("sudo -n id -u; python3 -c 'print(6*7)'; python -c 'print(7*8)'; "
+                         "grep -E 'NoNewPrivs|Seccomp:' /proc/self/status")
     lines = r.stdout.split("\n")
     assert lines[0] == "0", "passwordless sudo"
     assert lines[1] == "42", "python3"
+    assert lines[2] == "56", "python, as in E2B's base template"
     assert "Seccomp:\t2" in r.stdout, "the seccomp profile stays on"
     sbx.files.write("rel/x.txt", "x")
     assert sbx.files.exists("/home/user/rel/x.txt"), "relative paths are under /home/user"

@@ -355,6 +355,13 @@ pub(super) fn setup_sandbox(rootfs: &Path, host: &Path, notes: &mut Vec<String>)
     write_in_root(rootfs, "etc/resolv.conf", resolv.as_bytes(), 0o644, (0, 0))?;
     notes.extend(note);
     write_in_root(rootfs, "etc/machine-id", b"", 0o444, (0, 0))?;
+    // E2B's base template runs `python`: where only python3 exists, `python` is python3, as
+    // Debian's python-is-python3 makes it.
+    let python = rootfs.join("usr/bin/python");
+    if fs::symlink_metadata(&python).is_err() && rootfs.join("usr/bin/python3").exists() {
+        std::os::unix::fs::symlink("python3", &python)
+            .ctx(|| format!("linking {}", python.display()))?;
+    }
     // Accounts live in files only: a host's "systemd" NSS source would make every user lookup
     // in the sandbox load libnss_systemd and probe userdb directories that do not exist there.
     write_in_root(
