@@ -46,6 +46,18 @@ impl Tools {
         self.rt.access_token(id)
     }
 
+    /// Ends the sandbox's running time now: does what its timeout would (kills it, or pauses
+    /// it when its timeout pauses; a paused sandbox stays paused).
+    pub async fn end_running_time(&self, id: &str) -> Result<()> {
+        match self.rt.on_timeout(id)? {
+            OnTimeout::Kill => self.rt.kill(id).await,
+            OnTimeout::Pause => match self.rt.pause(id).await {
+                Ok(_) | Err(coppice_runtime::Error::AlreadyExists(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     /// Sets what the sandbox's timeout does: kill or pause.
     pub fn set_on_timeout(&self, id: &str, on: OnTimeout) -> Result<()> {
         self.rt.set_on_timeout(id, on)

@@ -316,8 +316,10 @@ async fn set_timeout(
     body: Result<Json<TimeoutBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, E2bError> {
     let Json(b) = body?;
+    // 0 ends the running time at once, as on E2B: what the timeout does happens now.
     if b.timeout == 0 {
-        return Err(bad("timeout must be at least 1 second"));
+        s.tools.end_running_time(&id).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     s.tools.set_timeout(
         &id,

@@ -87,6 +87,25 @@ def test_set_timeout_moves_the_end(sbx):
     assert (after - before).total_seconds() > 400
 
 
+def test_set_timeout_zero_ends_the_running_time(daemon):
+    s = Sandbox.create(timeout=120)
+    s.set_timeout(0)
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info(s.sandbox_id)
+    # A sandbox whose timeout pauses is paused at once instead, and can be resumed.
+    p = Sandbox.create(timeout=120, lifecycle={"on_timeout": "pause"})
+    try:
+        p.files.write("kept.txt", "kept")
+        p.set_timeout(0)
+        assert Sandbox.get_info(p.sandbox_id).state == SandboxState.PAUSED
+        p.set_timeout(0)  # already paused: stays paused
+        assert Sandbox.get_info(p.sandbox_id).state == SandboxState.PAUSED
+        resumed = Sandbox.connect(p.sandbox_id)
+        assert resumed.files.read("kept.txt") == "kept"
+    finally:
+        p.kill()
+
+
 def test_timeout_kills_the_sandbox(daemon):
     s = Sandbox.create(timeout=2)
     deadline = time.monotonic() + 30
