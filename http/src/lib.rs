@@ -4,6 +4,7 @@
 mod agent_proxy;
 pub mod e2b;
 pub mod guard;
+mod stream_end;
 
 use std::sync::Arc;
 
@@ -221,5 +222,6 @@ async fn envd_proxy(
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    Ok(agent_proxy::forward(&agent, req, Some(format!("/{rest}{query}"))).await?)
+    let resp = agent_proxy::forward(&agent, req, Some(format!("/{rest}{query}"))).await?;
+    Ok(stream_end::end_broken_streams(resp, (*t).clone(), id))
 }

@@ -138,9 +138,14 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     };
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
         let agent = s.tools.agent_for_proxy(id).map_err(unreachable)?;
-        return crate::agent_proxy::forward(&agent, req, None)
+        let resp = crate::agent_proxy::forward(&agent, req, None)
             .await
-            .map_err(unreachable);
+            .map_err(unreachable)?;
+        return Ok(crate::stream_end::end_broken_streams(
+            resp,
+            s.tools.clone(),
+            id.to_string(),
+        ));
     }
     let (mut parts, body) = req.into_parts();
     crate::agent_proxy::strip_hop_by_hop(&mut parts.headers);

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from common import auth  # noqa: E402  (conftest puts rigs/ on the path)
 import pytest
+from e2b.exceptions import SandboxNotRunningException
 from e2b import (
     AsyncSandbox,
     AuthenticationException,
@@ -104,6 +105,17 @@ def test_set_timeout_zero_ends_the_running_time(daemon):
         assert resumed.files.read("kept.txt") == "kept"
     finally:
         p.kill()
+
+
+def test_a_killed_sandbox_ends_its_command_streams(daemon):
+    s = Sandbox.create(timeout=120)
+    h = s.commands.run("sleep 60", background=True)
+    t0 = time.monotonic()
+    Sandbox.kill(s.sandbox_id)
+    with pytest.raises(SandboxNotRunningException) as e:
+        h.wait()
+    assert time.monotonic() - t0 < 20, "ended at once, not by a timeout"
+    assert "was not found" in str(e.value)
 
 
 def test_timeout_kills_the_sandbox(daemon):
