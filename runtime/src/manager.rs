@@ -1,7 +1,7 @@
 //! The runtime every surface talks to: creates, hands out (from warm pools), lists, times out,
 //! kills and recovers sandboxes. Backend-neutral; the backend does the kernel work.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,10 +18,13 @@ use crate::templates::TemplateStore;
 mod health;
 mod lifecycle;
 mod network;
+mod pool;
 #[cfg(test)]
 mod scenarios;
 pub mod snapshots;
+mod teardowns;
 
+use self::teardowns::Teardowns;
 use crate::backend::Backend;
 
 /// The sandbox runtime: creates, tracks and tears down sandboxes on one host through a backend.
@@ -742,125 +745,6 @@ impl Runtime {
         }
     }
 
-    async fn fill_pools(&self) {
-        if self.cfg.pool_size == 0 {
-            return;
-        }
-        for name in self.cfg.pooled_templates() {
-            let Ok(template) = self.templates.get(&name) else {
-                continue;
-            };
-            while self.pool_len(&name) < self.cfg.pool_size {
-                if let Err(e) = self.check_disk_reserve() {
-                    tracing::warn!(template = %name, "not filling the warm pool: {e}");
-                    break;
-                }
-                let req = CreateRequest::default();
-                let limits = self.cfg.default_limits.clone();
-                match self
-                    .start_new(&template, limits, &req, Duration::from_secs(1), true)
-                    .await
-                {
-                    Ok(rec) => {
-                        self.warm_up(&rec.id).await;
-                        // Observable pool readiness (rigs wait for it): warmed and handed out next.
-                        self.store.event(Some(&rec.id), "pool_ready", "");
-                        self.pool_push(&name, rec.id)
-                    }
-                    Err(e) => {
-                        tracing::warn!(template = %name, "filling the warm pool: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs `true` once in a pooled sandbox so the first caller's command does not pay the
-    /// sandbox's cold start (first process, loader and libc lookups through a fresh overlay,
-    /// the agent's first spawn): measured ~2 ms off the first exec.
-    async fn warm_up(&self, id: &str) {
-        use coppice_envd::process::{ProcessConfig, ProcessEventMessage, StartRequest};
-        use futures::StreamExt;
-        let req = StartRequest {
-            process: ProcessConfig {
-                cmd: "/bin/true".into(),
-                ..Default::default()
-            },
-            stdin: Some(false),
-            ..Default::default()
-        };
-        let stream = self
-            .agent_of(id)
-            .server_stream::<_, ProcessEventMessage>("process.Process/Start", &req, Some(10_000))
-            .await;
-        match stream {
-            Ok(mut events) => while events.next().await.is_some() {},
-            Err(e) => tracing::debug!(sandbox = %id, "warming up: {e}"),
-        }
-        self.warm_kernel(id).await;
-    }
-
-    /// Starts the default Python code context (run_code) when the template has a Python
-    /// kernel, so the first execution does not wait for the kernel to boot. The agent answers
-    /// 400 when the template has none; either way the sandbox is usable.
-    async fn warm_kernel(&self, id: &str) {
-        let req = http::Request::post("/contexts/warm")
-            .header(http::header::HOST, "agent")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(coppice_envd::client::full_body(
-                &b"{\"language\":\"python\"}"[..],
-            ))
-            .expect("static request");
-        let agent = self.agent_of(id);
-        match tokio::time::timeout(Duration::from_secs(60), agent.send(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                tracing::debug!(sandbox = %id, "default code context started")
-            }
-            Ok(Ok(resp)) => {
-                tracing::debug!(sandbox = %id, status = %resp.status(), "no code kernel warmed")
-            }
-            Ok(Err(e)) => tracing::debug!(sandbox = %id, "warming the code kernel: {e}"),
-            Err(_) => tracing::warn!(sandbox = %id, "the code kernel did not start within 60s"),
-        }
-    }
-
-    fn pool_push(&self, template: &str, id: String) {
-        self.pools
-            .lock()
-            .expect("pools")
-            .entry(template.to_string())
-            .or_default()
-            .push_back(id);
-    }
-
-    fn pool_pop(&self, template: &str) -> Option<String> {
-        self.pools
-            .lock()
-            .expect("pools")
-            .get_mut(template)?
-            .pop_front()
-    }
-
-    fn pool_len(&self, template: &str) -> usize {
-        self.pools
-            .lock()
-            .expect("pools")
-            .get(template)
-            .map_or(0, VecDeque::len)
-    }
-
-    fn pool_remove(&self, template: &str, id: &str) {
-        if let Some(q) = self.pools.lock().expect("pools").get_mut(template) {
-            q.retain(|x| x != id);
-        }
-    }
-
-    /// Number of ready sandboxes waiting in the pool of `template`.
-    pub fn pool_ready(&self, template: &str) -> usize {
-        self.pool_len(template)
-    }
-
     /// Every installed template.
     pub fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
         self.templates.list()
@@ -869,61 +753,6 @@ impl Runtime {
     /// Host memory charged to a sandbox's cgroup.
     pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.backend.memory_usage(id)
-    }
-}
-
-/// Sandboxes being torn down, so that a kill and the reaper (which sees a dying init as
-/// "died"), or two kills, never destroy one sandbox twice at once.
-#[derive(Default)]
-struct Teardowns {
-    ids: Mutex<HashSet<String>>,
-    done: Notify,
-}
-
-/// An id held in [`Teardowns`] until dropped.
-struct TeardownClaim<'a> {
-    teardowns: &'a Teardowns,
-    id: String,
-}
-
-impl Teardowns {
-    /// None when another caller is already tearing `id` down.
-    fn take(&self, id: &str) -> Option<TeardownClaim<'_>> {
-        self.ids
-            .lock()
-            .expect("teardowns")
-            .insert(id.to_string())
-            .then(|| TeardownClaim {
-                teardowns: self,
-                id: id.to_string(),
-            })
-    }
-
-    fn active(&self, id: &str) -> bool {
-        self.ids.lock().expect("teardowns").contains(id)
-    }
-
-    /// Returns once nobody is tearing `id` down.
-    async fn wait(&self, id: &str) {
-        loop {
-            // Registered before the check, so a release in between still wakes us.
-            let released = self.done.notified();
-            if !self.active(id) {
-                return;
-            }
-            released.await;
-        }
-    }
-}
-
-impl Drop for TeardownClaim<'_> {
-    fn drop(&mut self) {
-        self.teardowns
-            .ids
-            .lock()
-            .expect("teardowns")
-            .remove(&self.id);
-        self.teardowns.done.notify_waiters();
     }
 }
 
