@@ -56,11 +56,11 @@ assert all(m.version(n) == v for n, v in (p.split("==") for p in sys.argv[1:]))'
 # Installs the npm packages pinned by SRC/package-lock.json into DIR with `npm ci` (outside the
 # work tree, so CI's fresh clones reuse it). The stamp is a copy of the lock file, written only
 # after a complete install. Nothing goes on the host's PATH: tests prepend DIR/node_modules/.bin
-# for their own child processes.
+# for their own child processes. CHECK (default: the Node binary) is what must run afterwards.
 npm_clients() {
-  local src="$1" dir="$2"
+  local src="$1" dir="$2" check="${3:-node_modules/.bin/node --version}"
   if cmp -s "$src/package-lock.json" "$dir/.installed-lock.json" \
-    && "$dir/node_modules/.bin/node" --version >/dev/null 2>&1; then
+    && (cd "$dir" && $check) >/dev/null 2>&1; then
     return
   fi
   if ! command -v npm >/dev/null 2>&1; then
@@ -76,6 +76,9 @@ npm_clients() {
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$src/package-lock.json" "$dir/.installed-lock.json"
 }
+
+# xterm.js for the daemon's terminal page (http/build.rs bundles it into the binary).
+npm_clients "$repo/http/web" "${COPPICE_WEB_ASSETS:-/opt/coppice-web}" "test -f node_modules/@xterm/xterm/lib/xterm.js"
 
 # Python clients for the MCP tests (versions verified against rmcp 3.11; see mcp/tests).
 pip_pins "mcp==2.3.0" "httpx2==2.16.2" "openai-agents==0.24.0"

@@ -154,7 +154,9 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<()> {
     let e2b = coppice_http::e2b::E2bOptions::from_config(&cfg.e2b, loopback)?;
     let runtime = Runtime::start(cfg.clone()).await?;
     runtime.spawn_background_tasks();
-    let tools = Tools::new(runtime);
+    let tools = Tools::new(runtime).with_terminals(&api_token, cfg.terminals.ring_bytes);
+    // Terminals the agents kept running while no daemon brokered them.
+    tools.adopt_all_terminals().await;
     let mcp = McpState::new(tools.clone(), Mode::Daemon);
     // The E2B surface is on the TCP listener only (the SDKs speak TCP): its control plane
     // takes API keys, its sandbox traffic the sandboxes' access tokens.

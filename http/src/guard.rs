@@ -157,6 +157,28 @@ fn traffic_sandbox(path: &str) -> Option<&str> {
     (tail == "exec" || tail.starts_with("envd/")).then_some(id)
 }
 
+/// Marks a request let past the bearer check because it carries a terminal share token: its
+/// handler must accept nothing but a valid token.
+#[derive(Debug, Clone, Copy)]
+pub struct ShareTokenOnly;
+
+/// The routes a terminal share token opens: `/terminals/{tid}` (the page) and the terminal
+/// WebSocket `/api/v1/sandboxes/{id}/terminals/{tid}/ws`.
+fn is_share_route(path: &str) -> bool {
+    if let Some(tid) = path.strip_prefix("/terminals/") {
+        return !tid.is_empty() && !tid.contains('/');
+    }
+    path.strip_prefix("/api/v1/sandboxes/")
+        .and_then(|r| r.strip_suffix("/ws"))
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(_, r)| r.strip_prefix("terminals/"))
+        .is_some_and(|tid| !tid.is_empty() && !tid.contains('/'))
+}
+
+fn has_token_param(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")))
+}
+
 /// Wraps every route of `app` in the bearer-token check when the listener requires one.
 pub fn require_bearer(app: Router, opts: &coppice_mcp::http::HttpOptions) -> Router {
     match &opts.bearer_token {
@@ -169,7 +191,16 @@ pub fn require_bearer(app: Router, opts: &coppice_mcp::http::HttpOptions) -> Rou
 }
 
 /// Rejects requests without the bearer token: 401 with `WWW-Authenticate: Bearer`.
-async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+async fn bearer(State(token): State<Arc<String>>, mut req: Request, next: Next) -> Response {
+    // A terminal's page and WebSocket may carry a share token instead; their handlers check it.
+    if is_share_route(req.uri().path()) && has_token_param(req.uri().query()) {
+        req.extensions_mut().insert(ShareTokenOnly);
+        return next.run(req).await;
+    }
+    // The terminal page's scripts and styles are public static files.
+    if req.uri().path().starts_with("/terminals/assets/") {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -253,6 +284,17 @@ mod tests {
         assert!(refusal(&h, &headers).unwrap().contains("attacker.example"));
         headers.remove(header::HOST);
         assert!(refusal(&h, &headers).is_some());
+    }
+
+    #[test]
+    fn share_routes() {
+        assert!(is_share_route("/terminals/term-abc"));
+        assert!(is_share_route("/api/v1/sandboxes/sb/terminals/term-abc/ws"));
+        assert!(!is_share_route("/api/v1/sandboxes/sb/terminals/term-abc"));
+        assert!(!is_share_route("/api/v1/sandboxes/sb/terminals/a/b/ws"));
+        assert!(!is_share_route("/terminals/a/b"));
+        assert!(!is_share_route("/api/v1/sandboxes/sb/exec"));
+        assert!(has_token_param(Some("a=1&token=x")) && !has_token_param(Some("xtoken=1")));
     }
 
     #[test]

@@ -23,6 +23,9 @@ use futures::StreamExt;
 
 mod network;
 mod snapshots;
+mod terminal_page;
+mod terminal_ws;
+mod terminals;
 
 /// The daemon's app without MCP or credentials (see [`unix_app`] and [`tcp_app`]).
 pub fn app(tools: Tools) -> Router {
@@ -47,6 +50,7 @@ fn api(tools: Tools) -> Router {
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
         .merge(snapshots::routes())
+        .merge(terminals::routes())
         .with_state(Arc::new(tools))
 }
 
@@ -112,7 +116,8 @@ pub fn error_code(e: &Error) -> Code {
         | Error::SandboxEnded { .. }
         | Error::TemplateNotFound(_)
         | Error::SnapshotNotFound(_)
-        | Error::ContextNotFound(_) => Code::NotFound,
+        | Error::ContextNotFound(_)
+        | Error::TerminalNotFound { .. } => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) | Error::UnknownLanguage(_) => Code::InvalidArgument,
         Error::AlreadyExists(_) => Code::AlreadyExists,

@@ -60,6 +60,62 @@ impl<T: JsonSchema> JsonSchema for InSandbox<T> {
     }
 }
 
+const TERMINAL_ID_DOC: &str = "Terminal to act on (from terminal_open or terminal_list).";
+
+/// A request aimed at one terminal: `{"sandbox_id"?, "terminal_id", ...the request's fields}`.
+#[derive(Debug)]
+pub struct InTerminal<T> {
+    pub sandbox_id: Option<String>,
+    pub terminal_id: String,
+    pub request: T,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for InTerminal<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut fields = Map::<String, Value>::deserialize(d)?;
+        let terminal_id = match fields.remove("terminal_id") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "invalid terminal_id: {other}, expected a terminal id string"
+                )));
+            }
+            None => return Err(D::Error::custom("missing field `terminal_id`")),
+        };
+        let inner = InSandbox::<T>::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(Self {
+            sandbox_id: inner.sandbox_id,
+            terminal_id,
+            request: inner.request,
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for InTerminal<T> {
+    fn schema_name() -> Cow<'static, str> {
+        format!("{}InTerminal", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = InSandbox::<T>::json_schema(generator);
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            props.insert(
+                "terminal_id".into(),
+                serde_json::json!({"type": "string", "description": TERMINAL_ID_DOC}),
+            );
+        }
+        if let Some(obj) = schema.as_object_mut() {
+            let required = obj
+                .entry("required")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Some(list) = required.as_array_mut() {
+                list.push(Value::String("terminal_id".into()));
+            }
+        }
+        schema
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +143,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("sandbox_id"), "{e}");
+    }
+
+    #[test]
+    fn terminal_requests_need_a_terminal_id() {
+        let ok: InTerminal<Req> =
+            serde_json::from_value(serde_json::json!({"terminal_id": "t1", "cmd": "x"})).unwrap();
+        assert_eq!((ok.terminal_id.as_str(), ok.sandbox_id), ("t1", None));
+        let e =
+            serde_json::from_value::<InTerminal<Req>>(serde_json::json!({"cmd": "x"})).unwrap_err();
+        assert!(e.to_string().contains("terminal_id"), "{e}");
+        let s = schemars::schema_for!(InTerminal<Req>);
+        let required = s.get("required").unwrap().as_array().unwrap();
+        assert!(required.contains(&Value::String("terminal_id".into())));
     }
 
     #[test]

@@ -25,5 +25,6 @@ pub mod server;
 mod session;
 mod snapshot_tools;
 pub mod stdio;
+mod terminal_tools;
 
 pub use session::{CoppiceMcp, McpState, Mode};

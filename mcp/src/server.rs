@@ -37,7 +37,8 @@ impl CoppiceMcp {
             + Self::file_router()
             + Self::snapshot_router()
             + Self::network_router()
-            + Self::code_router();
+            + Self::code_router()
+            + Self::terminal_router();
         for route in router.map.values_mut() {
             let tool = &mut route.attr;
             let mut input = (*tool.input_schema).clone();

@@ -69,6 +69,25 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// `[e2b]`: the E2B-compatible API.
     pub e2b: E2bConfig,
+    /// `[terminals]`: collaborative terminals.
+    pub terminals: TerminalsConfig,
+}
+
+/// `[terminals]`: collaborative terminals (docs/terminals.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerminalsConfig {
+    /// Output each terminal keeps for replay on attach and for reconnects, in bytes (the
+    /// ring grows as output comes, up to this).
+    pub ring_bytes: usize,
+}
+
+impl Default for TerminalsConfig {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 1 << 20,
+        }
+    }
 }
 
 /// `[linux]`: how the Linux backend isolates and stores sandboxes.
@@ -182,6 +201,7 @@ impl Default for Config {
             linux: LinuxConfig::default(),
             listener: ListenerConfig::default(),
             e2b: E2bConfig::default(),
+            terminals: TerminalsConfig::default(),
         }
     }
 }

@@ -27,6 +27,14 @@ pub enum Error {
     /// A code context that does not exist in the sandbox (E2B's text: "Context X not found").
     #[error("{0}")]
     ContextNotFound(String),
+    /// No terminal has this id in the sandbox.
+    #[error("no terminal '{terminal}' in sandbox '{sandbox}' (list its terminals to see them)")]
+    TerminalNotFound {
+        /// The sandbox asked about.
+        sandbox: String,
+        /// The terminal id asked for.
+        terminal: String,
+    },
     /// run_code asked for a language the sandbox has no kernel for.
     #[error("{0}")]
     UnknownLanguage(String),

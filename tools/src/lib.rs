@@ -12,6 +12,7 @@ pub mod listing;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod terminals;
 
 use std::sync::Arc;
 
@@ -23,6 +24,12 @@ pub struct Tools {
     rt: Arc<Runtime>,
     /// Background processes (commands_start) whose output this layer buffers.
     registry: Arc<commands::Registry>,
+    /// Terminals this daemon brokers.
+    terminals: Arc<terminals::Registry>,
+    /// Secret the terminals' share tokens derive from.
+    terminal_secret: Arc<str>,
+    /// Replay ring size of new terminals.
+    terminal_ring_bytes: usize,
 }
 
 impl Tools {
@@ -31,7 +38,18 @@ impl Tools {
         Self {
             rt,
             registry: Default::default(),
+            terminals: Default::default(),
+            terminal_secret: coppice_runtime::ids::new_api_token().into(),
+            terminal_ring_bytes: terminals::DEFAULT_RING_BYTES,
         }
+    }
+
+    /// Derives terminal share tokens from `secret` (the daemon's API token, so links survive a
+    /// restart and die with a rotated token) and gives new terminals rings of `ring_bytes`.
+    pub fn with_terminals(mut self, secret: &str, ring_bytes: usize) -> Self {
+        self.terminal_secret = secret.into();
+        self.terminal_ring_bytes = ring_bytes.max(4096);
+        self
     }
 }
 

@@ -18,7 +18,8 @@ impl From<Error> for E2bError {
             | Error::SandboxEnded { .. }
             | Error::TemplateNotFound(_)
             | Error::SnapshotNotFound(_)
-            | Error::ContextNotFound(_) => StatusCode::NOT_FOUND,
+            | Error::ContextNotFound(_)
+            | Error::TerminalNotFound { .. } => StatusCode::NOT_FOUND,
             // E2B answers 400 for a snapshot kind not enabled (memory snapshots without CRIU).
             Error::InvalidArgument(_) | Error::UnknownLanguage(_) | Error::HostUnsupported(_) => {
                 StatusCode::BAD_REQUEST

@@ -13,7 +13,8 @@ use coppice_envd::process::{
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use self::shell::{exit_code_of, shell_start, timeout_ms};
+pub(crate) use self::shell::exit_code_of;
+use self::shell::{shell_start, timeout_ms};
 use crate::{Error, Result, Tools};
 
 mod run;

@@ -37,7 +37,7 @@ pub(super) fn timeout_ms(secs: Option<f64>) -> Result<Option<u64>> {
 }
 
 /// Exit code of an end event: the code, or -1 for a signal death.
-pub(super) fn exit_code_of(end: &coppice_envd::process::EndEvent) -> i32 {
+pub(crate) fn exit_code_of(end: &coppice_envd::process::EndEvent) -> i32 {
     if end.status.starts_with("signal") && end.exit_code == 0 {
         -1
     } else {
