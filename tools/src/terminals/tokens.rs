@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::Role;
+use super::terminal::Role;
 
 /// The token for `role` on terminal `tid` of sandbox `sandbox`: 40 hex digits (160 bits).
 pub fn derive(secret: &str, sandbox: &str, tid: &str, role: Role) -> String {

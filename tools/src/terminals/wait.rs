@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ReadMode, ReadTerminal, ScreenText, Terminal, WaitForTerminal};
+use super::requests::{ReadMode, ReadTerminal, WaitForTerminal};
+use super::terminal::{ScreenText, Terminal};
 use crate::{Error, Result, Tools};
 
 /// Raw output read by default per call.
