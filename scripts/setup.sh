@@ -14,11 +14,14 @@ fi
 # (subvolumes) when the state dir is not on btrfs.
 # openssl: the network policy test makes its TLS servers' self-signed certificate.
 # musl-tools: the C compiler for the agent's static musl build (its zmq client's `ring`).
+# chromium: the terminal page test drives the page in a real headless browser.
+# vim, tmux, procps, less: the terminal tests' full-screen programs (the default template
+# carries the host's /usr) and the terminal rig's tmux reference.
 # python3-ipykernel (+ matplotlib, pandas, pexpect): the code kernels that the default template
 # (a hard-link farm of this host's /usr) carries for run_code; see kernel/.
 packages=(nftables iproute2 btrfs-progs bubblewrap debootstrap sudo python3 python3-pip ca-certificates curl openssh-server conntrack
   python3-ipykernel python3-matplotlib python3-pandas python3-pexpect
-  openssl musl-tools)
+  openssl musl-tools chromium vim tmux procps less)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -82,6 +85,8 @@ npm_clients "$repo/http/web" "${COPPICE_WEB_ASSETS:-/opt/coppice-web}" "test -f 
 
 # Python clients for the MCP tests (versions verified against rmcp 3.11; see mcp/tests).
 pip_pins "mcp==2.3.0" "httpx2==2.16.2" "openai-agents==0.24.0"
+# The terminal tests' WebSocket client (and Chromium's DevTools protocol driver).
+pip_pins "websockets==16.1.1"
 # Node clients for the MCP tests (mcp/tests/test_clients.py): the MCP Inspector CLI and the
 # official conformance suite, on Node 22 from npm (`node@22`: Debian 12's Node is too old).
 npm_clients "$repo/mcp/tests/clients" "${COPPICE_TEST_CLIENTS:-/opt/coppice-test-clients}"

@@ -53,6 +53,8 @@ TOOLS = {
     "sandbox_lineage",
     "network_policy_get", "network_policy_set",
     "run_code", "code_context_create", "code_context_list", "code_context_restart", "code_context_remove",
+    "terminal_open", "terminal_send", "terminal_read", "terminal_wait_for", "terminal_resize",
+    "terminal_list", "terminal_close", "terminal_share",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.

@@ -249,13 +249,18 @@ impl Terminal {
         }
     }
 
-    /// Escapes that rebuild the current screen on a fresh terminal (to seed a client).
+    /// Escapes that rebuild the current screen on a fresh terminal (to seed a client): on the
+    /// alternate screen they switch to it first, so the program's exit returns the client to
+    /// its normal screen as it does the PTY.
     pub fn screen_formatted(&self) -> (u64, Vec<u8>) {
         let st = self.state.lock();
-        (
-            st.ring.end(),
-            st.screen.screen().state_formatted().into_bytes(),
-        )
+        let screen = st.screen.screen();
+        let mut seed = Vec::new();
+        if screen.alternate_screen() {
+            seed.extend_from_slice(b"\x1b[?1049h");
+        }
+        seed.extend(screen.state_formatted().into_bytes());
+        (st.ring.end(), seed)
     }
 
     /// Whether the program asked for application cursor keys (arrows as `ESC O x`).
