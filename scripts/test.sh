@@ -47,6 +47,9 @@ python3 agents-examples/rl-fork-loop/run.py --start-daemon target/release/coppic
 step "network policy end to end (a namespace world on documentation addresses)"
 python3 runtime/tests/network_policy.py --coppice target/release/coppice
 
+step "collaborative terminals (real PTYs, the WebSocket protocol, headless Chromium on the page, MCP)"
+python3 -m pytest -q http/tests/terminals
+
 step "E2B SDKs unmodified (PyPI e2b sync+async, npm e2b on Node 22) against a real daemon"
 python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py http/tests/e2b/test_e2b_auth.py
 

@@ -51,13 +51,6 @@ pub struct ShareTerminal {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct TerminalOutput {
-    pub sandbox_id: String,
-    #[serde(flatten)]
-    pub terminal: TerminalInfo,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
 pub struct TerminalListOutput {
     pub sandbox_id: String,
     pub terminals: Vec<TerminalInfo>,
@@ -111,17 +104,14 @@ impl CoppiceMcp {
         &self,
         Parameters(a): Parameters<OpenArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<TerminalOutput>, String> {
+    ) -> Result<Json<TerminalInfo>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let terminal = self
             .tools()
             .open_terminal(&id, a.request)
             .await
             .map_err(|e| explain(e, About::Process))?;
-        Ok(Json(TerminalOutput {
-            sandbox_id: id,
-            terminal,
-        }))
+        Ok(Json(terminal))
     }
 
     /// Type into a terminal: `text` as is, then named `keys` (Enter, Tab, C-c, C-d, Escape,
@@ -219,16 +209,13 @@ impl CoppiceMcp {
         &self,
         Parameters(a): Parameters<ResizeArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<TerminalOutput>, String> {
+    ) -> Result<Json<TerminalInfo>, String> {
         let id = self.sandbox(a.sandbox_id, &ctx).await?;
         let terminal = self
             .tools()
             .resize_terminal(&id, &a.terminal_id, a.request.cols, a.request.rows)
             .map_err(|e| explain(e, About::Process))?;
-        Ok(Json(TerminalOutput {
-            sandbox_id: id,
-            terminal,
-        }))
+        Ok(Json(terminal))
     }
 
     /// List the sandbox's terminals: size, who is attached, running or how it ended.

@@ -75,7 +75,8 @@ pub struct ReadTerminal {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitForTerminal {
-    /// A regular expression (Rust regex syntax), e.g. "\\$ $" for a prompt.
+    /// A regular expression (Rust regex syntax). On the screen, ^ and $ match at each line's
+    /// start and end, and lines have trailing blanks trimmed: "\\$$" finds a `$ ` prompt.
     pub pattern: String,
     /// Match against "screen" (default: the visible text) or "output" (raw output since
     /// `since`, escapes included).

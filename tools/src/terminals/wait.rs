@@ -82,7 +82,9 @@ impl Tools {
         req: WaitForTerminal,
     ) -> Result<WaitMatch> {
         let t = self.terminal(id, tid)?;
-        let re = regex::Regex::new(&req.pattern)
+        let re = regex::RegexBuilder::new(&req.pattern)
+            .multi_line(req.mode == ReadMode::Screen)
+            .build()
             .map_err(|e| Error::InvalidArgument(format!("pattern is not a valid regex: {e}")))?;
         let secs = req.timeout_secs.unwrap_or(30.0);
         if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
