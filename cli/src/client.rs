@@ -20,6 +20,7 @@ use crate::Command;
 
 pub mod network;
 pub mod snapshots;
+pub mod terminal;
 
 #[derive(Subcommand)]
 pub enum SandboxCmd {
@@ -209,7 +210,10 @@ pub fn run(cmd: Command, socket: PathBuf) -> i32 {
     let client = Daemon {
         http: AgentClient::new(socket),
     };
-    match rt.block_on(dispatch(cmd, &client)) {
+    let result = rt.block_on(dispatch(cmd, &client));
+    // A blocking stdin read (terminal attach) must not hold the exit.
+    rt.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(Failure(msg, code)) => {
             eprintln!("coppice: {msg}");
@@ -228,6 +232,7 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
         Command::Network(cmd) => network::run(cmd, d).await,
         Command::RunCode(args) => run_code(args, d).await,
+        Command::Terminal(cmd) => terminal::run(cmd, d).await,
         Command::Token => {
             let v = d.json("GET", "/api/v1/token", NO_BODY).await?;
             println!("{}", v["token"].as_str().unwrap_or_default());

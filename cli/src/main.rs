@@ -47,6 +47,9 @@ enum Command {
     /// Run code in a sandbox's persistent Jupyter kernel (Python by default); prints output
     /// and results, exits 1 when the code raised.
     RunCode(client::RunCodeArgs),
+    /// Collaborative terminals: open, list, kill, and attach this tty to one.
+    #[command(subcommand)]
+    Terminal(client::terminal::TerminalCmd),
     /// Print the bearer token of the daemon's TCP listener (MCP over HTTP and the native API
     /// need it in `Authorization: Bearer`; the unix socket does not).
     Token,

@@ -217,3 +217,70 @@ def test_terminals_survive_a_daemon_restart(daemon, rest: Rest, sid: str):
     # The same shell (its environment kept), driven through the restarted daemon.
     rest.send(sid, tid, "echo mark=$MARK", ["Enter"])
     rest.wait_screen(sid, tid, "mark=before-restart")
+
+
+def test_cli_new_ls_attach_resize_detach_and_exit_status(daemon, rest: Rest, sid: str):
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import struct
+    import subprocess
+    import termios
+
+    cli = [str(daemon.binary), "--socket", str(daemon.socket)]
+    tid = subprocess.run(cli + ["terminal", "new", sid, "--cmd", "PS1='$ ' exec bash --norc --noprofile"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    assert tid.startswith("term-"), tid
+    ls = subprocess.run(cli + ["terminal", "ls", sid], check=True, capture_output=True, text=True).stdout
+    assert tid in ls and "80x24" in ls, ls
+
+    def set_size(fd: int, cols: int, rows: int) -> None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def run_attached(keys_then_wait: list[tuple[bytes, bytes]], resize_to=None) -> tuple[int, bytes]:
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(cli[0], cli + ["terminal", "attach", sid, tid])
+        set_size(fd, 100, 40)
+        os.kill(pid, signal.SIGWINCH)
+        seen = b""
+        for keys, wait in keys_then_wait:
+            if keys:
+                os.write(fd, keys)
+            deadline = time.monotonic() + 20
+            while wait not in seen:
+                assert time.monotonic() < deadline, f"{wait!r} not seen; got {seen[-400:]!r}"
+                r, _, _ = select.select([fd], [], [], 0.2)
+                if r:
+                    try:
+                        seen += os.read(fd, 65536)
+                    except OSError:
+                        break
+            if resize_to and keys is keys_then_wait[0][0]:
+                set_size(fd, *resize_to)
+                os.kill(pid, signal.SIGWINCH)
+        _, status = os.waitpid(pid, 0)
+        while True:
+            try:
+                if not os.read(fd, 65536):
+                    break
+            except OSError:
+                break
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), seen
+
+    # Attach, type, resize the local window (the terminal follows), detach with Ctrl-].
+    code, seen = run_attached([(b"echo cli-$((2*21))\r", b"cli-42"),
+                               (b"tput cols\r", b"\r123\r\n"),
+                               (b"\x1d", b"detached")], resize_to=(123, 30))
+    assert code == 0, seen
+    assert "cli-42" in rest.screen(sid, tid)["text"]
+    assert rest.info(sid, tid)["running"]
+    # Attach again (the terminal kept running) and end its program: attach exits with its status.
+    code, seen = run_attached([(b"exit 3\r", b"")])
+    assert code == 3, (code, seen[-300:])
+    # kill on an unknown terminal: a clear error and a non-zero exit.
+    r = subprocess.run(cli + ["terminal", "kill", sid, "term-nope"], capture_output=True, text=True)
+    assert r.returncode != 0 and "term-nope" in r.stderr, r
