@@ -47,7 +47,7 @@ async fn open(
 }
 
 async fn list(State(t): AppState, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(t.list_terminals(&id)?).into_response())
+    Ok(Json(t.list_terminals(&id).await?).into_response())
 }
 
 async fn info(

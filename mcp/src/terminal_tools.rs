@@ -235,6 +235,7 @@ impl CoppiceMcp {
         let terminals = self
             .tools()
             .list_terminals(&id)
+            .await
             .map_err(|e| explain(e, About::Process))?;
         Ok(Json(TerminalListOutput {
             sandbox_id: id,

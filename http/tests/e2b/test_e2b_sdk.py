@@ -362,6 +362,44 @@ def test_pty(sbx):
     assert "40 100" in output(h)
 
 
+def test_an_e2b_pty_is_a_terminal_a_person_can_watch(daemon, sbx):
+    """A PTY an agent opened through E2B's SDK shows among the sandbox's terminals: a person
+    attached to it (WebSocket) sees the agent's output, and what the person types reaches the
+    agent's PTY handle."""
+    import json as _json
+    import threading
+
+    from websockets.sync.client import connect
+
+    h = sbx.pty.create(PtySize(rows=30, cols=90), timeout=0)
+    seen = bytearray()
+    reader = threading.Thread(target=lambda: [seen.extend(p) for _, _, p in h if p], daemon=True)
+    reader.start()
+    base = f"http://127.0.0.1:{daemon.port}/api/v1/sandboxes/{sbx.sandbox_id}/terminals"
+    listed = httpx.get(base, headers=auth(daemon.port)).json()
+    mine = [t for t in listed if t["pid"] == h.pid]
+    assert mine and mine[0]["id"].startswith("pty-") and (mine[0]["cols"], mine[0]["rows"]) == (90, 30), listed
+    tid = mine[0]["id"]
+    ws = connect(f"ws://127.0.0.1:{daemon.port}/api/v1/sandboxes/{sbx.sandbox_id}/terminals/{tid}/ws",
+                 additional_headers=auth(daemon.port))
+    ws.send(_json.dumps({"type": "hello", "name": "person"}))
+    sbx.pty.send_stdin(h.pid, b"echo agent-$((20+1))\n")
+    got = bytearray()
+    deadline = time.monotonic() + 20
+    while b"agent-21" not in got:
+        assert time.monotonic() < deadline, f"the watcher did not see the agent's output: {bytes(got)!r}"
+        m = ws.recv(timeout=20)
+        if isinstance(m, bytes):
+            got += m[8:]
+    ws.send(b"echo person-$((30+3))\n")
+    deadline = time.monotonic() + 20
+    while b"person-33" not in seen:
+        assert time.monotonic() < deadline, f"the E2B handle did not see the person's input: {bytes(seen)!r}"
+        time.sleep(0.05)
+    ws.close()
+    sbx.pty.kill(h.pid)
+
+
 # ---------------------------------------------------------------- files
 
 

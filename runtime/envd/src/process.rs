@@ -80,9 +80,15 @@ pub struct ConnectRequest {
     pub process: ProcessSelector,
 }
 
-/// Body of `List`; it has no fields.
+/// Body of `List`. E2B's has no fields; the daemon sets `ptySizes` to learn which processes
+/// run on a PTY (to broker E2B PTYs as terminals) without changing what the SDKs see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListRequest {}
+#[serde(rename_all = "camelCase")]
+pub struct ListRequest {
+    /// Fill `ptySize` for PTY processes (a Coppice extension; absent in E2B's requests).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pty_sizes: bool,
+}
 
 /// One running process as reported by `List`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +101,9 @@ pub struct ProcessInfo {
     /// Tag given at start, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// The PTY's size now, for PTY processes, when the request asked (`ptySizes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty_size: Option<PtySize>,
 }
 
 /// Reply to `List`.

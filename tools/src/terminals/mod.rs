@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coppice_envd::process::{ConnectRequest, Empty};
+use coppice_envd::process::{ConnectRequest, ListRequest};
 use coppice_envd::process::{
     ListResponse, ProcessConfig, ProcessEvent, ProcessEventMessage, ProcessSelector, Pty, PtySize,
     StartRequest,
@@ -180,17 +180,23 @@ impl Tools {
         Ok(info_of(&term))
     }
 
-    /// Adopts the sandboxes' tagged PTY processes that no terminal brokers (after a daemon
-    /// restart: the agent kept them running). Output printed while none was brokered is lost.
+    /// Adopts the sandbox's PTY processes that no terminal brokers: Coppice terminals a
+    /// restarted daemon finds still running (tagged, so their ids and tokens stay), and PTYs
+    /// opened through E2B's `commands.pty` (id `pty-{sandbox}-{pid}`). Output they printed
+    /// while none was brokered is not in the ring.
     pub async fn adopt_terminals(&self, id: &str) -> Result<usize> {
         let agent = self.rt.agent(id)?;
-        let listed: ListResponse = agent.unary("process.Process/List", &Empty {}).await?;
+        let listed: ListResponse = agent
+            .unary("process.Process/List", &ListRequest { pty_sizes: true })
+            .await?;
         let mut adopted = 0;
         for p in listed.processes {
-            let Some(tid) = p.tag.as_deref().and_then(|t| t.strip_prefix(TAG_PREFIX)) else {
-                continue;
+            let Some(pty) = p.pty_size else { continue };
+            let tid = match p.tag.as_deref().and_then(|t| t.strip_prefix(TAG_PREFIX)) {
+                Some(tid) => tid.to_string(),
+                None => format!("pty-{id}-{}", p.pid),
             };
-            if self.terminals.terminals.lock().contains_key(tid) {
+            if self.terminals.terminals.lock().contains_key(&tid) {
                 continue;
             }
             let mut events = agent
@@ -205,16 +211,17 @@ impl Tools {
             let pid = first_pid(&mut events).await?;
             let shown = match p.config.args.as_slice() {
                 [_, c] if c == LOGIN_SHELL => "login shell".to_string(),
-                [_, c] => c.clone(),
-                _ => p.config.cmd.clone(),
+                [_, c] if p.config.cmd == "/bin/sh" => c.clone(),
+                args => std::iter::once(p.config.cmd.as_str())
+                    .chain(args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             };
+            let size = Size::checked(pty.cols as u16, pty.rows as u16).unwrap_or(DEFAULT_SIZE);
             let ring = self.terminal_ring_bytes;
-            let meta = (tid.to_string(), id.to_string(), pid, shown);
-            let term = Terminal::start(meta, DEFAULT_SIZE, ring, agent.clone(), events);
-            self.terminals
-                .terminals
-                .lock()
-                .insert(tid.to_string(), term);
+            let meta = (tid.clone(), id.to_string(), pid, shown);
+            let term = Terminal::start(meta, size, ring, agent.clone(), events);
+            self.terminals.terminals.lock().entry(tid).or_insert(term);
             adopted += 1;
         }
         Ok(adopted)
@@ -258,9 +265,14 @@ impl Tools {
         self.terminals.terminals.lock().get(tid).cloned()
     }
 
-    /// The sandbox's terminals, oldest first (ended ones stay listed for ten minutes).
-    pub fn list_terminals(&self, id: &str) -> Result<Vec<TerminalInfo>> {
+    /// The sandbox's terminals, oldest first (ended ones stay listed for ten minutes), PTYs
+    /// opened through E2B included.
+    pub async fn list_terminals(&self, id: &str) -> Result<Vec<TerminalInfo>> {
         self.rt.check_visible(id)?;
+        // A paused sandbox's agent does not answer: list what is brokered already.
+        if let Err(e) = self.adopt_terminals(id).await {
+            tracing::debug!(sandbox = id, "adopting PTYs: {e}");
+        }
         self.terminals.prune();
         let mut out: Vec<TerminalInfo> = self
             .terminals

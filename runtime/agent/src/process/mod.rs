@@ -17,8 +17,9 @@ use axum::response::Response;
 use axum::routing::post;
 use coppice_envd::connect::EnvelopeDecoder;
 use coppice_envd::process::{
-    CloseStdinRequest, ConnectRequest, Empty, ListResponse, ProcessEvent, ProcessEventMessage,
-    SendInputRequest, SendSignalRequest, Signal, StartRequest, StreamInputRequest, UpdateRequest,
+    CloseStdinRequest, ConnectRequest, Empty, ListRequest, ListResponse, ProcessEvent,
+    ProcessEventMessage, SendInputRequest, SendSignalRequest, Signal, StartRequest,
+    StreamInputRequest, UpdateRequest,
 };
 use coppice_envd::{Code, ConnectError};
 use futures::StreamExt;
@@ -105,9 +106,9 @@ async fn connect(
 }
 
 async fn list(State(state): State<Arc<ProcessService>>, body: Bytes) -> Result<Response, RpcError> {
-    let _: Empty = parse_unary(&body)?;
+    let req: ListRequest = parse_unary(&body)?;
     Ok(unary_ok(&ListResponse {
-        processes: state.processes.list(),
+        processes: state.processes.list(req.pty_sizes),
     }))
 }
 

@@ -166,7 +166,8 @@ impl Processes {
     }
 
     /// Running processes, for `List`.
-    pub fn list(&self) -> Vec<ProcessInfo> {
+    /// Running processes by pid; with `pty_sizes`, each PTY's size now.
+    pub fn list(&self, pty_sizes: bool) -> Vec<ProcessInfo> {
         let table = self.table.lock();
         let mut list: Vec<ProcessInfo> = table
             .values()
@@ -175,6 +176,7 @@ impl Processes {
                 config: p.config.clone(),
                 pid: p.pid,
                 tag: p.tag.clone(),
+                pty_size: pty_sizes.then(|| p.pty_size()).flatten(),
             })
             .collect();
         list.sort_by_key(|p| p.pid);
@@ -183,6 +185,20 @@ impl Processes {
 }
 
 impl Proc {
+    /// The PTY's window size (TIOCGWINSZ on the master); None for pipe processes. A PTY busy
+    /// with a write or resize this instant reads as 0x0 (unknown).
+    fn pty_size(&self) -> Option<PtySize> {
+        if !self.is_pty {
+            return None;
+        }
+        let master = self.pty.try_lock().ok().and_then(|g| g.clone());
+        let ws = master.and_then(|m| rustix::termios::tcgetwinsize(m.get_ref()).ok());
+        Some(ws.map_or(PtySize::default(), |ws| PtySize {
+            cols: ws.ws_col.into(),
+            rows: ws.ws_row.into(),
+        }))
+    }
+
     pub fn is_finished(&self) -> bool {
         self.watch.lock().end.is_some()
     }
