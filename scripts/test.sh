@@ -62,5 +62,6 @@ python3 rigs/mcp_overhead.py --quick --wait-other 600 --coppice target/release/c
 python3 rigs/snapshot_fork.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/network_policy.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/run_code.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/terminals.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"
