@@ -230,6 +230,10 @@ async fn session(socket: WebSocket, term: Arc<Terminal>, role: Role) -> anyhow::
             },
             msg = rx.next() => match msg {
                 Some(Ok(msg)) => handle(&mut tx, &term, &attachment, role, msg).await?,
+                Some(Err(e)) if e.to_string().contains("too long") => {
+                    close(&mut tx, 1009, "message too big: the limit is 1 MiB").await;
+                    return Ok(());
+                }
                 _ => return Ok(()),
             },
             _ = ping.tick() => send(&mut tx, Message::Ping(Vec::new().into())).await?,

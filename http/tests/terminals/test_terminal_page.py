@@ -147,6 +147,10 @@ def test_a_person_in_the_browser_and_an_agent_on_mcp_share_a_terminal(daemon, br
             listed = await call(c, "terminal_list", {})
             mine = [x for x in listed["terminals"] if x["id"] == tid][0]
             assert sorted(x["role"] for x in mine["clients"]) == ["viewer", "writer"], mine
+            # A wait that times out says so and shows the screen's last lines.
+            r = await c.call_tool("terminal_wait_for", {"terminal_id": tid, "pattern": "never-shows", "timeout_secs": 1})
+            text = " ".join(getattr(x, "text", "") for x in r.content)
+            assert r.is_error and "did not show" in text and "done-9" in text, text
             # Raw output since an offset, and closing.
             raw = await call(c, "terminal_read", {"terminal_id": tid, "mode": "output", "since": 0})
             assert "hi-from-agent" in raw["text"] and raw["next_offset"] == mine["output_offset"] or raw["next_offset"] >= mine["output_offset"]

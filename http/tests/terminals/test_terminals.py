@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import Client, Rest
 
@@ -115,6 +115,16 @@ def test_many_clients_roles_and_size_rule(daemon, rest: Rest, sid: str):
     assert "bad control message" in writer.wait_control("error")["message"]
     writer.ws.send(b"echo after-$((2+3))\r")
     writer.wait_for(b"after-5")
+    # An oversized frame (over 1 MiB) closes that client (1009) and nothing else.
+    big = Client(daemon.port, sid, tid, name="big")
+    big.ws.send(b"x" * (2 << 20))
+    with pytest.raises(ConnectionClosed) as closed:
+        big.pump(timeout=5)
+        big.ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+    writer.ws.send(b"echo survived-$((3+4))\r")
+    writer.wait_for(b"survived-7")
+    viewer.wait_for(b"survived-7")
     writer.close()
     viewer.close()
 
