@@ -4,7 +4,8 @@ loopback sshd and a `tmux` client, fan-out of one terminal's output to many WebS
 and host memory per idle terminal. One private daemon, one run.
 
 - ``echo``: one key typed at an idle `bash --norc` prompt until its echo comes back, p50/p99.
-  Coppice: a binary frame on the WebSocket (the page's and CLI's path). ssh: `ssh -tt` to a
+  Coppice: a binary frame on the WebSocket (the page's and CLI's path), from a lean raw-socket
+  client. ssh: `ssh -tt` to a
   private sshd on 127.0.0.1 (its own config and keys) running the same bash, bytes written to
   ssh's stdin. tmux: a `tmux attach` client on a local PTY of a private tmux server running
   the same bash. Samples interleave the three paths. The line is cleared (C-u) every 50 keys.
@@ -104,24 +105,68 @@ class Echo:
 
 
 class WsEcho(Echo):
+    """The terminal WebSocket on a raw socket: RFC 6455 framing in a few lines, as lean as the
+    other paths' `os.read`/`os.write` (the `websockets` client's reader thread and queue would
+    put Python's overhead on this path alone). The `websockets` library is what the fan-out
+    phase and the tests use."""
+
     def __init__(self, port: int, sid: str, tid: str):
-        from websockets.sync.client import connect
-        self.ws = connect(f"ws://127.0.0.1:{port}/api/v1/sandboxes/{sid}/terminals/{tid}/ws",
-                          additional_headers=auth(port), max_size=None, compression=None)
-        self.ws.send(json.dumps({"type": "hello", "name": "rig"}))
-        self.sock = self.ws.socket
+        import base64
         import socket
+        self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        token = auth(port).get("Authorization", "")
+        self.sock.sendall((f"GET /api/v1/sandboxes/{sid}/terminals/{tid}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           f"Sec-WebSocket-Version: 13\r\nAuthorization: {token}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head[:200]
+        self.buf = head.split(b"\r\n\r\n", 1)[1]
+        self._send(0x1, json.dumps({"type": "hello", "name": "rig"}).encode())
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
     def write(self, b: bytes) -> None:
-        self.ws.send(b)
+        self._send(0x2, b)
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        if len(self.buf) < 2:
+            return None
+        n, at = self.buf[1] & 0x7F, 2
+        if n == 126:
+            n, at = int.from_bytes(self.buf[2:4], "big"), 4
+        elif n == 127:
+            n, at = int.from_bytes(self.buf[2:10], "big"), 10
+        if len(self.buf) < at + n:
+            return None
+        op, payload, self.buf = self.buf[0] & 0x0F, self.buf[at:at + n], self.buf[at + n:]
+        return op, payload
 
     def read(self, timeout: float) -> bytes:
-        m = self.ws.recv(timeout=timeout)
-        return m[8:] if isinstance(m, bytes) else b""
+        out = b""
+        while True:
+            f = self._frame()
+            if f is None:
+                if out:
+                    return out
+                r, _, _ = select.select([self.sock], [], [], timeout)
+                if not r:
+                    raise TimeoutError
+                self.buf += self.sock.recv(65536)
+                continue
+            op, payload = f
+            if op == 0x2:
+                out += payload[8:]
 
     def close(self) -> None:
-        self.ws.close()
+        self.sock.close()
 
 
 class FdEcho(Echo):

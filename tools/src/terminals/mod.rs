@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, Tools};
 
+mod input;
 mod keys;
 mod requests;
 mod ring;
+mod size;
 mod terminal;
 mod tokens;
 mod wait;

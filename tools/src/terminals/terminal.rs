@@ -10,16 +10,15 @@ use std::time::Instant;
 
 use coppice_envd::AgentClient;
 use coppice_envd::client::MessageStream;
-use coppice_envd::process::{
-    DataEvent, Empty, ProcessEvent, ProcessEventMessage, ProcessInput, ProcessSelector, Pty,
-    PtySize, SendInputRequest, UpdateRequest,
-};
+use coppice_envd::process::{DataEvent, ProcessEvent, ProcessEventMessage};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use super::input::{Input, write_inputs};
 use super::ring::{Ring, Slice};
+pub use super::size::Size;
 use crate::{Error, Result};
 
 /// Rows of scrollback the screen model keeps (history lives in the byte ring; each model row
@@ -27,27 +26,6 @@ use crate::{Error, Result};
 const SCREEN_SCROLLBACK: usize = 100;
 /// Queued input chunks per terminal before writers wait.
 const INPUT_QUEUE: usize = 256;
-
-/// A terminal's size in character cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Size {
-    /// Width in columns.
-    pub cols: u16,
-    /// Height in rows.
-    pub rows: u16,
-}
-
-impl Size {
-    /// A size checked to be usable (1..=1000 each way).
-    pub fn checked(cols: u16, rows: u16) -> Result<Self> {
-        if !(1..=1000).contains(&cols) || !(1..=1000).contains(&rows) {
-            return Err(Error::InvalidArgument(format!(
-                "terminal size {cols}x{rows} is out of range: cols and rows must be 1..=1000"
-            )));
-        }
-        Ok(Self { cols, rows })
-    }
-}
 
 /// What a client may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -153,12 +131,6 @@ struct State {
     next_client: u64,
     exit: Option<TerminalExit>,
     ended_at: Option<Instant>,
-}
-
-/// Work for the input task, done in order.
-enum Input {
-    Bytes(Vec<u8>),
-    Resize(Size),
 }
 
 /// A live (or recently ended) terminal.
@@ -492,55 +464,4 @@ async fn pump(term: Arc<Terminal>, mut events: MessageStream<ProcessEventMessage
     });
     term.output.send_replace(end);
     tracing::debug!(sandbox = %term.sandbox, terminal = %term.id, "terminal ended");
-}
-
-/// Writes queued input and resizes to the agent in order; chunks waiting together go as one.
-async fn write_inputs(pid: u32, agent: AgentClient, mut rx: mpsc::Receiver<Input>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = Vec::new();
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Input::Bytes(b) => batch.extend_from_slice(&b),
-                Input::Resize(size) => {
-                    flush(&agent, pid, &mut batch).await;
-                    let req = UpdateRequest {
-                        process: ProcessSelector::Pid(pid),
-                        pty: Some(Pty {
-                            size: Some(PtySize {
-                                cols: size.cols.into(),
-                                rows: size.rows.into(),
-                            }),
-                        }),
-                    };
-                    if let Err(e) = agent
-                        .unary::<_, Empty>("process.Process/Update", &req)
-                        .await
-                    {
-                        tracing::debug!(pid, "terminal resize: {e}");
-                    }
-                }
-            }
-            if batch.len() < 64 << 10 {
-                next = rx.try_recv().ok();
-            }
-        }
-        flush(&agent, pid, &mut batch).await;
-    }
-}
-
-async fn flush(agent: &AgentClient, pid: u32, batch: &mut Vec<u8>) {
-    if batch.is_empty() {
-        return;
-    }
-    let req = SendInputRequest {
-        process: ProcessSelector::Pid(pid),
-        input: ProcessInput::Pty(std::mem::take(batch)),
-    };
-    if let Err(e) = agent
-        .unary::<_, Empty>("process.Process/SendInput", &req)
-        .await
-    {
-        tracing::debug!(pid, "terminal input: {e}");
-    }
 }
