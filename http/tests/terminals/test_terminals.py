@@ -117,11 +117,13 @@ def test_many_clients_roles_and_size_rule(daemon, rest: Rest, sid: str):
     writer.wait_for(b"after-5")
     # An oversized frame (over 1 MiB) closes that client (1009) and nothing else.
     big = Client(daemon.port, sid, tid, name="big")
-    big.ws.send(b"x" * (2 << 20))
     with pytest.raises(ConnectionClosed) as closed:
+        big.ws.send(b"x" * (2 << 20))
         big.pump(timeout=5)
         big.ws.recv(timeout=5)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+    # The close frame says 1009 unless the kernel's reset (the server closed with the rest of
+    # the message unread) overtook it.
+    assert closed.value.rcvd is None or closed.value.rcvd.code == 1009, closed.value
     writer.ws.send(b"echo survived-$((3+4))\r")
     writer.wait_for(b"survived-7")
     viewer.wait_for(b"survived-7")
