@@ -201,6 +201,11 @@ def test_screen_model_reads_full_screen_programs(rest: Rest, sid: str):
     s = rest.wait_screen(sid, tid, "COMMAND")
     assert "PID USER" in s["text"] and "Tasks:" in s["text"] and "$ top" not in s["text"], s["text"]
     rest.send(sid, tid, "q")
+    # Keys typed before top has exited would be read (and dropped) by top: wait for the prompt.
+    deadline = time.monotonic() + 10
+    while not rest.screen(sid, tid)["text"].endswith("\n$"):
+        assert time.monotonic() < deadline, "top did not quit"
+        time.sleep(0.1)
     rest.send(sid, tid, "echo top-$((2+2))-quit", ["Enter"])
     rest.wait_screen(sid, tid, "top-4-quit")
 

@@ -164,14 +164,22 @@ impl Tools {
                 .await?;
         }
         if close {
-            agent
+            let closed = agent
                 .unary::<_, Empty>(
                     "process.Process/CloseStdin",
                     &CloseStdinRequest {
                         process: ProcessSelector::Pid(pid),
                     },
                 )
-                .await?;
+                .await;
+            match closed {
+                // The input just written ended the process (e.g. `read x; ...; exit`) before
+                // the close arrived: its stdin is as closed as it gets.
+                Err(e) if !data.is_empty() && e.code == coppice_envd::Code::NotFound => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
