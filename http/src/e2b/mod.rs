@@ -6,7 +6,9 @@
 //!   errors as `{"code": <int>, "message": ...}`;
 //! - [`proxy`]: sandbox traffic on the same port, routed by `E2b-Sandbox-Id` /
 //!   `E2b-Sandbox-Port` or by Host `{port}-{id}.{domain}`: 49983 (envd) and 49999 (code
-//!   interpreter) to the sandbox's agent, any other port to that port inside the sandbox.
+//!   interpreter) to the sandbox's agent, any other port to that port inside the sandbox;
+//!   signed `/files` URLs, which name no sandbox, by the sandbox whose token signed them
+//!   ([`signed_files`]).
 //!
 //! Handlers translate to the tool layer and back; the agent enforces the per-sandbox
 //! `envdAccessToken` itself.
@@ -17,6 +19,7 @@ mod fork;
 mod lifecycle;
 mod network;
 mod proxy;
+mod signed_files;
 mod snapshots;
 mod wire;
 

@@ -102,7 +102,13 @@ fn valid_id(id: &str) -> bool {
 /// Middleware in front of the whole TCP app.
 pub(super) async fn route(State(s): State<Arc<E2bState>>, req: Request, next: Next) -> Response {
     match target(req.headers(), s.opts.domain.as_deref()) {
-        Target::Daemon => next.run(req).await,
+        Target::Daemon => match super::signed_files::signed_sandbox(&s.tools, &req) {
+            None => next.run(req).await,
+            Some(Err(refused)) => refused,
+            Some(Ok(id)) => forward(&s, &id, ENVD_PORT, req)
+                .await
+                .unwrap_or_else(|resp| resp),
+        },
         Target::Invalid(msg) => error(StatusCode::BAD_REQUEST, &msg, None),
         Target::Sandbox { id, port } => match forward(&s, &id, port, req).await {
             Ok(resp) => resp,

@@ -251,9 +251,9 @@ def test_access_token_is_enforced(sbx):
     assert httpx.get(f"{url}/health", headers=hdr).status_code == 204
     r = httpx.get(f"{url}/files", params={"path": "/etc/hostname"}, headers={**hdr, "X-Access-Token": "wrong"})
     assert r.status_code == 401
-    # Signed URLs work without the header, and only for what they sign. The SDK builds them
-    # on E2B_SANDBOX_URL, which names no sandbox: they are reached through host routing
-    # (`{port}-{id}.{domain}`), as on E2B itself.
+    # Signed URLs work without the header, and only for what they sign: through host routing
+    # (`{port}-{id}.{domain}`), as on E2B itself, and as the SDK builds them, on
+    # E2B_SANDBOX_URL, which names no sandbox (the signature tells which one).
     host = {"Host": f"49983-{sbx.sandbox_id}.sandbox.localhost"}
     sbx.files.write("signed.txt", "signed body")
     dl = sbx.download_url("signed.txt")
@@ -266,6 +266,21 @@ def test_access_token_is_enforced(sbx):
     tampered = dl.replace("signed.txt", "up.txt")
     assert httpx.get(tampered, headers=host).status_code == 401
     assert httpx.get(dl.split("&signature")[0], headers=host).status_code == 401
+    # As built, no routing header at all.
+    assert dl.startswith(url), dl
+    r = httpx.get(dl)
+    assert r.status_code == 200 and r.text == "signed body", (r.status_code, r.text)
+    up2 = sbx.upload_url("up2.txt")
+    r = httpx.post(up2, files={"file": ("up2.txt", b"uploaded too")})
+    assert r.status_code == 200, r.text
+    assert sbx.files.read("up2.txt") == "uploaded too"
+    r = httpx.get(tampered)
+    assert r.status_code == 401 and "signature" in r.json()["message"], r.text
+    expiring = sbx.download_url("signed.txt", use_signature_expiration=1)
+    assert httpx.get(expiring).text == "signed body"
+    time.sleep(2.1)
+    r = httpx.get(expiring)
+    assert r.status_code == 401 and "expired" in r.json()["message"], r.text
     # Unknown sandbox: the proxy's 502.
     r = httpx.get(f"{url}/health", headers={**hdr, "E2b-Sandbox-Id": "nosuchsandbox"})
     assert r.status_code == 502

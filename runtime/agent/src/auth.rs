@@ -10,8 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use crate::env::Env;
 
@@ -66,19 +64,7 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// envd's v1 URL signature: `v1_` + unpadded base64 of
-/// `sha256("{path}:{operation}:{username}:{token}[:{expiration}]")`.
-pub fn signature(path: &str, op: &str, user: &str, token: &str, exp: Option<u64>) -> String {
-    let raw = match exp {
-        Some(e) => format!("{path}:{op}:{user}:{token}:{e}"),
-        None => format!("{path}:{op}:{user}:{token}"),
-    };
-    let digest = Sha256::digest(raw.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
-}
+use coppice_envd::auth::url_signature as signature;
 
 /// The signing fields of a `/files` query.
 #[derive(Debug, Default, serde::Deserialize)]
