@@ -418,6 +418,23 @@ def test_an_e2b_pty_is_a_terminal_a_person_can_watch(daemon, sbx):
 # ---------------------------------------------------------------- files
 
 
+def test_file_metadata_is_kept_in_e2b_xattrs_and_replaced_on_overwrite(sbx):
+    sbx.files.write("meta.txt", "one", metadata={"Owner": "alice", "stage": "draft"})
+    assert sbx.files.get_info("meta.txt").metadata == {"owner": "alice", "stage": "draft"}
+    names = sbx.commands.run("python3 -c \"import os; print(sorted(os.listxattr('meta.txt')))\"").stdout
+    assert names.strip() == "['user.e2b.owner', 'user.e2b.stage']", names
+    # An xattr of the user's own, outside E2B's namespace, is neither shown nor touched.
+    sbx.commands.run("python3 -c \"import os; os.setxattr('meta.txt', 'user.mine', b'x')\"")
+    assert sbx.files.get_info("meta.txt").metadata == {"owner": "alice", "stage": "draft"}
+    # An overwrite with metadata replaces the whole set; one without clears it.
+    sbx.files.write("meta.txt", "two", metadata={"stage": "final"})
+    assert sbx.files.get_info("meta.txt").metadata == {"stage": "final"}
+    sbx.files.write("meta.txt", "three")
+    assert not sbx.files.get_info("meta.txt").metadata
+    kept = sbx.commands.run("python3 -c \"import os; print(os.getxattr('meta.txt', 'user.mine'))\"").stdout
+    assert kept.strip() == "b'x'", kept
+
+
 def test_files_roundtrip(sbx):
     info = sbx.files.write("/home/user/a.txt", "hello file")
     assert info.path == "/home/user/a.txt"

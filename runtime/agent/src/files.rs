@@ -5,7 +5,7 @@
 //! filesystem identity (see `filesystem::creds`), so uploads create user-owned files and
 //! directories and a user cannot read or overwrite what they could not in a shell.
 //!
-//! `X-Metadata-<key>` upload headers are stored as `user.<key>` xattrs, as envd does, and read
+//! `X-Metadata-<key>` upload headers are stored as `user.e2b.<key>` xattrs, as envd does, and read
 //! back into `EntryInfo.metadata` by Stat/ListDir. The access token and URL signatures are checked
 //! in `auth.rs`.
 

@@ -15,7 +15,7 @@ use coppice_envd::filesystem::{EntryInfo, FileType};
 use crate::users::{self, UserIdentity};
 
 /// envd stores `X-Metadata-*` upload headers as xattrs in this namespace.
-const METADATA_XATTR_PREFIX: &str = "user.";
+const METADATA_XATTR_PREFIX: &str = "user.e2b.";
 
 /// Rejects paths no client should send, then resolves against the user's home and cleans
 /// `.`/`..` lexically (envd reports absolute, cleaned paths).
@@ -219,8 +219,19 @@ pub fn read_metadata(path: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Stores metadata as `user.<key>` xattrs on an open file.
+/// Stores metadata as `user.e2b.<key>` xattrs on an open file, replacing what an earlier upload
+/// stored (an upload without metadata leaves none, as on E2B).
 pub fn write_metadata(fd: impl AsFd, metadata: &BTreeMap<String, String>) -> io::Result<()> {
+    let size = rustix::fs::flistxattr_query(fd.as_fd())?;
+    if size > 0 {
+        let mut names = vec![0u8; size];
+        let n = rustix::fs::flistxattr(fd.as_fd(), &mut names[..])?;
+        for name in names[..n].split(|b| *b == 0) {
+            if name.starts_with(METADATA_XATTR_PREFIX.as_bytes()) {
+                rustix::fs::fremovexattr(fd.as_fd(), OsStr::from_bytes(name))?;
+            }
+        }
+    }
     for (k, v) in metadata {
         rustix::fs::fsetxattr(
             fd.as_fd(),
