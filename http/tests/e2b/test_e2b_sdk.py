@@ -322,6 +322,22 @@ def test_userland_promise(sbx):
     assert sbx.files.exists("/home/user/rel/x.txt"), "relative paths are under /home/user"
 
 
+def test_each_sandbox_has_its_own_boot_id(sbx):
+    read = "cat /proc/sys/kernel/random/boot_id"
+    mine = sbx.commands.run(read).stdout.strip()
+    host = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert len(mine) == 36 and mine[14] == "4" and mine != host, (mine, host)
+    assert sbx.commands.run(read).stdout.strip() == mine, "stable while the sandbox runs"
+    other = Sandbox.create(timeout=60)
+    try:
+        assert other.commands.run(read).stdout.strip() not in (mine, host)
+    finally:
+        other.kill()
+    with pytest.raises(Exception, match="boot_id"):  # the SDK raises on a non-zero exit
+        sbx.commands.run("echo x > /proc/sys/kernel/random/boot_id", user="root")
+    assert sbx.commands.run(read).stdout.strip() == mine
+
+
 def test_nonzero_exit_and_timeout(sbx):
     with pytest.raises(CommandExitException) as e:
         sbx.commands.run("echo out; echo err >&2; exit 3")
@@ -416,6 +432,14 @@ def test_an_e2b_pty_is_a_terminal_a_person_can_watch(daemon, sbx):
 
 
 # ---------------------------------------------------------------- files
+
+
+def test_directory_info_reports_its_st_size(sbx):
+    sbx.files.make_dir("sized")
+    for i in range(20):
+        sbx.files.write(f"sized/file-with-a-long-name-{i}.txt", "x")
+    size = int(sbx.commands.run("stat -c %s sized").stdout)
+    assert size > 0 and sbx.files.get_info("sized").size == size
 
 
 def test_file_metadata_is_kept_in_e2b_xattrs_and_replaced_on_overwrite(sbx):

@@ -262,6 +262,7 @@ impl LinuxBackend {
             no_new_privs,
             seccomp: self.cfg.linux.seccomp,
             nofile: self.cfg.linux.sandbox_nofile,
+            boot_id_file: write_boot_id(dir)?,
         };
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
         let prepared = t0.elapsed();
@@ -635,4 +636,27 @@ mod tests {
         assert!(pid_start_time(pid).is_none(), "an unreaped child is dead");
         zombie.wait().unwrap();
     }
+}
+
+/// A fresh boot id (a random UUID, as the kernel's) for this start of the sandbox, in a
+/// read-only file the spawn plan shows as `/proc/sys/kernel/random/boot_id`: SDK code tells
+/// sandboxes and their restarts apart by it.
+fn write_boot_id(dir: &Path) -> Result<PathBuf> {
+    let b: [u8; 16] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let id = format!(
+        "{}-{}-4{}-{:x}{}-{}\n",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        8 | (b[8] & 0x3),
+        &hex[17..20],
+        &hex[20..32]
+    );
+    let path = dir.join("boot_id");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, id).ctx(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+        .ctx(|| format!("making {} read-only", path.display()))?;
+    Ok(path)
 }

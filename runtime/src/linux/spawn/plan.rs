@@ -46,6 +46,9 @@ pub struct SpawnPlan {
     pub seccomp: bool,
     /// RLIMIT_NOFILE (soft and hard) of every process in the sandbox.
     pub nofile: u64,
+    /// Host file holding this start's boot id, shown read-only as the sandbox's
+    /// `/proc/sys/kernel/random/boot_id` (each sandbox start is a boot of its own).
+    pub boot_id_file: PathBuf,
 }
 
 /// What the helper reports once the sandbox's init has exec'd.

@@ -472,6 +472,14 @@ fn child(plan: &SpawnPlan, out: &mut Vec<Step>) {
             when: When::IfExists,
         }));
     }
+    out.push(Step::Mount(Mount {
+        source: Some(plan.boot_id_file.clone()),
+        target: root.join("proc/sys/kernel/random/boot_id"),
+        fstype: None,
+        flags: MsFlags::MS_BIND,
+        data: None,
+        when: When::IfExists,
+    }));
     for dir in MASKED_DIRS.iter().filter(|d| d.starts_with("proc/")) {
         out.push(Step::Mount(Mount {
             source: Some("tmpfs".into()),

@@ -27,6 +27,7 @@ fn plan() -> SpawnPlan {
         no_new_privs: true,
         seccomp: true,
         nofile: 4096,
+        boot_id_file: "/s/boot_id".into(),
     }
 }
 
