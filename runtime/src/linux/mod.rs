@@ -9,6 +9,7 @@ mod compute;
 pub mod criu;
 pub mod dns;
 pub mod domains;
+mod identity;
 mod layers;
 pub mod net;
 pub mod netdomains;
