@@ -69,13 +69,7 @@ pub(super) async fn run(cmd: TerminalCmd, d: &Daemon) -> Result<i32, Failure> {
                 rows,
                 ..Default::default()
             };
-            let v = d
-                .json(
-                    "POST",
-                    &format!("/api/v1/sandboxes/{id}/terminals"),
-                    Some(&body),
-                )
-                .await?;
+            let v = open(d, &id, &body).await?;
             print_value(&v, json, |v| {
                 println!("{}", v["id"].as_str().unwrap_or_default())
             });
@@ -106,19 +100,22 @@ pub(super) async fn run(cmd: TerminalCmd, d: &Daemon) -> Result<i32, Failure> {
                 Some(t) => t,
                 None => {
                     let body = OpenTerminal::default();
-                    let v = d
-                        .json(
-                            "POST",
-                            &format!("/api/v1/sandboxes/{id}/terminals"),
-                            Some(&body),
-                        )
-                        .await?;
+                    let v = open(d, &id, &body).await?;
                     v["id"].as_str().unwrap_or_default().to_string()
                 }
             };
             attach(d, &id, &tid, viewer).await
         }
     }
+}
+
+async fn open(d: &Daemon, id: &str, body: &OpenTerminal) -> Result<Value, Failure> {
+    d.json(
+        "POST",
+        &format!("/api/v1/sandboxes/{id}/terminals"),
+        Some(body),
+    )
+    .await
 }
 
 fn print_list(v: &Value) {
