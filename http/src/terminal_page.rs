@@ -44,7 +44,10 @@ pub(crate) async fn page(
         None => {
             let sandbox = t
                 .find_terminal(&tid)
-                .ok_or_else(|| Error::InvalidArgument(format!("no terminal '{tid}'")))?
+                .ok_or_else(|| Error::TerminalNotFound {
+                    sandbox: "any".into(),
+                    terminal: tid.clone(),
+                })?
                 .sandbox
                 .clone();
             t.share_terminal(&sandbox, &tid, Role::Writer)?

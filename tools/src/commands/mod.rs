@@ -185,6 +185,21 @@ impl Tools {
     }
 }
 
+/// The pid from a Start or Connect stream's first event.
+pub(crate) async fn first_pid(
+    events: &mut coppice_envd::client::MessageStream<ProcessEventMessage>,
+) -> Result<u32> {
+    match events.next().await {
+        Some(Ok(ProcessEventMessage {
+            event: ProcessEvent::Start { pid },
+        })) => Ok(pid),
+        Some(Err(e)) => Err(e.into()),
+        _ => Err(Error::Unavailable(
+            "the agent did not report the process start".into(),
+        )),
+    }
+}
+
 /// The background tools' requests.
 mod requests;
 pub use requests::{ReadCommand, SignalCommand, SignalName, StartCommand, WriteStdin};
@@ -340,17 +355,7 @@ impl Tools {
                 req.user.as_deref().unwrap_or_default(),
             )
             .await?;
-        let pid = match stream.next().await {
-            Some(Ok(ProcessEventMessage {
-                event: ProcessEvent::Start { pid },
-            })) => pid,
-            Some(Err(e)) => return Err(e.into()),
-            _ => {
-                return Err(Error::Unavailable(
-                    "the agent did not report the process start".into(),
-                ));
-            }
-        };
+        let pid = first_pid(&mut stream).await?;
         self.registry.prune();
         let bg = Arc::new(Background {
             sandbox: id.to_string(),

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use coppice_envd::process::{ConnectRequest, ListRequest};
 use coppice_envd::process::{
-    ListResponse, ProcessConfig, ProcessEvent, ProcessEventMessage, ProcessSelector, Pty, PtySize,
-    StartRequest,
+    ListResponse, ProcessConfig, ProcessEventMessage, ProcessSelector, Pty, PtySize, StartRequest,
 };
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::commands::first_pid;
 use crate::{Error, Result, Tools};
 
 mod input;
@@ -91,6 +90,8 @@ pub struct TerminalShare {
 #[derive(Default)]
 pub(crate) struct Registry {
     terminals: parking_lot::Mutex<HashMap<String, Arc<Terminal>>>,
+    /// Held while adopting, so two listings at once never broker one PTY twice.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -188,6 +189,7 @@ impl Tools {
     /// while none was brokered is not in the ring.
     pub async fn adopt_terminals(&self, id: &str) -> Result<usize> {
         let agent = self.rt.agent(id)?;
+        let _one_at_a_time = self.terminals.adopting.lock().await;
         let listed: ListResponse = agent
             .unary("process.Process/List", &ListRequest { pty_sizes: true })
             .await?;
@@ -223,7 +225,7 @@ impl Tools {
             let ring = self.terminal_ring_bytes;
             let meta = (tid.clone(), id.to_string(), pid, shown);
             let term = Terminal::start(meta, size, ring, agent.clone(), events);
-            self.terminals.terminals.lock().entry(tid).or_insert(term);
+            self.terminals.terminals.lock().insert(tid, term);
             adopted += 1;
         }
         Ok(adopted)
@@ -364,20 +366,5 @@ impl Tools {
             )
         })?;
         Some((t, role))
-    }
-}
-
-/// The pid from a Start or Connect stream's first event.
-async fn first_pid(
-    events: &mut coppice_envd::client::MessageStream<ProcessEventMessage>,
-) -> Result<u32> {
-    match events.next().await {
-        Some(Ok(ProcessEventMessage {
-            event: ProcessEvent::Start { pid },
-        })) => Ok(pid),
-        Some(Err(e)) => Err(e.into()),
-        _ => Err(Error::Unavailable(
-            "the agent did not report the terminal's process start".into(),
-        )),
     }
 }

@@ -173,7 +173,7 @@ impl Terminal {
             sandbox,
             pid,
             cmd,
-            created_at_ms: chrono_now_ms(),
+            created_at_ms: coppice_runtime::clock::now_ms(),
             state: Mutex::new(State {
                 ring: Ring::new(ring_bytes),
                 screen: vt100::Parser::new_with_callbacks(
@@ -363,7 +363,15 @@ impl Terminal {
         if size != st.size && st.exit.is_none() {
             st.size = size;
             st.screen.set_size(nz(size.rows), nz(size.cols));
-            let _ = self.input.try_send(Input::Resize(size));
+            // A full input queue (a paste in flight) must not lose the resize: queue it behind.
+            if let Err(mpsc::error::TrySendError::Full(resize)) =
+                self.input.try_send(Input::Resize(size))
+            {
+                let input = self.input.clone();
+                tokio::spawn(async move {
+                    let _ = input.send(resize).await;
+                });
+            }
             let _ = self.control.send(Control::Resize {
                 cols: size.cols,
                 rows: size.rows,
@@ -407,13 +415,6 @@ impl Drop for Attachment {
             let _ = t.control.send(Control::Left { client });
         }
     }
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Reads the agent's event stream into the ring and the screen until the process ends.
