@@ -80,6 +80,10 @@ npm_clients() {
   cp "$src/package-lock.json" "$dir/.installed-lock.json"
 }
 
+# CRIU 4.1 from Debian 13 in a private tree (memory snapshots); without it they are refused
+# with the reason and everything else works.
+"$repo/scripts/install-criu.sh" || echo "coppice setup: CRIU unavailable; memory snapshots will be refused" >&2
+
 # xterm.js for the daemon's terminal page (http/build.rs bundles it into the binary).
 npm_clients "$repo/http/web" "${COPPICE_WEB_ASSETS:-/opt/coppice-web}" "test -f node_modules/@xterm/xterm/lib/xterm.js"
 

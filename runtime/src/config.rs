@@ -112,7 +112,14 @@ pub struct LinuxConfig {
     /// Size of the sparse btrfs image made when the state directory is not on btrfs, in GiB
     /// (only what sandboxes write takes host disk).
     pub btrfs_image_gib: u64,
+    /// CRIU (memory snapshots): a `criu` executable of version 4.1 or newer; default: the
+    /// private tree `scripts/install-criu.sh` makes (`/opt/coppice-criu/criu`), else `criu` on
+    /// PATH.
+    pub criu: Option<PathBuf>,
 }
+
+/// Where `scripts/install-criu.sh` puts CRIU.
+pub const DEFAULT_CRIU: &str = "/opt/coppice-criu/criu";
 
 impl Default for LinuxConfig {
     fn default() -> Self {
@@ -124,6 +131,7 @@ impl Default for LinuxConfig {
             spawn_binary: None,
             storage: StorageMode::default(),
             btrfs_image_gib: 64,
+            criu: None,
         }
     }
 }

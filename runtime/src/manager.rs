@@ -306,13 +306,13 @@ impl Runtime {
                         if let Ok(Some(rec)) = self.store.get(&id) {
                             self.destroy(rec).await.ok();
                         }
-                        self.start_new(&template, limits, &req, timeout, false)
+                        self.start_new(&template, limits, &req, timeout, false, None)
                             .await?
                     }
                 }
             }
             None => {
-                self.start_new(&template, limits, &req, timeout, false)
+                self.start_new(&template, limits, &req, timeout, false, None)
                     .await?
             }
         };
@@ -367,14 +367,15 @@ impl Runtime {
         req: &CreateRequest,
         timeout: Duration,
         pooled: bool,
+        resume: Option<&str>,
     ) -> Result<SandboxRecord> {
         match self
-            .start_new_once(template, limits.clone(), req, timeout, pooled)
+            .start_new_once(template, limits.clone(), req, timeout, pooled, resume)
             .await
         {
             Err(e @ (Error::Internal(_) | Error::Io { .. })) => {
                 tracing::warn!("starting a sandbox failed, retrying once: {e}");
-                self.start_new_once(template, limits, req, timeout, pooled)
+                self.start_new_once(template, limits, req, timeout, pooled, resume)
                     .await
             }
             other => other,
@@ -388,6 +389,7 @@ impl Runtime {
         req: &CreateRequest,
         timeout: Duration,
         pooled: bool,
+        resume: Option<&str>,
     ) -> Result<SandboxRecord> {
         let id = new_id();
         let now = now_ms();
@@ -425,7 +427,15 @@ impl Runtime {
         }
         let policed = t0.elapsed();
         let no_new_privs = req.no_new_privs.unwrap_or(self.cfg.no_new_privs);
-        let started = match self.backend.start(&rec, template, no_new_privs).await {
+        let started = match resume {
+            Some(snap) => {
+                self.backend
+                    .resume(&rec, template, no_new_privs, snap)
+                    .await
+            }
+            None => self.backend.start(&rec, template, no_new_privs).await,
+        };
+        let started = match started {
             Ok(s) => s,
             Err(e) => {
                 self.store.delete(&id)?;
@@ -443,6 +453,12 @@ impl Runtime {
             self.destroy(rec).await.ok();
             return Err(e);
         }
+        if let Some(snap) = resume
+            && let Err(e) = self.forget_resumed_token(&rec, snap).await
+        {
+            self.destroy(rec).await.ok();
+            return Err(e);
+        }
         if !rec.env.is_empty()
             && let Err(e) = self.init_agent(&id, &rec.env).await
         {
@@ -454,6 +470,31 @@ impl Runtime {
         }
         tracing::debug!(sandbox = %id, ?policed, total = ?t0.elapsed(), "sandbox created");
         Ok(rec)
+    }
+
+    /// A resumed agent still holds the access token of the sandbox it was dumped from: it is
+    /// cleared (with that token), so the new sandbox starts without one, as a fresh one does.
+    async fn forget_resumed_token(&self, rec: &SandboxRecord, snap: &str) -> Result<()> {
+        let Some(old) = self.backend.memory_access_token(snap) else {
+            return Ok(());
+        };
+        let req = http::Request::post("/init")
+            .header(http::header::HOST, "agent")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(coppice_envd::client::full_body(r#"{"accessToken":""}"#))
+            .map_err(Error::internal)?;
+        let resp = self
+            .bounded_client(&rec.id, rec.pid)
+            .with_access_token(Some(old))
+            .send(req)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Error::Internal(format!(
+                "the resumed agent refused its new access token: {}",
+                resp.status()
+            )));
+        }
+        Ok(())
     }
 
     /// Sends sandbox-wide env vars to the agent (envd's `POST /init`).
@@ -575,12 +616,12 @@ impl Runtime {
     /// A client of the sandbox's agent whose calls give up when the agent is stopped or does
     /// not answer in time (`agent_deadline_secs`).
     fn bounded_client(&self, id: &str, pid: Option<i32>) -> AgentClient {
-        AgentClient::new(self.backend.agent_socket(id)).with_deadline(
-            coppice_envd::deadline::Deadline {
+        AgentClient::new(self.backend.agent_socket(id))
+            .in_netns_of(pid)
+            .with_deadline(coppice_envd::deadline::Deadline {
                 pid,
                 head: Duration::from_secs(self.cfg.agent_deadline_secs.max(1)),
-            },
-        )
+            })
     }
 
     /// The access token a caller must show for a sandbox's traffic, from the in-memory

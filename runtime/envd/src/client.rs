@@ -42,6 +42,8 @@ pub struct AgentClient {
     access_token: Option<Arc<str>>,
     /// Bounds on waiting for an answer; None: wait as long as it takes.
     deadline: Option<crate::deadline::Deadline>,
+    /// The network namespace new connections' sockets are made in (see `netns_socket`).
+    netns: Option<PathBuf>,
 }
 
 /// The header envd's access token travels in.
@@ -54,7 +56,15 @@ impl AgentClient {
             socket: socket.into(),
             access_token: None,
             deadline: None,
+            netns: None,
         }
+    }
+
+    /// A client whose connections are made in the network namespace of process `pid` (the
+    /// agent's), so that everything the agent holds lives in its sandbox's namespace.
+    pub fn in_netns_of(mut self, pid: Option<i32>) -> Self {
+        self.netns = pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net")));
+        self
     }
 
     /// A client whose calls fail with `DeadlineExceeded` when the agent's process is stopped
@@ -80,6 +90,20 @@ impl AgentClient {
     /// The agent's unix socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    async fn connect(&self) -> std::io::Result<UnixStream> {
+        #[cfg(target_os = "linux")]
+        if let Some(netns) = &self.netns {
+            // A gone namespace (the agent ended) is reported by connect below.
+            if let Ok(fd) = crate::netns_socket::stream_socket_in(netns).await {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: a fresh, owned, non-blocking unix stream socket.
+                let socket = unsafe { tokio::net::UnixSocket::from_raw_fd(fd.into_raw_fd()) };
+                return socket.connect(&self.socket).await;
+            }
+        }
+        UnixStream::connect(&self.socket).await
     }
 
     /// Sends one request, on an idle connection to the agent when there is one, and returns
@@ -130,7 +154,7 @@ impl AgentClient {
                 },
             }
         }
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+        let stream = self.connect().await.map_err(|e| {
             ConnectError::new(Code::Unavailable, format!("sandbox agent unreachable: {e}"))
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

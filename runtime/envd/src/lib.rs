@@ -9,6 +9,8 @@ pub mod client;
 pub mod connect;
 pub mod deadline;
 pub mod filesystem;
+#[cfg(target_os = "linux")]
+pub mod netns_socket;
 pub mod process;
 pub mod time;
 pub mod wire;

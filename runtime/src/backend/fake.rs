@@ -111,6 +111,28 @@ impl FakeBackend {
 
 #[async_trait]
 impl Backend for FakeBackend {
+    async fn resume(
+        &self,
+        rec: &SandboxRecord,
+        t: &TemplateInfo,
+        nnp: bool,
+        _: &str,
+    ) -> Result<Started> {
+        self.start(rec, t, nnp).await
+    }
+
+    fn dump_memory(&self, _: &SandboxRecord, _: &str, _: Option<String>) -> Result<u64> {
+        Err(Error::HostUnsupported(
+            "the fake backend has no CRIU".into(),
+        ))
+    }
+
+    fn memory_access_token(&self, _: &str) -> Option<String> {
+        None
+    }
+
+    fn remove_memory(&self, _: &str) {}
+
     async fn start(&self, rec: &SandboxRecord, t: &TemplateInfo, _: bool) -> Result<Started> {
         self.record(Call::Start(rec.id.clone()));
         self.started_on

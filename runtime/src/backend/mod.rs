@@ -41,6 +41,28 @@ pub trait Backend: Send + Sync {
         template: &TemplateInfo,
         no_new_privs: bool,
     ) -> Result<Started>;
+    /// Starts the sandbox of `rec` like [`Backend::start`], resuming the processes of memory
+    /// snapshot `snapshot` (taken by [`Backend::dump_memory`]) instead of a fresh agent.
+    async fn resume(
+        &self,
+        rec: &SandboxRecord,
+        template: &TemplateInfo,
+        no_new_privs: bool,
+        snapshot: &str,
+    ) -> Result<Started>;
+    /// Dumps the processes of the sandbox of `rec`, frozen by the caller, as memory snapshot
+    /// `snapshot` (left frozen); returns the bytes stored. `access_token`: the agent's, which
+    /// the resumed processes hold until the host sets a new one.
+    fn dump_memory(
+        &self,
+        rec: &SandboxRecord,
+        snapshot: &str,
+        access_token: Option<String>,
+    ) -> Result<u64>;
+    /// The access token the processes of memory snapshot `snapshot` hold.
+    fn memory_access_token(&self, snapshot: &str) -> Option<String>;
+    /// Removes memory snapshot `snapshot`'s images.
+    fn remove_memory(&self, snapshot: &str);
     /// Stops the sandbox and removes everything but its writable layer, so the same id can
     /// start again at once (restore in place).
     async fn stop_for_restart(&self, rec: &SandboxRecord) -> Result<()>;

@@ -179,13 +179,23 @@ impl LinuxBackend {
             .map(|ip| ip.to_string())
     }
 
-    /// Starts the sandbox described by `rec` on `template`'s layers.
+    /// Starts the sandbox described by `rec` on `template`'s layers; with `memory`, the id of
+    /// a memory snapshot whose processes it resumes instead of starting its agent afresh.
     pub async fn start(
         &self,
         rec: &SandboxRecord,
         template: &TemplateInfo,
         no_new_privs: bool,
+        memory: Option<&str>,
     ) -> Result<Started> {
+        let resume = match memory {
+            Some(snap) => {
+                let dir = self.memory_dir(snap);
+                let info = super::memory::read_info(&dir, &self.agent_binary)?;
+                Some((dir, info))
+            }
+            None => None,
+        };
         let dir = self.sandbox_dir(&rec.id);
         // The upper and work directories: a subvolume of their own with btrfs (a snapshot
         // is then a subvolume snapshot), else `fs/` in the sandbox's directory.
@@ -205,7 +215,7 @@ impl LinuxBackend {
         write_identity(&fs_dir.join("upper"), &rec.hostname, &rec.id)?;
         let cg = self.cgroups.create(&rec.id)?;
         let result = self
-            .start_in(rec, template, &dir, &fs_dir, &cg, no_new_privs)
+            .start_in(rec, template, &fs_dir, &cg, no_new_privs, resume)
             .await;
         if result.is_err() {
             self.destroy(rec).await;
@@ -217,12 +227,13 @@ impl LinuxBackend {
         &self,
         rec: &SandboxRecord,
         template: &TemplateInfo,
-        dir: &Path,
         fs_dir: &Path,
         cg: &cgroup::SandboxCgroup,
         no_new_privs: bool,
+        resume: Option<(PathBuf, super::memory::DumpInfo)>,
     ) -> Result<Started> {
         let t0 = std::time::Instant::now();
+        let dir = &self.sandbox_dir(&rec.id);
         cg.apply_limits(&rec.limits)?;
         let pending = match &self.net {
             Some(cfg) => Some(net::prepare(cfg, rec.slot).await?),
@@ -235,7 +246,7 @@ impl LinuxBackend {
                 n.netns().as_raw_fd()
             ))
         });
-        let plan = SpawnPlan {
+        let mut plan = SpawnPlan {
             id: rec.id.clone(),
             hostname: rec.hostname.clone(),
             id_base: self.id_base(rec.slot),
@@ -264,7 +275,19 @@ impl LinuxBackend {
             seccomp: self.cfg.linux.seccomp,
             nofile: self.cfg.linux.sandbox_nofile,
             boot_id_file: write_boot_id(dir)?,
+            restore: None,
         };
+        if let Some((images, info)) = &resume {
+            // CRIU recreates the user namespace with the snapshot's map.
+            plan.id_base = info.id_base;
+            plan.restore = Some(super::memory::restore_plan(
+                &plan,
+                &self.criu_binary(),
+                images,
+                info,
+                &dir.join("criu"),
+            )?);
+        }
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
         let prepared = t0.elapsed();
         let wiring = async {
@@ -484,6 +507,56 @@ impl LinuxBackend {
         match self.storage.upper_subvolume(id) {
             Some(sv) => sv.join("upper"),
             None => self.sandbox_dir(id).join("fs/upper"),
+        }
+    }
+
+    /// The CRIU this backend runs.
+    pub fn criu_binary(&self) -> PathBuf {
+        super::criu::binary(self.cfg.linux.criu.as_deref())
+    }
+
+    /// Where memory snapshot `snap` keeps its images.
+    pub fn memory_dir(&self, snap: &str) -> PathBuf {
+        self.cfg.state_dir.join("memory").join(snap)
+    }
+
+    /// Dumps the processes of sandbox `rec` (frozen by the caller) as memory snapshot `snap`;
+    /// returns the bytes stored.
+    pub fn dump_memory(
+        &self,
+        rec: &SandboxRecord,
+        snap: &str,
+        access_token: Option<String>,
+    ) -> Result<u64> {
+        let pid = rec.pid.ok_or_else(|| {
+            Error::FailedPrecondition(format!("sandbox '{}' has no init", rec.id))
+        })?;
+        let freezer = self.cgroups.open(&rec.id).freezer_dir().ok_or_else(|| {
+            Error::HostUnsupported("memory snapshots need a cgroup freezer".into())
+        })?;
+        super::memory::dump(&super::memory::DumpRequest {
+            criu: &self.criu_binary(),
+            pid,
+            agent_socket: &self.agent_socket(&rec.id),
+            agent_binary: &self.agent_binary,
+            freezer,
+            access_token,
+            dir: self.memory_dir(snap),
+        })
+    }
+
+    /// The envd access token the processes of memory snapshot `snap` hold.
+    pub fn memory_access_token(&self, snap: &str) -> Option<String> {
+        super::memory::read_info(&self.memory_dir(snap), &self.agent_binary)
+            .ok()
+            .and_then(|i| i.access_token)
+    }
+
+    /// Removes memory snapshot `snap`'s images (in the background).
+    pub fn remove_memory(&self, snap: &str) {
+        let dir = self.memory_dir(snap);
+        if dir.exists() {
+            remove_dir_in_background(dir);
         }
     }
 

@@ -557,6 +557,16 @@ impl SandboxCgroup {
         self.set_frozen(false, Duration::from_secs(2))
     }
 
+    /// The group's freezer directory (v1 `freezer.state` or v2 `cgroup.freeze` is in it), as
+    /// CRIU's `--freeze-cgroup` takes it.
+    pub fn freezer_dir(&self) -> Option<PathBuf> {
+        match &self.layout.freezer {
+            Placement::V1(root) => Some(root.join(PARENT).join(&self.name)),
+            Placement::V2 => self.unified_dir(),
+            Placement::Missing => None,
+        }
+    }
+
     fn set_frozen(&self, frozen: bool, wait: Duration) -> Result<()> {
         let (file, value, state_file, done): (PathBuf, &str, PathBuf, &str) =
             match &self.layout.freezer {

@@ -20,7 +20,34 @@ impl Backend for LinuxBackend {
         template: &TemplateInfo,
         no_new_privs: bool,
     ) -> Result<Started> {
-        LinuxBackend::start(self, rec, template, no_new_privs).await
+        LinuxBackend::start(self, rec, template, no_new_privs, None).await
+    }
+
+    async fn resume(
+        &self,
+        rec: &SandboxRecord,
+        template: &TemplateInfo,
+        no_new_privs: bool,
+        snapshot: &str,
+    ) -> Result<Started> {
+        LinuxBackend::start(self, rec, template, no_new_privs, Some(snapshot)).await
+    }
+
+    fn dump_memory(
+        &self,
+        rec: &SandboxRecord,
+        snapshot: &str,
+        access_token: Option<String>,
+    ) -> Result<u64> {
+        LinuxBackend::dump_memory(self, rec, snapshot, access_token)
+    }
+
+    fn memory_access_token(&self, snapshot: &str) -> Option<String> {
+        LinuxBackend::memory_access_token(self, snapshot)
+    }
+
+    fn remove_memory(&self, snapshot: &str) {
+        LinuxBackend::remove_memory(self, snapshot)
     }
 
     async fn stop_for_restart(&self, rec: &SandboxRecord) -> Result<()> {
@@ -92,7 +119,11 @@ impl Backend for LinuxBackend {
     }
 
     fn memory_snapshots(&self) -> MemorySnapshotSupport {
-        self.criu.get_or_init(super::criu::detect).clone()
+        self.criu
+            .get_or_init(|| {
+                super::criu::detect(&super::criu::binary(self.cfg.linux.criu.as_deref()))
+            })
+            .clone()
     }
 
     fn storage(&self) -> &dyn Storage {

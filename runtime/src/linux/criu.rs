@@ -1,18 +1,37 @@
 //! Whether this host can take memory-state snapshots: CRIU's version and `criu check`. The
 //! backend probes once, when first asked, and keeps the answer.
 
+use std::path::{Path, PathBuf};
+
 use crate::backend::MemorySnapshotSupport;
 
-/// Detects CRIU (`criu --version`, then `criu check`).
-pub fn detect() -> MemorySnapshotSupport {
-    let out = std::process::Command::new("criu").arg("--version").output();
+/// The CRIU to run: the configured one, else the private tree's when it is there, else
+/// `criu` on PATH.
+pub fn binary(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_path_buf();
+    }
+    let private = Path::new(crate::config::DEFAULT_CRIU);
+    if private.exists() {
+        return private.to_path_buf();
+    }
+    PathBuf::from("criu")
+}
+
+/// Detects CRIU at `criu` (`criu --version`, then `criu check`).
+pub fn detect(criu: &Path) -> MemorySnapshotSupport {
+    let out = std::process::Command::new(criu).arg("--version").output();
     let version = match out {
         Ok(o) if o.status.success() => parse_criu_version(&String::from_utf8_lossy(&o.stdout)),
         _ => {
             return MemorySnapshotSupport {
                 available: false,
                 criu_version: None,
-                reason: "CRIU is not installed (memory snapshots need CRIU >= 4.1)".into(),
+                reason: format!(
+                    "CRIU is not installed at {} (memory snapshots need CRIU >= 4.1; \
+                     scripts/install-criu.sh installs it, `[linux] criu` names another)",
+                    criu.display()
+                ),
             };
         }
     };
@@ -33,7 +52,7 @@ pub fn detect() -> MemorySnapshotSupport {
             ),
         };
     }
-    let check = std::process::Command::new("criu").arg("check").output();
+    let check = std::process::Command::new(criu).arg("check").output();
     if !check.is_ok_and(|o| o.status.success()) {
         return MemorySnapshotSupport {
             available: false,
@@ -42,12 +61,9 @@ pub fn detect() -> MemorySnapshotSupport {
         };
     }
     MemorySnapshotSupport {
-        available: false,
+        available: true,
         criu_version: Some(text.clone()),
-        reason: format!(
-            "CRIU {text} works on this host, but this build of Coppice does not implement \
-             memory snapshots yet"
-        ),
+        reason: String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod domains;
 mod identity;
 mod layers;
+mod memory;
 pub mod net;
 pub mod netdomains;
 pub mod netpolicy;

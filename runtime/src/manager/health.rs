@@ -59,7 +59,8 @@ impl Runtime {
                     && self.backend.alive(r)
             })
             .map(|rec| async move {
-                let client = AgentClient::new(self.backend.agent_socket(&rec.id));
+                let client =
+                    AgentClient::new(self.backend.agent_socket(&rec.id)).in_netns_of(rec.pid);
                 (rec.id, verdict(rec.pid, client).await)
             });
         for (id, reason) in futures::future::join_all(checks).await {

@@ -128,6 +128,19 @@ impl StateStore {
         }
     }
 
+    /// Replaces snapshot `id`'s metadata.
+    pub fn update_snapshot_metadata(
+        &self,
+        id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE snapshots SET metadata = ?2 WHERE id = ?1",
+            params![id, json(metadata)],
+        )?;
+        Ok(())
+    }
+
     /// Marks snapshot `id` ready and records its size (also how a later count updates the size).
     pub fn mark_snapshot_ready(&self, id: &str, size_bytes: u64) -> Result<()> {
         self.conn().execute(

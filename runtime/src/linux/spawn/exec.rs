@@ -32,23 +32,26 @@ impl Timer {
 
 /// What earlier steps opened, for later ones (and, copied by the fork, for the child's).
 #[derive(Default)]
-struct Held {
-    listener: Option<OwnedFd>,
-    agent: Option<OwnedFd>,
-    log: Option<std::fs::File>,
+pub(super) struct Held {
+    pub(super) listener: Option<OwnedFd>,
+    pub(super) agent: Option<OwnedFd>,
+    pub(super) log: Option<std::fs::File>,
     userns: Option<OwnedFd>,
-    child: Option<Child>,
+    pub(super) child: Option<Child>,
 }
 
 /// The helper's ends of the child's two pipes: go, and the child's error (EOF = exec'd).
-struct Child {
-    pid: i32,
-    go: std::fs::File,
-    error: std::fs::File,
+pub(super) struct Child {
+    pub(super) pid: i32,
+    pub(super) go: std::fs::File,
+    pub(super) error: std::fs::File,
 }
 
 /// Runs a plan; returns the host pid of the sandbox's init once the agent binary was exec'd.
 pub fn execute(plan: &SpawnPlan) -> Result<SpawnResult, String> {
+    if let Some(restore) = &plan.restore {
+        return super::restore_exec::execute_restore(plan, restore);
+    }
     let steps = steps(plan);
     let mut held = Held::default();
     let mut timer = Timer {
@@ -163,7 +166,7 @@ fn wait_for_release(go: Option<OwnedFd>) -> Result<(), String> {
 }
 
 /// One step (`Clone`, `ReleaseChild` and `WaitForRelease` are the loops' own).
-fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
+pub(super) fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
     use nix::sched::{CloneFlags, setns, unshare};
     match step {
         Step::PrivateMountNamespace => {
@@ -241,6 +244,9 @@ fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
         }
         Step::PivotRoot(root) => pivot_root(root),
         Step::BecomeRoot => become_root(),
+        Step::NewSession => nix::unistd::setsid()
+            .map(drop)
+            .map_err(|e| format!("setsid: {e}")),
         Step::Stdio => stdio(held),
         Step::LimitFiles(n) => {
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, *n, *n)
@@ -271,9 +277,15 @@ fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
             installed.map_err(|e| format!("installing seccomp: {e}"))
         }
         Step::Exec { argv, envp } => exec(held, argv, envp),
-        Step::Clone | Step::ReleaseChild | Step::WaitForRelease => {
-            Err(format!("{step:?} out of place"))
-        }
+        Step::Clone
+        | Step::ReleaseChild
+        | Step::WaitForRelease
+        | Step::OwnLog(_)
+        | Step::UsernsForIdmap
+        | Step::CopyTree { .. }
+        | Step::JoinCgroupSelf(_)
+        | Step::Criu
+        | Step::SetRestoredHostname(_) => Err(format!("{step:?} out of place")),
     }
 }
 

@@ -20,11 +20,16 @@
 
 mod exec;
 mod plan;
+mod restore;
+mod restore_exec;
 mod steps;
 mod sys;
 
 pub use exec::execute;
 pub use plan::{
-    DEVICES, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, SYS_DEVICES_KEPT, SpawnPlan, SpawnResult,
+    DEVICES, EXTERNAL_MOUNTS, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, RestorePlan,
+    SYS_DEVICES_KEPT, SpawnPlan, SpawnResult, TMPFS_TREES,
 };
-pub use steps::{Mount, Step, When, render, steps};
+pub use restore::{InheritKeys, criu_restore_args, external_tree, restore_steps};
+pub use restore_exec::criu_errors;
+pub use steps::{Mount, Step, Tree, When, render, steps};

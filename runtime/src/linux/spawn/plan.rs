@@ -49,7 +49,62 @@ pub struct SpawnPlan {
     /// Host file holding this start's boot id, shown read-only as the sandbox's
     /// `/proc/sys/kernel/random/boot_id` (each sandbox start is a boot of its own).
     pub boot_id_file: PathBuf,
+    /// Set: the sandbox resumes the processes of a memory snapshot (CRIU restores them into
+    /// this root) instead of starting its agent afresh.
+    #[serde(default)]
+    pub restore: Option<RestorePlan>,
 }
+
+/// How a sandbox resumes from a memory snapshot (see `restore.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    /// The `criu` executable.
+    pub criu: PathBuf,
+    /// CRIU's arguments (`restore ...`), built by the daemon. The descriptors its
+    /// `--inherit-fd` options name are placed by the helper: [`INHERIT_LISTENER_FD`] and on.
+    pub args: Vec<String>,
+    /// The snapshot's copies of the sandbox's tmpfs trees, each copied into the fresh tmpfs
+    /// at the second path before CRIU runs.
+    pub tmpfs_copies: Vec<(PathBuf, PathBuf)>,
+    /// Where CRIU writes the restored init's host pid.
+    pub pidfile: PathBuf,
+    /// CRIU's log: its error lines are the helper's answer when the restore fails.
+    pub log: PathBuf,
+    /// Connections the agent held when the snapshot was taken: each gets one end of a fresh
+    /// socket pair whose other end is closed at once, so the agent reads EOF and drops it.
+    pub dead_connections: usize,
+}
+
+/// Descriptor numbers the helper hands CRIU for `--inherit-fd`: the fork's agent socket,
+/// its log, the agent binary (its mapped executable), then the dead connections.
+pub const INHERIT_LISTENER_FD: i32 = 100;
+/// See [`INHERIT_LISTENER_FD`].
+pub const INHERIT_LOG_FD: i32 = 101;
+/// See [`INHERIT_LISTENER_FD`].
+pub const INHERIT_AGENT_FD: i32 = 102;
+/// See [`INHERIT_LISTENER_FD`].
+pub const INHERIT_FIRST_DEAD_FD: i32 = 103;
+
+/// Mounts of a sandbox that a memory snapshot leaves to Coppice (CRIU's "external" mounts),
+/// as (CRIU key, mount point inside the sandbox). They are made by the host (device nodes,
+/// the sysfs of the sandbox's network namespace, the boot id, the tmpfs trees sized and owned
+/// for the sandbox) in ways a process in the sandbox's user namespace could not repeat;
+/// a restore builds them afresh and CRIU binds them in. Parents before children.
+pub const EXTERNAL_MOUNTS: &[(&str, &str)] = &[
+    ("dev", "dev"),
+    ("shm", "dev/shm"),
+    ("tmp", "tmp"),
+    ("run", "run"),
+    ("sys", "sys"),
+    ("sys-devices", "sys/devices"),
+    ("sys-devices-system", "sys/devices/system"),
+    ("sys-devices-virtual", "sys/devices/virtual"),
+    ("boot-id", "proc/sys/kernel/random/boot_id"),
+];
+
+/// The tmpfs trees a memory snapshot copies (their content is the processes' state too), as
+/// (name of the copy, path inside the sandbox).
+pub const TMPFS_TREES: &[(&str, &str)] = &[("tmp", "tmp"), ("shm", "dev/shm"), ("run", "run")];
 
 /// What the helper reports once the sandbox's init has exec'd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

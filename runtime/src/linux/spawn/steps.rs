@@ -142,6 +142,8 @@ pub enum Step {
     PivotRoot(PathBuf),
     /// Child: uid and gid 0 of the user namespace, no supplementary groups.
     BecomeRoot,
+    /// Child: a new session (setsid), with the agent as its leader.
+    NewSession,
     /// Child: stdin and stdout /dev/null, stderr the log, the agent's socket at fd 3, every
     /// other fd close-on-exec.
     Stdio,
@@ -156,6 +158,25 @@ pub enum Step {
         /// Install it without setting no_new_privs first.
         keep_privs: bool,
     },
+    /// Restore, helper: the log's owner becomes the sandbox's root (CRIU reopens it as the
+    /// restored agent).
+    OwnLog(u32),
+    /// Restore, helper: a child in a new user namespace (with the maps that follow), only for
+    /// the idmapped mounts; CRIU makes the sandbox's own user namespace.
+    UsernsForIdmap,
+    /// Restore, helper: copy a tree (`cp -a`) into a fresh mount, if the copy exists.
+    CopyTree {
+        /// The snapshot's copy.
+        from: PathBuf,
+        /// Where its content goes.
+        to: PathBuf,
+    },
+    /// Restore, helper: itself into one cgroup (CRIU and the processes it restores inherit it).
+    JoinCgroupSelf(PathBuf),
+    /// Restore, helper: run CRIU (`RestorePlan`), with the descriptors it inherits placed.
+    Criu,
+    /// Restore, helper: the sandbox's hostname in the restored UTS namespace.
+    SetRestoredHostname(String),
     /// Child: execveat of the agent's fd.
     Exec {
         /// The agent's argv.
@@ -206,7 +227,7 @@ pub fn steps(plan: &SpawnPlan) -> Vec<Step> {
         });
     }
     out.extend(plan.cgroup_procs.iter().cloned().map(Step::JoinCgroup));
-    root_tree(plan, &mut out);
+    root_tree(plan, &Tree::Root(&plan.root_dir), &mut out);
     out.push(Step::ReleaseChild);
     child(plan, &mut out);
     out
@@ -272,9 +293,56 @@ fn bind_readonly(src: &Path, target: PathBuf, extra: MsFlags, when: When) -> [St
     ]
 }
 
-/// The helper's half of the root: the overlay of idmapped layers, then /dev, /tmp, /dev/shm,
-/// /run and /sys in it.
-fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
+/// Where the helper builds the mounts of a sandbox's tree.
+pub enum Tree<'a> {
+    /// In the root itself (a start).
+    Root(&'a Path),
+    /// Side by side under one directory, each mount point named by its `EXTERNAL_MOUNTS` key
+    /// (a restore: CRIU binds each in on its own, and may only clone mounts without children).
+    Flat(&'a Path),
+}
+
+impl Tree<'_> {
+    /// Where the sandbox's `path` (relative, e.g. `dev/shm`) is built.
+    pub fn at(&self, path: &str) -> PathBuf {
+        match self {
+            Tree::Root(root) => root.join(path),
+            Tree::Flat(dir) => {
+                // The deepest mount holding `path`, then the rest of the path inside it.
+                let (key, at) = super::plan::EXTERNAL_MOUNTS
+                    .iter()
+                    .filter(|(_, at)| path == *at || path.starts_with(&format!("{at}/")))
+                    .max_by_key(|(_, at)| at.len())
+                    .copied()
+                    .unwrap_or(("", ""));
+                let rest = path[at.len()..].trim_start_matches('/');
+                let base = dir.join(key);
+                if rest.is_empty() {
+                    base
+                } else {
+                    base.join(rest)
+                }
+            }
+        }
+    }
+
+    fn is_flat(&self) -> bool {
+        matches!(self, Tree::Flat(_))
+    }
+
+    /// Flat only: the directory standing for mount point `path` inside its parent's mount
+    /// (`dev/shm` in the /dev tmpfs), which CRIU mounts on.
+    fn mount_point_in_parent(&self, path: &str) -> Option<PathBuf> {
+        let (_, rest) = path.rsplit_once('/')?;
+        let parent = &path[..path.len() - rest.len() - 1];
+        self.is_flat().then(|| self.at(parent).join(rest))
+    }
+}
+
+/// The helper's half of the root: the overlay of idmapped layers at the root, then /dev,
+/// /tmp, /dev/shm, /run and /sys under `tree` (the root itself, or for a restore a stage
+/// directory CRIU binds them from).
+pub(super) fn root_tree(plan: &SpawnPlan, tree: &Tree<'_>, out: &mut Vec<Step>) {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let ro_flags = MsFlags::MS_RDONLY | nosuid_nodev | MsFlags::MS_NOEXEC;
     let (root, stage, id) = (&plan.root_dir, &plan.stage_dir, plan.id_base);
@@ -316,7 +384,7 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
 
     // /dev: a small tmpfs with the usual nodes (made here, by host root, so they work), owned
     // by the sandbox's root rather than the unmapped host root.
-    let dev = root.join("dev");
+    let dev = tree.at("dev");
     out.push(mkdir(dev.clone(), true));
     out.push(tmpfs(
         dev.clone(),
@@ -363,7 +431,10 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
         format!("mode=755,size={},{owner}", plan.tmpfs_size),
     ));
     for (sub, target) in [("tmp", "tmp"), ("shm", "dev/shm")] {
-        let (src, dst) = (shared.join(sub), root.join(target));
+        let (src, dst) = (shared.join(sub), tree.at(target));
+        if let Some(point) = tree.mount_point_in_parent(target) {
+            out.push(mkdir(point, true));
+        }
         out.push(mkdir(src.clone(), false));
         out.push(Step::Chmod {
             path: src.clone(),
@@ -376,9 +447,9 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
         out.push(mkdir(dst.clone(), true));
         out.push(mount(Some(&src), dst, None, MsFlags::MS_BIND, None));
     }
-    out.push(mkdir(root.join("run"), true));
+    out.push(mkdir(tree.at("run"), true));
     out.push(tmpfs(
-        root.join("run"),
+        tree.at("run"),
         nosuid_nodev,
         format!("mode=755,size=16m,{owner}"),
     ));
@@ -396,7 +467,7 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
         ro_flags,
         None,
     ));
-    let sys = root.join("sys");
+    let sys = tree.at("sys");
     out.push(mkdir(sys.clone(), true));
     out.extend(bind_readonly(
         &sysfs,
@@ -404,14 +475,21 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
         MsFlags::empty(),
         When::Always,
     ));
-    let devices = sys.join("devices");
+    let devices = tree.at("sys/devices");
+    if tree.is_flat() {
+        out.push(mkdir(devices.clone(), false));
+    }
     out.push(tmpfs(
         devices.clone(),
         nosuid_nodev | MsFlags::MS_NOEXEC,
         "size=4k,mode=755".into(),
     ));
     for kept in SYS_DEVICES_KEPT {
-        let target = devices.join(kept);
+        let path = format!("sys/devices/{kept}");
+        if let Some(point) = tree.mount_point_in_parent(&path) {
+            out.push(mkdir(point, false));
+        }
+        let target = tree.at(&path);
         out.push(mkdir(target.clone(), false));
         out.extend(bind_readonly(
             &sysfs.join("devices").join(kept),
@@ -427,10 +505,14 @@ fn root_tree(plan: &SpawnPlan, out: &mut Vec<Step>) {
         MsFlags::MS_REMOUNT | ro_flags,
         None,
     ));
-    for dir in MASKED_DIRS.iter().filter(|d| d.starts_with("sys/")) {
+    // A restore's masks come back with CRIU's own mounts.
+    for dir in MASKED_DIRS
+        .iter()
+        .filter(|d| d.starts_with("sys/") && !tree.is_flat())
+    {
         out.push(Step::Mount(Mount {
             source: Some("tmpfs".into()),
-            target: root.join(dir),
+            target: tree.at(dir),
             fstype: Some("tmpfs"),
             flags: MsFlags::MS_RDONLY | nosuid_nodev,
             data: Some("size=0".into()),
@@ -472,14 +554,6 @@ fn child(plan: &SpawnPlan, out: &mut Vec<Step>) {
             when: When::IfExists,
         }));
     }
-    out.push(Step::Mount(Mount {
-        source: Some(plan.boot_id_file.clone()),
-        target: root.join("proc/sys/kernel/random/boot_id"),
-        fstype: None,
-        flags: MsFlags::MS_BIND,
-        data: None,
-        when: When::IfExists,
-    }));
     for dir in MASKED_DIRS.iter().filter(|d| d.starts_with("proc/")) {
         out.push(Step::Mount(Mount {
             source: Some("tmpfs".into()),
@@ -499,6 +573,16 @@ fn child(plan: &SpawnPlan, out: &mut Vec<Step>) {
             When::IfExists,
         ));
     }
+    // After the read-only /proc/sys, so that the boot id is one mount (a bind made before it
+    // would be copied by that recursive bind: two mounts on one path, which CRIU cannot dump).
+    out.push(Step::Mount(Mount {
+        source: Some(plan.boot_id_file.clone()),
+        target: root.join("proc/sys/kernel/random/boot_id"),
+        fstype: None,
+        flags: MsFlags::MS_BIND,
+        data: None,
+        when: When::IfExists,
+    }));
     // Mounts copied into a less privileged namespace are locked, and pivot_root refuses a
     // locked new root: bind the tree onto itself to get an unlocked top mount.
     out.push(mount(
@@ -511,6 +595,9 @@ fn child(plan: &SpawnPlan, out: &mut Vec<Step>) {
     out.extend([
         Step::PivotRoot(root.clone()),
         Step::BecomeRoot,
+        // A session of its own: the sandbox's processes never share one with the host (and
+        // CRIU dumps only trees whose session leader is inside their pid namespace).
+        Step::NewSession,
         Step::Stdio,
         Step::LimitFiles(plan.nofile),
         // No process of the sandbox may hold CAP_SYS_PTRACE: with it, root inside could
@@ -604,6 +691,13 @@ fn line(step: &Step) -> String {
         Step::SetHostname(h) => format!("sethostname {h}"),
         Step::PivotRoot(r) => format!("pivot_root {}; detach the old root", p(r)),
         Step::BecomeRoot => "setgroups []; setresgid 0; setresuid 0".into(),
+        Step::NewSession => "setsid".into(),
+        Step::OwnLog(id) => format!("chown log {id}:{id}"),
+        Step::UsernsForIdmap => "clone user (for the idmapped mounts)".into(),
+        Step::CopyTree { from, to } => format!("copy {} into {} (if it exists)", p(from), p(to)),
+        Step::JoinCgroupSelf(path) => format!("join cgroup (self) {}", p(path)),
+        Step::Criu => "criu restore; wait for it; read the pid file".into(),
+        Step::SetRestoredHostname(h) => format!("sethostname {h} in the restored uts namespace"),
         Step::Stdio => "stdio: 0,1 /dev/null, 2 log, 3 agent socket, 4.. cloexec".into(),
         Step::LimitFiles(n) => format!("rlimit nofile {n}"),
         Step::DropBoundingCap(c) => format!("drop cap {c} from the bounding set"),

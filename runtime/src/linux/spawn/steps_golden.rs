@@ -28,6 +28,7 @@ fn plan() -> SpawnPlan {
         seccomp: true,
         nofile: 4096,
         boot_id_file: "/s/boot_id".into(),
+        restore: None,
     }
 }
 
@@ -77,4 +78,37 @@ fn the_child_runs_only_after_release_and_ends_in_exec() {
             assert!(clone < i && i < release, "{step:?} at {i}");
         }
     }
+}
+
+/// The same record resumed from a memory snapshot: the helper's mounts side by side under
+/// its own /run, CRIU with every descriptor it inherits, then the fork's hostname.
+#[test]
+fn a_fixed_record_resumes_in_this_order() {
+    use crate::linux::spawn::{InheritKeys, RestorePlan, criu_restore_args, restore_steps};
+    let p = plan();
+    let keys = InheritKeys {
+        listener: "socket:[11]".into(),
+        log: "file[2a:b]".into(),
+        agent: "file[3c:d]".into(),
+        connections: vec!["socket:[12]".into()],
+    };
+    let args = criu_restore_args(&p, "/m/images".as_ref(), "/s/criu".as_ref(), &keys);
+    let restore = RestorePlan {
+        criu: "/c/criu".into(),
+        args: args.clone(),
+        tmpfs_copies: vec![("/m/tmpfs/tmp".into(), "/run/coppice-mounts/tmp".into())],
+        pidfile: "/s/criu/pid".into(),
+        log: "/s/criu/restore.log".into(),
+        dead_connections: 1,
+    };
+    let got = format!(
+        "{}criu {}\n",
+        render(&restore_steps(&p, &restore)),
+        args.join(" ")
+    );
+    let want = include_str!("steps_restore_golden.txt");
+    assert_eq!(
+        got, want,
+        "restore steps changed; review, then update steps_restore_golden.txt:\n{got}"
+    );
 }

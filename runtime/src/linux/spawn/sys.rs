@@ -32,6 +32,11 @@ pub(super) fn bind_agent_socket(path: &Path) -> Result<OwnedFd, String> {
         .map_err(|e| format!("binding agent socket {path:?}: {e}"))?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| format!("chmod {path:?}: {e}"))?;
+    // Non-blocking as the agent's event loop needs it: a restored agent gets this socket in
+    // place of its own and never sets the flag again.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("agent socket {path:?}: {e}"))?;
     Ok(OwnedFd::from(listener))
 }
 

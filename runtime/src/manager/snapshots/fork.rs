@@ -125,10 +125,12 @@ impl Runtime {
             no_new_privs: None,
         };
         // The same start path as an unpooled create: fresh id, slot (uid range, IP, MAC,
-        // interface), hostname, machine-id, cgroup; only the lower layers differ.
+        // interface), hostname, machine-id, cgroup; only the lower layers differ, and a memory
+        // snapshot's processes resume instead of a fresh agent.
         self.admit(&limits)?;
+        let resume = (snap.kind == SnapshotKind::Memory.as_str()).then_some(snap.id.as_str());
         let rec = self
-            .start_new(template, limits, &req, timeout, false)
+            .start_new(template, limits, &req, timeout, false, resume)
             .await?;
         let lineage = LineageRecord {
             sandbox_id: rec.id.clone(),

@@ -59,7 +59,7 @@ pub enum SnapshotKind {
 }
 
 impl SnapshotKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SnapshotKind::Filesystem => "filesystem",
             SnapshotKind::Memory => "memory",
@@ -400,7 +400,7 @@ impl Runtime {
             sandbox_id: sandbox_id.to_string(),
             base_snapshot: base,
             template: sbx.template.clone(),
-            kind: SnapshotKind::Filesystem.as_str().into(),
+            kind: req.kind.as_str().into(),
             implicit,
             ready: false,
             size_bytes: 0,
@@ -415,15 +415,33 @@ impl Runtime {
             .ensure_lineage(sandbox_id, &sbx.template, sbx.created_at_ms)?;
         let t0 = std::time::Instant::now();
         let mut frozen_for = Duration::ZERO;
+        // A memory snapshot's processes hold the agent's token; a fork's agent is told to
+        // drop it (with it) once resumed.
+        let memory = match req.kind {
+            SnapshotKind::Memory => Some(self.store.access_token(sandbox_id)?),
+            SnapshotKind::Filesystem => None,
+        };
+        let mut memory_bytes = 0;
         let copied = {
             let backend = &self.backend;
             let sid = sandbox_id.to_string();
             let id = id.clone();
             let frozen_for = &mut frozen_for;
+            let memory_bytes = &mut memory_bytes;
+            let sbx = &sbx;
             tokio::task::block_in_place(move || -> Result<(u64, Option<PathBuf>)> {
                 backend.freeze(&sid)?;
                 let t = std::time::Instant::now();
-                let layer = backend.storage().snapshot_upper(&sid, &id);
+                // Files and processes at the same frozen instant, so the pair is consistent.
+                let layer = backend
+                    .storage()
+                    .snapshot_upper(&sid, &id)
+                    .and_then(|layer| {
+                        if let Some(token) = memory {
+                            *memory_bytes = backend.dump_memory(sbx, &id, token)?;
+                        }
+                        Ok(layer)
+                    });
                 *frozen_for = t.elapsed();
                 // Thaw whatever happened: a sandbox must never stay frozen by a snapshot.
                 let thawed = backend.thaw(&sid);
@@ -440,10 +458,17 @@ impl Runtime {
             Ok(sized) => sized,
             Err(e) => {
                 self.backend.storage().remove_layer_now(&id);
+                self.backend.remove_memory(&id);
                 self.store.delete_snapshot(&id)?;
                 return Err(e);
             }
         };
+        if req.kind == SnapshotKind::Memory {
+            let mut rec = rec.clone();
+            rec.metadata
+                .insert("coppice.memory_bytes".into(), memory_bytes.to_string());
+            self.store.update_snapshot_metadata(&id, &rec.metadata)?;
+        }
         self.store.mark_snapshot_ready(&id, size)?;
         // Only now: queued earlier, the collector could record the real size first and this
         // row's `ready` write above would then reset it to 0 for good (a flaky test's cause).
@@ -581,6 +606,9 @@ impl Runtime {
 
     fn remove_snapshot_files(&self, s: &SnapshotRecord) {
         self.backend.storage().remove_layer(&s.id);
+        if s.kind == SnapshotKind::Memory.as_str() {
+            self.backend.remove_memory(&s.id);
+        }
         self.store.event(None, "snapshot-deleted", &s.id);
     }
 }
