@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Installs CRIU 4.1 (memory snapshots) into a private tree, DIR (default /opt/coppice-criu),
-# from Debian 13's packages: Debian 12's criu 3.17 does not run on kernels >= 6.13, and
-# trixie's criu needs trixie's glibc, so the tree carries its own libraries and the wrapper
-# DIR/criu runs the binary through the tree's own dynamic loader. The host's libc and
-# packages are untouched. apt runs with a private configuration (its own sources list, lists
-# and cache) whose mirror is the one the host's apt sources already name. Idempotent.
+# Builds CRIU (memory snapshots) into DIR (default /opt/coppice-criu): Debian 13's criu 4.1.1
+# source, fetched through apt from the mirror the host's apt sources already name, with
+# Coppice's patch for kernels >= 6.16 (scripts/criu/*.patch), against this host's libraries.
+# Why a build and not Debian 13's binary: Debian 12's criu 3.17 does not run on kernels
+# >= 6.13, and 4.1.1 as released fails every dump of a process holding a TCP or UDP socket on
+# kernels >= 6.16 (docs/decisions/0014-criu-build.md). Idempotent: a DIR/criu built from the
+# same source and patches is kept.
 set -euo pipefail
 
 dir="${1:-/opt/coppice-criu}"
-want="4.1.1"
-if [ -x "$dir/criu" ] && "$dir/criu" --version 2>/dev/null | grep -q "Version: $want"; then
+version="4.1.1"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+stamp="$version $(cat "$repo"/scripts/criu/*.patch | sha256sum | cut -d' ' -f1)"
+if [ -x "$dir/criu" ] && [ "$(cat "$dir/.built-from" 2>/dev/null)" = "$stamp" ] \
+  && "$dir/criu" --version 2>/dev/null | grep -q "Version: $version"; then
   exit 0
 fi
 
@@ -25,12 +29,23 @@ if [ -z "$uri" ]; then
   exit 1
 fi
 
-echo "coppice setup: installing CRIU $want from Debian 13 into $dir" >&2
+echo "coppice setup: building CRIU $version (Debian 13's source) into $dir" >&2
+export DEBIAN_FRONTEND=noninteractive
+build_deps=(gcc make pkg-config protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev protobuf-compiler
+  libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libgnutls28-dev uuid-dev curl)
+missing=()
+for p in "${build_deps[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/tree"
+mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/src"
 touch "$work/status"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" >"$work/sources.list"
+echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" >"$work/sources.list"
 cat >"$work/apt.conf" <<CONF
 Dir::Etc::SourceList "$work/sources.list";
 Dir::Etc::SourceParts "$work/none";
@@ -41,25 +56,28 @@ APT::Sandbox::User "root";
 CONF
 export APT_CONFIG="$work/apt.conf"
 apt-get update -q >/dev/null
-# criu and everything it links, down to trixie's glibc.
-pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
-  --no-replaces --no-enhances --no-pre-depends criu | grep -v '^ ' | grep -v '^<' | sort -u)
-(cd "$work/debs" && apt-get download -q $pkgs >/dev/null)
-for deb in "$work"/debs/*.deb; do
-  dpkg-deb -x "$deb" "$work/tree"
+# The upstream tarball of Debian 13's criu package, checked against the sources index.
+line=$(cd "$work/src" && apt-get source --print-uris -q "criu=$version-1" 2>/dev/null | grep "orig.tar" | head -n1)
+url=$(echo "$line" | awk '{print $1}' | tr -d "'")
+file=$(echo "$line" | awk '{print $2}')
+sum=$(echo "$line" | awk '{print $4}' | sed 's/^SHA256://')
+if [ -z "$url" ]; then
+  echo "coppice setup: criu $version's source is not in trixie on $uri" >&2
+  exit 1
+fi
+curl -fsSL -o "$work/src/$file" "$url"
+echo "$sum  $work/src/$file" | sha256sum -c --quiet
+tar -xf "$work/src/$file" -C "$work/src"
+cd "$work/src/criu-$version"
+for p in "$repo"/scripts/criu/*.patch; do
+  patch -s -p1 <"$p"
 done
+make -s -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -20 "$work/build.log" >&2; exit 1; }
+./criu/criu --version | grep -q "Version: $version"
 
 rm -rf "$dir.new"
 mkdir -p "$dir.new"
-mv "$work/tree/usr" "$dir.new/usr"
-cat >"$dir.new/criu" <<'WRAP'
-#!/bin/sh
-# CRIU from Debian 13 with its own libraries (scripts/install-criu.sh).
-tree="$(dirname "$(readlink -f "$0")")"
-lib="$tree/usr/lib/x86_64-linux-gnu"
-exec "$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$tree/usr/sbin/criu" "$@"
-WRAP
-chmod 755 "$dir.new/criu"
-"$dir.new/criu" --version | grep -q "Version: $want"
+install -m 755 criu/criu "$dir.new/criu"
+echo "$stamp" >"$dir.new/.built-from"
 rm -rf "$dir"
 mv "$dir.new" "$dir"

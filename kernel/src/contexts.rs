@@ -260,6 +260,25 @@ impl Contexts {
         Ok(ctx.info.clone())
     }
 
+    /// Connects afresh to every running kernel (after a resume from a memory snapshot, whose
+    /// TCP connections come back closed); a kernel that does not answer is marked dead.
+    pub async fn reconnect_all(&self) {
+        let all: Vec<Arc<Context>> = self.map.lock().values().cloned().collect();
+        for ctx in all {
+            // One executing when the snapshot was taken waits for a reply that never comes:
+            // a restart (or its interrupt) frees it; the others are reconnected.
+            let Ok(mut slot) = ctx.slot.try_lock() else {
+                continue;
+            };
+            if let Slot::Running(k) = &mut *slot
+                && let Err(e) = k.reconnect().await
+            {
+                k.kill(self.launcher.as_ref());
+                *slot = Slot::Dead(format!("the kernel did not answer after the resume: {e}"));
+            }
+        }
+    }
+
     /// Removes a context and kills its kernel.
     pub async fn remove(&self, id: &str) -> Result<(), Error> {
         let ctx = self

@@ -107,6 +107,8 @@ pub struct Kernel {
     env: BTreeMap<String, String>,
     session: String,
     conn_file: PathBuf,
+    /// Where the kernel listens, for `reconnect`.
+    info: ConnectionInfo,
 }
 
 impl Kernel {
@@ -189,15 +191,7 @@ impl Kernel {
         });
 
         let session = uuid::Uuid::new_v4().to_string();
-        let connect = async {
-            let identity = peer_identity_for_session(&session)?;
-            let shell =
-                create_client_shell_connection_with_identity(&info, &session, identity).await?;
-            let control = create_client_control_connection(&info, &session).await?;
-            let iopub = create_client_iopub_connection(&info, "", &session).await?;
-            Ok::<_, jupyter_zmq_client::RuntimeError>((shell, control, iopub))
-        };
-        let (shell, control, iopub) = connect
+        let (shell, control, iopub) = connect(&info, &session)
             .await
             .map_err(|e| start_err(format!("connecting: {e}")))?;
         let mut kernel = Kernel {
@@ -210,6 +204,7 @@ impl Kernel {
             env: env_base,
             session,
             conn_file,
+            info,
         };
         if let Err(e) = kernel.handshake().await {
             launcher.signal(pid, libc::SIGKILL);
@@ -230,6 +225,16 @@ impl Kernel {
             }));
         }
         Ok(kernel)
+    }
+
+    /// Connects afresh to the still-running kernel (its variables intact): after the sandbox
+    /// resumed from a memory snapshot, its old connections came back closed.
+    pub async fn reconnect(&mut self) -> Result<(), String> {
+        let (shell, control, iopub) = connect(&self.info, &self.session)
+            .await
+            .map_err(|e| format!("reconnecting: {e}"))?;
+        (self.shell, self.control, self.iopub) = (shell, control, iopub);
+        self.handshake().await
     }
 
     /// Sends `kernel_info_request` until the kernel answers on shell and something arrives on
@@ -486,6 +491,25 @@ impl Kernel {
     pub fn session(&self) -> &str {
         &self.session
     }
+}
+
+/// The shell, control and iopub connections to the kernel listening as `info` says.
+async fn connect(
+    info: &ConnectionInfo,
+    session: &str,
+) -> Result<
+    (
+        ClientShellConnection,
+        ClientControlConnection,
+        ClientIoPubConnection,
+    ),
+    jupyter_zmq_client::RuntimeError,
+> {
+    let identity = peer_identity_for_session(session)?;
+    let shell = create_client_shell_connection_with_identity(info, session, identity).await?;
+    let control = create_client_control_connection(info, session).await?;
+    let iopub = create_client_iopub_connection(info, "", session).await?;
+    Ok((shell, control, iopub))
 }
 
 fn is_reply_to(m: &JupyterMessage, id: &str) -> bool {

@@ -454,7 +454,10 @@ impl Runtime {
             return Err(e);
         }
         if let Some(snap) = resume
-            && let Err(e) = self.forget_resumed_token(&rec, snap).await
+            && let Err(e) = match self.forget_resumed_token(&rec, snap).await {
+                Ok(()) => self.reconnect_resumed_kernels(&rec).await,
+                e => e,
+            }
         {
             self.destroy(rec).await.ok();
             return Err(e);
@@ -491,6 +494,23 @@ impl Runtime {
         if !resp.status().is_success() {
             return Err(Error::Internal(format!(
                 "the resumed agent refused its new access token: {}",
+                resp.status()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tells a resumed agent to reconnect its code kernels (their TCP connections came back
+    /// closed; the kernels themselves run on with their state).
+    async fn reconnect_resumed_kernels(&self, rec: &SandboxRecord) -> Result<()> {
+        let req = http::Request::post("/contexts/reconnect")
+            .header(http::header::HOST, "agent")
+            .body(coppice_envd::client::full_body(""))
+            .map_err(Error::internal)?;
+        let resp = self.bounded_client(&rec.id, rec.pid).send(req).await?;
+        if !resp.status().is_success() {
+            return Err(Error::Internal(format!(
+                "the resumed agent could not reconnect its kernels: {}",
                 resp.status()
             )));
         }

@@ -66,6 +66,7 @@ pub fn router() -> Router<Arc<CodeService>> {
         .route("/execute", post(execute))
         .route("/contexts", post(create).get(list))
         .route("/contexts/warm", post(warm))
+        .route("/contexts/reconnect", post(reconnect))
         .route("/contexts/{id}/restart", post(restart))
         .route("/contexts/{id}", delete(remove))
         .route("/contexts/kernelspecs", get(kernelspecs))
@@ -226,6 +227,15 @@ struct ListQuery {
 
 async fn list(State(state): State<Arc<CodeService>>, Query(q): Query<ListQuery>) -> Response {
     axum::Json(state.contexts().list(q.all)).into_response()
+}
+
+/// Coppice: the host says the sandbox resumed from a memory snapshot; the kernels are
+/// reconnected (their own state is intact).
+async fn reconnect(State(state): State<Arc<CodeService>>) -> Response {
+    if let Some(contexts) = state.contexts.get() {
+        contexts.reconnect_all().await;
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn restart(State(state): State<Arc<CodeService>>, UrlPath(id): UrlPath<String>) -> Response {

@@ -106,7 +106,9 @@ pub fn criu_restore_args(
         &work.join("pid").display().to_string(),
         // The helper already put itself into the fork's cgroups.
         "--manage-cgroups=ignore",
-        // A fork shares no connection with its parent: established TCP comes back closed.
+        // A fork shares no connection with its parent, and TCP repair (which would restore
+        // one) needs CAP_NET_ADMIN over the host-owned network namespace: established TCP
+        // comes back closed; listening sockets listen again.
         "--tcp-close",
         "--network-lock",
         "skip",
