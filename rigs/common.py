@@ -325,7 +325,8 @@ class Daemon:
     and a stopped daemon leaves its sandboxes running by design)."""
 
     def __init__(self, binary: Path, state_dir: Path, pool_size: int, no_network: bool,
-                 log_path: Path, ready_timeout: float = 600.0, env: dict | None = None):
+                 log_path: Path, ready_timeout: float = 600.0, env: dict | None = None,
+                 config: Path | None = None):
         self.binary = binary
         self.state_dir = state_dir
         self.pool_size = pool_size
@@ -333,6 +334,7 @@ class Daemon:
         self.log_path = log_path
         self.ready_timeout = ready_timeout
         self.env = env
+        self.config = config
         self.port = free_port()
         self.socket = state_dir.parent / f"{state_dir.name}.sock"
         self.proc: subprocess.Popen | None = None
@@ -347,6 +349,8 @@ class Daemon:
                "--listen", self.listen, "--pool-size", str(self.pool_size)]
         if self.no_network:
             cmd.append("--no-network")
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n==== {now_iso()} {' '.join(cmd)}\n".encode())
         self._log.flush()

@@ -47,6 +47,9 @@ python3 agents-examples/rl-fork-loop/run.py --start-daemon target/release/coppic
 step "network policy end to end (a namespace world on documentation addresses)"
 python3 runtime/tests/network_policy.py --coppice target/release/coppice
 
+step "memory snapshots and forks (real CRIU: kernels, processes and listeners resume in every fork)"
+python3 -m pytest -q runtime/tests/memory
+
 step "collaborative terminals (real PTYs, the WebSocket protocol, headless Chromium on the page, MCP)"
 python3 -m pytest -q http/tests/terminals
 

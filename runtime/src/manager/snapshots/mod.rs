@@ -39,6 +39,9 @@ use crate::fsutil::Measure;
 use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
 use crate::state::snapshots::{LineageRecord, SnapshotRecord};
 
+/// Metadata key of a memory snapshot's image bytes (process memory and tmpfs copies).
+const MEMORY_BYTES_KEY: &str = "coppice.memory_bytes";
+
 /// Forks per request.
 pub const MAX_FORKS: u32 = 100;
 /// Lower layers per sandbox (template layers included); overlay's hard limit is 500.
@@ -95,8 +98,9 @@ pub struct SnapshotInfo {
     pub template: String,
     /// Made by a fork from a live sandbox; deleted automatically once no fork stands on it.
     pub implicit: bool,
-    /// Bytes in its own layer (the files the sandbox had changed). A copy-on-write snapshot is
-    /// counted in the background just after it is taken: 0 for the first moments.
+    /// Bytes in its own layer (the files the sandbox had changed), plus a memory snapshot's
+    /// images. A copy-on-write layer is counted in the background just after it is taken: 0
+    /// for the first moments.
     pub size_bytes: u64,
     /// Read-only layers a fork of it stacks (template layers included).
     pub depth: usize,
@@ -463,10 +467,10 @@ impl Runtime {
                 return Err(e);
             }
         };
+        let mut rec = rec;
         if req.kind == SnapshotKind::Memory {
-            let mut rec = rec.clone();
             rec.metadata
-                .insert("coppice.memory_bytes".into(), memory_bytes.to_string());
+                .insert(MEMORY_BYTES_KEY.into(), memory_bytes.to_string());
             self.store.update_snapshot_metadata(&id, &rec.metadata)?;
         }
         self.store.mark_snapshot_ready(&id, size)?;
@@ -540,7 +544,12 @@ impl Runtime {
             parent_snapshot_id: s.base_snapshot.clone(),
             template: s.template.clone(),
             implicit: s.implicit,
-            size_bytes: s.size_bytes,
+            // A memory snapshot's images count with its layer.
+            size_bytes: s.size_bytes
+                + s.metadata
+                    .get(MEMORY_BYTES_KEY)
+                    .and_then(|b| b.parse::<u64>().ok())
+                    .unwrap_or(0),
             depth,
             created_at: rfc3339_ms(s.created_at_ms),
             metadata: s.metadata.clone(),

@@ -1,0 +1,218 @@
+"""Memory snapshots and memory forks against a real daemon, real CRIU and real kernels.
+
+A sandbox with a code-kernel variable, a background counter and a listening HTTP server is
+memory-snapshotted; ten forks each resume all three (the kernel's variable, the counter going
+on from where it was, the server answering at the fork's own address) with identities of
+their own; a write in one fork is seen by nobody else. A process CRIU cannot dump fails the
+snapshot with CRIU's own reason and leaves the sandbox running. Without CRIU (the daemon
+pointed at a missing one) a memory snapshot is refused with the reason.
+
+Needs root and CRIU (scripts/install-criu.sh, run by setup.sh). `COPPICE_BIN` picks the binary.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "rigs"))
+from common import Daemon, auth, refuse_if_other_daemon  # noqa: E402
+
+BINARY = Path(os.environ.get("COPPICE_BIN", REPO / "target/release/coppice"))
+
+
+def start(tmp: Path, config: Path | None = None) -> Daemon:
+    refuse_if_other_daemon(wait_s=float(os.environ.get("COPPICE_WAIT_OTHER", "300")))
+    d = Daemon(BINARY, tmp / "state", pool_size=0, no_network=False, log_path=tmp / "daemon.log",
+               config=config)
+    return d.start()
+
+
+class Client:
+    def __init__(self, d: Daemon):
+        self.port = d.port
+
+    def call(self, method: str, path: str, body=None, expect: int | None = None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c.request(method, path, body=None if body is None else json.dumps(body),
+                  headers={"Content-Type": "application/json", **auth(self.port)})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if expect is not None:
+            assert r.status == expect, f"{method} {path}: HTTP {r.status} {data[:600]!r}"
+        return r.status, json.loads(data) if data else None
+
+    def create(self) -> dict:
+        return self.call("POST", "/api/v1/sandboxes", {"timeout_secs": 900}, expect=201)[1]
+
+    def sh(self, sid: str, script: str) -> str:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c.request("POST", f"/api/v1/sandboxes/{sid}/exec", body=json.dumps({"cmd": ["bash", "-c", script]}),
+                  headers={"Content-Type": "application/json", **auth(self.port)})
+        r = c.getresponse()
+        assert r.status == 200, r.read()
+        out, code = b"", None
+        for line in r:
+            ev = json.loads(line)
+            if ev["type"] == "stdout":
+                out += base64.b64decode(ev["data"])
+            elif ev["type"] == "exit":
+                code = ev["exit_code"]
+        c.close()
+        assert code == 0, f"{script!r} exited {code}: {out!r}"
+        return out.decode()
+
+    def run_code(self, sid: str, code: str) -> str:
+        """The main result's text (or stdout) of `code` in the sandbox's default kernel."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c.request("POST", f"/api/v1/sandboxes/{sid}/envd/execute", body=json.dumps({"code": code}),
+                  headers={"Content-Type": "application/json", **auth(self.port)})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        assert r.status == 200, data[:400]
+        lines = [json.loads(x) for x in data.splitlines()]
+        errors = [x for x in lines if x.get("type") == "error"]
+        assert not errors, errors
+        main = [x["text"] for x in lines if x.get("type") == "result" and x.get("is_main_result")]
+        out = "".join(x.get("text", "") for x in lines if x.get("type") == "stdout")
+        return main[0] if main else out
+
+    def memory_snapshot(self, sid: str, expect: int = 201):
+        return self.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {"kind": "memory"}, expect=expect)[1]
+
+    def fork(self, snap: str, count: int) -> dict:
+        return self.call("POST", f"/api/v1/snapshots/{snap}/fork", {"count": count}, expect=200)[1]
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-"))
+    d = start(tmp)
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+def test_forks_resume_kernel_processes_and_listeners(daemon):
+    api = Client(daemon)
+    parent = api.create()
+    sid = parent["id"]
+    assert api.run_code(sid, "x = 41\nx") == "41"
+    api.sh(sid, "mkdir -p /tmp/www && echo served-by-parent > /tmp/www/marker && "
+                "cd /tmp/www && (nohup python3 -m http.server 8000 >/dev/null 2>&1 &) && "
+                "(nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' "
+                ">/dev/null 2>&1 &)")
+    # The server listens before the snapshot is taken.
+    for _ in range(100):
+        if "8000" in api.sh(sid, "cat /proc/net/tcp /proc/net/tcp6 | awk '$4==\"0A\"{print $2}' | "
+                                 "sed 's/.*://' | while read p; do echo $((16#$p)); done"):
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    snap = api.memory_snapshot(sid)
+    assert snap["kind"] == "memory", snap
+    assert int(snap["metadata"]["coppice.memory_bytes"]) > 1 << 20, snap
+    assert snap["size_bytes"] >= int(snap["metadata"]["coppice.memory_bytes"]), snap
+    count_at_snapshot = int(api.sh(sid, "cat /tmp/count"))
+    listed = api.call("GET", f"/api/v1/snapshots/{snap['snapshot_id']}", expect=200)[1]
+    assert listed["kind"] == "memory"
+
+    res = api.fork(snap["snapshot_id"], 10)
+    assert res["created"] == 10 and res["failed"] == 0, res
+    forks = [f["sandbox"] for f in res["forks"]]
+    assert len({f["id"] for f in forks}) == 10
+    assert len({f["ip"] for f in forks} | {parent["ip"]}) == 11, "forks share an address"
+    assert len({f["hostname"] for f in forks} | {parent["hostname"]}) == 11
+
+    for f in forks:
+        # The kernel's variable, intact.
+        assert api.run_code(f["id"], "x + 1") == "42", f
+        # Its own identity, seen from inside.
+        assert api.sh(f["id"], "hostname").strip() == f["hostname"]
+        assert f["ip"] in api.sh(f["id"], "hostname -I")
+    # The counter resumed where it was (not from 1) and goes on.
+    a = int(api.sh(forks[0]["id"], "cat /tmp/count"))
+    time.sleep(0.5)
+    b = int(api.sh(forks[0]["id"], "cat /tmp/count"))
+    assert b > a, (a, b)
+    assert a >= count_at_snapshot - 20, (a, count_at_snapshot)
+    # The listener listens again, at the fork's own address.
+    with urllib.request.urlopen(f"http://{forks[3]['ip']}:8000/marker", timeout=10) as r:
+        assert r.read() == b"served-by-parent\n"
+
+    # A write in one fork is nobody else's.
+    assert api.run_code(forks[0]["id"], "x = 100\nx") == "100"
+    api.sh(forks[0]["id"], "echo mine > /tmp/www/marker; echo mine > /home/user/f0")
+    assert api.run_code(forks[1]["id"], "x") == "41"
+    assert api.run_code(sid, "x") == "41"
+    assert api.sh(forks[1]["id"], "cat /tmp/www/marker") == "served-by-parent\n"
+    assert api.sh(sid, "cat /tmp/www/marker; ls /home/user/f0 2>&1 || true").startswith("served-by-parent\n")
+
+    # A fork's agent has no token of its parent's: the host's calls go through unasked.
+    for f in forks:
+        api.call("DELETE", f"/api/v1/sandboxes/{f['id']}", expect=204)
+    # Deleting the snapshot removes its images.
+    api.call("DELETE", f"/api/v1/snapshots/{snap['snapshot_id']}", expect=204)
+    images = daemon.state_dir / "memory" / snap["snapshot_id"]
+    for _ in range(50):
+        if not images.exists():
+            break
+        time.sleep(0.1)
+    assert not images.exists(), f"{images} left behind"
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_a_tree_criu_cannot_dump_fails_with_its_reason_and_keeps_running(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    # A deleted file still open, larger than the ghost limit: CRIU refuses to dump it.
+    api.sh(sid, "(nohup python3 -c \"import os,time\nf=open('/home/user/big','wb'); "
+                "f.write(b'x'*(100<<20)); f.flush(); os.unlink('/home/user/big'); "
+                "open('/tmp/ready','w').close(); time.sleep(3600)\" >/dev/null 2>&1 &); "
+                "while [ ! -e /tmp/ready ]; do sleep 0.05; done")
+    status, body = api.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {"kind": "memory"})
+    assert status == 400 and "ghost file" in body["message"], body
+    assert api.call("GET", f"/api/v1/snapshots?sandbox_id={sid}", expect=200)[1] == []
+    assert list((daemon.state_dir / "memory").glob("*")) == [] or all(
+        p.name != sid for p in (daemon.state_dir / "memory").glob("*"))
+    # Untouched: running, not frozen.
+    assert api.sh(sid, "echo alive") == "alive\n"
+    assert api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]["state"] == "running"
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_without_criu_a_memory_snapshot_is_refused_with_the_reason(daemon):
+    # This module's daemon stops first: one daemon per host.
+    daemon.stop()
+    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-nocriu-"))
+    config = tmp / "coppice.toml"
+    config.write_text('[linux]\ncriu = "/nonexistent/criu"\n')
+    d = start(tmp, config=config)
+    try:
+        api = Client(d)
+        sid = api.create()["id"]
+        status, body = api.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {"kind": "memory"})
+        assert status == 400, body
+        assert "memory snapshots are unavailable" in body["message"], body
+        assert "CRIU is not installed at /nonexistent/criu" in body["message"], body
+        assert api.call("GET", f"/api/v1/snapshots?sandbox_id={sid}", expect=200)[1] == []
+        # Files-only snapshots still work.
+        api.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {}, expect=201)
+    finally:
+        d.stop()
+        d.cleanup()
+        daemon.start()
