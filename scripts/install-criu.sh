@@ -4,7 +4,7 @@
 # Coppice's patch for kernels >= 6.16 (scripts/criu/*.patch), against this host's libraries.
 # Why a build and not Debian 13's binary: Debian 12's criu 3.17 does not run on kernels
 # >= 6.13, and 4.1.1 as released fails every dump of a process holding a TCP or UDP socket on
-# kernels >= 6.16 (docs/decisions/0014-criu-build.md). Idempotent: a DIR/criu built from the
+# kernels >= 6.16 (docs/decisions/0012-memory-snapshots.md). Idempotent: a DIR/criu built from the
 # same source and patches is kept.
 set -euo pipefail
 

@@ -66,5 +66,6 @@ python3 rigs/snapshot_fork.py --quick --wait-other 600 --coppice target/release/
 python3 rigs/network_policy.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/run_code.py --quick --wait-other 600 --coppice target/release/coppice
 python3 rigs/terminals.py --quick --wait-other 600 --coppice target/release/coppice
+python3 rigs/memory_fork.py --quick --wait-other 600 --coppice target/release/coppice
 
 step "done"

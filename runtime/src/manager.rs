@@ -455,10 +455,7 @@ impl Runtime {
             return Err(e);
         }
         if let Some(snap) = resume
-            && let Err(e) = match self.forget_resumed_token(&rec, snap).await {
-                Ok(()) => self.reconnect_resumed_kernels(&rec).await,
-                e => e,
-            }
+            && let Err(e) = self.hand_over_resumed(&rec, snap, None).await
         {
             self.destroy(rec).await.ok();
             return Err(e);

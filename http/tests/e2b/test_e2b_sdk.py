@@ -645,14 +645,20 @@ def test_snapshot_create_list_restore_delete(daemon):
         finally:
             by_id.kill()
 
-        # Memory snapshots need CRIU; without it, a clear error, not a silent downgrade.
-        h = {"X-API-Key": API_KEY}
-        url = os.environ["E2B_API_URL"]
-        r = httpx.post(f"{url}/sandboxes/{s.sandbox_id}/snapshots", headers=h, json={"memory": True})
-        if r.status_code == 201:  # a host with CRIU >= 4.1
-            assert Sandbox.delete_snapshot(r.json()["snapshotID"]) is True
-        else:
-            assert r.status_code == 400 and "memory snapshots" in r.json()["message"], r.text
+        # mode="full" (memory and files, CRIU): a sandbox made from it resumes the processes.
+        s.commands.run("(nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; "
+                       "sleep 0.1; done' >/dev/null 2>&1 &)")
+        time.sleep(0.5)
+        full = s.create_snapshot(mode="full")
+        resumed = Sandbox.create(full.snapshot_id, timeout=60)
+        try:
+            first = int(resumed.files.read("/tmp/n"))
+            time.sleep(0.5)
+            assert int(resumed.files.read("/tmp/n")) > first > 1, "the counter did not go on"
+            assert resumed.commands.run("echo ok").stdout == "ok\n"
+        finally:
+            resumed.kill()
+        assert Sandbox.delete_snapshot(full.snapshot_id) is True
 
         # Refused while a sandbox stands on it; the refusal names it.
         with pytest.raises(SandboxException) as e:

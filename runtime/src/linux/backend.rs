@@ -286,6 +286,7 @@ impl LinuxBackend {
                 images,
                 info,
                 &dir.join("criu"),
+                &self.criu_run_dir(),
             )?);
         }
         // The sandbox only needs to join its netns to start; the veth is wired meanwhile.
@@ -473,7 +474,8 @@ impl LinuxBackend {
         if let Ok(entries) = std::fs::read_dir(self.cfg.sandboxes_dir()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !ids.contains(name.as_str()) {
+                // Dot names are the daemon's own (CRIU's cache), not sandboxes.
+                if !ids.contains(name.as_str()) && !name.starts_with('.') {
                     tracing::info!("removing leaked sandbox directory {name}");
                     remove_dir_in_background(entry.path());
                 }
@@ -515,6 +517,12 @@ impl LinuxBackend {
         super::criu::binary(self.cfg.linux.criu.as_deref())
     }
 
+    /// CRIU's /run for dumps, and where restores keep its kernel-feature cache: on the
+    /// sandboxes' tmpfs, so the cache outlives each run.
+    fn criu_run_dir(&self) -> PathBuf {
+        self.cfg.sandboxes_dir().join(".criu")
+    }
+
     /// Where memory snapshot `snap` keeps its images.
     pub fn memory_dir(&self, snap: &str) -> PathBuf {
         self.cfg.state_dir.join("memory").join(snap)
@@ -542,6 +550,7 @@ impl LinuxBackend {
             freezer,
             access_token,
             dir: self.memory_dir(snap),
+            kdat_dir: self.criu_run_dir(),
         })
     }
 

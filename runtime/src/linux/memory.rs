@@ -55,6 +55,8 @@ pub struct DumpRequest<'a> {
     pub access_token: Option<String>,
     /// The snapshot's directory (made here).
     pub dir: PathBuf,
+    /// A directory CRIU sees as its /run, where its kernel-feature cache stays between runs.
+    pub kdat_dir: PathBuf,
 }
 
 /// Dumps the frozen sandbox into `req.dir`; returns the bytes it holds. On failure nothing is
@@ -110,7 +112,7 @@ fn dump_into(req: &DumpRequest<'_>) -> Result<u64> {
         args.push("--external".into());
         args.push(format!("unix[{ino}]"));
     }
-    run_in_netns_of(req.criu, &args, req.pid)?;
+    run_in_netns_of(req.criu, &args, req.pid, &req.kdat_dir)?;
     let meta = std::fs::metadata(req.agent_binary)
         .ctx(|| format!("reading {}", req.agent_binary.display()))?;
     let info = DumpInfo {
@@ -217,9 +219,12 @@ fn file_key(fdinfo: &str, path: &Path) -> Result<String> {
 }
 
 /// Runs CRIU inside the network namespace of `pid` and a private mount namespace of its own
-/// with a tmpfs /run (CRIU's kernel-feature cache).
-fn run_in_netns_of(criu: &Path, args: &[String], pid: i32) -> Result<()> {
+/// whose /run is `run` (CRIU keeps its kernel-feature cache there when it is a tmpfs).
+fn run_in_netns_of(criu: &Path, args: &[String], pid: i32, run: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(run).ctx(|| format!("creating {}", run.display()))?;
+    let run = std::ffi::CString::new(run.as_os_str().as_bytes()).map_err(Error::internal)?;
     let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .ctx(|| "opening the sandbox's network namespace")?;
     let ns_fd = netns.as_raw_fd();
@@ -245,11 +250,11 @@ fn run_in_netns_of(criu: &Path, args: &[String], pid: i32) -> Result<()> {
                 std::ptr::null(),
             ) != 0
                 || libc::mount(
-                    c"tmpfs".as_ptr(),
+                    run.as_ptr(),
                     c"/run".as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    c"size=1m,mode=700".as_ptr().cast(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
                 ) != 0
             {
                 return fail();
@@ -330,6 +335,7 @@ pub fn restore_plan(
     dir: &Path,
     info: &DumpInfo,
     work: &Path,
+    kdat_dir: &Path,
 ) -> Result<RestorePlan> {
     std::fs::create_dir_all(work).ctx(|| format!("creating {}", work.display()))?;
     let tree = external_tree(&plan.stage_dir);
@@ -347,6 +353,7 @@ pub fn restore_plan(
             .collect(),
         pidfile: work.join("pid"),
         log: work.join("restore.log"),
+        kdat_cache: kdat_dir.join("criu.kdat"),
         dead_connections: info.keys.connections.len(),
     })
 }

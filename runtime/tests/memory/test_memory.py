@@ -3,7 +3,8 @@
 A sandbox with a code-kernel variable, a background counter and a listening HTTP server is
 memory-snapshotted; ten forks each resume all three (the kernel's variable, the counter going
 on from where it was, the server answering at the fork's own address) with identities of
-their own; a write in one fork is seen by nobody else. A process CRIU cannot dump fails the
+their own; a write in one fork is seen by nobody else. A restore in place resumes the
+snapshot's processes in the same sandbox. A process CRIU cannot dump fails the
 snapshot with CRIU's own reason and leaves the sandbox running. Without CRIU (the daemon
 pointed at a missing one) a memory snapshot is refused with the reason.
 
@@ -174,6 +175,23 @@ def test_forks_resume_kernel_processes_and_listeners(daemon):
         time.sleep(0.1)
     assert not images.exists(), f"{images} left behind"
     api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_restore_in_place_resumes_the_snapshots_processes(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "v = 1\nv") == "1"
+    snap = api.memory_snapshot(sid)
+    assert api.run_code(sid, "v = 2\nv") == "2"
+    api.sh(sid, "echo later > /home/user/later")
+    back = api.call("POST", f"/api/v1/sandboxes/{sid}/restore", {"snapshot_id": snap["snapshot_id"]},
+                    expect=200)[1]
+    assert sid in (back.get("id"), back.get("sandbox_id")), back
+    # Same sandbox, the kernel as it was at the snapshot, the files too.
+    assert api.run_code(sid, "v") == "1"
+    assert api.sh(sid, "ls /home/user/later 2>&1 || true").startswith("ls:")
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+    api.call("DELETE", f"/api/v1/snapshots/{snap['snapshot_id']}", expect=204)
 
 
 def test_a_tree_criu_cannot_dump_fails_with_its_reason_and_keeps_running(daemon):

@@ -284,6 +284,7 @@ pub(super) fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
         | Step::UsernsForIdmap
         | Step::CopyTree { .. }
         | Step::JoinCgroupSelf(_)
+        | Step::KeepKdat { .. }
         | Step::Criu
         | Step::SetRestoredHostname(_) => Err(format!("{step:?} out of place")),
     }

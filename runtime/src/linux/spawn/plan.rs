@@ -70,6 +70,9 @@ pub struct RestorePlan {
     pub pidfile: PathBuf,
     /// CRIU's log: its error lines are the helper's answer when the restore fails.
     pub log: PathBuf,
+    /// CRIU's kernel-feature cache kept across runs (`criu.kdat`: without it each run probes
+    /// the kernel again, about 100 ms); copied into the helper's /run before CRIU runs.
+    pub kdat_cache: PathBuf,
     /// Connections the agent held when the snapshot was taken: each gets one end of a fresh
     /// socket pair whose other end is closed at once, so the agent reads EOF and drops it.
     pub dead_connections: usize,

@@ -75,8 +75,17 @@ pub fn restore_steps(plan: &SpawnPlan, restore: &RestorePlan) -> Vec<Step> {
             to: to.clone(),
         });
     }
+    let kdat = PathBuf::from("/run/criu.kdat");
+    out.push(Step::CopyTree {
+        from: restore.kdat_cache.clone(),
+        to: kdat.clone(),
+    });
     out.extend(plan.cgroup_procs.iter().cloned().map(Step::JoinCgroupSelf));
     out.push(Step::Criu);
+    out.push(Step::KeepKdat {
+        from: kdat,
+        to: restore.kdat_cache.clone(),
+    });
     out.push(Step::SetRestoredHostname(plan.hostname.clone()));
     out
 }

@@ -31,6 +31,10 @@ pub fn execute_restore(plan: &SpawnPlan, restore: &RestorePlan) -> Result<SpawnR
             }
             Step::CopyTree { from, to } => copy_tree(from, to),
             Step::JoinCgroupSelf(procs) => write_file(procs, &std::process::id().to_string()),
+            Step::KeepKdat { from, to } => {
+                keep_kdat(from, to);
+                Ok(())
+            }
             Step::Criu => {
                 end_child(&mut held);
                 run_criu(restore, &held).map(|p| pid = Some(p))
@@ -88,6 +92,17 @@ fn end_child(held: &mut Held) {
         drop(child.go);
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(child.pid, std::ptr::null_mut(), 0) };
+    }
+}
+
+/// Best effort: a missing cache only costs the next run its probe.
+fn keep_kdat(from: &Path, to: &Path) {
+    if to.exists() || !from.exists() {
+        return;
+    }
+    let aside = to.with_extension(format!("{}", std::process::id()));
+    if std::fs::copy(from, &aside).is_ok() && std::fs::rename(&aside, to).is_err() {
+        let _ = std::fs::remove_file(&aside);
     }
 }
 

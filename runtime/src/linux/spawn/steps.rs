@@ -171,6 +171,14 @@ pub enum Step {
         /// Where its content goes.
         to: PathBuf,
     },
+    /// Restore, helper: keep CRIU's kernel-feature cache at `to` unless one is there already
+    /// (written aside and renamed, so a concurrent reader never sees half of it).
+    KeepKdat {
+        /// The cache CRIU wrote in the helper's /run.
+        from: PathBuf,
+        /// Where it is kept.
+        to: PathBuf,
+    },
     /// Restore, helper: itself into one cgroup (CRIU and the processes it restores inherit it).
     JoinCgroupSelf(PathBuf),
     /// Restore, helper: run CRIU (`RestorePlan`), with the descriptors it inherits placed.
@@ -696,6 +704,7 @@ fn line(step: &Step) -> String {
         Step::UsernsForIdmap => "clone user (for the idmapped mounts)".into(),
         Step::CopyTree { from, to } => format!("copy {} into {} (if it exists)", p(from), p(to)),
         Step::JoinCgroupSelf(path) => format!("join cgroup (self) {}", p(path)),
+        Step::KeepKdat { from, to } => format!("keep {} as {} (if none yet)", p(from), p(to)),
         Step::Criu => "criu restore; wait for it; read the pid file".into(),
         Step::SetRestoredHostname(h) => format!("sethostname {h} in the restored uts namespace"),
         Step::Stdio => "stdio: 0,1 /dev/null, 2 log, 3 agent socket, 4.. cloexec".into(),

@@ -99,6 +99,7 @@ fn a_fixed_record_resumes_in_this_order() {
         tmpfs_copies: vec![("/m/tmpfs/tmp".into(), "/run/coppice-mounts/tmp".into())],
         pidfile: "/s/criu/pid".into(),
         log: "/s/criu/restore.log".into(),
+        kdat_cache: "/s/kdat/criu.kdat".into(),
         dead_connections: 1,
     };
     let got = format!(

@@ -152,7 +152,8 @@ impl Runtime {
     }
 
     /// Rolls a sandbox back to one of its own snapshots, in place: same id, address and
-    /// hostname; its processes restart on the snapshot's files (its current upper is dropped).
+    /// hostname; its processes restart on the snapshot's files (its current upper is dropped),
+    /// or, from a memory snapshot, resume as they were.
     pub async fn restore(&self, sandbox_id: &str, snapshot_id: &str) -> Result<SandboxInfo> {
         let mut rec = self.record(sandbox_id)?;
         let snap = self.snapshot_record(snapshot_id)?;
@@ -164,6 +165,7 @@ impl Runtime {
             )));
         }
         let _busy = self.snap.busy(sandbox_id, "restore")?;
+        let memory = snap.kind == SnapshotKind::Memory.as_str();
         let _pin = self.snap.pin(&snap.id);
         self.snapshot_record(&snap.id)?; // not deleted just before the pin
         let template = self.template_of_snapshot(&snap)?;
@@ -174,10 +176,16 @@ impl Runtime {
             self.backend.stop_for_restart(&rec).await?;
             self.store.set_lineage_base(&rec.id, &snap.id)?;
             // Restarted processes get the daemon's no_new_privs (a sandbox's own choice at
-            // create is not stored).
-            self.backend
-                .start(&rec, &template, self.cfg.no_new_privs)
-                .await
+            // create is not stored); a memory snapshot's resume with theirs.
+            if memory {
+                self.backend
+                    .resume(&rec, &template, self.cfg.no_new_privs, &snap.id)
+                    .await
+            } else {
+                self.backend
+                    .start(&rec, &template, self.cfg.no_new_privs)
+                    .await
+            }
         }
         .await;
         let started = match restarted {
@@ -194,6 +202,18 @@ impl Runtime {
         rec.state = SandboxState::Running;
         self.store
             .update_with_event(&rec, "restored", &format!("to snapshot {}", snap.id))?;
+        if memory {
+            let token = self.store.access_token(&rec.id)?;
+            if let Err(e) = self
+                .hand_over_resumed(&rec, &snap.id, token.as_deref())
+                .await
+            {
+                self.destroy(rec).await.ok();
+                return Err(Error::Internal(format!(
+                    "restoring sandbox '{sandbox_id}' failed and it is gone: {e}"
+                )));
+            }
+        }
         if !rec.env.is_empty()
             && let Err(e) = self.init_agent(&rec.id, &rec.env).await
         {
