@@ -279,29 +279,12 @@ fn run_in_netns_of(criu: &Path, args: &[String], pid: i32, run: &Path) -> Result
     )))
 }
 
-/// `cp -a` of `from` to `to` (made here); a missing `from` copies nothing.
+/// `cp -a` of `from` to `to` (its parent made here); a missing `from` copies nothing.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    if !from.exists() {
-        return Ok(());
-    }
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
     }
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--preserve=xattr", "--no-target-directory"])
-        .arg(from)
-        .arg(to)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ctx(|| "running cp")?;
-    if !out.status.success() {
-        return Err(Error::Internal(format!(
-            "copying {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    super::spawn::copy_tree(from, to).map_err(Error::Internal)
 }
 
 /// Reads a memory snapshot's [`DumpInfo`] and checks that this host can resume it.

@@ -31,5 +31,5 @@ pub use plan::{
     SYS_DEVICES_KEPT, SpawnPlan, SpawnResult, TMPFS_TREES,
 };
 pub use restore::{InheritKeys, criu_restore_args, external_tree, restore_steps};
-pub use restore_exec::criu_errors;
+pub use restore_exec::{copy_tree, criu_errors};
 pub use steps::{Mount, Step, Tree, When, render, steps};

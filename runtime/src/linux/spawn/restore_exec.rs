@@ -106,7 +106,9 @@ fn keep_kdat(from: &Path, to: &Path) {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+/// `cp -a` of `from` onto `to` (its content merged into an existing directory); a missing
+/// `from` copies nothing.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     if !from.exists() {
         return Ok(());
     }
