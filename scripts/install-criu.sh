@@ -38,7 +38,9 @@ for p in "${build_deps[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  apt-get install -y -q "${missing[@]}" >/dev/null
+  # The host's package lists may be missing or stale on a fresh machine: refresh and retry.
+  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
 work=$(mktemp -d)
