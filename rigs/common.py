@@ -427,7 +427,9 @@ class Daemon:
 
     def sandbox_ids(self) -> list[str]:
         try:
-            return sorted(p.name for p in (self.state_dir / "sandboxes").iterdir())
+            # Dot names are the daemon's own (CRIU's cache), not sandboxes.
+            return sorted(p.name for p in (self.state_dir / "sandboxes").iterdir()
+                          if not p.name.startswith("."))
         except OSError:
             return []
 

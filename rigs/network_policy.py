@@ -257,6 +257,8 @@ def main() -> int:
             bare_create = create_latency(d, creates)
     finally:
         world.down()
+        # The daemons' storage mounts and state (the log stays).
+        Daemon(coppice, tmp / "state", pool_size=0, no_network=True, log_path=tmp / "daemon.log").cleanup()
     n50, b50 = percentile(net_create, 50), percentile(bare_create, 50)
     metrics.append(metric("create_p50_network", n50, "ms", reference={"name": "create_p50_no_network", "value": b50}))
     metrics.append(metric("create_network_cost_p50", (n50 or 0) - (b50 or 0), "ms"))
