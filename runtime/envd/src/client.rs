@@ -96,7 +96,7 @@ impl AgentClient {
         #[cfg(target_os = "linux")]
         if let Some(netns) = &self.netns {
             // A gone namespace (the agent ended) is reported by connect below.
-            if let Ok(fd) = crate::netns_socket::stream_socket_in(netns).await {
+            if let Ok(fd) = crate::netns_socket::stream_socket_in(netns) {
                 use std::os::fd::{FromRawFd, IntoRawFd};
                 // SAFETY: a fresh, owned, non-blocking unix stream socket.
                 let socket = unsafe { tokio::net::UnixSocket::from_raw_fd(fd.into_raw_fd()) };
