@@ -170,11 +170,13 @@ fn run_criu(restore: &RestorePlan, held: &Held) -> Result<i32, String> {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        // Sources may sit on targets: move them all high first, then down to their places.
+        // Sources may sit on targets: copy each first to a free descriptor above every target
+        // (F_DUPFD never replaces an open one), then down to its place.
+        let above = INHERIT_FIRST_DEAD_FD + places.len() as i32;
         let mut high = Vec::new();
-        for (i, (from, to)) in places.iter().enumerate() {
-            let tmp = 200 + i as i32;
-            let _ = dup2(*from, tmp);
+        for (from, to) in &places {
+            // SAFETY: fcntl on a descriptor this process owns.
+            let tmp = unsafe { libc::fcntl(*from, libc::F_DUPFD, above) };
             high.push((tmp, *to));
         }
         for (tmp, to) in high {
