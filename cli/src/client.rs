@@ -14,12 +14,14 @@ use serde_json::{Value, json};
 use coppice_envd::filesystem::ListDirRequest;
 use coppice_kernel::wire::ExecuteRequest;
 use coppice_tools::commands::Exec;
-use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
+use coppice_tools::sandboxes::{CreateSandbox, SetTimeout};
 
 use crate::Command;
 
+pub mod lifecycle;
 pub mod network;
 pub mod snapshots;
+pub mod templates;
 pub mod terminal;
 
 #[derive(Subcommand)]
@@ -75,6 +77,13 @@ pub enum SandboxCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a sandbox: its memory kept (frozen, and checkpointed to disk where the host has
+    /// CRIU) or, with --filesystem, only its files.
+    Pause(lifecycle::PauseArgs),
+    /// Resume a paused sandbox.
+    Resume(lifecycle::ResumeArgs),
+    /// A sandbox's lifecycle events (created, paused, resumed, ...), oldest first.
+    Events(lifecycle::EventsArgs),
     /// Set a sandbox's remaining lifetime, e.g. 10m.
     SetTimeout {
         id: String,
@@ -125,25 +134,6 @@ pub enum FilesCmd {
         depth: u32,
         #[arg(long)]
         json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum TemplateCmd {
-    /// List templates with their sizes.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Build a Debian template with debootstrap, e.g. --packages python3,git.
-    Build {
-        name: String,
-        #[arg(long, value_delimiter = ',')]
-        packages: Vec<String>,
-        #[arg(long)]
-        suite: Option<String>,
-        #[arg(long)]
-        mirror: Option<String>,
     },
 }
 
@@ -228,7 +218,7 @@ async fn dispatch(cmd: Command, d: &Daemon) -> Result<i32, Failure> {
         Command::Sandbox(cmd) => sandbox(cmd, d).await,
         Command::Exec(args) => exec(args, d).await,
         Command::Files(cmd) => files(cmd, d).await,
-        Command::Template(cmd) => template(cmd, d).await,
+        Command::Template(cmd) => templates::template(cmd, d).await,
         Command::Snapshot(cmd) => snapshots::snapshot(cmd, d).await,
         Command::Network(cmd) => network::run(cmd, d).await,
         Command::RunCode(args) => run_code(args, d).await,
@@ -248,6 +238,9 @@ async fn sandbox(cmd: SandboxCmd, d: &Daemon) -> Result<i32, Failure> {
             return snapshots::restore(id, snapshot, json, d).await;
         }
         SandboxCmd::Lineage { id, json } => return snapshots::lineage(id, json, d).await,
+        SandboxCmd::Pause(a) => return lifecycle::pause(a, d).await,
+        SandboxCmd::Resume(a) => return lifecycle::resume(a, d).await,
+        SandboxCmd::Events(a) => return lifecycle::events(a, d).await,
         SandboxCmd::Create {
             template,
             spec,
@@ -530,65 +523,6 @@ async fn files(cmd: FilesCmd, d: &Daemon) -> Result<i32, Failure> {
                     );
                 }
             });
-        }
-    }
-    Ok(0)
-}
-
-async fn template(cmd: TemplateCmd, d: &Daemon) -> Result<i32, Failure> {
-    match cmd {
-        TemplateCmd::List { json } => {
-            let list = d.json("GET", "/api/v1/templates", NO_BODY).await?;
-            print_value(&list, json, |v| {
-                println!("{:<20} {:<12} {:>10}  CREATED", "NAME", "SOURCE", "SIZE");
-                for t in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<20} {:<12} {:>10}  {}",
-                        t["name"].as_str().unwrap_or(""),
-                        t["source"].as_str().unwrap_or(""),
-                        human_size(t["size_bytes"].as_u64().unwrap_or(0)),
-                        t["created_at"].as_str().unwrap_or("")
-                    );
-                }
-            });
-        }
-        TemplateCmd::Build {
-            name,
-            packages,
-            suite,
-            mirror,
-        } => {
-            let body = BuildTemplate {
-                name,
-                packages,
-                suite,
-                mirror,
-            };
-            let resp = check(
-                d.request("POST", "/api/v1/templates", json_body(&body))
-                    .await?,
-            )
-            .await?;
-            let mut lines = ndjson_lines(resp.into_body());
-            while let Some(line) = lines.next().await {
-                let ev: Value =
-                    serde_json::from_slice(&line?).map_err(|e| format!("bad event: {e}"))?;
-                match ev["type"].as_str() {
-                    Some("progress") => eprintln!("{}", ev["line"].as_str().unwrap_or("")),
-                    Some("done") => {
-                        println!(
-                            "built template {}",
-                            ev["template"]["name"].as_str().unwrap_or("")
-                        );
-                        return Ok(0);
-                    }
-                    Some("error") => {
-                        return Err(Failure(ev["message"].as_str().unwrap_or("").to_string(), 1));
-                    }
-                    _ => {}
-                }
-            }
-            return Err("the build ended without a result".to_string().into());
         }
     }
     Ok(0)

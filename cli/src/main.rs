@@ -40,7 +40,7 @@ enum Command {
     Snapshot(client::snapshots::SnapshotCmd),
     /// List and build templates.
     #[command(subcommand)]
-    Template(client::TemplateCmd),
+    Template(client::templates::TemplateCmd),
     /// Show and change a sandbox's network policy.
     #[command(subcommand)]
     Network(client::network::NetworkCmd),

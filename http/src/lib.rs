@@ -21,6 +21,7 @@ use coppice_tools::commands::Exec;
 use coppice_tools::sandboxes::{BuildTemplate, CreateSandbox, SetTimeout};
 use futures::StreamExt;
 
+mod lifecycle;
 mod network;
 mod snapshots;
 mod terminal_page;
@@ -49,6 +50,7 @@ fn api(tools: Tools) -> Router {
         )
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
+        .merge(lifecycle::routes())
         .merge(snapshots::routes())
         .merge(terminals::routes())
         .with_state(Arc::new(tools))

@@ -60,6 +60,10 @@ pub struct Config {
     /// How long the daemon waits for a sandbox's agent to start answering a call (after the
     /// request body is sent) before answering 504; a stopped agent fails at once.
     pub agent_deadline_secs: u64,
+    /// How long a memory-paused sandbox stays frozen in memory (a resume is then a thaw)
+    /// before its processes are stopped and a resume restores its on-disk checkpoint
+    /// (docs/decisions/0013-durable-pause.md). Only where the pause has a checkpoint (CRIU).
+    pub pause_in_memory_secs: u64,
     /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
     /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
     pub dns_upstream: Option<String>,
@@ -205,6 +209,7 @@ impl Default for Config {
             expose_bind: "127.0.0.1".into(),
             no_new_privs: false,
             agent_deadline_secs: 30,
+            pause_in_memory_secs: 600,
             dns_upstream: None,
             linux: LinuxConfig::default(),
             listener: ListenerConfig::default(),

@@ -18,6 +18,7 @@ use crate::templates::TemplateStore;
 mod health;
 mod lifecycle;
 mod network;
+mod pause;
 mod pool;
 mod resume;
 #[cfg(test)]
@@ -240,12 +241,19 @@ impl Runtime {
     /// their pool), dead ones are cleaned up, and anything nobody owns is swept.
     async fn recover(&self) -> Result<()> {
         let mut live = Vec::new();
-        for rec in self.store.all()? {
+        for mut rec in self.store.all()? {
             if rec.state != SandboxState::Starting && self.backend.alive(&rec) {
                 if rec.pooled {
                     self.pool_push(&rec.template, rec.id.clone());
                 }
                 tracing::info!(sandbox = %rec.id, "recovered");
+                live.push(rec);
+            } else if rec.state == SandboxState::Paused && self.store.checkpoint(&rec.id)?.is_some()
+            {
+                // Paused on disk: a resume brings it back from its checkpoint.
+                self.stop_paused(&mut rec).await;
+                self.store.update(&rec)?;
+                tracing::info!(sandbox = %rec.id, "recovered, paused on disk");
                 live.push(rec);
             } else {
                 tracing::info!(sandbox = %rec.id, "cleaning up a sandbox that did not survive");
@@ -735,8 +743,8 @@ impl Runtime {
         {
             let reason = if rec.state == SandboxState::Paused {
                 // Paused sandboxes have no running timeout (E2B keeps them until killed or
-                // resumed); their processes are frozen, not dead.
-                if self.backend.alive(&rec) {
+                // resumed); their processes are frozen or on disk, not dead.
+                if self.keep_paused(&rec).await {
                     continue;
                 }
                 self.backend.death_cause(&rec)

@@ -219,12 +219,40 @@ pub struct SandboxMetrics {
 }
 
 /// What `resume` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Resumed {
-    /// It was paused and now runs again.
+    /// It was paused in memory and its processes were thawed.
     Thawed,
+    /// It was paused on disk: its processes came back from its checkpoint (a memory pause),
+    /// or it booted afresh on its kept files (a filesystem pause).
+    Restored,
     /// It was already running (its timeout may have been extended).
     WasRunning,
+}
+
+/// What a pause keeps (docs/decisions/0013-durable-pause.md).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseKind {
+    /// Processes and memory (E2B's "full" pause): frozen in memory and, on hosts with CRIU,
+    /// checkpointed to disk so that the pause survives a restart of the daemon or the host.
+    #[default]
+    Memory,
+    /// Files only: the processes stop at once; a resume boots the sandbox afresh on its files.
+    Filesystem,
+}
+
+impl PauseKind {
+    /// The name stored and shown: "memory" or "filesystem".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseKind::Memory => "memory",
+            PauseKind::Filesystem => "filesystem",
+        }
+    }
 }
 
 /// What happens when a sandbox's timeout passes (E2B's `autoPause`).

@@ -13,6 +13,7 @@ use crate::model::{Limits, SandboxState};
 
 pub mod hot;
 mod lifecycle;
+pub mod pause;
 pub mod snapshots;
 
 /// One sandbox as stored.
@@ -118,6 +119,7 @@ impl StateStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lifecycle::SCHEMA)?;
+        conn.execute_batch(pause::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
             hot: Default::default(),
@@ -129,6 +131,7 @@ impl StateStore {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lifecycle::SCHEMA)?;
+        conn.execute_batch(pause::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
             hot: Default::default(),

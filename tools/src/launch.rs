@@ -9,6 +9,7 @@ use coppice_runtime::manager::snapshots::ForkOutcome;
 use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::SandboxInfo;
 use coppice_runtime::policy::NetworkPolicy;
+use coppice_runtime::state::pause::PauseSettings;
 
 use crate::sandboxes::CreateSandbox;
 use crate::snapshots::ForkSandbox;
@@ -32,6 +33,9 @@ pub struct LaunchSandbox {
     pub access_token: bool,
     /// What happens when the timeout passes: kill (default) or pause.
     pub on_timeout: OnTimeout,
+    /// What a pause at the timeout keeps, and whether traffic resumes it (E2B's
+    /// `autoPauseMemory`, `autoResume`).
+    pub pause: PauseSettings,
 }
 
 impl Tools {
@@ -70,6 +74,14 @@ impl Tools {
             self.grant_access(&info.id, req.access_token).await?;
             if req.on_timeout != OnTimeout::default() {
                 self.set_on_timeout(&info.id, req.on_timeout)?;
+            }
+            if req.pause != PauseSettings::default() {
+                let settings = PauseSettings {
+                    // A resume by traffic gives it the lifetime it was made with.
+                    resume_timeout_secs: req.timeout_secs.map(|t| t.ceil() as u64),
+                    ..req.pause
+                };
+                self.set_pause_settings(&info.id, &settings)?;
             }
             // A fork keeps its snapshot's policy unless the request names one.
             if let Some(p) = policy_after {

@@ -116,7 +116,7 @@ pub(crate) fn size_arg(size: Option<&str>) -> Result<Option<u64>> {
         .map_err(Error::InvalidArgument)
 }
 
-fn secs(s: f64) -> Result<Duration> {
+pub(crate) fn secs(s: f64) -> Result<Duration> {
     if !(s.is_finite() && s > 0.0) {
         return Err(Error::InvalidArgument(format!(
             "timeout must be a positive number of seconds, got {s}"

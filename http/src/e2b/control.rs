@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use coppice_runtime::clock::parse_rfc3339_ms;
-use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::SandboxState;
+use coppice_runtime::model::{OnTimeout, PauseKind};
+use coppice_runtime::state::pause::PauseSettings;
 use coppice_tools::launch::LaunchSandbox;
 use coppice_tools::listing::ListSandboxes;
 use coppice_tools::sandboxes::SetTimeout;
@@ -121,6 +122,9 @@ struct NewSandbox {
     timeout: Option<u64>,
     #[serde(default)]
     auto_pause: bool,
+    /// What a pause at the timeout keeps: true (default) memory, false files only.
+    auto_pause_memory: Option<bool>,
+    /// `{"enabled": bool}`: traffic to it while paused resumes it.
     auto_resume: Option<Value>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
@@ -160,13 +164,24 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
         (Some(n), aia) => Some(n.policy(aia)?),
         (None, aia) => Some(E2bNetwork::default().policy(aia)?),
     };
-    if req
-        .auto_resume
-        .as_ref()
-        .is_some_and(|a| a.get("enabled").and_then(Value::as_bool) == Some(true))
-    {
+    let auto_resume = match &req.auto_resume {
+        None | Some(Value::Null) => false,
+        Some(a) => a
+            .get("enabled")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| bad("autoResume must be an object {\"enabled\": true|false}"))?,
+    };
+    let keeps_memory = req.auto_pause_memory.unwrap_or(true);
+    // E2B's own rules: traffic can only wake a sandbox whose memory was kept.
+    if auto_resume && !req.auto_pause {
         return Err(bad(
-            "autoResume is not supported: resume with Sandbox.connect",
+            "autoResume needs autoPause: only a sandbox paused at its timeout can be resumed by traffic",
+        ));
+    }
+    if auto_resume && !keeps_memory {
+        return Err(bad(
+            "autoResume cannot be combined with autoPauseMemory false: a filesystem-only pause \
+             must be resumed explicitly with Sandbox.connect",
         ));
     }
     if req.mcp.as_ref().is_some_and(|m| !m.is_null()) {
@@ -195,6 +210,15 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
                 true => OnTimeout::Pause,
                 false => OnTimeout::Kill,
             },
+            pause: PauseSettings {
+                auto_resume,
+                timeout_pause: if keeps_memory {
+                    PauseKind::Memory
+                } else {
+                    PauseKind::Filesystem
+                },
+                resume_timeout_secs: None,
+            },
         })
         .await?;
     let mut body = sandbox_json(&s, &info)?;
@@ -211,7 +235,8 @@ async fn get_info(State(s): St, Path(id): Path<String>) -> Result<Response, E2bE
     v["allowInternetAccess"] = json!(info.ip.is_some());
     v["domain"] = json!(s.opts.domain);
     let on_timeout = s.tools.on_timeout(&id)?;
-    v["lifecycle"] = json!({ "autoResume": false, "onTimeout": on_timeout.as_str() });
+    let auto_resume = s.tools.pause_settings(&id)?.auto_resume;
+    v["lifecycle"] = json!({ "autoResume": auto_resume, "onTimeout": on_timeout.as_str() });
     Ok(Json(v).into_response())
 }
 

@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use coppice_runtime::Error;
 use coppice_runtime::clock::rfc3339_ms;
-use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::Resumed;
 use coppice_runtime::model::SandboxState;
+use coppice_runtime::model::{OnTimeout, PauseKind};
+use coppice_tools::lifecycle::PauseSandbox;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -44,7 +45,7 @@ pub(super) async fn connect(
         .resume_sandbox(&id, b.timeout.map(Duration::from_secs))
         .await?;
     let status = match what {
-        Resumed::Thawed => StatusCode::CREATED,
+        Resumed::Thawed | Resumed::Restored => StatusCode::CREATED,
         Resumed::WasRunning => StatusCode::OK,
     };
     ensure_reachable(&s, &info.id).await?;
@@ -60,8 +61,24 @@ async fn ensure_reachable(s: &E2bState, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) async fn pause(State(s): St, Path(id): Path<String>) -> Result<Response, E2bError> {
-    s.tools.pause_sandbox(&id).await?;
+/// `SandboxPauseRequest`: what the pause keeps (`memory`, default true: a full pause).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PauseBody {
+    memory: Option<bool>,
+}
+
+pub(super) async fn pause(
+    State(s): St,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Response, E2bError> {
+    let b: PauseBody = optional_body(&raw)?;
+    let kind = match b.memory {
+        Some(false) => PauseKind::Filesystem,
+        _ => PauseKind::Memory,
+    };
+    s.tools.pause_sandbox(&id, PauseSandbox { kind }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

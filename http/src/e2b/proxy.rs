@@ -142,6 +142,8 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
         Error::PermissionDenied(m) => error(StatusCode::FORBIDDEN, &m, Some(id)),
         other => error(StatusCode::BAD_GATEWAY, &other.to_string(), Some(id)),
     };
+    // A sandbox made with autoResume wakes up for its traffic.
+    s.tools.resume_for_traffic(id).await.map_err(unreachable)?;
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
         let agent = s.tools.agent_for_proxy(id).map_err(unreachable)?;
         let resp = crate::agent_proxy::forward(&agent, req, None)

@@ -25,8 +25,8 @@ type St = State<Arc<E2bState>>;
 #[derive(Debug, Default, Deserialize)]
 struct SnapshotBody {
     name: Option<String>,
-    /// true: memory and files (E2B's "full"); false or absent: files only. Coppice's default
-    /// is files only; memory needs CRIU and fails clearly without it.
+    /// true: memory and files (E2B's "full"); false: files only. Absent: E2B's default, a
+    /// full snapshot, where the host has CRIU, else files only (true fails clearly there).
     memory: Option<bool>,
 }
 
@@ -46,11 +46,15 @@ pub(super) async fn create_snapshot(
             &id,
             CreateSnapshot {
                 name: b.name,
-                kind: Some(if b.memory == Some(true) {
-                    SnapshotKind::Memory
-                } else {
-                    SnapshotKind::Filesystem
-                }),
+                kind: Some(
+                    match b
+                        .memory
+                        .unwrap_or_else(|| s.tools.memory_snapshot_support().available)
+                    {
+                        true => SnapshotKind::Memory,
+                        false => SnapshotKind::Filesystem,
+                    },
+                ),
                 metadata: BTreeMap::new(),
             },
         )

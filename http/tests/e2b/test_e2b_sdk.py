@@ -186,7 +186,8 @@ def test_pause_resume_keeps_processes_and_memory(sbx):
     # The lifecycle shows in the sandbox's logs (v1 and v2 routes).
     url, key = os.environ["E2B_API_URL"], {"X-API-Key": API_KEY}
     lines = [entry["line"] for entry in httpx.get(f"{url}/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]]
-    assert "sandbox paused" in lines and "sandbox resumed" in lines, lines
+    assert any(x.startswith("sandbox paused: memory") for x in lines), lines
+    assert "sandbox resumed: from memory" in lines, lines
     v2 = httpx.get(f"{url}/v2/sandboxes/{sbx.sandbox_id}/logs", headers=key).json()["logs"]
     assert [e["fields"]["event"] for e in v2][-2:] == ["paused", "resumed"]
 
@@ -600,6 +601,91 @@ def test_auto_pause_at_timeout_then_connect_resumes(daemon):
         s.kill()
 
 
+def test_a_filesystem_pause_keeps_the_files_and_boots_afresh(daemon):
+    s = Sandbox.create(timeout=120)
+    try:
+        s.files.write("kept.txt", "on disk")
+        boot_id = s.commands.run("cat /proc/sys/kernel/random/boot_id").stdout
+        h = s.commands.run("sleep 600", background=True)
+        assert s.pause(mode="filesystem") is True
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.PAUSED
+        back = Sandbox.connect(s.sandbox_id, timeout=120)
+        assert back.files.read("kept.txt") == "on disk"
+        assert h.pid not in [p.pid for p in back.commands.list()], "its processes did not survive"
+        assert back.commands.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id, "a new boot"
+        # The deprecated spelling is the same pause.
+        assert back.pause(keep_memory=False) is True
+        assert Sandbox.connect(s.sandbox_id, timeout=120).files.read("kept.txt") == "on disk"
+    finally:
+        s.kill()
+
+
+def test_a_filesystem_pause_at_the_timeout(daemon):
+    s = Sandbox.create(timeout=2, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    try:
+        s.files.write("kept.txt", "still here")
+        deadline = time.monotonic() + 30
+        while Sandbox.get_info(s.sandbox_id).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "not paused at its timeout"
+            time.sleep(0.3)
+        back = Sandbox.connect(s.sandbox_id, timeout=60)
+        assert back.files.read("kept.txt") == "still here"
+        url, key = os.environ["E2B_API_URL"], {"X-API-Key": API_KEY}
+        lines = [e["line"] for e in httpx.get(f"{url}/sandboxes/{s.sandbox_id}/logs", headers=key).json()["logs"]]
+        assert any(x.startswith("sandbox paused: timeout; files only") for x in lines), lines
+    finally:
+        s.kill()
+
+
+def test_auto_resume_wakes_a_paused_sandbox_for_its_traffic(daemon):
+    s = Sandbox.create(timeout=3, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        assert s.get_info().lifecycle["auto_resume"] is True
+        s.files.write("site/index.html", "awake")
+        s.commands.run("cd site && exec python3 -m http.server 8080 --bind 0.0.0.0", background=True)
+
+        def wait_paused():
+            deadline = time.monotonic() + 30
+            while Sandbox.get_info(s.sandbox_id).state != SandboxState.PAUSED:
+                assert time.monotonic() < deadline, "not paused at its timeout"
+                time.sleep(0.2)
+
+        wait_paused()
+        # An SDK call is traffic: it resumes the sandbox and is answered.
+        assert s.commands.run("echo awake").stdout == "awake\n"
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.RUNNING
+        wait_paused()
+        # So is a request to one of its ports.
+        url = os.environ["E2B_SANDBOX_URL"]
+        r = httpx.get(f"{url}/index.html", headers={"E2b-Sandbox-Id": s.sandbox_id, "E2b-Sandbox-Port": "8080"},
+                      timeout=60)
+        assert r.status_code == 200 and r.text == "awake", r.text
+    finally:
+        s.kill()
+
+
+def test_auto_resume_rules(daemon):
+    # Without it, traffic to a paused sandbox is refused and does not wake it.
+    s = Sandbox.create(timeout=120)
+    try:
+        assert s.get_info().lifecycle["auto_resume"] is False
+        s.pause()
+        assert not s.is_running()
+        assert Sandbox.get_info(s.sandbox_id).state == SandboxState.PAUSED
+    finally:
+        s.kill()
+    # E2B's own rules, checked by the server too (raw requests, as other clients send them).
+    url, key = os.environ["E2B_API_URL"], {"X-API-Key": API_KEY}
+    for body, why in (
+        ({"templateID": "base", "autoResume": {"enabled": True}}, "autoPause"),
+        ({"templateID": "base", "autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}},
+         "autoPauseMemory"),
+        ({"templateID": "base", "autoPause": True, "autoResume": True}, "object"),
+    ):
+        r = httpx.post(f"{url}/sandboxes", headers=key, json=body)
+        assert r.status_code == 400 and why in r.json()["message"], r.text
+
+
 # ---------------------------------------------------------------- snapshots, fork, network
 
 
@@ -620,8 +706,13 @@ def test_snapshot_create_list_restore_delete(daemon):
         snap = s.create_snapshot(name=name)
         assert snap.snapshot_id and snap.names == [name]
         s.files.write("/home/user/snap.txt", "changed after the snapshot")
-        second = s.create_snapshot()
+        second = s.create_snapshot(mode="filesystem")
         assert second.names == []
+        # E2B's default is a full snapshot (memory too, where the host has CRIU).
+        port = int(os.environ["E2B_API_URL"].rsplit(":", 1)[1])
+        kinds = [httpx.get(f"{os.environ['E2B_API_URL']}/api/v1/snapshots/{i}", headers=auth(port)).json()["kind"]
+                 for i in (snap.snapshot_id, second.snapshot_id)]
+        assert kinds == ["memory", "filesystem"], kinds
 
         mine = Sandbox.list_snapshots(sandbox_id=s.sandbox_id)
         ids = [i.snapshot_id for i in mine.next_items()]

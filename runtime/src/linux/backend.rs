@@ -274,7 +274,15 @@ impl LinuxBackend {
             no_new_privs,
             seccomp: self.cfg.linux.seccomp,
             nofile: self.cfg.linux.sandbox_nofile,
-            boot_id_file: write_boot_id(dir)?,
+            // Resumed in place, the sandbox's boot goes on; any other start is a boot.
+            boot_id_file: write_boot_id(
+                dir,
+                resume
+                    .as_ref()
+                    .map(|(_, info)| info)
+                    .filter(|info| info.sandbox_id == rec.id && !info.boot_id.is_empty())
+                    .map(|info| info.boot_id.as_str()),
+            )?,
             restore: None,
         };
         if let Some((images, info)) = &resume {
@@ -549,6 +557,8 @@ impl LinuxBackend {
             agent_binary: &self.agent_binary,
             freezer,
             access_token,
+            sandbox_id: &rec.id,
+            boot_id_file: self.sandbox_dir(&rec.id).join("boot_id"),
             dir: self.memory_dir(snap),
             kdat_dir: self.criu_run_dir(),
         })

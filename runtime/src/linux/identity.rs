@@ -29,10 +29,14 @@ pub fn machine_id(id: &str) -> String {
     format!("{h:032x}")
 }
 
-/// A fresh boot id (a random UUID, as the kernel's) for this start of the sandbox, in a
-/// read-only file the spawn plan shows as `/proc/sys/kernel/random/boot_id`: SDK code tells
-/// sandboxes and their restarts apart by it.
-pub(super) fn write_boot_id(dir: &Path) -> Result<PathBuf> {
+/// A fresh boot id (a random UUID, as the kernel's) for this start of the sandbox, or the
+/// one it `keeps` (resumed in place), in a read-only file the spawn plan shows as
+/// `/proc/sys/kernel/random/boot_id`: SDK code tells sandboxes and their restarts apart by it.
+pub(super) fn write_boot_id(dir: &Path, keeps: Option<&str>) -> Result<PathBuf> {
+    let path = dir.join("boot_id");
+    if let Some(id) = keeps {
+        return write_read_only(&path, id);
+    }
     let b: [u8; 16] = rand::random();
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     let id = format!(
@@ -44,12 +48,15 @@ pub(super) fn write_boot_id(dir: &Path) -> Result<PathBuf> {
         &hex[17..20],
         &hex[20..32]
     );
-    let path = dir.join("boot_id");
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, id).ctx(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+    write_read_only(&path, &id)
+}
+
+fn write_read_only(path: &Path, text: &str) -> Result<PathBuf> {
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, text).ctx(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o444))
         .ctx(|| format!("making {} read-only", path.display()))?;
-    Ok(path)
+    Ok(path.to_path_buf())
 }
 
 #[cfg(test)]

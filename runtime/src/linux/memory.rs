@@ -40,6 +40,12 @@ pub struct DumpInfo {
     /// The agent's envd access token when the snapshot was taken (a fork's agent holds it
     /// until the host sets the fork's own).
     pub access_token: Option<String>,
+    /// The sandbox it was taken of and that sandbox's boot id: resumed in place (a pause, a
+    /// restore) the sandbox keeps its boot, a fork gets one of its own.
+    #[serde(default)]
+    pub sandbox_id: String,
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// What a memory snapshot needs of its sandbox.
@@ -53,6 +59,9 @@ pub struct DumpRequest<'a> {
     /// CRIU finds the tree's tasks there and leaves them frozen.
     pub freezer: PathBuf,
     pub access_token: Option<String>,
+    /// The sandbox's id and its boot id file.
+    pub sandbox_id: &'a str,
+    pub boot_id_file: PathBuf,
     /// The snapshot's directory (made here).
     pub dir: PathBuf,
     /// A directory CRIU sees as its /run, where its kernel-feature cache stays between runs.
@@ -121,6 +130,8 @@ fn dump_into(req: &DumpRequest<'_>) -> Result<u64> {
         agent_size: meta.len(),
         agent_mtime_ns: mtime_ns(&meta),
         access_token: req.access_token.clone(),
+        sandbox_id: req.sandbox_id.to_string(),
+        boot_id: std::fs::read_to_string(&req.boot_id_file).unwrap_or_default(),
     };
     let path = req.dir.join("restore.json");
     std::fs::write(&path, serde_json::to_vec(&info).map_err(Error::internal)?)

@@ -1,9 +1,5 @@
-//! Pause and resume (the sandbox's cgroup frozen and thawed: processes keep their memory on
-//! this host), access tokens, what a timeout does, metrics and lifecycle events.
-//!
-//! Timeout semantics follow E2B: a paused sandbox has no running timeout (the reaper never
-//! kills it for time; it stays until it is resumed or killed); resuming starts a new timeout;
-//! a sandbox created with `OnTimeout::Pause` is paused, not killed, when its timeout passes.
+//! Access tokens, what a timeout does and how a pause behaves, metrics and lifecycle events
+//! (pause and resume themselves: manager/pause.rs).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,109 +12,21 @@ use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::fsutil::{Measure, tree_size};
 use crate::model::OnTimeout;
-use crate::model::{Resumed, SandboxMetrics};
-use crate::model::{SandboxInfo, SandboxState};
-use crate::state::SandboxRecord;
+use crate::model::SandboxMetrics;
+use crate::state::pause::PauseSettings;
 
 /// The lifecycle's own state, held by the runtime.
 #[derive(Default)]
 pub(super) struct LifecycleState {
     /// Serialises state transitions (pause, resume, timeout changes) so a record is never
     /// rewritten from a stale read. Transitions are rare and quick.
-    transitions: tokio::sync::Mutex<()>,
+    pub(super) transitions: tokio::sync::Mutex<()>,
     /// The previous CPU sample per sandbox, so each metrics call reports use since the last
     /// one.
     cpu_samples: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl Runtime {
-    /// Freezes every process of a running sandbox. `AlreadyExists` when it is already paused.
-    pub async fn pause(&self, id: &str) -> Result<SandboxInfo> {
-        let _t = self.lifecycle.transitions.lock().await;
-        let mut rec = self.record(id)?;
-        self.pause_locked(&mut rec, "").await?;
-        Ok(self.info_of(&rec))
-    }
-
-    async fn pause_locked(&self, rec: &mut SandboxRecord, detail: &str) -> Result<()> {
-        if rec.state == SandboxState::Paused {
-            return Err(Error::AlreadyExists(format!(
-                "sandbox '{}' is already paused",
-                rec.id
-            )));
-        }
-        self.backend.freeze_async(&rec.id).await?;
-        rec.state = SandboxState::Paused;
-        if let Err(e) = self.store.update_with_event(rec, "paused", detail) {
-            // Never leave a frozen sandbox that the store calls running.
-            let _ = self.backend.thaw_async(&rec.id).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Thaws a paused sandbox and starts a new timeout (`timeout`, else the default); on a
-    /// running one, moves its end later when `timeout` asks for more time than it has left.
-    pub async fn resume(
-        &self,
-        id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<(SandboxInfo, Resumed)> {
-        let _t = self.lifecycle.transitions.lock().await;
-        let mut rec = self.record(id)?;
-        let now = now_ms();
-        if rec.state != SandboxState::Paused {
-            if let Some(t) = timeout {
-                let end = now + self.effective_timeout(Some(t))?.as_millis() as i64;
-                if end > rec.expires_at_ms {
-                    rec.expires_at_ms = end;
-                    self.store.update(&rec)?;
-                }
-            }
-            return Ok((self.info_of(&rec), Resumed::WasRunning));
-        }
-        let timeout = self.effective_timeout(timeout)?;
-        self.backend.thaw_async(&rec.id).await?;
-        rec.state = SandboxState::Running;
-        rec.expires_at_ms = now + timeout.as_millis() as i64;
-        self.store.update_with_event(&rec, "resumed", "")?;
-        Ok((self.info_of(&rec), Resumed::Thawed))
-    }
-
-    /// At the timeout: pauses the sandbox instead of killing it when it asked for that.
-    /// Returns true when it was paused (the reaper then leaves it).
-    pub(super) async fn pause_on_timeout(&self, rec: &SandboxRecord) -> bool {
-        if rec.pooled || !matches!(self.store.on_timeout(&rec.id), Ok(OnTimeout::Pause)) {
-            return false;
-        }
-        let _t = self.lifecycle.transitions.lock().await;
-        let Ok(Some(mut current)) = self.store.get(&rec.id) else {
-            return false;
-        };
-        if current.expires_at_ms > now_ms() || current.state == SandboxState::Paused {
-            return true; // extended or paused meanwhile: nothing to reap
-        }
-        match self.pause_locked(&mut current, "timeout").await {
-            Ok(()) => {
-                tracing::info!(sandbox = %rec.id, "paused at its timeout");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %rec.id, "pausing at the timeout failed, killing: {e}");
-                false
-            }
-        }
-    }
-
-    /// Thaws a paused sandbox's processes so that they can be killed at once.
-    pub(super) async fn thaw_before_destroy(&self, rec: &SandboxRecord) {
-        if (rec.state == SandboxState::Paused || self.backend.frozen(&rec.id))
-            && let Err(e) = self.backend.thaw_async(&rec.id).await
-        {
-            tracing::warn!(sandbox = %rec.id, "thawing before kill: {e}");
-        }
-    }
-
     /// Makes the sandbox's agent require `token` (envd's `X-Access-Token`) from now on; the
     /// host's own calls carry it automatically.
     pub async fn set_access_token(&self, id: &str, token: &str) -> Result<()> {
@@ -161,6 +69,17 @@ impl Runtime {
         self.store.on_timeout(id)
     }
 
+    /// Sets how visible sandbox `id` pauses at its timeout and whether traffic resumes it.
+    pub fn set_pause_settings(&self, id: &str, settings: &PauseSettings) -> Result<()> {
+        self.record(id)?;
+        self.store.set_pause_settings(id, settings)
+    }
+
+    /// How sandbox `id` pauses at its timeout and whether traffic resumes it.
+    pub fn pause_settings(&self, id: &str) -> Result<PauseSettings> {
+        self.store.pause_settings(id)
+    }
+
     /// A client for proxying outside callers' requests to a sandbox's agent: it adds no
     /// credentials (the caller's own `X-Access-Token` is what the agent checks). A sandbox
     /// without a token is reached this way only when E2B made it with `secure: false`;
@@ -187,11 +106,6 @@ impl Runtime {
     /// Whether a sandbox's E2B traffic is open without a token.
     pub fn open_traffic(&self, id: &str) -> Result<bool> {
         self.store.open_traffic(id)
-    }
-
-    /// True when the sandbox exists for callers and is paused.
-    pub fn is_paused(&self, id: &str) -> Result<bool> {
-        Ok(self.record(id)?.state == SandboxState::Paused)
     }
 
     /// A resource sample of the sandbox, now.

@@ -88,6 +88,8 @@ impl StateStore {
         let conn = self.conn();
         conn.execute("DELETE FROM sandbox_lifecycle WHERE id = ?1", params![id])?;
         conn.execute("DELETE FROM e2b_open_traffic WHERE id = ?1", params![id])?;
+        drop(conn);
+        self.forget_pause(id)?;
         self.hot.token_written(id, None);
         Ok(())
     }

@@ -8,6 +8,12 @@ snapshot's processes in the same sandbox. A process CRIU cannot dump fails the
 snapshot with CRIU's own reason and leaves the sandbox running. Without CRIU (the daemon
 pointed at a missing one) a memory snapshot is refused with the reason.
 
+Pause (docs/decisions/0013-durable-pause.md): a memory pause resumes from memory at once; left
+paused past `pause_in_memory_secs` its processes leave memory and a resume restores them from
+the checkpoint; a memory pause survives `kill -9` of the daemon together with the loss of its
+processes (as in a host reboot); a filesystem pause stops the processes and a resume boots
+afresh on the kept files.
+
 Needs root and CRIU (scripts/install-criu.sh, run by setup.sh). `COPPICE_BIN` picks the binary.
 """
 
@@ -27,7 +33,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "rigs"))
-from common import Daemon, auth, refuse_if_other_daemon  # noqa: E402
+from common import (  # noqa: E402
+    Daemon, any_procs, auth, kill_sandboxes, refuse_if_other_daemon, sandbox_cgroup_dirs,
+)
 
 BINARY = Path(os.environ.get("COPPICE_BIN", REPO / "target/release/coppice"))
 
@@ -100,7 +108,10 @@ class Client:
 @pytest.fixture(scope="module")
 def daemon():
     tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-"))
-    d = start(tmp)
+    config = tmp / "coppice.toml"
+    # A memory pause leaves memory after 2 s here (600 by default), so the test sees it.
+    config.write_text("pause_in_memory_secs = 2\n")
+    d = start(tmp, config=config)
     try:
         yield d
     finally:
@@ -210,6 +221,140 @@ def test_a_tree_criu_cannot_dump_fails_with_its_reason_and_keeps_running(daemon)
     # Untouched: running, not frozen.
     assert api.sh(sid, "echo alive") == "alive\n"
     assert api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]["state"] == "running"
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+# ---------------------------------------------------------------- pause (decision 0013)
+
+
+def pause(api: Client, sid: str, kind: str | None = None) -> dict:
+    body = {} if kind is None else {"kind": kind}
+    return api.call("POST", f"/api/v1/sandboxes/{sid}/pause", body, expect=200)[1]
+
+
+def resume(api: Client, sid: str) -> dict:
+    return api.call("POST", f"/api/v1/sandboxes/{sid}/resume", {"timeout_secs": 900}, expect=200)[1]
+
+
+def events(api: Client, sid: str) -> list[tuple[str, str]]:
+    evs = api.call("GET", f"/api/v1/sandboxes/{sid}/events", expect=200)[1]
+    return [(e["kind"], e["detail"]) for e in evs]
+
+
+def start_counter(api: Client, sid: str) -> int:
+    api.sh(sid, "(nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' "
+                ">/dev/null 2>&1 &); while [ ! -s /tmp/count ]; do sleep 0.05; done; sleep 0.5")
+    return int(api.sh(sid, "cat /tmp/count"))
+
+
+def thaw_and_kill(sid: str) -> None:
+    """What a host reboot does to a frozen sandbox: its processes are gone."""
+    for d in sandbox_cgroup_dirs(sid):
+        for f, v in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            if (d / f).exists():
+                (d / f).write_text(v)
+    kill_sandboxes([sid])
+
+
+def test_a_memory_pause_resumes_from_memory_at_once(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "z = 5\nz") == "5"
+    before = start_counter(api, sid)
+    pid = api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]["pid"]
+    assert pause(api, sid)["state"] == "paused"
+    assert api.call("POST", f"/api/v1/sandboxes/{sid}/pause", {})[0] == 409
+    kind, detail = events(api, sid)[-1]
+    assert kind == "paused" and detail.startswith("memory, checkpoint "), detail
+    back = resume(api, sid)
+    assert back["resumed"] == "thawed" and back["state"] == "running", back
+    assert back["pid"] == pid, "the same processes, thawed"
+    assert api.run_code(sid, "z") == "5"
+    assert int(api.sh(sid, "cat /tmp/count")) >= before
+    # The checkpoint a thaw made useless is removed.
+    snap = detail.removeprefix("memory, checkpoint ")
+    for _ in range(100):
+        if api.call("GET", f"/api/v1/snapshots/{snap}")[0] == 404:
+            break
+        time.sleep(0.1)
+    assert api.call("GET", f"/api/v1/snapshots/{snap}")[0] == 404
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_a_durable_pause_survives_a_daemon_kill_and_the_loss_of_its_processes(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "y = 7\ny") == "7"
+    api.sh(sid, "echo kept > /home/user/kept; mkdir -p /tmp/www && echo served > /tmp/www/m && "
+                "cd /tmp/www && (nohup python3 -m http.server 8000 >/dev/null 2>&1 &)")
+    boot_id = api.sh(sid, "cat /proc/sys/kernel/random/boot_id")
+    before = start_counter(api, sid)
+    ip = api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]["ip"]
+    with urllib.request.urlopen(f"http://{ip}:8000/m", timeout=10) as r:
+        assert r.read() == b"served\n"
+    pause(api, sid)
+    # The daemon dies hard, and so do the sandbox's processes (as in a host reboot).
+    daemon.proc.kill()
+    daemon.proc.wait()
+    daemon.proc = None
+    thaw_and_kill(sid)
+    daemon.start()
+    api = Client(daemon)
+    info = api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]
+    assert info["state"] == "paused", info
+    back = resume(api, sid)
+    assert back["resumed"] == "restored" and back["state"] == "running", back
+    # Its processes came back from the checkpoint: the kernel's variable, the counter going
+    # on from where it was, the files, the same boot.
+    assert api.run_code(sid, "y + 1") == "8"
+    a = int(api.sh(sid, "cat /tmp/count"))
+    assert before <= a <= before + 30, (before, a)
+    time.sleep(0.5)
+    assert int(api.sh(sid, "cat /tmp/count")) > a
+    assert api.sh(sid, "cat /home/user/kept") == "kept\n"
+    assert api.sh(sid, "cat /proc/sys/kernel/random/boot_id") == boot_id
+    # Its server listens again and answers at its address.
+    with urllib.request.urlopen(f"http://{ip}:8000/m", timeout=10) as r:
+        assert r.read() == b"served\n"
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_a_long_memory_pause_leaves_memory_and_resumes_from_disk(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "w = 3\nw") == "3"
+    pause(api, sid)
+    # The module's daemon keeps a pause in memory for 2 s (pause_in_memory_secs).
+    for _ in range(150):
+        if events(api, sid)[-1][0] == "paused-to-disk":
+            break
+        time.sleep(0.1)
+    assert events(api, sid)[-1][0] == "paused-to-disk", events(api, sid)
+    assert not any_procs(sid), "still in memory"
+    assert api.call("GET", f"/api/v1/sandboxes/{sid}", expect=200)[1]["state"] == "paused"
+    back = resume(api, sid)
+    assert back["resumed"] == "restored", back
+    assert api.run_code(sid, "w * 2") == "6"
+    api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_a_filesystem_pause_stops_processes_and_boots_afresh_on_the_files(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "v = 9\nv") == "9"
+    api.sh(sid, "echo kept > /home/user/kept")
+    boot_id = api.sh(sid, "cat /proc/sys/kernel/random/boot_id")
+    pause(api, sid, "filesystem")
+    assert not any_procs(sid), "a filesystem pause keeps no processes"
+    back = resume(api, sid)
+    assert back["resumed"] == "restored" and back["id"] == sid, back
+    assert api.sh(sid, "cat /home/user/kept") == "kept\n"
+    assert api.sh(sid, "cat /proc/sys/kernel/random/boot_id") != boot_id, "a fresh boot"
+    c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=120)
+    c.request("POST", f"/api/v1/sandboxes/{sid}/envd/execute", body=json.dumps({"code": "v"}),
+              headers={"Content-Type": "application/json", **auth(api.port)})
+    out = c.getresponse().read().decode()
+    assert "NameError" in out, out
     api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
 
 

@@ -160,6 +160,10 @@ pub struct SandboxNetPlan {
     pub ip: Ipv4Addr,
     /// Prefix length of the sandbox subnet.
     pub prefix: u8,
+    /// MAC of its `eth0`: fixed per slot, so that a sandbox restarted in place (a restore,
+    /// a resume from disk) answers at the address the host's neighbour cache holds for its
+    /// IP (a new random one goes unanswered until that entry goes stale).
+    pub mac: [u8; 6],
     /// The bridge's address, its default gateway.
     pub gateway: Ipv4Addr,
     /// Host bridge the veth's host end joins.
@@ -235,6 +239,7 @@ impl NetConfig {
             host_if: host_ifname(slot),
             sandbox_if: SANDBOX_IF,
             ip: self.sandbox_ip(slot),
+            mac: sandbox_mac(slot),
             prefix: self.subnet.prefix,
             gateway: self.gateway,
             bridge: self.bridge.clone(),
@@ -257,4 +262,11 @@ impl NetConfig {
         let g = self.gateway.octets();
         [0x02, 0x63, 0x70, g[1], g[2], g[3]]
     }
+}
+
+/// The locally administered MAC of slot `slot`'s `eth0` (02:63:73 + the slot's low 24 bits;
+/// slots are far fewer than 2^24).
+pub fn sandbox_mac(slot: u32) -> [u8; 6] {
+    let b = slot.to_be_bytes();
+    [0x02, 0x63, 0x73, b[1], b[2], b[3]]
 }

@@ -87,6 +87,7 @@ pub(super) async fn wire(
     let peer = single_queue(
         LinkMessageBuilder::<LinkUnspec>::new()
             .name(plan.sandbox_if)
+            .address(plan.mac.to_vec())
             .setns_by_fd(netns.as_raw_fd()),
     )
     .build();

@@ -50,6 +50,13 @@ fn names_and_addresses_from_slots() {
             .contains(&("net/ipv4/ping_group_range", "0 2147483647"))
     );
     assert_eq!(c.bridge_mac(), [0x02, 0x63, 0x70, 88, 0, 1]);
+    // Each slot's eth0 has its own MAC, the same at every start of that slot.
+    assert_eq!(p.mac, c.plan(p.slot).unwrap().mac);
+    assert_ne!(p.mac, c.plan(p.slot + 1).unwrap().mac);
+    assert_eq!(
+        super::config::sandbox_mac(0x0102_0304),
+        [2, 0x63, 0x73, 2, 3, 4]
+    );
     assert!(c.subnet.contains(Ipv4Addr::new(10, 88, 7, 7)));
     assert!(!c.subnet.contains(Ipv4Addr::new(10, 89, 0, 1)));
     assert_eq!(c.subnet.to_string(), "10.88.0.0/16");

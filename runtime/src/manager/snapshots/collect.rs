@@ -1,5 +1,6 @@
-//! The snapshot collector: implicit snapshots nothing stands on any more are removed, and
-//! layer sizes are counted in the background.
+//! The snapshot collector: implicit snapshots nothing stands on any more (and no paused
+//! sandbox names as its checkpoint) are removed, and layer sizes are counted in the
+//! background.
 
 use super::*;
 
@@ -30,8 +31,10 @@ impl Runtime {
             for s in all.iter().filter(|s| s.implicit && s.ready) {
                 let unused = {
                     // Same protocol as delete_snapshot: check and drop the row under the lock.
+                    // A pause pins its checkpoint until it is recorded, so both are read here.
                     let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
                     !pins.contains_key(&s.id)
+                        && matches!(self.store.checkpoint_snapshots(), Ok(c) if !c.contains(&s.id))
                         && matches!(self.store.snapshot_dependants(&s.id),
                                     Ok((a, b)) if a.is_empty() && b.is_empty())
                         && self.store.delete_snapshot(&s.id).is_ok()

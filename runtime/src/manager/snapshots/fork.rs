@@ -38,8 +38,12 @@ impl Runtime {
         let (snap, implicit) = match &req.source {
             ForkSource::Snapshot(id) => (self.snapshot_record(id)?, false),
             ForkSource::Sandbox(id) => {
+                let how = Taking {
+                    implicit: Some((&implicit_id, "fork")),
+                    stay_frozen: false,
+                };
                 let s = self
-                    .take_snapshot(id, SnapshotRequest::default(), Some(&implicit_id))
+                    .take_snapshot(id, SnapshotRequest::default(), how)
                     .await?;
                 (s, true)
             }
@@ -165,60 +169,61 @@ impl Runtime {
             )));
         }
         let _busy = self.snap.busy(sandbox_id, "restore")?;
-        let memory = snap.kind == SnapshotKind::Memory.as_str();
         let _pin = self.snap.pin(&snap.id);
         self.snapshot_record(&snap.id)?; // not deleted just before the pin
-        let template = self.template_of_snapshot(&snap)?;
-        // Hidden from callers and from the reaper while its processes are replaced.
-        rec.state = SandboxState::Starting;
-        self.store.update(&rec)?;
-        let restarted = async {
-            self.backend.stop_for_restart(&rec).await?;
-            self.store.set_lineage_base(&rec.id, &snap.id)?;
-            // Restarted processes get the daemon's no_new_privs (a sandbox's own choice at
-            // create is not stored); a memory snapshot's resume with theirs.
-            if memory {
-                self.backend
-                    .resume(&rec, &template, self.cfg.no_new_privs, &snap.id)
-                    .await
-            } else {
-                self.backend
-                    .start(&rec, &template, self.cfg.no_new_privs)
-                    .await
-            }
+        if let Err(e) = self.restart_on(&mut rec, &snap).await {
+            self.destroy(rec).await.ok();
+            return Err(Error::Internal(format!(
+                "restoring sandbox '{sandbox_id}' failed and it is gone: {e}"
+            )));
         }
-        .await;
-        let started = match restarted {
-            Ok(s) => s,
-            Err(e) => {
-                self.destroy(rec).await.ok();
-                return Err(Error::Internal(format!(
-                    "restoring sandbox '{sandbox_id}' failed and it is gone: {e}"
-                )));
-            }
+        rec.state = SandboxState::Running;
+        // Restored while paused: it runs now, so a pause's checkpoint is no longer its own.
+        self.store.set_checkpoint(&rec.id, None)?;
+        self.store
+            .update_with_event(&rec, "restored", &format!("to snapshot {}", snap.id))?;
+        Ok(self.info_of(&rec))
+    }
+
+    /// Replaces a sandbox's processes and writable layer by a snapshot's, in place (same id,
+    /// slot, hostname): a fresh start on the snapshot's files, or from a memory snapshot its
+    /// processes resumed. The sandbox is hidden from callers and the reaper meanwhile (state
+    /// `Starting`); the caller sets the state after. On failure it may have no processes.
+    pub(in crate::manager) async fn restart_on(
+        &self,
+        rec: &mut SandboxRecord,
+        snap: &SnapshotRecord,
+    ) -> Result<()> {
+        let memory = snap.kind == SnapshotKind::Memory.as_str();
+        let template = self.template_of_snapshot(snap)?;
+        rec.state = SandboxState::Starting;
+        self.store.update(rec)?;
+        self.backend.stop_for_restart(rec).await?;
+        self.store.set_lineage_base(&rec.id, &snap.id)?;
+        // Restarted processes get the daemon's no_new_privs (a sandbox's own choice at
+        // create is not stored); a memory snapshot's resume with theirs.
+        let started = if memory {
+            self.backend
+                .resume(rec, &template, self.cfg.no_new_privs, &snap.id)
+                .await?
+        } else {
+            self.backend
+                .start(rec, &template, self.cfg.no_new_privs)
+                .await?
         };
         rec.pid = Some(started.pid);
         rec.pid_start = started.pid_start;
-        rec.state = SandboxState::Running;
-        self.store
-            .update_with_event(&rec, "restored", &format!("to snapshot {}", snap.id))?;
+        self.store.update(rec)?;
         if memory {
             let token = self.store.access_token(&rec.id)?;
-            if let Err(e) = self
-                .hand_over_resumed(&rec, &snap.id, token.as_deref())
-                .await
-            {
-                self.destroy(rec).await.ok();
-                return Err(Error::Internal(format!(
-                    "restoring sandbox '{sandbox_id}' failed and it is gone: {e}"
-                )));
-            }
+            self.hand_over_resumed(rec, &snap.id, token.as_deref())
+                .await?;
         }
         if !rec.env.is_empty()
             && let Err(e) = self.init_agent(&rec.id, &rec.env).await
         {
-            tracing::warn!(sandbox = %rec.id, "restored sandbox refused its env: {e}");
+            tracing::warn!(sandbox = %rec.id, "restarted sandbox refused its env: {e}");
         }
-        Ok(self.info_of(&rec))
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@
 //! decisions/0005). Implicit snapshots (a fork straight from a live sandbox) are removed by the
 //! collector once nothing stands on them.
 
+mod checkpoint;
 mod collect;
 mod fork;
 mod lineage;
@@ -37,6 +38,7 @@ use crate::clock::{now_ms, rfc3339_ms};
 use crate::error::{Error, Result};
 use crate::fsutil::Measure;
 use crate::model::{CreateRequest, Limits, SandboxInfo, SandboxState, TemplateInfo};
+use crate::state::SandboxRecord;
 use crate::state::snapshots::{LineageRecord, SnapshotRecord};
 
 /// Metadata key of a memory snapshot's image bytes (process memory and tmpfs copies).
@@ -308,6 +310,17 @@ impl SnapState {
     }
 }
 
+/// How a snapshot is taken, beyond what the caller asked for.
+#[derive(Default)]
+struct Taking<'a> {
+    /// An implicit snapshot's id (pinned by the caller, so the collector cannot take it
+    /// before the caller uses it) and what it is for ("fork", "pause").
+    implicit: Option<(&'a str, &'static str)>,
+    /// Leave the sandbox frozen once it is taken (a pause's checkpoint); on failure it is
+    /// thawed all the same.
+    stay_frozen: bool,
+}
+
 fn backend_queue_size(snap: &SnapState, id: &str, layer: PathBuf) {
     snap.to_size
         .lock()
@@ -341,19 +354,19 @@ impl Runtime {
     /// Takes a filesystem snapshot of a running sandbox; it keeps running (frozen only while
     /// its upper is copied).
     pub async fn snapshot(&self, sandbox_id: &str, req: SnapshotRequest) -> Result<SnapshotInfo> {
-        let rec = self.take_snapshot(sandbox_id, req, None).await?;
+        let rec = self
+            .take_snapshot(sandbox_id, req, Taking::default())
+            .await?;
         self.snapshot_info_of(&rec)
     }
 
-    /// `implicit_id`: the id of an implicit snapshot, pinned by the caller (a fork) so that
-    /// the collector cannot take it between this call and the fork's start.
     async fn take_snapshot(
         &self,
         sandbox_id: &str,
         req: SnapshotRequest,
-        implicit_id: Option<&str>,
+        how: Taking<'_>,
     ) -> Result<SnapshotRecord> {
-        let implicit = implicit_id.is_some();
+        let implicit = how.implicit.is_some();
         if req.kind == SnapshotKind::Memory {
             let support = self.backend.memory_snapshots();
             if !support.available {
@@ -389,11 +402,11 @@ impl Runtime {
                  {MAX_LAYERS} allowed; snapshot a sandbox nearer its template instead"
             )));
         }
-        let id = implicit_id.map_or_else(new_id, str::to_string);
+        let id = how.implicit.map_or_else(new_id, |(id, _)| id.to_string());
         let _pin = self.snap.pin(&id);
         let mut metadata = req.metadata.clone();
-        if implicit {
-            metadata.insert("coppice.implicit".into(), "fork".into());
+        if let Some((_, made_for)) = how.implicit {
+            metadata.insert("coppice.implicit".into(), made_for.into());
         }
         // How the storage takes it, said in the record so a slow snapshot explains itself.
         let method = self.backend.storage().snapshot_method(sandbox_id);
@@ -433,6 +446,7 @@ impl Runtime {
             let frozen_for = &mut frozen_for;
             let memory_bytes = &mut memory_bytes;
             let sbx = &sbx;
+            let stay_frozen = how.stay_frozen;
             tokio::task::block_in_place(move || -> Result<(u64, Option<PathBuf>)> {
                 backend.freeze(&sid)?;
                 let t = std::time::Instant::now();
@@ -447,10 +461,16 @@ impl Runtime {
                         Ok(layer)
                     });
                 *frozen_for = t.elapsed();
-                // Thaw whatever happened: a sandbox must never stay frozen by a snapshot.
-                let thawed = backend.thaw(&sid);
-                let layer = layer?;
-                thawed?;
+                // Thaw whatever happened (unless a pause keeps it frozen): a sandbox must never
+                // stay frozen by a failed snapshot.
+                let layer = if stay_frozen && layer.is_ok() {
+                    layer?
+                } else {
+                    let thawed = backend.thaw(&sid);
+                    let layer = layer?;
+                    thawed?;
+                    layer
+                };
                 if method == SnapshotMethod::Snapshot {
                     // Counted by the collector task once the row is marked ready (below).
                     return Ok((0, Some(layer)));
