@@ -6,6 +6,9 @@
   sandbox's memory (its cgroup charge) beside it.
 - Forks of that snapshot, 1, 10 and 50 (--quick: 1 and 10) in one call, until every fork's
   kernel has answered `x` (wall time), and the host memory per fork (MemAvailable delta / N).
+- Pause tiers (decision 0013) of the same sandbox: a memory pause (freeze + checkpoint to
+  disk); a resume from memory (a thaw) until the kernel answers `x`; and, once the pause has
+  left memory (`pause_in_memory_secs = 1` here), a resume from the checkpoint until it answers.
 - Reference: the cold path to the same state: create a sandbox, start its kernel, import
   pandas and numpy, set `x`, until it answers.
 
@@ -137,6 +140,31 @@ def forks_until_answer(api: Client, snap: str, n: int) -> dict:
     return out
 
 
+def pause_tiers(api: Client, sid: str, samples: int) -> dict[str, list[float]]:
+    """Milliseconds of: the pause call; a resume from memory until the kernel answers; a
+    resume from the on-disk checkpoint (after the pause left memory) until it answers."""
+    out: dict[str, list[float]] = {"pause": [], "resume_from_memory": [], "resume_from_disk": []}
+    for _ in range(samples):
+        for tier in ("resume_from_memory", "resume_from_disk"):
+            t0 = time.monotonic()
+            api.call("POST", f"/api/v1/sandboxes/{sid}/pause", {"kind": "memory"})
+            out["pause"].append((time.monotonic() - t0) * 1000)
+            if tier == "resume_from_disk":
+                deadline = time.monotonic() + 60
+                while api.call("GET", f"/api/v1/sandboxes/{sid}/events")[-1]["kind"] != "paused-to-disk":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the pause did not leave memory")
+                    time.sleep(0.1)
+            t0 = time.monotonic()
+            r = api.call("POST", f"/api/v1/sandboxes/{sid}/resume", {})
+            answer = api.answer(sid, "x")
+            out[tier].append((time.monotonic() - t0) * 1000)
+            want = "thawed" if tier == "resume_from_memory" else "restored"
+            if r["resumed"] != want or answer != "41":
+                raise RuntimeError(f"{tier}: resumed {r['resumed']}, x = {answer!r}")
+    return out
+
+
 def main() -> int:
     a = parse_args()
     if os.geteuid() != 0:
@@ -148,7 +176,9 @@ def main() -> int:
     started_at = common.now_iso()
     state = common.make_state_dir("coppice-rig-")
     log_path = state.parent / f"{state.name}.log"
-    daemon = Daemon(binary, state / "state", 0, False, log_path)
+    config = state / "coppice.toml"
+    config.write_text("pause_in_memory_secs = 1\n")
+    daemon = Daemon(binary, state / "state", 0, False, log_path, config=config)
     ok = False
     try:
         daemon.start()
@@ -179,6 +209,8 @@ def main() -> int:
             print(f"{n} forks until every kernel answers x ...", flush=True)
             fans[n] = forks_until_answer(api, snap, n)
         api.call("DELETE", f"/api/v1/snapshots/{snap}")
+        print("pause tiers: pause, resume from memory, resume from disk ...", flush=True)
+        tiers = pause_tiers(api, parent, a.samples)
         ok = True
     finally:
         daemon.stop()
@@ -210,6 +242,10 @@ def main() -> int:
             f"host_memory_per_fork_of_{n}", f["memavailable_per_fork"] / mib, "MiB",
             {"name": "the sandbox's memory (cgroup charge)", "value": (kernel_bytes or 0) / mib},
             cgroup_per_fork_mib=round((f["cgroup_per_fork"] or 0) / mib, 2)))
+    for name, values in tiers.items():
+        metrics.append(common.metric(f"{name}_p50", sorted(values)[len(values) // 2], "ms",
+                                     None if name == "pause" else ref,
+                                     samples_ms=[round(x, 1) for x in values]))
     fork1 = fans[1]["wall_s"] * 1000
     speedup = cold_ms / fork1 if fork1 else None
     print()

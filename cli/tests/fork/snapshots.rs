@@ -371,6 +371,10 @@ fn restore_rolls_a_sandbox_back_in_place() {
     ]);
     assert_eq!(sbx.sh_ok("cat /home/user/file"), "v3\n");
 
+    // Its services answer at its address at once (the host's neighbour entry for its IP
+    // still holds: the restarted eth0 has the slot's MAC).
+    assert_eq!(serves_at(&sbx, 8000), "v3\n");
+
     // Only its own snapshots: another sandbox's is refused, and that sandbox is untouched.
     let other = create(&[]);
     let out = cli(&["sandbox", "restore", &other.id, snap_id]);
@@ -380,4 +384,84 @@ fn restore_rolls_a_sandbox_back_in_place() {
         "{out:?}"
     );
     assert_eq!(other.sh_ok("echo alive"), "alive\n");
+}
+
+/// Starts a web server in the sandbox's /home/user and fetches `file` from the host at the
+/// sandbox's address (10 s at most).
+fn serves_at(sbx: &Sandbox, port: u16) -> String {
+    sbx.sh_ok(&format!(
+        "cd /home/user && (nohup python3 -m http.server {port} >/dev/null 2>&1 &); \
+         for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done"
+    ));
+    let ip = sbx.info()["ip"].as_str().unwrap().to_string();
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .expect("connecting to the sandbox's address");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .expect("the sandbox's server answers");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn pause_keeps_memory_or_files_and_resume_brings_it_back() {
+    let Some(_g) = shared() else { return };
+    let sbx = create(&[]);
+    sbx.sh_ok("echo kept > /home/user/file");
+    let pid = sbx.info()["pid"].clone();
+
+    // A memory pause: frozen; a resume is a thaw of the same processes.
+    let paused: Value =
+        serde_json::from_str(&cli_ok(&["sandbox", "pause", &sbx.id, "--json"])).unwrap();
+    assert_eq!(paused["state"], "paused");
+    let again = cli(&["sandbox", "pause", &sbx.id]);
+    assert!(
+        again.code != 0 && again.stderr.contains("already paused"),
+        "{again:?}"
+    );
+    assert!(sbx.sh("true").code != 0, "a paused sandbox runs nothing");
+    let back: Value =
+        serde_json::from_str(&cli_ok(&["sandbox", "resume", &sbx.id, "--json"])).unwrap();
+    assert_eq!(back["resumed"], "thawed");
+    assert_eq!(back["pid"], pid);
+    let running: Value =
+        serde_json::from_str(&cli_ok(&["sandbox", "resume", &sbx.id, "--json"])).unwrap();
+    assert_eq!(running["resumed"], "was_running");
+
+    // A filesystem pause: the processes stop; a resume boots afresh on the same files, at
+    // the same address.
+    cli_ok(&["sandbox", "pause", &sbx.id, "--filesystem"]);
+    assert!(
+        eventually(Duration::from_secs(10), || cgroup_dirs(&sbx.id).is_empty()),
+        "a filesystem pause keeps no processes"
+    );
+    let back: Value =
+        serde_json::from_str(&cli_ok(&["sandbox", "resume", &sbx.id, "--json"])).unwrap();
+    assert_eq!(back["resumed"], "restored");
+    assert_ne!(back["pid"], pid);
+    assert_eq!(back["ip"], sbx.info()["ip"]);
+    assert_eq!(sbx.sh_ok("cat /home/user/file"), "kept\n");
+    assert_eq!(serves_at(&sbx, 8001), "kept\n");
+
+    let events: Value =
+        serde_json::from_str(&cli_ok(&["sandbox", "events", &sbx.id, "--json"])).unwrap();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| matches!(*k, "paused" | "resumed"))
+        .collect();
+    assert_eq!(kinds, ["paused", "resumed", "paused", "resumed"]);
+
+    // Bad input: an unknown sandbox.
+    for verb in ["pause", "resume"] {
+        let out = cli(&["sandbox", verb, "nosuchsandbox"]);
+        assert!(
+            out.code != 0 && out.stderr.contains("nosuchsandbox"),
+            "{out:?}"
+        );
+    }
 }

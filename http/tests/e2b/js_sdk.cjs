@@ -88,6 +88,14 @@ async function main() {
       const m = await sbx.getMetrics()
       assert.ok(m.length === 1 && m[0].memUsed > 0)
     })
+    await step('pause keepMemory false: files kept, processes boot afresh', async () => {
+      const h = await sbx.commands.run('sleep 600', { background: true })
+      assert.equal(await sbx.pause({ keepMemory: false }), true)
+      const back = await Sandbox.connect(sbx.sandboxId)
+      assert.equal(await back.files.read('kept.txt'), 'kept')
+      const pids = (await back.commands.list()).map((p) => p.pid)
+      assert.ok(!pids.includes(h.pid), JSON.stringify(pids))
+    })
   } finally {
     await sbx.kill()
   }

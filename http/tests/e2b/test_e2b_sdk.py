@@ -533,6 +533,12 @@ def test_async_client(daemon):
             assert await s.pause() is True
             s2 = await AsyncSandbox.connect(s.sandbox_id)
             assert await s2.files.read("async.txt") == "async data"
+            # A filesystem pause: the files stay, the processes boot afresh.
+            h = await s2.commands.run("sleep 600", background=True)
+            assert await s2.pause(mode="filesystem") is True
+            s3 = await AsyncSandbox.connect(s.sandbox_id)
+            assert await s3.files.read("async.txt") == "async data"
+            assert h.pid not in [p.pid for p in await s3.commands.list()]
             lst = await AsyncSandbox.list(query=SandboxQuery(metadata={})).next_items()
             assert s.sandbox_id in [i.sandbox_id for i in lst]
         finally:

@@ -56,6 +56,8 @@ impl Runtime {
                 r.state == SandboxState::Running
                     && !r.pooled
                     && !self.teardowns.active(&r.id)
+                    // A memory snapshot's CRIU traces and stops its processes for a moment.
+                    && !self.snap.is_busy(&r.id)
                     && self.backend.alive(r)
             })
             .map(|rec| async move {

@@ -205,6 +205,20 @@ def test_restore_in_place_resumes_the_snapshots_processes(daemon):
     api.call("DELETE", f"/api/v1/snapshots/{snap['snapshot_id']}", expect=204)
 
 
+def test_a_memory_fork_is_memory_snapshotted_and_forked_in_turn(daemon):
+    api = Client(daemon)
+    sid = api.create()["id"]
+    assert api.run_code(sid, "g = 1\ng") == "1"
+    first = api.fork(api.memory_snapshot(sid)["snapshot_id"], 1)["forks"][0]["sandbox"]
+    assert api.run_code(first["id"], "g = g + 1\ng") == "2"
+    # The fork's processes were restored by CRIU (their memory maps belong to it): they are
+    # dumped again all the same, and their fork resumes them.
+    second = api.fork(api.memory_snapshot(first["id"])["snapshot_id"], 1)["forks"][0]["sandbox"]
+    assert api.run_code(second["id"], "g + 1") == "3"
+    for s in (second["id"], first["id"], sid):
+        api.call("DELETE", f"/api/v1/sandboxes/{s}", expect=204)
+
+
 def test_a_tree_criu_cannot_dump_fails_with_its_reason_and_keeps_running(daemon):
     api = Client(daemon)
     sid = api.create()["id"]

@@ -292,6 +292,14 @@ impl SnapState {
         }
     }
 
+    /// Whether a snapshot or restore of `sandbox` is under way (CRIU may be tracing it).
+    pub(in crate::manager) fn is_busy(&self, sandbox: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(sandbox)
+    }
+
     fn busy(&self, sandbox: &str, what: &str) -> Result<Busy<'_>> {
         if !self
             .busy
