@@ -1,6 +1,7 @@
 //! Daemon configuration: an embedded default that works with no file, overridable by a TOML
 //! file and by flags.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,10 @@ pub struct Config {
     /// before its processes are stopped and a resume restores its on-disk checkpoint
     /// (docs/decisions/0013-durable-pause.md). Only where the pause has a checkpoint (CRIU).
     pub pause_in_memory_secs: u64,
+    /// `[warm]`: templates whose new sandboxes resume a checkpoint taken after this Python
+    /// code ran in their default kernel, e.g. `default = "import pandas, numpy"`
+    /// (docs/decisions/0014-warm-checkpoints.md). Needs CRIU.
+    pub warm: BTreeMap<String, String>,
     /// Nameserver the sandboxes' DNS resolver forwards to ("10.255.255.53" or
     /// "198.51.100.251:53"); unset: the first nameserver of the host's /etc/resolv.conf.
     pub dns_upstream: Option<String>,
@@ -210,6 +215,7 @@ impl Default for Config {
             no_new_privs: false,
             agent_deadline_secs: 30,
             pause_in_memory_secs: 600,
+            warm: BTreeMap::new(),
             dns_upstream: None,
             linux: LinuxConfig::default(),
             listener: ListenerConfig::default(),

@@ -224,6 +224,7 @@ impl Runtime {
         let rt = self.clone();
         tokio::spawn(async move {
             loop {
+                rt.ensure_warm_checkpoints().await;
                 rt.fill_pools().await;
                 if tokio::time::timeout(Duration::from_secs(5), rt.refill.notified())
                     .await
@@ -315,13 +316,13 @@ impl Runtime {
                         if let Ok(Some(rec)) = self.store.get(&id) {
                             self.destroy(rec).await.ok();
                         }
-                        self.start_new(&template, limits, &req, timeout, false, None)
+                        self.start_fresh(&template, limits, &req, timeout, false)
                             .await?
                     }
                 }
             }
             None => {
-                self.start_new(&template, limits, &req, timeout, false, None)
+                self.start_fresh(&template, limits, &req, timeout, false)
                     .await?
             }
         };

@@ -214,9 +214,13 @@ impl LinuxBackend {
         }
         write_identity(&fs_dir.join("upper"), &rec.hostname, &rec.id)?;
         let cg = self.cgroups.create(&rec.id)?;
+        let snapshot_dir = resume.as_ref().map(|(d, _)| d.clone());
         let result = self
             .start_in(rec, template, &fs_dir, &cg, no_new_privs, resume)
             .await;
+        if let Some(d) = snapshot_dir {
+            super::memory::remove_images_view(&d, &rec.id);
+        }
         if result.is_err() {
             self.destroy(rec).await;
         }
@@ -286,8 +290,6 @@ impl LinuxBackend {
             restore: None,
         };
         if let Some((images, info)) = &resume {
-            // CRIU recreates the user namespace with the snapshot's map.
-            plan.id_base = info.id_base;
             plan.restore = Some(super::memory::restore_plan(
                 &plan,
                 &self.criu_binary(),

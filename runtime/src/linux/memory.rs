@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::spawn::{
-    EXTERNAL_MOUNTS, InheritKeys, RestorePlan, SpawnPlan, TMPFS_TREES, criu_restore_args,
+    EXTERNAL_MOUNTS, IdShift, InheritKeys, RestorePlan, SpawnPlan, TMPFS_TREES, criu_restore_args,
     external_tree,
 };
 use crate::error::{Error, IoContext, Result};
@@ -323,6 +323,22 @@ pub fn read_info(dir: &Path, agent_binary: &Path) -> Result<DumpInfo> {
 
 /// The restore part of a fork's spawn plan: `plan` resumes the snapshot in `dir`, with CRIU's
 /// log and pid file in `work` (made here).
+/// Where a fork in another uid range reads the images of snapshot directory `dir` from
+/// (removed once it has started: [`remove_images_view`]).
+fn images_view(dir: &Path, sandbox: &str) -> PathBuf {
+    dir.join("views").join(sandbox)
+}
+
+/// Removes the images view a restore of `sandbox` from snapshot directory `dir` used.
+pub fn remove_images_view(dir: &Path, sandbox: &str) {
+    let view = images_view(dir, sandbox);
+    if let Err(e) = std::fs::remove_dir_all(&view)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("removing {}: {e}", view.display());
+    }
+}
+
 pub fn restore_plan(
     plan: &SpawnPlan,
     criu: &Path,
@@ -333,9 +349,24 @@ pub fn restore_plan(
 ) -> Result<RestorePlan> {
     std::fs::create_dir_all(work).ctx(|| format!("creating {}", work.display()))?;
     let tree = external_tree(&plan.stage_dir);
+    // A fork in another uid range than the snapshot's: CRIU reads a view of the images with
+    // the host ids moved to the fork's range (linux/criu_ids.rs).
+    let owner_shift = (info.id_base != plan.id_base).then_some(IdShift {
+        from: info.id_base,
+        to: plan.id_base,
+        count: plan.id_count,
+    });
+    let images = match &owner_shift {
+        Some(shift) => {
+            let view = images_view(dir, &plan.id);
+            super::criu_ids::shifted_images(&dir.join("images"), &view, shift)?;
+            view
+        }
+        None => dir.join("images"),
+    };
     Ok(RestorePlan {
         criu: criu.to_path_buf(),
-        args: criu_restore_args(plan, &dir.join("images"), work, &info.keys),
+        args: criu_restore_args(plan, &images, work, &info.keys),
         tmpfs_copies: TMPFS_TREES
             .iter()
             .map(|(name, at)| {
@@ -349,5 +380,6 @@ pub fn restore_plan(
         log: work.join("restore.log"),
         kdat_cache: kdat_dir.join("criu.kdat"),
         dead_connections: info.keys.connections.len(),
+        owner_shift,
     })
 }

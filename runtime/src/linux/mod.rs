@@ -7,6 +7,7 @@ pub mod btrfs_quota;
 pub mod cgroup;
 mod compute;
 pub mod criu;
+mod criu_ids;
 pub mod dns;
 pub mod domains;
 mod identity;

@@ -24,7 +24,7 @@ impl Runtime {
                 let req = CreateRequest::default();
                 let limits = self.cfg.default_limits.clone();
                 match self
-                    .start_new(&template, limits, &req, Duration::from_secs(1), true, None)
+                    .start_fresh(&template, limits, &req, Duration::from_secs(1), true)
                     .await
                 {
                     Ok(rec) => {

@@ -12,7 +12,8 @@ Pause (docs/decisions/0013-durable-pause.md): a memory pause resumes from memory
 paused past `pause_in_memory_secs` its processes leave memory and a resume restores them from
 the checkpoint; a memory pause survives `kill -9` of the daemon together with the loss of its
 processes (as in a host reboot); a filesystem pause stops the processes and a resume boots
-afresh on the kept files.
+afresh on the kept files. A template warmed by the config (`[warm]`) starts every sandbox
+from a checkpoint whose kernel already ran the warm code; each fork has its own uid range.
 
 Needs root and CRIU (scripts/install-criu.sh, run by setup.sh). `COPPICE_BIN` picks the binary.
 """
@@ -105,6 +106,12 @@ class Client:
         return self.call("POST", f"/api/v1/snapshots/{snap}/fork", {"count": count}, expect=200)[1]
 
 
+def host_uid(pid: int) -> int:
+    """The host uid of a sandbox's agent (its uid range's first id)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+
+
 @pytest.fixture(scope="module")
 def daemon():
     tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-"))
@@ -150,6 +157,8 @@ def test_forks_resume_kernel_processes_and_listeners(daemon):
     assert len({f["ip"] for f in forks} | {parent["ip"]}) == 11, "forks share an address"
     assert len({f["hostname"] for f in forks} | {parent["hostname"]}) == 11
 
+    # Each fork in a host uid range of its own.
+    assert len({host_uid(f["pid"]) for f in forks} | {host_uid(parent["pid"])}) == 11
     for f in forks:
         # The kernel's variable, intact.
         assert api.run_code(f["id"], "x + 1") == "42", f
@@ -370,6 +379,46 @@ def test_a_filesystem_pause_stops_processes_and_boots_afresh_on_the_files(daemon
     out = c.getresponse().read().decode()
     assert "NameError" in out, out
     api.call("DELETE", f"/api/v1/sandboxes/{sid}", expect=204)
+
+
+def test_a_warm_template_starts_with_its_kernel_prepared(daemon):
+    # This module's daemon stops first: one daemon per host.
+    daemon.stop()
+    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-warm-"))
+    config = tmp / "coppice.toml"
+    config.write_text('[warm]\ndefault = "import json\\nwarm_marker = 6 * 7"\n')
+    d = start(tmp, config=config)
+    try:
+        api = Client(d)
+        # The daemon makes the checkpoint in the background once it is up.
+        deadline = time.monotonic() + 120
+        while not [s for s in api.call("GET", "/api/v1/snapshots", expect=200)[1]
+                   if s["metadata"].get("coppice.implicit") == "warm"]:
+            assert time.monotonic() < deadline, d.log_tail()
+            time.sleep(0.3)
+        warm = [s for s in api.call("GET", "/api/v1/snapshots", expect=200)[1]
+                if s["metadata"].get("coppice.implicit") == "warm"][0]
+        a, b = api.create(), api.create()
+        # The kernel ran the warm code before either was asked anything.
+        for sbx in (a, b):
+            assert api.run_code(sbx["id"], "warm_marker") == "42"
+        assert api.run_code(a["id"], "warm_marker = 0\nwarm_marker") == "0"
+        assert api.run_code(b["id"], "warm_marker") == "42"
+        # Each is a sandbox of its own: address, hostname, uid range, boot.
+        assert a["ip"] != b["ip"] and a["hostname"] != b["hostname"]
+        assert api.sh(a["id"], "hostname").strip() == a["hostname"]
+        assert host_uid(a["pid"]) != host_uid(b["pid"])
+        boot = "cat /proc/sys/kernel/random/boot_id"
+        assert api.sh(a["id"], boot) != api.sh(b["id"], boot)
+        lineage = api.call("GET", f"/api/v1/lineage/{a['id']}", expect=200)[1]
+        assert lineage["node"]["parent"] == warm["snapshot_id"], lineage
+        # The checkpoint stays while the daemon warms the template.
+        status, _ = api.call("DELETE", f"/api/v1/snapshots/{warm['snapshot_id']}")
+        assert status == 400, "deleted while sandboxes stand on it"
+    finally:
+        d.stop()
+        d.cleanup()
+        daemon.start()
 
 
 def test_without_criu_a_memory_snapshot_is_refused_with_the_reason(daemon):

@@ -283,6 +283,7 @@ pub(super) fn run_step(step: &Step, held: &mut Held) -> Result<(), String> {
         | Step::OwnLog(_)
         | Step::UsernsForIdmap
         | Step::CopyTree { .. }
+        | Step::ShiftOwners { .. }
         | Step::JoinCgroupSelf(_)
         | Step::KeepKdat { .. }
         | Step::Criu

@@ -27,7 +27,7 @@ mod sys;
 
 pub use exec::execute;
 pub use plan::{
-    DEVICES, EXTERNAL_MOUNTS, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, RestorePlan,
+    DEVICES, EXTERNAL_MOUNTS, IdShift, MASKED_DIRS, MASKED_FILES, READONLY_PATHS, RestorePlan,
     SYS_DEVICES_KEPT, SpawnPlan, SpawnResult, TMPFS_TREES,
 };
 pub use restore::{InheritKeys, criu_restore_args, external_tree, restore_steps};

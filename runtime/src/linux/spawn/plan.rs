@@ -76,6 +76,31 @@ pub struct RestorePlan {
     /// Connections the agent held when the snapshot was taken: each gets one end of a fresh
     /// socket pair whose other end is closed at once, so the agent reads EOF and drops it.
     pub dead_connections: usize,
+    /// A fork in another uid range than its snapshot's: the tmpfs copies' owners move to it.
+    #[serde(default)]
+    pub owner_shift: Option<IdShift>,
+}
+
+/// Host ids `from..from+count` become `to..to+count` (a memory fork in its own uid range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdShift {
+    /// First host id of the snapshot's range.
+    pub from: u32,
+    /// First host id of the fork's range.
+    pub to: u32,
+    /// Ids in a range.
+    pub count: u32,
+}
+
+impl IdShift {
+    /// `id` moved into the new range (ids outside the old one are left as they are).
+    pub fn map(&self, id: u32) -> u32 {
+        if id >= self.from && id - self.from < self.count {
+            id - self.from + self.to
+        } else {
+            id
+        }
+    }
 }
 
 /// Descriptor numbers the helper hands CRIU for `--inherit-fd`: the fork's agent socket,

@@ -74,6 +74,12 @@ pub fn restore_steps(plan: &SpawnPlan, restore: &RestorePlan) -> Vec<Step> {
             from: from.clone(),
             to: to.clone(),
         });
+        if let Some(shift) = restore.owner_shift {
+            out.push(Step::ShiftOwners {
+                path: to.clone(),
+                shift,
+            });
+        }
     }
     let kdat = PathBuf::from("/run/criu.kdat");
     out.push(Step::CopyTree {

@@ -30,6 +30,7 @@ pub fn execute_restore(plan: &SpawnPlan, restore: &RestorePlan) -> Result<SpawnR
                     .map_err(|e| format!("chown of the agent log: {e}"))
             }
             Step::CopyTree { from, to } => copy_tree(from, to),
+            Step::ShiftOwners { path, shift } => shift_owners(path, shift),
             Step::JoinCgroupSelf(procs) => write_file(procs, &std::process::id().to_string()),
             Step::KeepKdat { from, to } => {
                 keep_kdat(from, to);
@@ -125,6 +126,36 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
             to.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
+    }
+    Ok(())
+}
+
+/// Gives every file under `path` (not following symlinks) owned by an id of the old range
+/// the same id of the new one.
+fn shift_owners(path: &Path, shift: &super::plan::IdShift) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let (uid, gid) = (shift.map(meta.uid()), shift.map(meta.gid()));
+    if (uid, gid) != (meta.uid(), meta.gid()) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        // chown drops setuid/setgid bits: put the mode back.
+        if !meta.file_type().is_symlink() && meta.mode() & 0o6000 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        }
+    }
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+            shift_owners(&entry.path(), shift)?;
+        }
     }
     Ok(())
 }

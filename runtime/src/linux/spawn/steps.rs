@@ -171,6 +171,14 @@ pub enum Step {
         /// Where its content goes.
         to: PathBuf,
     },
+    /// Restore, helper: files under `path` owned by ids of `shift`'s old range are given to
+    /// the same ids of its new one.
+    ShiftOwners {
+        /// The tree (a tmpfs copy).
+        path: PathBuf,
+        /// Old range to new.
+        shift: super::plan::IdShift,
+    },
     /// Restore, helper: keep CRIU's kernel-feature cache at `to` unless one is there already
     /// (written aside and renamed, so a concurrent reader never sees half of it).
     KeepKdat {
@@ -703,6 +711,14 @@ fn line(step: &Step) -> String {
         Step::OwnLog(id) => format!("chown log {id}:{id}"),
         Step::UsernsForIdmap => "clone user (for the idmapped mounts)".into(),
         Step::CopyTree { from, to } => format!("copy {} into {} (if it exists)", p(from), p(to)),
+        Step::ShiftOwners { path, shift } => format!(
+            "chown under {}: ids {}+{} to {}+{}",
+            p(path),
+            shift.from,
+            shift.count,
+            shift.to,
+            shift.count
+        ),
         Step::JoinCgroupSelf(path) => format!("join cgroup (self) {}", p(path)),
         Step::KeepKdat { from, to } => format!("keep {} as {} (if none yet)", p(from), p(to)),
         Step::Criu => "criu restore; wait for it; read the pid file".into(),

@@ -101,6 +101,12 @@ fn a_fixed_record_resumes_in_this_order() {
         log: "/s/criu/restore.log".into(),
         kdat_cache: "/s/kdat/criu.kdat".into(),
         dead_connections: 1,
+        // A fork in another uid range than its snapshot's.
+        owner_shift: Some(crate::linux::spawn::IdShift {
+            from: 100_000,
+            to: p.id_base,
+            count: p.id_count,
+        }),
     };
     let got = format!(
         "{}criu {}\n",

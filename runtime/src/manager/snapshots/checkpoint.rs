@@ -28,6 +28,7 @@ impl Runtime {
         let how = Taking {
             implicit: Some((&id, "pause")),
             stay_frozen: true,
+            internal: false,
         };
         let snap = self.take_snapshot(sandbox_id, req, how).await?;
         let c = Checkpoint {

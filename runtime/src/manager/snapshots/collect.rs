@@ -34,6 +34,7 @@ impl Runtime {
                     // A pause pins its checkpoint until it is recorded, so both are read here.
                     let pins = self.snap.pins.lock().unwrap_or_else(|e| e.into_inner());
                     !pins.contains_key(&s.id)
+                        && !self.is_current_warm(s)
                         && matches!(self.store.checkpoint_snapshots(), Ok(c) if !c.contains(&s.id))
                         && matches!(self.store.snapshot_dependants(&s.id),
                                     Ok((a, b)) if a.is_empty() && b.is_empty())

@@ -40,7 +40,7 @@ impl Runtime {
             ForkSource::Sandbox(id) => {
                 let how = Taking {
                     implicit: Some((&implicit_id, "fork")),
-                    stay_frozen: false,
+                    ..Default::default()
                 };
                 let s = self
                     .take_snapshot(id, SnapshotRequest::default(), how)

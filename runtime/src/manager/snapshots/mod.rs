@@ -22,6 +22,7 @@ mod fork;
 mod lineage;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -327,6 +328,8 @@ struct Taking<'a> {
     /// Leave the sandbox frozen once it is taken (a pause's checkpoint); on failure it is
     /// thawed all the same.
     stay_frozen: bool,
+    /// Of a sandbox callers do not see (the daemon's own: a warm checkpoint's).
+    internal: bool,
 }
 
 fn backend_queue_size(snap: &SnapState, id: &str, layer: PathBuf) {
@@ -388,7 +391,13 @@ impl Runtime {
         if let Some(name) = &req.name {
             validate_snapshot_name(name)?;
         }
-        let sbx = self.record(sandbox_id)?;
+        let sbx = match how.internal {
+            true => self
+                .store
+                .get(sandbox_id)?
+                .ok_or_else(|| Error::SandboxNotFound(sandbox_id.to_string()))?,
+            false => self.record(sandbox_id)?,
+        };
         if sbx.state != SandboxState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "sandbox '{sandbox_id}' is {}, only a running sandbox can be snapshotted",
