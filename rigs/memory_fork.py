@@ -9,6 +9,8 @@
 - Pause tiers (decision 0013) of the same sandbox: a memory pause (freeze + checkpoint to
   disk); a resume from memory (a thaw) until the kernel answers `x`; and, once the pause has
   left memory (`pause_in_memory_secs = 1` here), a resume from the checkpoint until it answers.
+- A checkpoint-warmed template (decision 0014; a second daemon with `[warm] default = ...` the
+  same imports and `x`): create until the first run_code answers `x`, unpooled.
 - Reference: the cold path to the same state: create a sandbox, start its kernel, import
   pandas and numpy, set `x`, until it answers.
 
@@ -140,6 +142,25 @@ def forks_until_answer(api: Client, snap: str, n: int) -> dict:
     return out
 
 
+def warm_creates(api: Client, samples: int) -> list[float]:
+    """Milliseconds from create to `x` answered on a warm template (once its checkpoint is made)."""
+    deadline = time.monotonic() + 300
+    while not [s for s in api.call("GET", "/api/v1/snapshots")
+               if s["metadata"].get("coppice.implicit") == "warm"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no warm checkpoint within 300 s")
+        time.sleep(0.2)
+    out = []
+    for _ in range(samples):
+        t0 = time.monotonic()
+        sid = api.call("POST", "/api/v1/sandboxes", {"timeout_secs": 900})["id"]
+        if api.answer(sid, "x") != "41":
+            raise RuntimeError("the warm kernel did not answer x")
+        out.append((time.monotonic() - t0) * 1000)
+        api.call("DELETE", f"/api/v1/sandboxes/{sid}", ok=(204, 404))
+    return out
+
+
 def pause_tiers(api: Client, sid: str, samples: int) -> dict[str, list[float]]:
     """Milliseconds of: the pause call; a resume from memory until the kernel answers; a
     resume from the on-disk checkpoint (after the pause left memory) until it answers."""
@@ -211,6 +232,13 @@ def main() -> int:
         api.call("DELETE", f"/api/v1/snapshots/{snap}")
         print("pause tiers: pause, resume from memory, resume from disk ...", flush=True)
         tiers = pause_tiers(api, parent, a.samples)
+        daemon.stop()
+        daemon.cleanup()
+        print("warm template: create until run_code answers x ...", flush=True)
+        config.write_text(f"[warm]\ndefault = {json.dumps(WARM)}\n")
+        daemon = Daemon(binary, state / "state", 0, False, log_path, config=config)
+        daemon.start()
+        warm = warm_creates(Client(daemon.port), a.samples)
         ok = True
     finally:
         daemon.stop()
@@ -246,6 +274,8 @@ def main() -> int:
         metrics.append(common.metric(f"{name}_p50", sorted(values)[len(values) // 2], "ms",
                                      None if name == "pause" else ref,
                                      samples_ms=[round(x, 1) for x in values]))
+    metrics.append(common.metric("warm_template_create_until_x_p50", sorted(warm)[len(warm) // 2], "ms",
+                                 ref, samples_ms=[round(x, 1) for x in warm]))
     fork1 = fans[1]["wall_s"] * 1000
     speedup = cold_ms / fork1 if fork1 else None
     print()
