@@ -73,6 +73,24 @@ async function main() {
       await w.stop()
       assert.ok(seen.includes('n.txt'), JSON.stringify(seen))
     })
+    await step('watchDir recursive: envd events in nested directories', async () => {
+      await sbx.files.makeDir('jr/a')
+      const seen = new Set()
+      const w = await sbx.files.watchDir('jr', (e) => seen.add(`${e.name} ${e.type}`), { recursive: true })
+      const expect = async (want) => {
+        for (let i = 0; i < 100 && !want.every((x) => seen.has(x)); i++) await new Promise((r) => setTimeout(r, 50))
+        assert.ok(want.every((x) => seen.has(x)), `${JSON.stringify(want)} in ${JSON.stringify([...seen])}`)
+      }
+      await sbx.files.makeDir('jr/a/b')
+      await expect(['a/b create', 'a/b chmod'])
+      await sbx.files.write('jr/a/b/f.txt', 'data')
+      await expect(['a/b/f.txt create', 'a/b/f.txt chmod', 'a/b/f.txt write'])
+      await sbx.files.rename('jr/a/b/f.txt', 'jr/a/g.txt')
+      await expect(['a/b/f.txt rename', 'a/g.txt create'])
+      await sbx.files.remove('jr/a/g.txt')
+      await expect(['a/g.txt remove'])
+      await w.stop()
+    })
     await step('lifecycle: info, list, timeout, pause/connect, metrics', async () => {
       const info = await sbx.getInfo()
       assert.equal(info.sandboxId, sbx.sandboxId)

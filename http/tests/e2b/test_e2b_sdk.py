@@ -498,6 +498,68 @@ def test_watch_dir_sync(sbx):
     assert any(e.name == "new.txt" for e in events)
 
 
+NESTED_EVENTS = [
+    # (what the SDK call does, the events envd reports for it)
+    ("make_dir", "rw/a/b", [("a/b", "CREATE"), ("a/b", "CHMOD")]),
+    ("write", "rw/a/b/f.txt", [("a/b/f.txt", "CREATE"), ("a/b/f.txt", "CHMOD"), ("a/b/f.txt", "WRITE")]),
+    ("rename", "rw/a/b/f.txt", [("a/b/f.txt", "RENAME"), ("a/g.txt", "CREATE")]),
+    ("remove", "rw/a/g.txt", [("a/g.txt", "REMOVE")]),
+]
+
+
+def nested_steps(files):
+    """The calls of NESTED_EVENTS on a (sync) files API."""
+    return {
+        "make_dir": lambda p: files.make_dir(p),
+        "write": lambda p: files.write(p, "data"),
+        "rename": lambda p: files.rename(p, "rw/a/g.txt"),
+        "remove": lambda p: files.remove(p),
+    }
+
+
+def test_watch_dir_recursive_reports_envd_events_in_nested_directories(sbx):
+    sbx.files.make_dir("rw/a")
+    handle = sbx.files.watch_dir("rw", recursive=True)
+    steps = nested_steps(sbx.files)
+    seen: set[tuple[str, str]] = set()
+    for call, path, want in NESTED_EVENTS:
+        steps[call](path)
+        deadline = time.monotonic() + 10
+        while not set(want) <= seen and time.monotonic() < deadline:
+            seen |= {(e.name, e.type.name) for e in handle.get_new_events()}
+            time.sleep(0.05)
+        assert set(want) <= seen, (call, want, seen)
+    handle.stop()
+
+
+def test_watch_dir_recursive_stream_reports_envd_events_in_nested_directories(daemon):
+    async def main():
+        s = await AsyncSandbox.create(timeout=60)
+        try:
+            await s.files.make_dir("rw/a")
+            seen: set[tuple[str, str]] = set()
+            handle = await s.files.watch_dir("rw", on_event=lambda e: seen.add((e.name, e.type.name)),
+                                             recursive=True)
+            steps = {
+                "make_dir": lambda p: s.files.make_dir(p),
+                "write": lambda p: s.files.write(p, "data"),
+                "rename": lambda p: s.files.rename(p, "rw/a/g.txt"),
+                "remove": lambda p: s.files.remove(p),
+            }
+            for call, path, want in NESTED_EVENTS:
+                await steps[call](path)
+                for _ in range(200):
+                    if set(want) <= seen:
+                        break
+                    await asyncio.sleep(0.05)
+                assert set(want) <= seen, (call, want, seen)
+            await handle.stop()
+        finally:
+            await s.kill()
+
+    asyncio.run(main())
+
+
 def test_large_upload_download(sbx):
     data = os.urandom(50 * 1024 * 1024)
     sbx.files.write("big.bin", data)
@@ -545,6 +607,58 @@ def test_async_client(daemon):
             assert await s.kill() is True
         with pytest.raises(SandboxNotFoundException):
             await AsyncSandbox.get_info(s.sandbox_id)
+
+    asyncio.run(main())
+
+
+def test_async_sdk_fidelity(daemon):
+    """The fidelity items through the async SDK: newest first, directory size, signed URLs,
+    metadata, pause kinds with set_timeout(0), boot ids, autoResume, `python`, and a resume of
+    a sandbox killed meanwhile."""
+    async def main():
+        tag = uuid.uuid4().hex
+        a = await AsyncSandbox.create(timeout=120, metadata={"afid": tag})
+        b = await AsyncSandbox.create(timeout=120, metadata={"afid": tag},
+                                      lifecycle={"on_timeout": "pause", "auto_resume": True})
+        try:
+            first = await AsyncSandbox.list(query=SandboxQuery(metadata={"afid": tag}), limit=1).next_items()
+            assert [i.sandbox_id for i in first] == [b.sandbox_id], "newest first"
+            await a.files.make_dir("d")
+            for i in range(20):
+                await a.files.write(f"d/long-file-name-{i}.txt", "x")
+            size = int((await a.commands.run("stat -c %s d")).stdout)
+            assert (await a.files.get_info("d")).size == size > 0
+            await a.files.write("m.txt", "1", metadata={"k": "v"})
+            assert (await a.files.get_info("m.txt")).metadata == {"k": "v"}
+            await a.files.write("m.txt", "2")
+            assert not (await a.files.get_info("m.txt")).metadata
+            url = a.download_url("m.txt")
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(url)).text == "2"
+                assert (await c.get(url.replace("m.txt", "d"))).status_code == 401
+            assert (await a.commands.run("python -c 'print(6*7)'")).stdout == "42\n"
+            boot = (await a.commands.run("cat /proc/sys/kernel/random/boot_id")).stdout
+            assert boot != (await b.commands.run("cat /proc/sys/kernel/random/boot_id")).stdout
+            # set_timeout(0) pauses b (its timeout pauses); traffic (an SDK call) resumes it.
+            await b.set_timeout(0)
+            assert (await AsyncSandbox.get_info(b.sandbox_id)).state == SandboxState.PAUSED
+            assert (await b.commands.run("echo back")).stdout == "back\n"
+            assert (await AsyncSandbox.get_info(b.sandbox_id)).state == SandboxState.RUNNING
+            # A filesystem pause of a: its resume boots afresh (a new boot id).
+            assert await a.pause(mode="filesystem") is True
+            a2 = await AsyncSandbox.connect(a.sandbox_id, timeout=60)
+            assert (await a2.commands.run("cat /proc/sys/kernel/random/boot_id")).stdout != boot
+            # Resuming a sandbox killed meanwhile: not found.
+            assert await a2.pause() is True
+            await AsyncSandbox.kill(a.sandbox_id)
+            with pytest.raises(SandboxNotFoundException):
+                await AsyncSandbox.connect(a.sandbox_id, timeout=60)
+        finally:
+            for s in (a, b):
+                try:
+                    await AsyncSandbox.kill(s.sandbox_id)
+                except SandboxException:
+                    pass
 
     asyncio.run(main())
 

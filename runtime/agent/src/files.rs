@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::env::Env;
-use crate::filesystem::{FsCreds, caller, create_dirs, entry, run_as};
+use crate::filesystem::{FsCreds, caller, chown_like_envd, create_dirs, entry, run_as};
 
 /// Read size for downloads: large enough for throughput, small against the agent's RSS.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
@@ -315,9 +315,10 @@ where
 {
     let p = path.to_path_buf();
     let md = metadata.clone();
+    let owner = creds.clone();
     let file = run_as(creds.clone(), move || {
         if let Some(parent) = p.parent() {
-            create_dirs(parent)?;
+            create_dirs(parent, &owner)?;
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -326,6 +327,7 @@ where
             .mode(0o666)
             .open(&p)
             .map_err(|e| ConnectError::from_io(&e, &format!("opening '{}'", p.display())))?;
+        chown_like_envd(&p, &owner);
         if let Err(e) = entry::write_metadata(&file, &md) {
             tracing::warn!("storing metadata on {}: {e}", p.display());
         }

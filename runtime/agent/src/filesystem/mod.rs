@@ -117,6 +117,7 @@ async fn make_dir(
             let req: PathRequest = parse_unary(&body).map_err(|e| e.0)?;
             let (user, creds) = caller(&state.env, &headers, None)?;
             let path = entry::resolve(&req.path, &user)?;
+            let owner = creds.clone();
             let entry = run_as(creds, move || {
                 match std::fs::metadata(&path) {
                     Ok(md) if md.is_dir() => {
@@ -134,7 +135,7 @@ async fn make_dir(
                     Err(e) if e.kind() == ErrorKind::NotFound => {}
                     Err(e) => return Err(ConnectError::from_io(&e, &path.display().to_string())),
                 }
-                create_dirs(&path)?;
+                create_dirs(&path, &owner)?;
                 entry::entry_info(&path, &mut Names::default())
                     .map_err(|e| ConnectError::from_io(&e, &path.display().to_string()))
             })
@@ -146,12 +147,39 @@ async fn make_dir(
 }
 
 /// `mkdir -p` with envd's 0755; run inside `run_as`, so new directories belong to the user.
-pub fn create_dirs(path: &Path) -> Result<(), ConnectError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|e| ConnectError::from_io(&e, &format!("creating {}", path.display())))
+/// Each directory made is chowned to `owner` too, as envd's `EnsureDirs` does: its watchers
+/// see CREATE then CHMOD for it, and SDK code written against envd may wait for either.
+pub fn create_dirs(path: &Path, owner: &FsCreds) -> Result<(), ConnectError> {
+    let mut missing = Vec::new();
+    let mut at = Some(path);
+    while let Some(dir) = at {
+        if std::fs::symlink_metadata(dir).is_ok() {
+            break;
+        }
+        missing.push(dir);
+        at = dir.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => chown_like_envd(dir, owner),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(ConnectError::from_io(
+                    &e,
+                    &format!("creating {}", dir.display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// envd chowns every file and directory it makes or writes to the caller (the IN_ATTRIB its
+/// watchers report as CHMOD); ours already belong to the caller, so only the event differs.
+pub fn chown_like_envd(path: &Path, owner: &FsCreds) {
+    if let Err(e) = std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)) {
+        tracing::debug!("chown of {}: {e}", path.display());
+    }
 }
 
 async fn move_entry(
@@ -165,11 +193,12 @@ async fn move_entry(
             let (user, creds) = caller(&state.env, &headers, None)?;
             let source = entry::resolve(&req.source, &user)?;
             let destination = entry::resolve(&req.destination, &user)?;
+            let owner = creds.clone();
             let entry = run_as(creds, move || {
                 std::fs::symlink_metadata(&source)
                     .map_err(|e| not_found_as(e, "source file", &source))?;
                 if let Some(parent) = destination.parent() {
-                    create_dirs(parent)?;
+                    create_dirs(parent, &owner)?;
                 }
                 std::fs::rename(&source, &destination).map_err(|e| {
                     ConnectError::from_io(
