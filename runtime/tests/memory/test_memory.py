@@ -21,6 +21,7 @@ Needs root and CRIU (scripts/install-criu.sh, run by setup.sh). `COPPICE_BIN` pi
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -46,6 +47,23 @@ def start(tmp: Path, config: Path | None = None) -> Daemon:
     d = Daemon(BINARY, tmp / "state", pool_size=0, no_network=False, log_path=tmp / "daemon.log",
                config=config)
     return d.start()
+
+
+@contextlib.contextmanager
+def other_daemon(module_daemon: Daemon, name: str, config_text: str):
+    """A daemon of its own config in place of the module's (one daemon per host): the
+    module's stops first and starts again after."""
+    module_daemon.stop()
+    tmp = Path(tempfile.mkdtemp(prefix=f"coppice-memory-{name}-"))
+    config = tmp / "coppice.toml"
+    config.write_text(config_text)
+    d = start(tmp, config=config)
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
+        module_daemon.start()
 
 
 class Client:
@@ -382,13 +400,7 @@ def test_a_filesystem_pause_stops_processes_and_boots_afresh_on_the_files(daemon
 
 
 def test_a_warm_template_starts_with_its_kernel_prepared(daemon):
-    # This module's daemon stops first: one daemon per host.
-    daemon.stop()
-    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-warm-"))
-    config = tmp / "coppice.toml"
-    config.write_text('[warm]\ndefault = "import json\\nwarm_marker = 6 * 7"\n')
-    d = start(tmp, config=config)
-    try:
+    with other_daemon(daemon, "warm", '[warm]\ndefault = "import json\\nwarm_marker = 6 * 7"\n') as d:
         api = Client(d)
         # The daemon makes the checkpoint in the background once it is up.
         deadline = time.monotonic() + 120
@@ -412,23 +424,13 @@ def test_a_warm_template_starts_with_its_kernel_prepared(daemon):
         assert api.sh(a["id"], boot) != api.sh(b["id"], boot)
         lineage = api.call("GET", f"/api/v1/lineage/{a['id']}", expect=200)[1]
         assert lineage["node"]["parent"] == warm["snapshot_id"], lineage
-        # The checkpoint stays while the daemon warms the template.
+        # The checkpoint cannot be deleted while sandboxes stand on it.
         status, _ = api.call("DELETE", f"/api/v1/snapshots/{warm['snapshot_id']}")
         assert status == 400, "deleted while sandboxes stand on it"
-    finally:
-        d.stop()
-        d.cleanup()
-        daemon.start()
 
 
 def test_without_criu_a_memory_snapshot_is_refused_with_the_reason(daemon):
-    # This module's daemon stops first: one daemon per host.
-    daemon.stop()
-    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-nocriu-"))
-    config = tmp / "coppice.toml"
-    config.write_text('[linux]\ncriu = "/nonexistent/criu"\n')
-    d = start(tmp, config=config)
-    try:
+    with other_daemon(daemon, "nocriu", '[linux]\ncriu = "/nonexistent/criu"\n') as d:
         api = Client(d)
         sid = api.create()["id"]
         status, body = api.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {"kind": "memory"})
@@ -438,7 +440,4 @@ def test_without_criu_a_memory_snapshot_is_refused_with_the_reason(daemon):
         assert api.call("GET", f"/api/v1/snapshots?sandbox_id={sid}", expect=200)[1] == []
         # Files-only snapshots still work.
         api.call("POST", f"/api/v1/sandboxes/{sid}/snapshots", {}, expect=201)
-    finally:
-        d.stop()
-        d.cleanup()
-        daemon.start()
+

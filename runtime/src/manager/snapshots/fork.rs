@@ -136,6 +136,22 @@ impl Runtime {
         let rec = self
             .start_new(template, limits, &req, timeout, false, resume)
             .await?;
+        let rec = self.stands_on(rec, snap).await?;
+        self.store.event(
+            Some(&rec.id),
+            "forked",
+            &format!("from snapshot {}", snap.id),
+        );
+        Ok(self.info_of(&rec))
+    }
+
+    /// Records that a sandbox just started on `snap`'s layers stands on it (its lineage; the
+    /// snapshot cannot be deleted under it); on failure the sandbox is removed again.
+    pub(in crate::manager) async fn stands_on(
+        &self,
+        rec: SandboxRecord,
+        snap: &SnapshotRecord,
+    ) -> Result<SandboxRecord> {
         let lineage = LineageRecord {
             sandbox_id: rec.id.clone(),
             parent_snapshot: Some(snap.id.clone()),
@@ -147,12 +163,7 @@ impl Runtime {
             self.destroy(rec).await.ok();
             return Err(e);
         }
-        self.store.event(
-            Some(&rec.id),
-            "forked",
-            &format!("from snapshot {}", snap.id),
-        );
-        Ok(self.info_of(&rec))
+        Ok(rec)
     }
 
     /// Rolls a sandbox back to one of its own snapshots, in place: same id, address and

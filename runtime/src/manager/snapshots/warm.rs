@@ -70,20 +70,7 @@ impl Runtime {
                 Err(e) => Err(e),
             };
             match started {
-                Ok(rec) => {
-                    let lineage = LineageRecord {
-                        sandbox_id: rec.id.clone(),
-                        parent_snapshot: Some(snap.id.clone()),
-                        base_snapshot: Some(snap.id.clone()),
-                        template: template.name.clone(),
-                        created_at_ms: rec.created_at_ms,
-                    };
-                    if let Err(e) = self.store.put_lineage(&lineage) {
-                        self.destroy(rec).await.ok();
-                        return Err(e);
-                    }
-                    return Ok(rec);
-                }
+                Ok(rec) => return self.stands_on(rec, &snap).await,
                 Err(e) => {
                     // Another agent build, say: a fresh checkpoint is made on the next round.
                     tracing::warn!(template = %template.name, snapshot = %snap.id,
