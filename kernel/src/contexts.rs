@@ -224,7 +224,15 @@ impl Contexts {
         .await
     }
 
-    /// The contexts created with `create` (`all`: also the default ones started so far).
+    /// Every context, as E2B's interpreter lists them: the default Python one (registered,
+    /// started on its first execution, when the template has a Python kernel), the other
+    /// default ones used so far, and those made with `create`.
+    pub fn list_all(&self) -> Vec<ContextInfo> {
+        let _ = self.context_for(None, Some("python"));
+        self.list(true)
+    }
+
+    /// The contexts created with `create` (`all`: also the default ones registered so far).
     pub fn list(&self, all: bool) -> Vec<ContextInfo> {
         let mut out: Vec<ContextInfo> = self
             .map

@@ -359,7 +359,8 @@ impl Kernel {
             return Err(Error::Died(how));
         }
         // Sandbox-wide env set after the kernel started (the host's /init) persists; per-call
-        // env vars are set for this call and removed after it.
+        // env vars are set for this call only: after it each is back to its sandbox-wide value
+        // (or unset when it has none), as E2B's interpreter does.
         let current = launcher.sandbox_env();
         let changed: BTreeMap<String, String> = current
             .iter()
@@ -381,7 +382,22 @@ impl Kernel {
                 ))
             })?;
             self.run_silent(setup).await.map_err(Error::Died)?;
-            env_code(language, env_vars, true)
+            let (back, gone): (BTreeMap<String, String>, BTreeMap<String, String>) = env_vars
+                .iter()
+                .map(|(k, v)| match self.env.get(k) {
+                    Some(wide) => (k.clone(), wide.clone()),
+                    None => (k.clone(), v.clone()),
+                })
+                .partition(|(k, _)| self.env.contains_key(k));
+            Some(
+                [
+                    env_code(language, &back, false),
+                    env_code(language, &gone, true),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<String>(),
+            )
         };
 
         let result = self.execute_inner(launcher, code, timeout, out).await;

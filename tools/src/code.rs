@@ -320,7 +320,7 @@ impl Tools {
             .ok_or_else(|| Error::internal("the agent returned no context"))
     }
 
-    /// Every context of the sandbox, the default ones started so far included.
+    /// Every context of the sandbox, the default ones included.
     pub async fn list_code_contexts(&self, id: &str) -> Result<Vec<ContextInfo>> {
         Ok(self
             .code_json(id, http::Method::GET, "/contexts?all=true", None)

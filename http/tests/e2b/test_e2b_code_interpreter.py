@@ -50,6 +50,22 @@ def test_env_vars(sbx):
     assert sbx.run_code("import os; os.environ['SANDBOX_WIDE']").text == "wide"
     ex = sbx.run_code("import os; os.environ.get('PER_CALL')", envs={"PER_CALL": "call"})
     assert ex.text == "call"
+    assert sbx.run_code("import os; os.environ.get('PER_CALL')").text is None
+    # A per-execution value overrides the sandbox's for that execution only, in Python and bash.
+    get = "import os; os.environ.get('SANDBOX_WIDE')"
+    assert sbx.run_code(get, envs={"SANDBOX_WIDE": "overwrite"}).text == "overwrite"
+    assert sbx.run_code(get).text == "wide"
+    assert sbx.run_code("echo $SANDBOX_WIDE", language="bash", envs={"SANDBOX_WIDE": "b"}).logs.stdout == ["b\n"]
+    assert sbx.run_code("echo $SANDBOX_WIDE", language="bash").logs.stdout == ["wide\n"]
+
+
+def test_default_contexts_are_listed(sbx):
+    # Before any code ran, as E2B lists its default contexts.
+    listed = sbx.list_code_contexts()
+    assert "python" in [c.language for c in listed], listed
+    ctx = sbx.create_code_context(language="bash")
+    listed = sbx.list_code_contexts()
+    assert {"python", "bash"} <= {c.language for c in listed} and ctx.id in [c.id for c in listed]
 
 
 def test_contexts(sbx):

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -218,15 +218,10 @@ async fn create(State(state): State<Arc<CodeService>>, body: Bytes) -> Response 
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    /// Coppice extension: include the implicit default contexts started so far.
-    #[serde(default)]
-    all: bool,
-}
-
-async fn list(State(state): State<Arc<CodeService>>, Query(q): Query<ListQuery>) -> Response {
-    axum::Json(state.contexts().list(q.all)).into_response()
+/// Every context, the default ones included (E2B lists them; `?all=true`, which older hosts
+/// send, asks for the same).
+async fn list(State(state): State<Arc<CodeService>>) -> Response {
+    axum::Json(state.contexts().list_all()).into_response()
 }
 
 /// Coppice: the host says the sandbox resumed from a memory snapshot; the kernels are
