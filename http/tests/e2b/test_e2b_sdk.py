@@ -443,6 +443,15 @@ def test_directory_info_reports_its_st_size(sbx):
     assert size > 0 and sbx.files.get_info("sized").size == size
 
 
+def test_files_whose_stat_size_is_not_their_length_are_read_to_their_end(sbx):
+    # procfs says 0 bytes, sysfs a page: the body is what `cat` reads.
+    for path in ("/proc/sys/kernel/hostname", "/proc/self/status", "/sys/kernel/mm/transparent_hugepage/enabled"):
+        want = sbx.commands.run(f"cat {path}").stdout
+        got = sbx.files.read(path)
+        assert got and (got == want or path == "/proc/self/status"), (path, got, want)
+    assert sbx.files.read("/proc/sys/kernel/hostname").strip() == sbx.commands.run("hostname").stdout.strip()
+
+
 def test_file_metadata_is_kept_in_e2b_xattrs_and_replaced_on_overwrite(sbx):
     sbx.files.write("meta.txt", "one", metadata={"Owner": "alice", "stage": "draft"})
     assert sbx.files.get_info("meta.txt").metadata == {"owner": "alice", "stage": "draft"}

@@ -137,24 +137,48 @@ async fn get_file(
                 p.display()
             )));
         }
-        Ok((file, md.len()))
+        // procfs and sysfs report sizes that are not their content's (0, or a page): those
+        // files are read to their end instead, and sent without a length (as `cat` reads them).
+        let len = (!sizes_are_not_lengths(&file)).then_some(md.len());
+        Ok((file, len))
     })
     .await?;
-    // `take` keeps the body consistent with Content-Length if the file grows meanwhile.
-    let reader = tokio::fs::File::from_std(file).take(len);
-    let body = Body::from_stream(ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK));
+    let file = tokio::fs::File::from_std(file);
+    let body = match len {
+        // `take` keeps the body consistent with Content-Length if the file grows meanwhile.
+        Some(len) => Body::from_stream(ReaderStream::with_capacity(file.take(len), DOWNLOAD_CHUNK)),
+        None => Body::from_stream(ReaderStream::with_capacity(file, DOWNLOAD_CHUNK)),
+    };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if let Ok(v) = HeaderValue::from_str(&content_disposition(&entry::base_name(&path))) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// Whether `file` is on a filesystem whose `st_size` is not its content's length: procfs,
+/// sysfs, cgroupfs, debugfs, tracefs, securityfs, configfs.
+fn sizes_are_not_lengths(file: &std::fs::File) -> bool {
+    const PSEUDO: [i64; 8] = [
+        0x9fa0,      // proc
+        0x6265_6572, // sysfs
+        0x0027_e0eb, // cgroup (v1)
+        0x6367_7270, // cgroup2
+        0x6462_6720, // debugfs
+        0x7472_6163, // tracefs
+        0x7363_6673, // securityfs
+        0x6265_6570, // configfs
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|s| PSEUDO.contains(&{ s.f_type }))
 }
 
 /// `inline; filename=<base>`, quoted or RFC 5987-encoded only when the name needs it (as Go's
