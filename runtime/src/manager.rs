@@ -742,6 +742,7 @@ impl Runtime {
             .into_iter()
             .filter(|r| r.state != SandboxState::Starting && !self.teardowns.active(&r.id))
         {
+            let mut _no_transition = None;
             let reason = if rec.state == SandboxState::Paused {
                 // Paused sandboxes have no running timeout (E2B keeps them until killed or
                 // resumed); their processes are frozen or on disk, not dead.
@@ -755,6 +756,10 @@ impl Runtime {
                 }
                 "timeout"
             } else if !self.backend.alive(&rec) {
+                let Some(held) = self.still_dead(&rec).await else {
+                    continue;
+                };
+                _no_transition = Some(held);
                 self.backend.death_cause(&rec)
             } else {
                 continue;

@@ -243,6 +243,26 @@ impl Runtime {
         true
     }
 
+    /// For the reaper: a sandbox it read as running whose processes are gone is dead only if it
+    /// still runs now; a pause, restore or resume since stopped them on purpose. Returns the
+    /// transitions lock, held so that none starts before its teardown; None when not dead.
+    pub(super) async fn still_dead(
+        &self,
+        rec: &SandboxRecord,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let held = self.lifecycle.transitions.lock().await;
+        match self.store.get(&rec.id) {
+            Ok(Some(now))
+                if now.state == SandboxState::Running
+                    && now.pid == rec.pid
+                    && !self.backend.alive(&now) =>
+            {
+                Some(held)
+            }
+            _ => None,
+        }
+    }
+
     /// Thaws a paused sandbox's processes so that they can be killed at once.
     pub(super) async fn thaw_before_destroy(&self, rec: &SandboxRecord) {
         if (rec.state == SandboxState::Paused || self.backend.frozen(&rec.id))
