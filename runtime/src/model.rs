@@ -219,7 +219,7 @@ pub struct SandboxMetrics {
 }
 
 /// What `resume` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resumed {
     /// It was paused in memory and its processes were thawed.

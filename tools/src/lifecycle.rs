@@ -71,7 +71,7 @@ impl Tools {
     /// [`Self::resume_sandbox`] for a typed request.
     pub async fn resume(&self, id: &str, req: ResumeSandbox) -> Result<ResumedSandbox> {
         let timeout = req.timeout_secs.map(crate::sandboxes::secs).transpose()?;
-        let (sandbox, resumed) = self.rt.resume(id, timeout).await?;
+        let (sandbox, resumed) = self.resume_sandbox(id, timeout).await?;
         Ok(ResumedSandbox { sandbox, resumed })
     }
 

@@ -18,7 +18,6 @@ use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::model::{OnTimeout, PauseKind, Resumed, SandboxInfo, SandboxState};
 use crate::state::SandboxRecord;
-use crate::state::pause::Checkpoint;
 
 impl Runtime {
     /// Pauses a running sandbox, keeping its memory or only its files. `AlreadyExists` when
@@ -276,11 +275,5 @@ impl Runtime {
     /// True when the sandbox exists for callers and is paused.
     pub fn is_paused(&self, id: &str) -> Result<bool> {
         Ok(self.record(id)?.state == SandboxState::Paused)
-    }
-
-    /// Whether a paused sandbox's checkpoint (if any) is on disk: it survives a restart.
-    pub fn pause_checkpoint(&self, id: &str) -> Result<Option<Checkpoint>> {
-        self.record(id)?;
-        self.store.checkpoint(id)
     }
 }

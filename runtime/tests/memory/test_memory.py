@@ -42,11 +42,20 @@ from common import (  # noqa: E402
 BINARY = Path(os.environ.get("COPPICE_BIN", REPO / "target/release/coppice"))
 
 
-def start(tmp: Path, config: Path | None = None) -> Daemon:
+@contextlib.contextmanager
+def daemon_with(name: str, config_text: str):
+    """A private daemon with this config (temp state dir), stopped and cleaned up after."""
     refuse_if_other_daemon(wait_s=float(os.environ.get("COPPICE_WAIT_OTHER", "300")))
+    tmp = Path(tempfile.mkdtemp(prefix=f"coppice-memory-{name}-"))
+    config = tmp / "coppice.toml"
+    config.write_text(config_text)
     d = Daemon(BINARY, tmp / "state", pool_size=0, no_network=False, log_path=tmp / "daemon.log",
-               config=config)
-    return d.start()
+               config=config).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
 
 
 @contextlib.contextmanager
@@ -54,15 +63,10 @@ def other_daemon(module_daemon: Daemon, name: str, config_text: str):
     """A daemon of its own config in place of the module's (one daemon per host): the
     module's stops first and starts again after."""
     module_daemon.stop()
-    tmp = Path(tempfile.mkdtemp(prefix=f"coppice-memory-{name}-"))
-    config = tmp / "coppice.toml"
-    config.write_text(config_text)
-    d = start(tmp, config=config)
     try:
-        yield d
+        with daemon_with(name, config_text) as d:
+            yield d
     finally:
-        d.stop()
-        d.cleanup()
         module_daemon.start()
 
 
@@ -132,16 +136,9 @@ def host_uid(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def daemon():
-    tmp = Path(tempfile.mkdtemp(prefix="coppice-memory-"))
-    config = tmp / "coppice.toml"
     # A memory pause leaves memory after 2 s here (600 by default), so the test sees it.
-    config.write_text("pause_in_memory_secs = 2\n")
-    d = start(tmp, config=config)
-    try:
+    with daemon_with("module", "pause_in_memory_secs = 2\n") as d:
         yield d
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_forks_resume_kernel_processes_and_listeners(daemon):
