@@ -42,6 +42,10 @@ const IPYKERNEL_FLAGS: &[&str] = &[
     "--Kernel._execute_sleep=0",
 ];
 
+/// Display formatters and hooks that give IPython kernels E2B's rich results (charts, data,
+/// saved PIL images), run once at each kernel's start.
+const E2B_DISPLAY: &str = include_str!("display/e2b_display.py");
+
 /// Whether a kernelspec's argv starts IPython's kernel (`-m ipykernel_launcher`/`ipykernel`).
 fn is_ipykernel(argv: &[String]) -> bool {
     argv.iter()
@@ -165,6 +169,11 @@ impl Kernel {
         let mut argv = argv;
         if is_ipykernel(&argv) {
             argv.extend(IPYKERNEL_FLAGS.iter().map(|f| f.to_string()));
+            let display = run_dir.join(format!("{id}.display.py"));
+            write_private(&display, E2B_DISPLAY.as_bytes())
+                .and_then(|()| launcher.hand_over(&display))
+                .map_err(|e| start_err(format!("writing {}: {e}", display.display())))?;
+            argv.push(run_at_start(&display));
         }
         let env_base = launcher.sandbox_env();
         let mut env = env_base.clone();
@@ -300,10 +309,11 @@ impl Kernel {
         }
     }
 
-    /// Kills the kernel's process group and removes its connection file.
+    /// Kills the kernel's process group and removes its connection and display files.
     pub fn kill(&self, launcher: &dyn Launcher) {
         launcher.signal(self.pid, libc::SIGKILL);
         let _ = std::fs::remove_file(&self.conn_file);
+        let _ = std::fs::remove_file(self.conn_file.with_extension("display.py"));
     }
 
     /// Sends on the shell channel, giving up when the process dies (a send to a peer that is
@@ -609,6 +619,14 @@ fn env_code(language: &str, vars: &BTreeMap<String, String>, undo: bool) -> Opti
 }
 
 /// Writes a file only its owner can read (the connection file holds the signing key).
+/// ipykernel's option that runs a Python file at start through `runpy`, in a namespace of its
+/// own (`exec_files` would leave the file's names in the user's).
+fn run_at_start(file: &Path) -> String {
+    // A JSON string is a Python string literal for any path.
+    let path = serde_json::Value::String(file.to_string_lossy().into_owned());
+    format!("--IPKernelApp.exec_lines=__import__('runpy').run_path({path})")
+}
+
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -183,10 +183,10 @@ fn strip_ansi(s: &str) -> String {
 #[tool_router(router = code_router, vis = "pub(crate)")]
 impl CoppiceMcp {
     /// Run code in a persistent Jupyter kernel (Python by default; bash too) and get its
-    /// stdout, stderr, rich results (text, HTML tables, PNG charts, JSON, ...) and any error
-    /// with its traceback. State persists between calls in the same context. stdout/stderr
-    /// stream as progress notifications when the call carries a progress token; cancelling
-    /// the call or passing timeout_secs interrupts the kernel and keeps its state.
+    /// stdout, stderr, rich results (text, HTML tables, PNG charts with their data, JSON, ...)
+    /// and any error with its traceback. State persists between calls in the same context.
+    /// stdout/stderr stream as progress notifications when the call carries a progress token;
+    /// cancelling the call or passing timeout_secs interrupts the kernel and keeps its state.
     #[tool(
         annotations(
             title = "Run code",

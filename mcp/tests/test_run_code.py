@@ -276,6 +276,12 @@ async def t_mcp_run_code(c: Client, sid: str) -> None:
     check(len(images) == 1 and images[0].mime_type == "image/png", f"image content: {fig.content}")
     check(base64.b64decode(images[0].data).startswith(b"\x89PNG"), "image content is a PNG")
     check(any("png" in x["data"] for x in fig.structured_content["results"]), "png in structured results")
+    charts = [x["data"]["chart"] for x in fig.structured_content["results"] if "chart" in x["data"]]
+    check(charts and charts[0]["type"] == "bar", f"the figure's chart in structured results: {charts}")
+    check([(b["label"], b["value"]) for b in charts[0]["elements"]] == [("a", 20.0), ("b", 3.0)],
+          f"the chart's bars: {charts}")
+    check(any("e2b/chart" in x["formats"] and "image/png" in x["formats"]
+              for x in fig.structured_content["results"]), "e2b/chart beside image/png in formats")
     err = await call(c, "run_code", {"sandbox_id": sid, "code": "raise ValueError('bad value')"})
     e = err.structured_content["error"]
     check(e["name"] == "ValueError" and e["value"] == "bad value", f"error: {e}")

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::model::{Limits, SandboxState};
 
 pub mod hot;
+pub mod ingress;
 mod lifecycle;
 pub mod pause;
 pub mod snapshots;
@@ -119,6 +120,7 @@ impl StateStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lifecycle::SCHEMA)?;
+        conn.execute_batch(ingress::SCHEMA)?;
         conn.execute_batch(pause::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -131,6 +133,7 @@ impl StateStore {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lifecycle::SCHEMA)?;
+        conn.execute_batch(ingress::SCHEMA)?;
         conn.execute_batch(pause::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),

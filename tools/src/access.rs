@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coppice_envd::AgentClient;
+use coppice_runtime::state::ingress::Ingress;
 
 use crate::{Result, Tools};
 
@@ -46,6 +47,11 @@ impl Tools {
     /// Whether the sandbox's traffic needs no token (E2B's `secure: false`).
     pub fn open_traffic(&self, id: &str) -> Result<bool> {
         self.rt.open_traffic(id)
+    }
+
+    /// Who may reach the sandbox's own ports, and the Host header they carry in.
+    pub fn ingress(&self, id: &str) -> Result<Ingress> {
+        self.rt.ingress(id)
     }
 
     /// Whether the sandbox is paused (its traffic waits for a resume).

@@ -9,6 +9,7 @@ use coppice_runtime::manager::snapshots::ForkOutcome;
 use coppice_runtime::model::OnTimeout;
 use coppice_runtime::model::SandboxInfo;
 use coppice_runtime::policy::NetworkPolicy;
+use coppice_runtime::state::ingress::Ingress;
 use coppice_runtime::state::pause::PauseSettings;
 
 use crate::sandboxes::CreateSandbox;
@@ -36,6 +37,12 @@ pub struct LaunchSandbox {
     /// What a pause at the timeout keeps, and whether traffic resumes it (E2B's
     /// `autoPauseMemory`, `autoResume`).
     pub pause: PauseSettings,
+    /// Requests to its own ports must carry a fresh traffic token (E2B's
+    /// `allowPublicTraffic: false`); false: they are public.
+    pub private_traffic: bool,
+    /// The Host header its servers see, `${PORT}` standing for the port (E2B's
+    /// `maskRequestHost`).
+    pub mask_request_host: Option<String>,
 }
 
 impl Tools {
@@ -82,6 +89,13 @@ impl Tools {
                     ..req.pause
                 };
                 self.set_pause_settings(&info.id, &settings)?;
+            }
+            if req.private_traffic || req.mask_request_host.is_some() {
+                let ingress = Ingress {
+                    traffic_token: req.private_traffic.then(new_token),
+                    mask_request_host: req.mask_request_host.clone(),
+                };
+                self.rt.set_ingress(&info.id, &ingress)?;
             }
             // A fork keeps its snapshot's policy unless the request names one.
             if let Some(p) = policy_after {

@@ -164,6 +164,10 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
         (Some(n), aia) => Some(n.policy(aia)?),
         (None, aia) => Some(E2bNetwork::default().policy(aia)?),
     };
+    let (private_traffic, mask_request_host) = match &req.network {
+        Some(n) => n.ingress()?,
+        None => (false, None),
+    };
     let auto_resume = match &req.auto_resume {
         None | Some(Value::Null) => false,
         Some(a) => a
@@ -219,6 +223,8 @@ async fn create(State(s): St, req: NewSandbox) -> Result<Response, E2bError> {
                 },
                 resume_timeout_secs: None,
             },
+            private_traffic,
+            mask_request_host,
         })
         .await?;
     let mut body = sandbox_json(&s, &info)?;

@@ -31,6 +31,10 @@ pub(super) struct E2bNetwork {
     /// Update body only (at create it is a top-level field).
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
+    /// Create only: false makes requests to its ports carry the traffic access token.
+    allow_public_traffic: Option<bool>,
+    /// Create only: the Host header its servers see, `${PORT}` standing for the port.
+    mask_request_host: Option<String>,
     #[serde(flatten)]
     other: BTreeMap<String, Value>,
 }
@@ -49,8 +53,8 @@ impl E2bNetwork {
             .find(|(k, v)| !is_empty_json(v) && !is_default(k, v))
         {
             return Err(bad(format!(
-                "network.{k} is not supported by this Coppice daemon (only allowOut, denyOut \
-                 and allow_internet_access are)"
+                "network.{k} is not supported by this Coppice daemon (only allowOut, denyOut, \
+                 allowPublicTraffic, maskRequestHost and allow_internet_access are)"
             )));
         }
         // Domain names in allowOut become the policy's `domains`; E2B takes them nowhere else.
@@ -61,6 +65,23 @@ impl E2bNetwork {
             )));
         }
         Ok(())
+    }
+
+    /// Whether requests to its ports must carry a traffic token, and the Host they carry in
+    /// (create only).
+    pub(super) fn ingress(&self) -> Result<(bool, Option<String>), E2bError> {
+        let mask = self.mask_request_host.clone().filter(|m| !m.is_empty());
+        if let Some(m) = &mask {
+            let host = m.replace("${PORT}", "80");
+            if axum::http::HeaderValue::from_str(&host).is_err()
+                || host.contains(char::is_whitespace)
+            {
+                return Err(bad(format!(
+                    "maskRequestHost '{m}' is not a valid Host header (e.g. \"localhost:${{PORT}}\")"
+                )));
+            }
+        }
+        Ok((self.allow_public_traffic == Some(false), mask))
     }
 
     /// The policy these fields mean (at create, `allow_internet_access` is the top-level
@@ -81,10 +102,7 @@ impl E2bNetwork {
 /// Fields harmless to accept: E2B's defaults, and `dnsServers` (sandboxes always resolve
 /// through Coppice's own resolver, which enforces domain rules).
 fn is_default(key: &str, v: &Value) -> bool {
-    matches!(
-        (key, v),
-        ("allowPublicTraffic", Value::Bool(true)) | ("dnsServers", _)
-    )
+    matches!((key, v), ("dnsServers", _))
 }
 
 pub(super) async fn update_network(
@@ -94,6 +112,11 @@ pub(super) async fn update_network(
 ) -> Result<Response, E2bError> {
     let b: E2bNetwork = optional_body(&raw)?;
     b.check()?;
+    if b.allow_public_traffic.is_some() || b.mask_request_host.is_some() {
+        return Err(bad(
+            "allowPublicTraffic and maskRequestHost are set when the sandbox is created",
+        ));
+    }
     s.tools
         .set_network_e2b(&id, b.allow_internet_access, &b.allow_out, &b.deny_out)
         .await?;
@@ -130,6 +153,18 @@ mod tests {
         assert!(n.policy(None).is_err());
         let n: E2bNetwork = serde_json::from_str(r#"{"allowPublicTraffic":true}"#).unwrap();
         assert_eq!(n.policy(None).unwrap(), NetworkPolicy::default());
+        assert_eq!(n.ingress().unwrap(), (false, None));
+        let n: E2bNetwork = serde_json::from_str(
+            r#"{"allowPublicTraffic":false,"maskRequestHost":"localhost:${PORT}"}"#,
+        )
+        .unwrap();
+        assert_eq!(n.policy(None).unwrap(), NetworkPolicy::default());
+        assert_eq!(
+            n.ingress().unwrap(),
+            (true, Some("localhost:${PORT}".into()))
+        );
+        let n: E2bNetwork = serde_json::from_str(r#"{"maskRequestHost":"a b\n"}"#).unwrap();
+        assert!(n.ingress().is_err());
         let n: E2bNetwork = serde_json::from_str(r#"{}"#).unwrap();
         assert!(n.policy(Some(false)).unwrap().air_gapped);
         let n: E2bNetwork =

@@ -142,6 +142,15 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
         Error::PermissionDenied(m) => error(StatusCode::FORBIDDEN, &m, Some(id)),
         other => error(StatusCode::BAD_GATEWAY, &other.to_string(), Some(id)),
     };
+    // Its own ports may be private; the agent's port has its own token (envd's).
+    let ingress = match port {
+        ENVD_PORT => Default::default(),
+        _ => s.tools.ingress(id).map_err(unreachable)?,
+    };
+    if let Some(token) = &ingress.traffic_token {
+        check_traffic_token(req.headers(), token)
+            .map_err(|m| error(StatusCode::FORBIDDEN, m, Some(id)))?;
+    }
     // A sandbox made with autoResume wakes up for its traffic.
     s.tools.resume_for_traffic(id).await.map_err(unreachable)?;
     if port == ENVD_PORT || port == CODE_INTERPRETER_PORT {
@@ -157,6 +166,16 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
     }
     let (mut parts, body) = req.into_parts();
     crate::agent_proxy::strip_hop_by_hop(&mut parts.headers);
+    if let Some(host) = ingress.host_for(port) {
+        let host = http::HeaderValue::from_str(&host).map_err(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "maskRequestHost is not a valid Host",
+                Some(id),
+            )
+        })?;
+        parts.headers.insert(http::header::HOST, host);
+    }
     let body: BoxBody = body.map_err(std::io::Error::other).boxed_unsync();
     // Any other port: a service inside the sandbox, on its bridge address.
     let info = s.tools.sandbox_info(id).map_err(unreachable)?;
@@ -210,6 +229,23 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
         })?;
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The header E2B's proxy reads a private sandbox's traffic token from.
+const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// E2B's two refusals of a private sandbox's traffic: no token, or another one.
+fn check_traffic_token(headers: &HeaderMap, token: &str) -> Result<(), &'static str> {
+    match headers.get(TRAFFIC_TOKEN_HEADER) {
+        None => Err(
+            "missing traffic access token: this sandbox's ports are private; send its \
+                     trafficAccessToken in the e2b-traffic-access-token header",
+        ),
+        Some(sent) if coppice_envd::auth::constant_time_eq(sent.as_bytes(), token.as_bytes()) => {
+            Ok(())
+        }
+        Some(_) => Err("invalid traffic access token"),
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub(super) fn sandbox_json(s: &E2bState, info: &SandboxInfo) -> Result<Value, Er
         "sandboxID": info.id,
         "clientID": "coppice",
         "envdVersion": ENVD_VERSION,
-        "trafficAccessToken": null,
+        "trafficAccessToken": s.tools.ingress(&info.id)?.traffic_token,
         "domain": s.opts.domain,
     });
     if let Some(token) = s.tools.access_token(&info.id)? {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,61 @@ def test_js_code_interpreter(daemon):
     print(r.stdout, r.stderr)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "js code interpreter: all ok" in r.stdout
+
+
+HOST_ECHO = """
+import http.server
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("host=%s token=%s" % (self.headers.get("Host"),
+                                      self.headers.get("e2b-traffic-access-token"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("0.0.0.0", 8000), Echo).serve_forever()
+"""
+
+
+def test_private_traffic_and_masked_host(daemon):
+    import httpx
+
+    s = Sandbox.create(timeout=120,
+                       network={"allow_public_traffic": False, "mask_request_host": "localhost:${PORT}"})
+    try:
+        token = s.traffic_access_token
+        assert token, "a private sandbox gets a traffic access token"
+        # The SDK sends it on its own: code runs as in any sandbox.
+        assert s.run_code("6 * 7").text == "42"
+        s.files.write("/tmp/echo.py", HOST_ECHO)
+        s.commands.run("python3 /tmp/echo.py", background=True)
+        url = os.environ["E2B_SANDBOX_URL"]
+        hdr = {"E2b-Sandbox-Id": s.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.get(f"{url}/", headers={**hdr, "e2b-traffic-access-token": token})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        # The server sees the masked Host, with the port put in.
+        assert r.status_code == 200 and r.text == f"host=localhost:8000 token={token}", r.text
+        missing = httpx.get(f"{url}/", headers=hdr)
+        assert missing.status_code == 403 and "missing traffic access token" in missing.json()["message"]
+        wrong = httpx.get(f"{url}/", headers={**hdr, "e2b-traffic-access-token": token + "x"})
+        assert wrong.status_code == 403 and "invalid traffic access token" in wrong.json()["message"]
+        # Without the token the code interpreter's port is closed too; envd's has its own token.
+        execute = httpx.post(f"{url}/execute", json={"code": "1"},
+                             headers={"E2b-Sandbox-Id": s.sandbox_id, "E2b-Sandbox-Port": "49999"})
+        assert execute.status_code == 403
+        # Connecting again hands out the same token.
+        again = Sandbox.connect(s.sandbox_id)
+        assert again.traffic_access_token == token
+        assert again.run_code("1 + 1").text == "2"
+    finally:
+        s.kill()
+    # A public sandbox has none, and its ports need no token.
+    public = Sandbox.create(timeout=60, network={"allow_public_traffic": True})
+    try:
+        assert public.traffic_access_token is None
+    finally:
+        public.kill()

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::{Measure, tree_size};
 use crate::model::OnTimeout;
 use crate::model::SandboxMetrics;
+use crate::state::ingress::Ingress;
 use crate::state::pause::PauseSettings;
 
 /// The lifecycle's own state, held by the runtime.
@@ -106,6 +107,18 @@ impl Runtime {
     /// Whether a sandbox's E2B traffic is open without a token.
     pub fn open_traffic(&self, id: &str) -> Result<bool> {
         self.store.open_traffic(id)
+    }
+
+    /// Sets who may reach the sandbox's own ports and the Host header they carry in.
+    pub fn set_ingress(&self, id: &str, ingress: &Ingress) -> Result<()> {
+        self.record(id)?;
+        self.store.set_ingress(id, ingress)
+    }
+
+    /// Who may reach the sandbox's own ports (SandboxNotFound for an unknown id).
+    pub fn ingress(&self, id: &str) -> Result<Ingress> {
+        self.record(id)?;
+        self.store.ingress(id)
     }
 
     /// A resource sample of the sandbox, now.

@@ -90,6 +90,7 @@ impl StateStore {
         conn.execute("DELETE FROM e2b_open_traffic WHERE id = ?1", params![id])?;
         drop(conn);
         self.forget_pause(id)?;
+        self.forget_ingress(id)?;
         self.hot.token_written(id, None);
         Ok(())
     }
