@@ -21,6 +21,14 @@ async function main() {
   } finally {
     await sbx.kill()
   }
+  // A private sandbox: the SDK carries its traffic token to the code interpreter's port.
+  const priv = await Sandbox.create({ timeoutMs: 60_000, network: { allowPublicTraffic: false } })
+  try {
+    assert.ok(priv.trafficAccessToken, 'a private sandbox has a traffic access token')
+    assert.equal((await priv.runCode('6 * 7')).text, '42')
+  } finally {
+    await priv.kill()
+  }
   console.log('js code interpreter: all ok')
 }
 

@@ -96,6 +96,12 @@ def test_async_client(daemon):
             assert (await s.run_code("z * 6")).text == "42"
         finally:
             await s.kill()
+        private = await AsyncSandbox.create(timeout=60, network={"allow_public_traffic": False})
+        try:
+            assert private.traffic_access_token
+            assert (await private.run_code("6 * 7")).text == "42"
+        finally:
+            await private.kill()
 
     asyncio.run(main())
 
