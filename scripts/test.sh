@@ -56,6 +56,9 @@ python3 -m pytest -q http/tests/terminals
 step "E2B SDKs unmodified (PyPI e2b sync+async, npm e2b on Node 22) against a real daemon"
 python3 -m pytest -q http/tests/e2b/test_e2b_sdk.py http/tests/e2b/test_e2b_auth.py
 
+step "GET /metrics after E2B, native and MCP traffic, read with the OpenMetrics parser"
+python3 -m pytest -q http/tests/e2b/test_metrics.py
+
 step "E2B code interpreter SDKs (Python sync/async, JS): contexts, env vars, charts, data, images"
 python3 -m pytest -q http/tests/e2b/test_e2b_code_interpreter.py http/tests/e2b/test_e2b_rich_results.py
 

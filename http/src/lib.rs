@@ -50,10 +50,23 @@ fn api(tools: Tools) -> Router {
         )
         .route("/api/v1/sandboxes/{id}/envd/{*rest}", any(envd_proxy))
         .route("/api/v1/templates", get(templates).post(build_template))
+        .route("/metrics", get(metrics))
         .merge(lifecycle::routes())
         .merge(snapshots::routes())
         .merge(terminals::routes())
         .with_state(Arc::new(tools))
+}
+
+/// Prometheus scrape (OpenMetrics text), behind the listener's credentials like the API.
+async fn metrics(State(t): State<Arc<Tools>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        t.metrics_text().await,
+    )
+        .into_response()
 }
 
 /// The root-only unix socket's app: the native API and MCP (streamable HTTP at `/mcp`, the

@@ -125,6 +125,33 @@ fn instructions(mode: Mode, network: bool) -> String {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CoppiceMcp {
+    /// The router's call, timed and counted by tool and outcome for `/metrics`.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let tool = request.name.to_string();
+        let started = std::time::Instant::now();
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let result = self.tool_router.call(tcc).await;
+        let ok = match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(r)) => r.is_error != Some(true),
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        // Unknown names are the caller's mistake, not a tool: one series, not one per typo.
+        let tool = if self.tool_router.has_route(&tool) {
+            tool
+        } else {
+            "unknown".into()
+        };
+        self.tools()
+            .telemetry()
+            .tool_called(&tool, ok, started.elapsed());
+        result
+    }
+
     #[allow(deprecated)] // enable_logging: 2025-11-25 clients still call logging/setLevel
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(

@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod ids;
 pub mod limits;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod state;

@@ -23,6 +23,7 @@ mod pool;
 mod resume;
 #[cfg(test)]
 mod scenarios;
+mod scrape;
 pub mod snapshots;
 mod teardowns;
 
@@ -53,6 +54,8 @@ pub struct Runtime {
     health: health::Health,
     /// Pause/resume serialisation and CPU samples (manager/lifecycle.rs).
     lifecycle: lifecycle::LifecycleState,
+    /// What is recorded for `GET /metrics` (manager/scrape.rs reads the rest).
+    telemetry: crate::metrics::Metrics,
     /// Held for the runtime's life: one runtime owns a host's sandboxes.
     _host_lock: Option<std::fs::File>,
 }
@@ -172,6 +175,7 @@ impl Runtime {
             max_limits,
             health: Default::default(),
             lifecycle: Default::default(),
+            telemetry: Default::default(),
             _host_lock: host_lock,
         });
         rt.recover().await?;
@@ -301,11 +305,13 @@ impl Runtime {
             (None, _) => true,
             (Some(_), None) => false,
         } && req.no_new_privs.is_none_or(|n| n == self.cfg.no_new_privs);
+        let started = std::time::Instant::now();
         let pooled = if fits_pool {
             self.pool_pop(&template.name)
         } else {
             None
         };
+        let mut claimed = pooled.is_some();
         let rec = match pooled {
             Some(id) => {
                 self.refill.notify_one();
@@ -313,6 +319,7 @@ impl Runtime {
                     Ok(rec) => rec,
                     Err(e) => {
                         tracing::warn!(sandbox = %id, "pooled sandbox unusable, starting a new one: {e}");
+                        claimed = false;
                         if let Ok(Some(rec)) = self.store.get(&id) {
                             self.destroy(rec).await.ok();
                         }
@@ -326,6 +333,7 @@ impl Runtime {
                     .await?
             }
         };
+        self.telemetry.sandbox_created(claimed, started.elapsed());
         Ok(self.info_of(&rec))
     }
 

@@ -54,6 +54,16 @@ impl Tools {
         self.rt.ingress(id)
     }
 
+    /// Where surfaces record what they serve (MCP tool calls, E2B requests) for `/metrics`.
+    pub fn telemetry(&self) -> &coppice_runtime::metrics::Metrics {
+        self.rt.telemetry()
+    }
+
+    /// The daemon's metrics, in OpenMetrics text (`GET /metrics`).
+    pub async fn metrics_text(&self) -> String {
+        self.rt.metrics_text().await
+    }
+
     /// Whether the sandbox is paused (its traffic waits for a resume).
     pub fn is_paused(&self, id: &str) -> Result<bool> {
         self.rt.is_paused(id)

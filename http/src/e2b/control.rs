@@ -55,6 +55,7 @@ pub(super) fn router(state: Arc<E2bState>) -> axum::Router {
         .route("/sandboxes/{id}/fork", post(fork::fork))
         .route("/sandboxes/{id}/network", put(network::update_network))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_request))
         .fallback(not_routed)
         .with_state(state)
 }
@@ -84,6 +85,21 @@ async fn not_routed(uri: axum::http::Uri) -> Response {
     } else {
         StatusCode::NOT_FOUND.into_response()
     }
+}
+
+/// Counts each request by method, route pattern and status for `/metrics` (refusals too).
+async fn count_request(State(s): St, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    s.tools
+        .telemetry()
+        .e2b_request(&method, &route, resp.status().as_u16());
+    resp
 }
 
 /// `X-API-Key` against the configured keys (header names are case-insensitive on the wire).

@@ -209,6 +209,10 @@ impl Backend for FakeBackend {
         Some(0)
     }
 
+    fn network_bytes(&self, _: u32) -> Option<(u64, u64)> {
+        None
+    }
+
     fn agent_socket(&self, id: &str) -> PathBuf {
         self.root.join("agents").join(id)
     }

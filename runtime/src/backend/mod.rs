@@ -90,6 +90,8 @@ pub trait Backend: Send + Sync {
     fn memory_cache(&self, id: &str) -> Option<u64>;
     /// CPU time the sandbox has used, in nanoseconds.
     fn cpu_usage_ns(&self, id: &str) -> Option<u64>;
+    /// Bytes (received, sent) by the sandbox in `slot` on its network interface.
+    fn network_bytes(&self, slot: u32) -> Option<(u64, u64)>;
     /// The unix socket of the sandbox's agent.
     fn agent_socket(&self, id: &str) -> PathBuf;
     /// The IPv4 address of the sandbox in `slot`, when sandboxes have a network.

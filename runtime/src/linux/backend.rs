@@ -644,6 +644,23 @@ impl LinuxBackend {
     pub fn cpu_usage_ns(&self, id: &str) -> Option<u64> {
         self.cgroups.open(id).cpu_usage_ns()
     }
+
+    /// Bytes (received, sent) by the sandbox: the host end of its veth counts them the other
+    /// way round.
+    pub fn network_bytes(&self, slot: u32) -> Option<(u64, u64)> {
+        self.net.as_ref()?;
+        let stats = std::path::Path::new("/sys/class/net")
+            .join(net::host_ifname(slot))
+            .join("statistics");
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(stats.join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some((read("tx_bytes")?, read("rx_bytes")?))
+    }
 }
 
 /// Environment of the agent and so of every process in the sandbox.

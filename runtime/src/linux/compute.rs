@@ -102,6 +102,10 @@ impl Backend for LinuxBackend {
         LinuxBackend::cpu_usage_ns(self, id)
     }
 
+    fn network_bytes(&self, slot: u32) -> Option<(u64, u64)> {
+        LinuxBackend::network_bytes(self, slot)
+    }
+
     fn agent_socket(&self, id: &str) -> PathBuf {
         LinuxBackend::agent_socket(self, id)
     }

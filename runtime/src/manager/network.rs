@@ -22,6 +22,7 @@ impl Runtime {
         id: &str,
         policy: NetworkPolicy,
     ) -> Result<NetworkPolicy> {
+        let started = std::time::Instant::now();
         let checked = policy.check()?;
         let _serial = self.policy_lock.lock().await;
         let rec = self.record(id)?;
@@ -63,6 +64,7 @@ impl Runtime {
             return Err(e);
         }
         self.store.event(Some(id), "network_policy", "updated");
+        self.telemetry.policy_updated(started.elapsed());
         Ok(policy)
     }
 
