@@ -80,6 +80,9 @@ npm_clients() {
   cp "$src/package-lock.json" "$dir/.installed-lock.json"
 }
 
+# Deno from npm: run_code's JavaScript and TypeScript kernel in the default template.
+"$repo/scripts/install-deno.sh" || echo "coppice setup: Deno unavailable; run_code offers Python and bash" >&2
+
 # CRIU 4.1 from Debian 13 in a private tree (memory snapshots); without it they are refused
 # with the reason and everything else works.
 "$repo/scripts/install-criu.sh" || echo "coppice setup: CRIU unavailable; memory snapshots will be refused" >&2

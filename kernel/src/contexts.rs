@@ -88,10 +88,19 @@ pub fn spec_for<'a>(
     {
         return Some(s);
     }
-    specs
-        .values()
-        .find(|s| s.spec.language.eq_ignore_ascii_case(language))
+    let by_language = |language: &str| {
+        specs
+            .values()
+            .find(|s| s.spec.language.eq_ignore_ascii_case(language))
+    };
+    by_language(language)
         .or_else(|| specs.get(language))
+        // Deno's one kernel runs both (its kernelspec says typescript).
+        .or_else(|| match language {
+            "javascript" => by_language("typescript"),
+            "typescript" => by_language("javascript"),
+            _ => None,
+        })
 }
 
 enum Slot {
@@ -228,7 +237,9 @@ impl Contexts {
     /// started on its first execution, when the template has a Python kernel), the other
     /// default ones used so far, and those made with `create`.
     pub fn list_all(&self) -> Vec<ContextInfo> {
+        // E2B's default contexts; JavaScript only where a kernel for it is installed.
         let _ = self.context_for(None, Some("python"));
+        let _ = self.context_for(None, Some("javascript"));
         self.list(true)
     }
 

@@ -35,7 +35,8 @@ pub struct ContextCreateArgs {
     /// Sandbox to act on; omit to use this session's default sandbox.
     #[serde(default)]
     pub sandbox_id: Option<String>,
-    /// "python" (default), "bash", or another language whose kernel is installed.
+    /// "python" (default), "javascript"/"typescript" (Deno), "bash", or another language whose
+    /// kernel is installed.
     #[serde(default)]
     pub language: Option<String>,
     /// Working directory of the kernel (default /home/user; relative paths start there).

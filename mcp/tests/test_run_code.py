@@ -282,6 +282,9 @@ async def t_mcp_run_code(c: Client, sid: str) -> None:
           f"the chart's bars: {charts}")
     check(any("e2b/chart" in x["formats"] and "image/png" in x["formats"]
               for x in fig.structured_content["results"]), "e2b/chart beside image/png in formats")
+    js = (await call(c, "run_code", {"sandbox_id": sid, "language": "js",
+                                     "code": "const z = [1, 2, 3]; z.map((v) => v * 2).join(',')"})).structured_content
+    check(js["results"][0]["data"]["text"] == "2,4,6", f"JavaScript on Deno's kernel: {js}")
     err = await call(c, "run_code", {"sandbox_id": sid, "code": "raise ValueError('bad value')"})
     e = err.structured_content["error"]
     check(e["name"] == "ValueError" and e["value"] == "bad value", f"error: {e}")

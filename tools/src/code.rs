@@ -24,8 +24,9 @@ pub struct RunCode {
     /// expression is the main result; matplotlib figures come back as PNG images without
     /// savefig.
     pub code: String,
-    /// Language of the default context to run in: "python" (default) or "bash" (any
-    /// language with a Jupyter kernel in the sandbox). Do not combine with context_id.
+    /// Language of the default context to run in: "python" (default), "javascript" ("js") or
+    /// "typescript" ("ts") on Deno, "bash" (any language with a Jupyter kernel in the sandbox).
+    /// Do not combine with context_id.
     #[serde(default)]
     pub language: Option<String>,
     /// A context created with code_context_create (its own kernel and state). Omit to use

@@ -10,6 +10,7 @@ Needs root (real sandboxes); run under the host lock:
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -22,6 +23,18 @@ sys.path.insert(0, str(REPO / "rigs"))
 from common import Daemon, refuse_if_other_daemon  # noqa: E402  (the rigs' daemon harness)
 
 API_KEY = "e2b_" + uuid.uuid4().hex
+E2B_CLIENTS = Path(os.environ.get("COPPICE_E2B_CLIENTS", "/opt/coppice-e2b-clients"))
+
+
+def run_node(script: Path, marker: str) -> None:
+    """Runs a JS SDK script on the pinned Node 22 with the npm clients; it must print `marker`."""
+    node = E2B_CLIENTS / "node_modules/.bin/node"
+    env = dict(os.environ, NODE_PATH=str(E2B_CLIENTS / "node_modules"))
+    r = subprocess.run([str(node), str(script)], env=env, capture_output=True, text=True,
+                       timeout=240, cwd=E2B_CLIENTS)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert marker in r.stdout
 
 
 def start_daemon(extra_env: dict | None = None) -> Daemon:

@@ -18,6 +18,10 @@ async function main() {
     assert.equal((await sbx.runCode('y', { context: ctx })).text, '5')
     assert.ok((await sbx.listCodeContexts()).some((c) => c.id === ctx.id))
     await sbx.removeCodeContext(ctx)
+    // JavaScript on Deno's kernel, its state kept between calls.
+    await sbx.runCode('const n = 20', { language: 'js' })
+    assert.equal((await sbx.runCode('n + 1', { language: 'js' })).text, '21')
+    assert.ok((await sbx.listCodeContexts()).some((c) => c.language === 'javascript'))
   } finally {
     await sbx.kill()
   }

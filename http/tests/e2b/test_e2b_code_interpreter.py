@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_node
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 JS_TEST = Path(__file__).resolve().parent / "js_code_interpreter.cjs"
-E2B_CLIENTS = Path(os.environ.get("COPPICE_E2B_CLIENTS", "/opt/coppice-e2b-clients"))
 
 
 @pytest.fixture
@@ -63,10 +63,23 @@ def test_env_vars(sbx):
 def test_default_contexts_are_listed(sbx):
     # Before any code ran, as E2B lists its default contexts.
     listed = sbx.list_code_contexts()
-    assert "python" in [c.language for c in listed], listed
+    assert {"python", "javascript"} <= {c.language for c in listed}, listed
     ctx = sbx.create_code_context(language="bash")
     listed = sbx.list_code_contexts()
     assert {"python", "bash"} <= {c.language for c in listed} and ctx.id in [c.id for c in listed]
+
+
+def test_javascript_and_typescript(sbx):
+    # Deno's Jupyter kernel: state kept per context, console output as stdout, errors typed.
+    assert sbx.run_code("const x = 40; x + 2", language="js").text == "42"
+    assert sbx.run_code("x * 2", language="javascript").text == "80"
+    printed = sbx.run_code("console.log('hi'); 'done'", language="js")
+    assert printed.logs.stdout == ["hi\n"] and printed.text == "done"
+    assert sbx.run_code("let y: number = 3; y + 1", language="ts").text == "4"
+    err = sbx.run_code("throw new TypeError('bad')", language="js").error
+    assert err.name == "TypeError" and err.value == "bad"
+    ctx = sbx.create_code_context(language="js", cwd="/tmp")
+    assert sbx.run_code("Deno.cwd()", context=ctx).text == "/tmp"
 
 
 def test_contexts(sbx):
@@ -107,13 +120,7 @@ def test_async_client(daemon):
 
 
 def test_js_code_interpreter(daemon):
-    node = E2B_CLIENTS / "node_modules/.bin/node"
-    env = dict(os.environ, NODE_PATH=str(E2B_CLIENTS / "node_modules"))
-    r = subprocess.run([str(node), str(JS_TEST)], env=env, capture_output=True, text=True, timeout=240,
-                       cwd=E2B_CLIENTS)
-    print(r.stdout, r.stderr)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "js code interpreter: all ok" in r.stdout
+    run_node(JS_TEST, "js code interpreter: all ok")
 
 
 HOST_ECHO = """

@@ -10,11 +10,10 @@ By hand (root): flock /tmp/coppice-host.lock python3 -m pytest -q http/tests/e2b
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_node
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 from e2b_code_interpreter.charts import (
     BarChart,
@@ -29,7 +28,6 @@ from e2b_code_interpreter.charts import (
 )
 
 JS_TEST = Path(__file__).resolve().parent / "js_rich_results.cjs"
-E2B_CLIENTS = Path(os.environ.get("COPPICE_E2B_CLIENTS", "/opt/coppice-e2b-clients"))
 
 
 @pytest.fixture(scope="module")
@@ -282,10 +280,4 @@ def test_async_chart_and_data(daemon):
 
 
 def test_js_sdk_chart_and_data(daemon):
-    node = E2B_CLIENTS / "node_modules/.bin/node"
-    env = dict(os.environ, NODE_PATH=str(E2B_CLIENTS / "node_modules"))
-    r = subprocess.run([str(node), str(JS_TEST)], env=env, capture_output=True, text=True,
-                       timeout=240, cwd=E2B_CLIENTS)
-    print(r.stdout, r.stderr)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "js rich results: all ok" in r.stdout
+    run_node(JS_TEST, "js rich results: all ok")
