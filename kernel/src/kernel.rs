@@ -46,6 +46,20 @@ const IPYKERNEL_FLAGS: &[&str] = &[
 /// saved PIL images), run once at each kernel's start.
 const E2B_DISPLAY: &str = include_str!("display/e2b_display.py");
 
+/// How long output may trail the end of an execution. Deno's kernel (2.9) publishes some cells'
+/// `execute_result` just after its `idle` status (a fraction of a millisecond later, in about
+/// one cell in five), so its executions wait that long for stragglers; kernels that order their
+/// messages as the protocol says end at `idle` and the reply.
+fn settle_time(argv: &[String]) -> Duration {
+    let program = argv
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default());
+    match program.and_then(|p| p.to_str()) {
+        Some("deno") => Duration::from_millis(20),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Whether a kernelspec's argv starts IPython's kernel (`-m ipykernel_launcher`/`ipykernel`).
 fn is_ipykernel(argv: &[String]) -> bool {
     argv.iter()
@@ -107,6 +121,8 @@ pub struct Kernel {
     /// Some(description) once the process has exited.
     exited: watch::Receiver<Option<String>>,
     message_interrupt: bool,
+    /// How long to keep reading output after `idle` and the reply (see [`settle_time`]).
+    settle: Duration,
     /// Sandbox env the kernel has (started with, or updated to).
     env: BTreeMap<String, String>,
     session: String,
@@ -210,6 +226,7 @@ impl Kernel {
             iopub,
             exited,
             message_interrupt: spec.spec.interrupt_mode.as_deref() == Some("message"),
+            settle: settle_time(&spec.spec.argv),
             env: env_base,
             session,
             conn_file,
@@ -448,7 +465,14 @@ impl Kernel {
         let mut timed_out = false;
         let (mut idle, mut replied) = (false, false);
         let mut idle_at = far;
-        while !(idle && replied) {
+        let mut settled_at = far;
+        loop {
+            if idle && replied {
+                if self.settle.is_zero() {
+                    break;
+                }
+                settled_at = settled_at.min(Instant::now() + self.settle);
+            }
             let grace = interrupted_at.map_or(far, |t| t + INTERRUPT_GRACE);
             tokio::select! {
                 m = self.iopub.read() => {
@@ -508,6 +532,7 @@ impl Kernel {
                 }
                 // Idle arrived but the shell reply got lost: do not hang on it.
                 _ = tokio::time::sleep_until(idle_at + Duration::from_secs(2)), if idle => break,
+                _ = tokio::time::sleep_until(settled_at), if idle && replied => break,
             }
         }
         Ok(())
