@@ -643,7 +643,6 @@ fn env_code(language: &str, vars: &BTreeMap<String, String>, undo: bool) -> Opti
     }
 }
 
-/// Writes a file only its owner can read (the connection file holds the signing key).
 /// ipykernel's option that runs a Python file at start through `runpy`, in a namespace of its
 /// own (`exec_files` would leave the file's names in the user's).
 fn run_at_start(file: &Path) -> String {
@@ -652,6 +651,7 @@ fn run_at_start(file: &Path) -> String {
     format!("--IPKernelApp.exec_lines=__import__('runpy').run_path({path})")
 }
 
+/// Writes a file only its owner can read (the connection file holds the signing key).
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
