@@ -9,6 +9,7 @@ pub(crate) enum About {
     Sandbox,
     Process,
     File,
+    Browser,
 }
 
 pub(crate) fn explain(e: Error, about: About) -> String {

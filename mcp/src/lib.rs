@@ -8,6 +8,8 @@
 //! default sandbox, progress and cancellation. The capabilities live in the tools crate.
 
 pub mod bridge;
+mod browser_input_tools;
+mod browser_tools;
 mod code_tools;
 mod command_tools;
 mod explain;

@@ -38,7 +38,9 @@ impl CoppiceMcp {
             + Self::snapshot_router()
             + Self::network_router()
             + Self::code_router()
-            + Self::terminal_router();
+            + Self::terminal_router()
+            + Self::browser_router()
+            + Self::browser_input_router();
         for route in router.map.values_mut() {
             let tool = &mut route.attr;
             let mut input = (*tool.input_schema).clone();

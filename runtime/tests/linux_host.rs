@@ -303,7 +303,17 @@ fn cgroup_setup_timing() {
 static NET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn connect_from(netns: Option<BorrowedFd<'_>>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let f = move || TcpStream::connect_timeout(&addr, Duration::from_millis(600));
+    connect_within(netns, addr, Duration::from_millis(600))
+}
+
+/// For a connection that must succeed: the first packet over a new veth can wait behind the
+/// other tests' CPU hogs on a small machine, far longer than a refusal needs.
+fn connect_within(
+    netns: Option<BorrowedFd<'_>>,
+    addr: SocketAddr,
+    limit: Duration,
+) -> std::io::Result<TcpStream> {
+    let f = move || TcpStream::connect_timeout(&addr, limit);
     match netns {
         Some(ns) => net::run_in_netns(ns, f).unwrap(),
         None => f(),
@@ -491,9 +501,10 @@ async fn net_host_and_sandboxes() {
     let out = make_outside();
     let out_l = listen_in(out.netns.as_fd());
     let op = out_l.local_addr().unwrap().port();
-    let s = connect_from(
+    let s = connect_within(
         Some(a.netns.as_fd()),
         (Ipv4Addr::new(198, 51, 100, 2), op).into(),
+        Duration::from_secs(10),
     );
     assert!(s.is_ok(), "sandbox -> outside: {s:?}");
     let (_conn, peer) = out_l.accept().unwrap();

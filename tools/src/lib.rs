@@ -2,6 +2,7 @@
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
 pub mod access;
+pub mod browser;
 pub mod code;
 pub mod commands;
 pub mod files;
@@ -30,6 +31,8 @@ pub struct Tools {
     terminal_secret: Arc<str>,
     /// Replay ring size of new terminals.
     terminal_ring_bytes: usize,
+    /// The sandboxes' browsers this daemon drives.
+    browsers: Arc<browser::Registry>,
 }
 
 impl Tools {
@@ -41,6 +44,7 @@ impl Tools {
             terminals: Default::default(),
             terminal_secret: coppice_runtime::ids::new_api_token().into(),
             terminal_ring_bytes: terminals::DEFAULT_RING_BYTES,
+            browsers: Default::default(),
         }
     }
 

@@ -3,12 +3,14 @@
 //! whose listening fd the host hands it (the host reaches processes and files only through it).
 
 mod auth;
+mod browser;
 mod code;
 mod connect_axum;
 mod env;
 mod files;
 mod filesystem;
 mod init;
+mod loopback;
 mod process;
 mod reaper;
 mod users;
@@ -82,6 +84,7 @@ pub fn app(env: Arc<Env>) -> Router {
         watchers: filesystem::Watchers::default(),
     });
     let code = Arc::new(code::CodeService::new(env.clone()));
+    let browser = Arc::new(browser::BrowserService::new(env.clone()));
     Router::new()
         .route("/health", get(health))
         .route("/envs", get(init::get_envs))
@@ -91,6 +94,8 @@ pub fn app(env: Arc<Env>) -> Router {
         .merge(process::router().with_state(processes))
         .merge(filesystem::router().with_state(filesystem))
         .merge(code::router().with_state(code))
+        .merge(browser::router().with_state(browser))
+        .route("/loopback/{port}", get(loopback::open))
         // Keep this layer last: it must cover every route merged above (including code
         // kernels' /execute), or those routes would skip the access-token check.
         .layer(axum::middleware::from_fn_with_state(env, auth::guard))

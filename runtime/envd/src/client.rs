@@ -172,6 +172,71 @@ impl AgentClient {
         Ok(resp)
     }
 
+    /// A byte stream to `127.0.0.1:port` inside the sandbox (the agent's `/loopback/{port}`
+    /// route), on a connection of its own. Bounded by the deadline like any call's answer.
+    pub async fn tunnel(
+        &self,
+        port: u16,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ConnectError> {
+        let open = async {
+            let stream = self.connect().await.map_err(|e| {
+                ConnectError::new(Code::Unavailable, format!("sandbox agent unreachable: {e}"))
+            })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| {
+                    ConnectError::new(Code::Unavailable, format!("agent handshake: {e}"))
+                })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("agent tunnel connection ended: {e}");
+                }
+            });
+            let mut req = Request::get(format!("/loopback/{port}"))
+                .header(http::header::HOST, "agent")
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, "tcp")
+                .body(full_body(Bytes::new()))
+                .expect("static request");
+            if let Some(token) = &self.access_token
+                && let Ok(v) = http::HeaderValue::from_str(token)
+            {
+                req.headers_mut().insert(ACCESS_TOKEN_HEADER, v);
+            }
+            let resp = sender.send_request(req).await.map_err(|e| {
+                ConnectError::new(Code::Unavailable, format!("agent request failed: {e}"))
+            })?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(ConnectError::new(
+                    Code::from_http_status(status.as_u16()),
+                    format!(
+                        "port {port} in the sandbox: {}",
+                        String::from_utf8_lossy(&bytes).trim()
+                    ),
+                ));
+            }
+            let upgraded = hyper::upgrade::on(resp)
+                .await
+                .map_err(|e| ConnectError::new(Code::Unavailable, format!("agent tunnel: {e}")))?;
+            Ok(TokioIo::new(upgraded))
+        };
+        match self.deadline {
+            Some(d) => {
+                // No body: the deadline runs from now.
+                let (_, sent) = crate::deadline::watch_body(full_body(Bytes::new()));
+                d.bound(sent, open).await
+            }
+            None => open.await,
+        }
+    }
+
     /// `GET /health` answered with 2xx.
     pub async fn healthy(&self) -> bool {
         let req = Request::get("/health")
