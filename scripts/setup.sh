@@ -103,6 +103,9 @@ npm_clients "$repo/mcp/tests/clients" "${COPPICE_TEST_CLIENTS:-/opt/coppice-test
 pip_pins "e2b==2.63.0" "e2b-code-interpreter==2.11.5" "pytest==8.4.2"
 # The Prometheus text parser the /metrics test reads the scrape with.
 pip_pins "prometheus-client==0.26.0"
+# An external CDP client for the browser test: Playwright's Python package drives the
+# sandbox's own Chromium over the daemon's CDP endpoint (no browser download).
+pip_pins "playwright==1.65.3"
 npm_clients "$repo/http/tests/e2b/clients" "${COPPICE_E2B_CLIENTS:-/opt/coppice-e2b-clients}"
 
 # The second code-kernel language: bash_kernel from PyPI, into Debian's python (/usr/local, so

@@ -50,6 +50,9 @@ python3 runtime/tests/network_policy.py --coppice target/release/coppice
 step "memory snapshots and forks (real CRIU: kernels, processes and listeners resume in every fork)"
 python3 -m pytest -q runtime/tests/memory
 
+step "browser tools (Chromium in the sandbox, playwright-mcp's tools over MCP, Playwright over the CDP endpoint)"
+python3 mcp/tests/test_browser.py --coppice target/release/coppice
+
 step "collaborative terminals (real PTYs, the WebSocket protocol, headless Chromium on the page, MCP)"
 python3 -m pytest -q http/tests/terminals
 

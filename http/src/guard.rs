@@ -115,8 +115,8 @@ fn refusal(allowed: &AllowedHosts, headers: &HeaderMap) -> Option<String> {
 /// The header the per-sandbox access token travels in (E2B's envd header).
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
-/// Wraps the native sandbox-traffic routes of `app` (`/api/v1/sandboxes/{id}/exec` and
-/// `/api/v1/sandboxes/{id}/envd/...`) in the access-token check.
+/// Wraps the native sandbox-traffic routes of `app` (`/api/v1/sandboxes/{id}/exec`,
+/// `/api/v1/sandboxes/{id}/envd/...` and the browser's `.../cdp`) in the access-token check.
 pub fn access_token_guard(app: Router, tools: Tools) -> Router {
     app.layer(middleware::from_fn_with_state(
         Arc::new(tools),
@@ -154,7 +154,8 @@ async fn check_access_token(State(t): State<Arc<Tools>>, req: Request, next: Nex
 fn traffic_sandbox(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/api/v1/sandboxes/")?;
     let (id, tail) = rest.split_once('/')?;
-    (tail == "exec" || tail.starts_with("envd/")).then_some(id)
+    (tail == "exec" || tail.starts_with("envd/") || tail == "cdp" || tail.starts_with("cdp/"))
+        .then_some(id)
 }
 
 /// Marks a request let past the bearer check because it carries a terminal share token: its

@@ -2,6 +2,7 @@
 //! same app is served on loopback TCP and on the unix control socket used by the CLI.
 
 mod agent_proxy;
+mod browser_cdp;
 pub mod e2b;
 pub mod guard;
 mod stream_end;
@@ -54,6 +55,7 @@ fn api(tools: Tools) -> Router {
         .merge(lifecycle::routes())
         .merge(snapshots::routes())
         .merge(terminals::routes())
+        .merge(browser_cdp::routes())
         .with_state(Arc::new(tools))
 }
 

@@ -294,6 +294,35 @@ async def t_bad_input(c: Client, sid: str) -> None:
     check("not found" in e, e)
 
 
+async def t_playwright_over_cdp(c: Client, daemon: Daemon, sid: str) -> None:
+    """An external Playwright drives the same in-sandbox browser the MCP tools drive."""
+    from playwright.async_api import async_playwright
+
+    base = f"http://127.0.0.1:{daemon.port}/api/v1/sandboxes/{sid}/cdp"
+    headers = {"Authorization": f"Bearer {daemon.token()}"}
+    await ok(c, "browser_navigate", {"sandbox_id": sid, "url": f"{BASE}/index.html"})
+    async with async_playwright() as pw:
+        browser = await pw.chromium.connect_over_cdp(base, headers=headers)
+        pages = [p for ctx in browser.contexts for p in ctx.pages]
+        check(any(p.url == f"{BASE}/index.html" for p in pages), f"{[p.url for p in pages]}")
+        page = next(p for p in pages if p.url == f"{BASE}/index.html")
+        await page.click("text=Press me")
+        check(await page.text_content("#out") == "clicked 1", "playwright click")
+        # The tools see what Playwright did, on the same page.
+        snap = await ok(c, "browser_snapshot", {"sandbox_id": sid})
+        check("clicked 1" in snap, snap)
+        await browser.close()
+    # Without the bearer token: refused.
+    try:
+        async with async_playwright() as pw:
+            await pw.chromium.connect_over_cdp(base, timeout=10000)
+        raise AssertionError("connected without a token")
+    except AssertionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Playwright's error for the refused discovery
+        check("401" in str(e) or "Unauthorized" in str(e) or "unauthorized" in str(e), str(e))
+
+
 async def t_close_and_restart(c: Client, sid: str) -> None:
     await ok(c, "browser_close", {"sandbox_id": sid})
     ps = await ok(c, "commands_run", {"sandbox_id": sid, "cmd": "pgrep -c chromium || true"})
@@ -331,6 +360,8 @@ async def main() -> None:
             await case("screenshots (png, jpeg of an element), pdf, resize, coordinates", t_screenshot_pdf_resize, c, sid)
             await case("links, back, tabs new/select/close", t_tabs_and_history, c, sid)
             await case("bad input: stale ref, bad host, a hung script, a crashed renderer", t_bad_input, c, sid)
+            await case("an external Playwright over the CDP endpoint drives the same browser", t_playwright_over_cdp,
+                       c, daemon, sid)
             await case("browser_close ends Chromium; the next call starts it again", t_close_and_restart, c, sid)
     finally:
         if failed:

@@ -164,8 +164,19 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
             id.to_string(),
         ));
     }
+    // A WebSocket (or other) upgrade: the handshake goes through, then the bytes are spliced.
+    let mut req = req;
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     crate::agent_proxy::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+        parts.headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
     if let Some(host) = ingress.host_for(port) {
         let host = http::HeaderValue::from_str(&host).map_err(|_| {
             error(
@@ -213,11 +224,11 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
             )
         })?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("sandbox port connection ended: {e}");
         }
     });
-    let resp = sender
+    let mut resp = sender
         .send_request(http::Request::from_parts(parts, body))
         .await
         .map_err(|e| {
@@ -227,6 +238,19 @@ async fn forward(s: &E2bState, id: &str, port: u16, req: Request) -> Result<Resp
                 Some(id),
             )
         })?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = client_upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(up), Ok(down)) = tokio::join!(upstream, client) {
+                let (mut up, mut down) = (TokioIo::new(up), TokioIo::new(down));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    tracing::debug!("sandbox port upgrade ended: {e}");
+                }
+            }
+        });
+    }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }

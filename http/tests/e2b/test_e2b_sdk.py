@@ -711,6 +711,63 @@ def test_other_ports_are_proxied_into_the_sandbox(sbx):
     assert r.status_code == 502 and "8081" in r.json()["message"]
 
 
+# A WebSocket echo server on the sandbox's Python standard library alone (RFC 6455: the
+# handshake, then text frames; the sandbox's Debian python has no websockets package).
+WS_ECHO_SERVER = """
+import base64, hashlib, socketserver, struct
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        key = ""
+        while (line := self.rfile.readline().decode()) not in ("\\r\\n", ""):
+            if line.lower().startswith("sec-websocket-key:"):
+                key = line.split(":", 1)[1].strip()
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.wfile.write(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+                         b"Connection: Upgrade\\r\\nSec-WebSocket-Accept: " + accept + b"\\r\\n\\r\\n")
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2 or head[0] & 0x0F == 8:
+                return
+            n = head[1] & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self.rfile.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            out = b"echo: " + data
+            size = bytes([len(out)]) if len(out) < 126 else b"\\x7e" + struct.pack(">H", len(out))
+            self.wfile.write(b"\\x81" + size + out)
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", 8765), Echo).serve_forever()
+"""
+
+
+def test_websockets_reach_a_sandbox_port(sbx):
+    """A preview URL carries WebSocket upgrades: an echo server in the sandbox answers."""
+    from websockets.sync.client import connect
+
+    sbx.files.write("echo.py", WS_ECHO_SERVER)
+    sbx.commands.run("exec python3 echo.py", background=True)
+    url = os.environ["E2B_SANDBOX_URL"].replace("http://", "ws://")
+    hdr = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8765"}
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            ws = connect(url + "/", additional_headers=hdr, open_timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - the server is still starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    with ws:
+        for text in ("one", "two" * 1000):
+            ws.send(text)
+            assert ws.recv(timeout=10) == "echo: " + text
+
+
 def test_auto_pause_at_timeout_then_connect_resumes(daemon):
     s = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
     try:

@@ -65,6 +65,12 @@ const SWITCHES: &[&str] = &[
     "--hide-scrollbars",
     "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions",
     "--window-size=1280,720",
+    // Fewer processes, less memory: the GPU work (software, headless) and the network
+    // service in the browser process, no crash reporter.
+    "--in-process-gpu",
+    "--disable-gpu",
+    "--enable-features=NetworkServiceInProcess2",
+    "--disable-crash-reporter",
 ];
 
 /// The running browser as the host sees it.

@@ -64,6 +64,20 @@ impl Tools {
         })
     }
 
+    /// A byte stream to the sandbox's browser's DevTools server (through the agent's loopback
+    /// tunnel), and the browser target's WebSocket path: what the CDP endpoint proxies.
+    pub async fn browser_devtools_stream(
+        &self,
+        id: &str,
+    ) -> Result<(
+        impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        String,
+    )> {
+        let b = self.browser(id).await?;
+        let stream = self.rt.agent(id)?.tunnel(b.agent.port).await?;
+        Ok((stream, b.agent.ws_path.clone()))
+    }
+
     /// Loads a URL in the current tab and waits for it to load.
     pub async fn browser_navigate(&self, id: &str, req: r::Navigate) -> Result<Report> {
         let b = self.browser(id).await?;

@@ -110,15 +110,6 @@ impl Page {
         Ok(page)
     }
 
-    /// The browser reported the tab's renderer gone.
-    pub fn mark_crashed(&self) {
-        let mut st = self.state.lock();
-        st.crashed = true;
-        st.loading = false;
-        drop(st);
-        self.changed.notify_waiters();
-    }
-
     pub fn session(&self) -> Option<&str> {
         Some(self.session_id.as_str())
     }
@@ -155,6 +146,8 @@ impl Page {
                 st.file_chooser = params.get("backendNodeId").and_then(Value::as_i64);
             }
             "Input.dragIntercepted" => st.drag = params.get("data").cloned(),
+            // (The browser's Target.targetCrashed repeats it, later: only this one counts, or
+            // a navigation that reloads the tab could be marked crashed by the echo.)
             "Inspector.targetCrashed" => {
                 st.crashed = true;
                 st.loading = false;

@@ -152,12 +152,6 @@ impl Browser {
                             });
                         }
                     }
-                    ("Target.targetCrashed", None) => {
-                        if let Some(page) = e.params["targetId"].as_str().and_then(|id| me.find(id))
-                        {
-                            page.mark_crashed();
-                        }
-                    }
                     ("Target.targetDestroyed", None) => {
                         if let Some(id) = e.params["targetId"].as_str() {
                             me.forget(id);
