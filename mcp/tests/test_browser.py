@@ -126,6 +126,9 @@ async def t_tools_listed(c: Client, sid: str) -> None:
 async def t_navigate_and_snapshot(c: Client, sid: str) -> None:
     text = await ok(c, "browser_navigate", {"sandbox_id": sid, "url": f"{BASE}/index.html"})
     check(f"- Page URL: {BASE}/index.html" in text, text[:400])
+    r = await c.call_tool("browser_snapshot", {"sandbox_id": sid})
+    sc = r.structured_content
+    check(sc["sandbox_id"] == sid and sc["url"] == f"{BASE}/index.html" and "heading" in sc["snapshot"], f"{sc}")
     check("- Page Title: Coppice test page" in text, text[:400])
     check(re.search(r'- heading "Browser test" \[level=1\] \[ref=e\d+\]', text) is not None, text)
     check(re.search(r'- link "Second page" \[ref=e\d+\]:\n\s+- /url: http://localhost:8000/second.html', text)

@@ -55,6 +55,14 @@ TOOLS = {
     "run_code", "code_context_create", "code_context_list", "code_context_restart", "code_context_remove",
     "terminal_open", "terminal_send", "terminal_read", "terminal_wait_for", "terminal_resize",
     "terminal_list", "terminal_close", "terminal_share",
+    # playwright-mcp's core set, its vision group and browser_pdf_save (mcp/tests/test_browser.py).
+    "browser_navigate", "browser_navigate_back", "browser_snapshot", "browser_find", "browser_click",
+    "browser_hover", "browser_drag", "browser_type", "browser_fill_form", "browser_select_option",
+    "browser_press_key", "browser_file_upload", "browser_handle_dialog", "browser_evaluate",
+    "browser_take_screenshot", "browser_console_messages", "browser_network_requests",
+    "browser_wait_for", "browser_resize", "browser_tabs", "browser_close", "browser_pdf_save",
+    "browser_mouse_click_xy", "browser_mouse_move_xy", "browser_mouse_drag_xy", "browser_mouse_down",
+    "browser_mouse_up", "browser_mouse_wheel",
 }
 TOKEN = "test-" + uuid.uuid4().hex
 # A 1x1 PNG.

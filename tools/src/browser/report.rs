@@ -3,6 +3,7 @@
 //! dialog or file chooser), `### Snapshot` (the page after the action), and an image for
 //! screenshots.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::page::Page;
@@ -12,7 +13,7 @@ use super::snapshot::Scope;
 use crate::Result;
 
 /// An image the answer carries (MCP image content).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Image {
     /// image/png or image/jpeg.
     pub mime_type: String,
@@ -21,7 +22,7 @@ pub struct Image {
 }
 
 /// One tab.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Tab {
     /// Its place in the tab list (browser_tabs takes it).
     pub index: usize,
@@ -34,7 +35,7 @@ pub struct Tab {
 }
 
 /// A browser tool's answer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct Report {
     /// What the tool did or found.
     pub result: Option<String>,
@@ -54,7 +55,9 @@ pub struct Report {
     pub modal: Vec<String>,
     /// The page's accessibility snapshot after the action.
     pub snapshot: Option<String>,
-    /// A screenshot.
+    /// A screenshot: image content of the answer, not repeated in its structured form.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub image: Option<Image>,
 }
 
