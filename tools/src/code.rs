@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use coppice_envd::client::full_body;
 pub use coppice_kernel::wire::{ContextInfo, OutputLine, ResultData};
 use coppice_kernel::wire::{CreateContext, ExecuteRequest};
 use http_body_util::BodyExt;
@@ -177,51 +176,6 @@ fn agent_error(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8])
 }
 
 impl Tools {
-    async fn code_request(
-        &self,
-        id: &str,
-        method: http::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<http::Response<hyper::body::Incoming>> {
-        let agent = self.rt.agent(id)?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, "agent")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(full_body(body.unwrap_or_default()))
-            .map_err(Error::internal)?;
-        Ok(agent.send(req).await?)
-    }
-
-    async fn code_json<T: serde::de::DeserializeOwned>(
-        &self,
-        id: &str,
-        method: http::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Option<T>> {
-        let resp = self.code_request(id, method, path, body).await?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Unavailable(format!("reading the agent's answer: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(agent_error(status, &headers, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("bad answer from the agent: {e}")))
-    }
-
     /// Runs code in a context. Each output line is passed to `on_line` as it arrives;
     /// cancelling `cancel` closes the stream, which makes the agent interrupt the kernel.
     pub async fn run_code(
@@ -247,7 +201,7 @@ impl Tools {
         })
         .map_err(Error::internal)?;
         let resp = self
-            .code_request(id, http::Method::POST, "/execute", Some(body))
+            .agent_request(id, http::Method::POST, "/execute", Some(body))
             .await?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -316,7 +270,7 @@ impl Tools {
         cwd: Option<String>,
     ) -> Result<ContextInfo> {
         let body = serde_json::to_vec(&CreateContext { language, cwd }).map_err(Error::internal)?;
-        self.code_json(id, http::Method::POST, "/contexts", Some(body))
+        self.agent_json(id, http::Method::POST, "/contexts", Some(body), agent_error)
             .await?
             .ok_or_else(|| Error::internal("the agent returned no context"))
     }
@@ -324,7 +278,13 @@ impl Tools {
     /// Every context of the sandbox, the default ones included.
     pub async fn list_code_contexts(&self, id: &str) -> Result<Vec<ContextInfo>> {
         Ok(self
-            .code_json(id, http::Method::GET, "/contexts?all=true", None)
+            .agent_json(
+                id,
+                http::Method::GET,
+                "/contexts?all=true",
+                None,
+                agent_error,
+            )
             .await?
             .unwrap_or_default())
     }
@@ -332,11 +292,12 @@ impl Tools {
     /// Restarts a context's kernel: its state is lost.
     pub async fn restart_code_context(&self, id: &str, context_id: &str) -> Result<ContextInfo> {
         check_context_id(context_id)?;
-        self.code_json(
+        self.agent_json(
             id,
             http::Method::POST,
             &format!("/contexts/{context_id}/restart"),
             None,
+            agent_error,
         )
         .await?
         .ok_or_else(|| Error::internal("the agent returned no context"))
@@ -345,11 +306,12 @@ impl Tools {
     /// Removes a context and stops its kernel.
     pub async fn remove_code_context(&self, id: &str, context_id: &str) -> Result<()> {
         check_context_id(context_id)?;
-        self.code_json::<serde_json::Value>(
+        self.agent_json::<serde_json::Value>(
             id,
             http::Method::DELETE,
             &format!("/contexts/{context_id}"),
             None,
+            agent_error,
         )
         .await?;
         Ok(())

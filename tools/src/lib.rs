@@ -2,6 +2,7 @@
 //! implementation. MCP, the HTTP API (native and E2B) and the CLI are thin adapters over it.
 
 pub mod access;
+mod agent_json;
 pub mod browser;
 pub mod code;
 pub mod commands;

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -201,9 +200,17 @@ impl Tools {
         Ok(browser)
     }
 
+    /// The sandbox's browser while its connection lives; a dead one is dropped here.
     fn live_browser(&self, id: &str) -> Option<Arc<Browser>> {
-        let map = self.browsers.browsers.lock();
-        map.get(id).filter(|b| !b.cdp.is_closed()).cloned()
+        let mut map = self.browsers.browsers.lock();
+        match map.get(id) {
+            Some(b) if !b.cdp.is_closed() => Some(b.clone()),
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn connect_browser(&self, id: &str) -> Result<Arc<Browser>> {
@@ -246,33 +253,11 @@ impl Tools {
 
     /// `POST /browser` (start if needed) or `DELETE /browser` (end it) on the agent.
     async fn agent_browser(&self, id: &str, method: http::Method) -> Result<Option<AgentBrowser>> {
-        let agent = self.rt.agent(id)?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri("/browser")
-            .header(http::header::HOST, "agent")
-            .body(coppice_envd::client::full_body(Vec::new()))
-            .map_err(Error::internal)?;
-        let resp = agent.send(req).await?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Unavailable(format!("reading the agent's answer: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes).trim().to_string();
-            return Err(Error::FailedPrecondition(format!(
-                "the sandbox's browser could not start: {text}"
-            )));
-        }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("bad answer from the agent: {e}")))
+        self.agent_json(id, method, "/browser", None, |_, _, body| {
+            let text = String::from_utf8_lossy(body).trim().to_string();
+            Error::FailedPrecondition(format!("the sandbox's browser could not start: {text}"))
+        })
+        .await
     }
 
     /// Ends the sandbox's browser (all its tabs); the next browser call starts a fresh one.
